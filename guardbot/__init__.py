@@ -1,0 +1,3 @@
+"""guardbot: keeps isolated-margin perpetual positions on Orderly Network out of liquidation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from guardbot.config import ConfigError, load_config, parse_config, permission_warning
+
+ACCOUNT = {
+    "name": "main",
+    "account_id": "0x" + "ab" * 32,
+    "orderly_key": "ed25519:9C6hybhQ6Aycep9jaUnP6uL9ZYvDjUp1aSkFWPUFJtpj",
+    "orderly_secret": "4wBqpZM9xaSheZzJSMawUKKwhdpChKbZ5eu5ky4Vigw",
+}
+
+
+def test_defaults_and_presets() -> None:
+    settings = parse_config({})
+    assert settings.exchange.preset == "sim"
+    assert settings.exchange.urls()["rest_url"] == "http://127.0.0.1:8900"
+    mainnet = parse_config({"exchange": {"preset": "mainnet", "rest_url": "http://x"}})
+    assert mainnet.exchange.urls()["rest_url"] == "http://x"
+    assert mainnet.exchange.urls()["private_ws_url"].startswith("wss://ws-private-evm")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"exchange": {"prest": "sim"}}, "exchange.prest: unknown key"),
+        ({"poll": {"interval_s": -1}}, "poll.interval_s"),
+        ({"budgets": {"per_action": "abc"}}, "budgets.per_action"),
+        ({"accounts": [{**ACCOUNT, "account_id": "0x12"}]}, "accounts.0.account_id"),
+        ({"accounts": [{**ACCOUNT, "orderly_secret_env": "X"}]}, "exactly one of"),
+        ({"accounts": [ACCOUNT, ACCOUNT]}, "configured twice"),
+    ],
+)
+def test_bad_values_name_the_key(data: dict[str, object], expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        parse_config(data)
+
+
+def test_secrets_never_in_repr_and_resolve_from_env_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = parse_config({"accounts": [ACCOUNT]})
+    assert ACCOUNT["orderly_secret"] not in repr(settings)
+    assert ACCOUNT["orderly_secret"] not in str(settings.model_dump())
+    monkeypatch.setenv("MY_SECRET", "s3cr3t")
+    env_acc = parse_config(
+        {"accounts": [{**{k: v for k, v in ACCOUNT.items() if k != "orderly_secret"},
+                       "orderly_secret_env": "MY_SECRET"}]}
+    )
+    assert env_acc.accounts[0].secret().get_secret_value() == "s3cr3t"
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("fromfile\n")
+    file_acc = parse_config(
+        {"accounts": [{**{k: v for k, v in ACCOUNT.items() if k != "orderly_secret"},
+                       "orderly_secret_file": str(secret_file)}]}
+    )
+    assert file_acc.accounts[0].secret().get_secret_value() == "fromfile"
+    missing = parse_config(
+        {"accounts": [{**{k: v for k, v in ACCOUNT.items() if k != "orderly_secret"},
+                       "orderly_secret_env": "NOT_SET_ANYWHERE"}]}
+    )
+    with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE is not set"):
+        missing.accounts[0].secret()
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "guardbot.toml"
+    path.write_text('[audit]\nurl = "sqlite:///a.db"\n[poll]\ninterval_s = 3\n')
+    monkeypatch.setenv("GUARDBOT__AUDIT__URL", "sqlite:///b.db")
+    settings = load_config(path)
+    assert settings.audit.url == "sqlite:///b.db"
+    assert settings.poll.interval_s == 3
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[exchange\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_permission_warning(tmp_path: Path) -> None:
+    path = tmp_path / "guardbot.toml"
+    path.write_text("")
+    path.chmod(0o600)
+    assert permission_warning(path) is None
+    path.chmod(0o644)
+    warning = permission_warning(path)
+    assert warning is not None and "chmod 600" in warning
