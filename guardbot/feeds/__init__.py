@@ -1,0 +1,1 @@
+"""Sources of position data: the REST poller and the WebSocket streams (design.md, data flow)."""
