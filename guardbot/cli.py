@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from guardbot import __version__
+from guardbot.logs import log_options
 
 # command name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {}
@@ -33,5 +34,6 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="guardbot")
+@log_options
 def main(**_: Any) -> None:
     """Keeps isolated-margin positions on Orderly Network out of liquidation."""
