@@ -1,0 +1,383 @@
+"""Orderly wire JSON -> frozen domain values, at the edge (style.md: parse at the edge).
+
+JSON is decoded with ``parse_float=Decimal``, so no float ever exists: money, prices and
+quantities become ``Decimal`` (a JSON number, or a numeric string, is accepted), ``seq`` an
+``int`` (it exceeds 2**53, orderly-api.md §4), times integer milliseconds. Anything that does
+not match the documented shape raises ``MalformedResponse`` naming the field; nothing past
+this module sees a raw dict.
+
+REST positions are snake_case (``/v1/positions``, ``/v1/position/{symbol}``); WebSocket
+``position`` pushes are camelCase (§6): one ``_POSITION_FIELDS`` table maps both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from guardbot.domain import (
+    ZERO,
+    AccountSnapshot,
+    Holding,
+    MarginMode,
+    MarkPrice,
+    Position,
+    Source,
+    SymbolRules,
+)
+from guardbot.exchange.errors import MalformedResponse
+
+JsonObject = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    """``GET /v1/client/info`` (orderly-api.md §4): the fields the guard reads."""
+
+    account_id: str
+    account_mode: str
+    max_leverage: int
+    imr_factor: Mapping[str, Decimal]
+
+
+@dataclass(frozen=True, slots=True)
+class LeverageSetting:
+    """``GET /v1/client/leverage``: the configured leverage of one symbol and margin mode."""
+
+    symbol: str
+    margin_mode: MarginMode
+    leverage: int
+
+
+@dataclass(frozen=True, slots=True)
+class SystemStatus:
+    """``GET /v1/public/system_info``: status 0 is OK, 2 is maintenance."""
+
+    status: int
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+def loads(text: str | bytes) -> Any:
+    """Decode JSON without ever creating a float. Raises ``MalformedResponse``."""
+    try:
+        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
+        raise MalformedResponse(f"not valid JSON: {exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+# -- field readers -------------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def obj(value: Any, where: str) -> JsonObject:
+    """``value`` as a JSON object, or ``MalformedResponse``."""
+    if not isinstance(value, Mapping):
+        raise MalformedResponse(f"{where}: expected an object, got {_describe(value)}")
+    return value
+
+
+def rows(data: Any, where: str, key: str = "rows") -> list[JsonObject]:
+    """``data[key]`` as a list of objects."""
+    items = obj(data, where).get(key)
+    if not isinstance(items, list):
+        raise MalformedResponse(f"{where}.{key}: expected a list, got {_describe(items)}")
+    return [obj(item, f"{where}.{key}[{i}]") for i, item in enumerate(items)]
+
+
+def _field(data: JsonObject, name: str, where: str) -> Any:
+    if name not in data:
+        raise MalformedResponse(f"{where}.{name}: missing")
+    return data[name]
+
+
+def dec(data: JsonObject, name: str, where: str, default: Decimal | None = None) -> Decimal:
+    """A finite Decimal from a JSON number or numeric string."""
+    if default is not None and data.get(name) is None:
+        return default
+    value = _field(data, name, where)
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+        raise MalformedResponse(f"{where}.{name}: expected a number, got {_describe(value)}")
+    try:
+        result = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+    except InvalidOperation:
+        raise MalformedResponse(
+            f"{where}.{name}: expected a number, got {_describe(value)}"
+        ) from None
+    if not result.is_finite():
+        raise MalformedResponse(f"{where}.{name}: expected a finite number, got {result}")
+    return result
+
+
+def integer(data: JsonObject, name: str, where: str, default: int | None = None) -> int:
+    """An int from a JSON integer, an integral number or a digit string (``seq``, times)."""
+    if default is not None and data.get(name) is None:
+        return default
+    value = dec(data, name, where)
+    if value != value.to_integral_value():
+        raise MalformedResponse(f"{where}.{name}: expected an integer, got {value}")
+    return int(value)
+
+
+def text(data: JsonObject, name: str, where: str) -> str:
+    value = _field(data, name, where)
+    if not isinstance(value, str) or not value:
+        raise MalformedResponse(f"{where}.{name}: expected a string, got {_describe(value)}")
+    return value
+
+
+def margin_mode(data: JsonObject, name: str, where: str) -> MarginMode:
+    value = text(data, name, where)
+    try:
+        return MarginMode(value.upper())
+    except ValueError:
+        raise MalformedResponse(
+            f"{where}.{name}: expected CROSS or ISOLATED, got {_describe(value)}"
+        ) from None
+
+
+def optional_price(data: JsonObject, name: str, where: str) -> Decimal | None:
+    """``est_liq_price``: 0 or null when there is no liquidation risk (orderly-api.md §4)."""
+    if data.get(name) is None:
+        return None
+    value = dec(data, name, where)
+    return value if value > 0 else None
+
+
+# -- envelope ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded Orderly response: ``{"success", "data"?, "timestamp"?}`` or an error."""
+
+    success: bool
+    data: Any
+    timestamp_ms: int | None
+    code: int | None
+    message: str
+
+
+def envelope(body: Any) -> Envelope:
+    """Read the envelope of orderly-api.md §3; ``code`` may arrive as a string."""
+    top = obj(body, "response")
+    success = top.get("success")
+    if not isinstance(success, bool):
+        raise MalformedResponse(f"response.success: expected a boolean, got {_describe(success)}")
+    ts = integer(top, "timestamp", "response") if top.get("timestamp") is not None else None
+    if success:
+        return Envelope(True, top.get("data"), ts, None, "")
+    code = integer(top, "code", "response") if top.get("code") is not None else None
+    message = top.get("message")
+    return Envelope(False, None, ts, code, message if isinstance(message, str) else "")
+
+
+# -- domain values -------------------------------------------------------------------------
+
+# domain field -> (REST name, WS name). Reader per domain field below.
+_POSITION_FIELDS: dict[str, tuple[str, str]] = {
+    "symbol": ("symbol", "symbol"),
+    "margin_mode": ("margin_mode", "marginMode"),
+    "qty": ("position_qty", "positionQty"),
+    "average_open_price": ("average_open_price", "averageOpenPrice"),
+    "cost_position": ("cost_position", "costPosition"),
+    "mark_price": ("mark_price", "markPrice"),
+    "margin": ("margin", "margin"),
+    "leverage": ("leverage", "leverage"),
+    "unsettled_pnl": ("unsettled_pnl", "unsettledPnl"),
+    "est_liq_price": ("est_liq_price", "estLiqPrice"),
+    "mmr": ("mmr", "mmr"),
+    "imr": ("imr", "imr"),
+    "last_sum_unitary_funding": ("last_sum_unitary_funding", "lastSumUnitaryFunding"),
+}
+_READERS: dict[str, Callable[[JsonObject, str, str], Any]] = {
+    "symbol": text,
+    "margin_mode": margin_mode,
+    "leverage": integer,
+    "est_liq_price": optional_price,
+}
+
+
+def position(
+    data: Any, *, account_id: str, received_ms: int, source: Source, where: str = "position"
+) -> Position:
+    """One position from a REST row (``Source.REST``) or a WS ``position`` entry (``WS``)."""
+    item = obj(data, where)
+    ws = source is Source.WS
+    values = {
+        name: _READERS.get(name, dec)(item, names[ws], where)
+        for name, names in _POSITION_FIELDS.items()
+    }
+    if values["margin"] < 0 or values["leverage"] < 0 or values["mark_price"] < 0:
+        raise MalformedResponse(
+            f"{where}: impossible values (margin {values['margin']}, leverage"
+            f" {values['leverage']}, mark {values['mark_price']})"
+        )
+    time_field = "updated_time" if item.get("updated_time") is not None else "timestamp"
+    return Position(
+        account_id=account_id,
+        seq=integer(item, "seq", where) if item.get("seq") is not None else None,
+        exchange_ms=integer(item, time_field, where),
+        received_ms=received_ms,
+        source=source,
+        **values,
+    )
+
+
+def account_snapshot(
+    data: Any, *, account_id: str, timestamp_ms: int | None, received_ms: int
+) -> AccountSnapshot:
+    """``GET /v1/positions`` ``data``: account figures plus every row."""
+    top = obj(data, "positions")
+    positions = tuple(
+        position(row, account_id=account_id, received_ms=received_ms, source=Source.REST,
+                 where=f"positions.rows[{i}]")
+        for i, row in enumerate(rows(top, "positions"))
+    )
+    return AccountSnapshot(
+        account_id=account_id,
+        free_collateral=dec(top, "free_collateral", "positions"),
+        total_collateral_value=dec(top, "total_collateral_value", "positions"),
+        positions=positions,
+        exchange_ms=timestamp_ms if timestamp_ms is not None else received_ms,
+        received_ms=received_ms,
+    )
+
+
+def holdings(data: Any) -> tuple[Holding, ...]:
+    """``GET /v1/client/holding`` ``data.holding[]``."""
+    result = []
+    for i, item in enumerate(rows(data, "holding", key="holding")):
+        where = f"holding[{i}]"
+        result.append(
+            Holding(
+                token=text(item, "token", where),
+                holding=dec(item, "holding", where),
+                frozen=dec(item, "frozen", where, ZERO),
+                pending_short=dec(item, "pending_short", where, ZERO),
+                isolated_margin=dec(item, "isolated_margin", where, ZERO),
+                isolated_order_frozen=dec(item, "isolated_order_frozen", where, ZERO),
+                updated_ms=integer(item, "updated_time", where, 0),
+            )
+        )
+    return tuple(result)
+
+
+def symbol_rules(data: Any) -> dict[str, SymbolRules]:
+    """``GET /v1/public/info`` ``data.rows[]``, by symbol."""
+    result: dict[str, SymbolRules] = {}
+    for i, item in enumerate(rows(data, "info")):
+        where = f"info.rows[{i}]"
+        rule = SymbolRules(
+            symbol=text(item, "symbol", where),
+            base_imr=dec(item, "base_imr", where),
+            base_mmr=dec(item, "base_mmr", where),
+            imr_factor=dec(item, "imr_factor", where),
+            base_tick=dec(item, "base_tick", where),
+            quote_tick=dec(item, "quote_tick", where),
+            min_notional=dec(item, "min_notional", where, ZERO),
+        )
+        result[rule.symbol] = rule
+    return result
+
+
+def mark_prices(data: Any, timestamp_ms: int) -> dict[str, MarkPrice]:
+    """``GET /v1/public/futures`` ``data.rows[]``, by symbol."""
+    result: dict[str, MarkPrice] = {}
+    for i, item in enumerate(rows(data, "futures")):
+        where = f"futures.rows[{i}]"
+        mark = MarkPrice(text(item, "symbol", where), dec(item, "mark_price", where),
+                         timestamp_ms)
+        result[mark.symbol] = mark
+    return result
+
+
+def account_info(data: Any) -> AccountInfo:
+    top = obj(data, "client_info")
+    factors = obj(top.get("imr_factor", {}), "client_info.imr_factor")
+    return AccountInfo(
+        account_id=text(top, "account_id", "client_info"),
+        account_mode=str(top.get("account_mode", "")),
+        max_leverage=integer(top, "max_leverage", "client_info"),
+        imr_factor={s: dec(factors, s, "client_info.imr_factor") for s in factors},
+    )
+
+
+def leverage_setting(data: Any) -> LeverageSetting:
+    top = obj(data, "leverage")
+    return LeverageSetting(
+        symbol=text(top, "symbol", "leverage"),
+        margin_mode=margin_mode(top, "margin_mode", "leverage"),
+        leverage=integer(top, "leverage", "leverage"),
+    )
+
+
+def system_status(data: Any) -> SystemStatus:
+    top = obj(data, "system_info")
+    message = top.get("msg")
+    return SystemStatus(integer(top, "status", "system_info"),
+                        message if isinstance(message, str) else "")
+
+
+# -- WebSocket pushes (orderly-api.md §6) ---------------------------------------------------
+
+
+def pushed_positions(data: Any, *, account_id: str, received_ms: int) -> tuple[Position, ...]:
+    """A ``position`` push's ``data.positions[]``. Entries with ``averageOpenPrice == 0`` while
+    ``positionQty != 0`` are transient and skipped, as the official frontend does (§6).
+    Within one push the last entry per (symbol, margin mode) wins."""
+    merged: dict[tuple[str, MarginMode], Position] = {}
+    for i, item in enumerate(rows(data, "position", key="positions")):
+        pos = position(item, account_id=account_id, received_ms=received_ms,
+                       source=Source.WS, where=f"position.positions[{i}]")
+        if pos.qty != 0 and pos.average_open_price == 0:
+            continue
+        merged[(pos.symbol, pos.margin_mode)] = pos
+    return tuple(merged.values())
+
+
+def pushed_balances(data: Any, ts_ms: int) -> tuple[Holding, ...]:
+    """A ``balance`` push's ``data.balances`` (token -> camelCase fields)."""
+    balances = obj(obj(data, "balance").get("balances"), "balance.balances")
+    result = []
+    for token, raw in balances.items():
+        where = f"balance.balances.{token}"
+        item = obj(raw, where)
+        result.append(
+            Holding(
+                token=str(token),
+                holding=dec(item, "holding", where),
+                frozen=dec(item, "frozen", where, ZERO),
+                pending_short=dec(item, "pendingShortQty", where, ZERO),
+                isolated_margin=dec(item, "isolatedMargin", where, ZERO),
+                isolated_order_frozen=dec(item, "isolatedOrderFrozen", where, ZERO),
+                updated_ms=ts_ms,
+            )
+        )
+    return tuple(result)
+
+
+def pushed_marks(data: Any, ts_ms: int) -> tuple[MarkPrice, ...]:
+    """A ``markprices`` push's ``data[{symbol, price}]``."""
+    if not isinstance(data, list):
+        raise MalformedResponse(f"markprices.data: expected a list, got {_describe(data)}")
+    marks = []
+    for i, raw in enumerate(data):
+        where = f"markprices[{i}]"
+        item = obj(raw, where)
+        marks.append(MarkPrice(text(item, "symbol", where), dec(item, "price", where), ts_ms))
+    return tuple(marks)

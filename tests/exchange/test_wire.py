@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import contextlib
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from guardbot.domain import MarginMode, Source
+from guardbot.exchange import wire
+from guardbot.exchange.errors import MalformedResponse
+
+ACCOUNT = "0x" + "ab" * 32
+
+# orderly-api.md §4 Position, as the exchange sends it (JSON numbers, seq above 2**53).
+REST_ROW = (
+    '{"symbol":"PERP_ETH_USDC","margin_mode":"ISOLATED","position_qty":1.5,'
+    '"average_open_price":2000.1,"cost_position":3000.15,"mark_price":1950.25,"margin":310.5,'
+    '"leverage":10,"unsettled_pnl":-74.775,"est_liq_price":1800.3,"mmr":0.006,"imr":0.1,'
+    '"last_sum_unitary_funding":0.804,"seq":1730181536341943601,"timestamp":1685429350571,'
+    '"updated_time":1685429350572,"IMR_withdraw_orders":0.1,"pnl_24_h":0}'
+)
+# orderly-api.md §6 position push entry (camelCase).
+WS_ENTRY = (
+    '{"symbol":"PERP_ETH_USDC","positionQty":3.1408,"costPosition":5706.51952,'
+    '"lastSumUnitaryFunding":0.804,"averageOpenPrice":1804.51490427,"unsettledPnl":-2.79856,'
+    '"markPrice":1816.2,"estLiqPrice":0.0,"mmr":0.05,"imr":0.1,"seq":1730181536341943600,'
+    '"timestamp":1685429350571,"updated_time":1685429350571,"leverage":10,'
+    '"marginMode":"CROSS","margin":0}'
+)
+
+
+def test_loads_never_makes_a_float() -> None:
+    data = wire.loads('{"a":0.1,"b":[1e-8,2],"c":1730181536341943601}')
+    assert data == {"a": Decimal("0.1"), "b": [Decimal("1e-8"), 2], "c": 1730181536341943601}
+    assert type(data["a"]) is Decimal
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"a":NaN}', '{"a":Infinity}', b"\xff"])
+def test_loads_rejects_bad_json(text: str | bytes) -> None:
+    with pytest.raises(MalformedResponse, match="not valid JSON"):
+        wire.loads(text)
+
+
+def test_rest_position_is_exact() -> None:
+    pos = wire.position(wire.loads(REST_ROW), account_id=ACCOUNT, received_ms=7,
+                        source=Source.REST)
+    assert pos.key == (ACCOUNT, "PERP_ETH_USDC", MarginMode.ISOLATED)
+    assert pos.qty == Decimal("1.5") and pos.margin == Decimal("310.5")
+    assert pos.mark_price == Decimal("1950.25") and pos.est_liq_price == Decimal("1800.3")
+    assert pos.unsettled_pnl == Decimal("-74.775") and pos.mmr == Decimal("0.006")
+    assert pos.seq == 1730181536341943601  # not rounded through a float
+    assert pos.leverage == 10 and pos.exchange_ms == 1685429350572 and pos.received_ms == 7
+    assert pos.source is Source.REST
+
+
+def test_ws_position_push_and_zero_liq_price_is_none() -> None:
+    (pos,) = wire.pushed_positions(
+        wire.loads('{"positions":[' + WS_ENTRY + "]}"), account_id=ACCOUNT, received_ms=1
+    )
+    assert pos.margin_mode is MarginMode.CROSS and pos.qty == Decimal("3.1408")
+    assert pos.est_liq_price is None and pos.seq == 1730181536341943600
+    assert pos.source is Source.WS
+
+
+def test_push_merges_by_symbol_and_mode_and_skips_transient_entries() -> None:
+    first = json.loads(WS_ENTRY)
+    second = {**first, "positionQty": 4, "seq": first["seq"] + 1}
+    isolated = {**first, "marginMode": "ISOLATED", "margin": 50}
+    transient = {**isolated, "symbol": "PERP_BTC_USDC", "averageOpenPrice": 0}
+    data = wire.loads(json.dumps({"positions": [first, isolated, second, transient]}))
+    pushed = wire.pushed_positions(data, account_id=ACCOUNT, received_ms=1)
+    assert [(p.symbol, p.margin_mode, p.qty) for p in pushed] == [
+        ("PERP_ETH_USDC", MarginMode.CROSS, Decimal(4)),
+        ("PERP_ETH_USDC", MarginMode.ISOLATED, Decimal("3.1408")),
+    ]
+
+
+def test_account_snapshot_holdings_rules_marks() -> None:
+    snap = wire.account_snapshot(
+        wire.loads('{"free_collateral":"9000.5","total_collateral_value":10000,"rows":['
+                   + REST_ROW + "]}"),
+        account_id=ACCOUNT, timestamp_ms=99, received_ms=100,
+    )
+    assert snap.free_collateral == Decimal("9000.5") and len(snap.positions) == 1
+    assert snap.exchange_ms == 99
+    (usdc,) = wire.holdings(wire.loads(
+        '{"holding":[{"token":"USDC","holding":100.25,"frozen":0,"pending_short":0,'
+        '"isolated_margin":310.5,"isolated_order_frozen":0,"updated_time":5}]}'
+    ))
+    assert usdc.holding == Decimal("100.25") and usdc.isolated_margin == Decimal("310.5")
+    rules = wire.symbol_rules(wire.loads(
+        '{"rows":[{"symbol":"PERP_ETH_USDC","base_imr":0.01,"base_mmr":0.006,'
+        '"imr_factor":0.0000002,"base_tick":0.0001,"quote_tick":0.01,"min_notional":10,'
+        '"liquidation_tier":"1"}]}'
+    ))
+    assert rules["PERP_ETH_USDC"].imr_factor == Decimal("2E-7")
+    marks = wire.mark_prices(
+        wire.loads('{"rows":[{"symbol":"PERP_ETH_USDC","mark_price":1950.5,"index_price":1}]}'),
+        timestamp_ms=3,
+    )
+    assert marks["PERP_ETH_USDC"].price == Decimal("1950.5")
+    assert wire.pushed_marks(wire.loads('[{"symbol":"PERP_BTC_USDC","price":"60000.1"}]'), 4)[
+        0
+    ].price == Decimal("60000.1")
+    (balance,) = wire.pushed_balances(
+        wire.loads('{"balances":{"USDC":{"holding":5,"frozen":1,"isolatedMargin":2.5,'
+                   '"isolatedOrderFrozen":0,"pendingShortQty":0}}}'), 8
+    )
+    assert (balance.token, balance.isolated_margin, balance.updated_ms) == (
+        "USDC", Decimal("2.5"), 8
+    )
+
+
+def test_envelope_success_error_and_string_code() -> None:
+    ok = wire.envelope(wire.loads('{"success":true,"timestamp":1702989203989}'))
+    assert ok.success and ok.data is None and ok.timestamp_ms == 1702989203989
+    err = wire.envelope(wire.loads(
+        '{"code":"-1011","message":"The system is under maintenance.","success":false}'
+    ))
+    assert (err.success, err.code, err.message) == (
+        False, -1011, "The system is under maintenance."
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"position_qty": "abc"}, r"position_qty: expected a number"),
+        ({"position_qty": True}, r"position_qty: expected a number"),
+        ({"position_qty": None}, r"position_qty: expected a number"),
+        ({"margin_mode": "HEDGE"}, r"margin_mode: expected CROSS or ISOLATED"),
+        ({"leverage": Decimal("2.5")}, r"leverage: expected an integer"),
+        ({"margin": 0.5}, r"margin: expected a number"),  # a float never gets in
+        ({"margin": -1}, r"impossible values"),
+        ({"symbol": ""}, r"symbol: expected a string"),
+        ({"seq": Decimal("1.5")}, r"seq: expected an integer"),
+    ],
+)
+def test_bad_fields_are_named(change: dict[str, Any], message: str) -> None:
+    row = {**wire.loads(REST_ROW), **change}
+    with pytest.raises(MalformedResponse, match=message):
+        wire.position(row, account_id=ACCOUNT, received_ms=0, source=Source.REST)
+
+
+def test_missing_field_is_named() -> None:
+    row = dict(wire.loads(REST_ROW))
+    del row["mark_price"]
+    with pytest.raises(MalformedResponse, match=r"position\.mark_price: missing"):
+        wire.position(row, account_id=ACCOUNT, received_ms=0, source=Source.REST)
+
+
+def test_leverage_and_system_status_and_info() -> None:
+    lev = wire.leverage_setting(
+        wire.loads('{"symbol":"PERP_ETH_USDC","margin_mode":"ISOLATED","leverage":20}')
+    )
+    assert (lev.margin_mode, lev.leverage) == (MarginMode.ISOLATED, 20)
+    assert wire.system_status(wire.loads('{"status":0,"msg":""}')).ok
+    assert not wire.system_status(wire.loads('{"status":2,"msg":"maintenance"}')).ok
+    info = wire.account_info(wire.loads(
+        '{"account_id":"0x1","account_mode":"FUTURES","max_leverage":20,'
+        '"imr_factor":{"PERP_ETH_USDC":0.0000002}}'
+    ))
+    assert info.imr_factor == {"PERP_ETH_USDC": Decimal("2E-7")}
+
+
+# -- property-based: malformed input raises MalformedResponse, never anything else ----------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+    | st.decimals(allow_nan=False, allow_infinity=False, places=4),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=12), children, max_size=6),
+    max_leaves=20,
+)
+PARSERS = [
+    lambda d: wire.account_snapshot(d, account_id=ACCOUNT, timestamp_ms=None, received_ms=0),
+    lambda d: wire.position(d, account_id=ACCOUNT, received_ms=0, source=Source.REST),
+    lambda d: wire.pushed_positions(d, account_id=ACCOUNT, received_ms=0),
+    wire.holdings, wire.symbol_rules, lambda d: wire.mark_prices(d, 0),
+    lambda d: wire.pushed_balances(d, 0), lambda d: wire.pushed_marks(d, 0),
+    wire.account_info, wire.leverage_setting, wire.system_status, wire.envelope,
+]
+
+
+@given(data=json_values, parser=st.sampled_from(PARSERS))
+def test_arbitrary_json_never_crashes_a_parser(data: Any, parser: Any) -> None:
+    with contextlib.suppress(MalformedResponse):
+        parser(data)
+
+
+@given(
+    mutation=st.dictionaries(
+        st.sampled_from(sorted(json.loads(REST_ROW))), json_values, min_size=1, max_size=4
+    )
+)
+def test_mutated_positions_parse_or_raise_malformed(mutation: dict[str, Any]) -> None:
+    row = {**wire.loads(REST_ROW), **mutation}
+    try:
+        pos = wire.position(row, account_id=ACCOUNT, received_ms=0, source=Source.REST)
+    except MalformedResponse:
+        return
+    assert isinstance(pos.qty, Decimal) and isinstance(pos.leverage, int)
+    assert pos.margin >= 0 and pos.mark_price.is_finite()
+
+
+@given(st.binary(max_size=64) | st.text(max_size=64))
+def test_arbitrary_bytes_never_crash_loads(raw: bytes | str) -> None:
+    with contextlib.suppress(MalformedResponse):
+        wire.envelope(wire.loads(raw))
