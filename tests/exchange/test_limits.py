@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from guardbot.exchange.limits import (
+    DEFAULT_LIMIT,
+    LIMITS,
+    Limit,
+    Priority,
+    RateLimiter,
+    backoff,
+    retry_delay,
+    routine_calls,
+)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "limit"),
+    [  # orderly-api.md §5
+        ("POST /v1/position_margin", Limit(10, 1.0)),
+        ("GET /v1/positions", Limit(30, 10.0)),
+        ("GET /v1/position/{symbol}", Limit(30, 10.0)),
+        ("GET /v1/client/info", Limit(10, 60.0)),
+        ("GET /v1/client/leverage", Limit(1, 1.0, "ip")),
+        ("GET /v1/client/holding", Limit(10, 1.0)),
+        ("GET /v1/public/futures", Limit(10, 1.0, "ip")),
+    ],
+)
+def test_documented_limits(endpoint: str, limit: Limit) -> None:
+    assert LIMITS[endpoint] == limit
+
+
+def test_unknown_endpoint_gets_the_default() -> None:
+    assert RateLimiter().limit("GET /v1/nope") == DEFAULT_LIMIT
+
+
+@pytest.mark.parametrize(("calls", "routine"), [(1, 1), (5, 3), (10, 7), (30, 21)])
+def test_routine_share(calls: int, routine: int) -> None:
+    assert routine_calls(Limit(calls, 1.0)) == routine
+
+
+async def _timed_calls(limiter: RateLimiter, n: int, priority: Priority, key: str = "k") -> float:
+    start = time.monotonic()
+    for _ in range(n):
+        await limiter.acquire("E", key, priority)
+    return time.monotonic() - start
+
+
+async def test_limiter_holds_a_burst_to_the_window() -> None:
+    limiter = RateLimiter({"E": Limit(5, 0.1)})
+    assert await _timed_calls(limiter, 5, Priority.URGENT) < 0.05  # within budget: no wait
+    assert await _timed_calls(limiter, 1, Priority.URGENT) >= 0.1  # sixth waits a window
+
+
+async def test_routine_leaves_room_for_urgent_calls() -> None:
+    limiter = RateLimiter({"E": Limit(10, 0.2)})
+    # Routine traffic may take 7 of 10 slots per window; the 8th must wait.
+    assert await _timed_calls(limiter, 7, Priority.ROUTINE) < 0.05
+    routine_waiter = asyncio.create_task(_timed_calls(limiter, 1, Priority.ROUTINE))
+    # ...while urgent calls still get the 3 reserved slots at once.
+    assert await _timed_calls(limiter, 3, Priority.URGENT) < 0.05
+    assert await routine_waiter >= 0.2
+
+
+async def test_keys_are_separate_ip_limits_shared() -> None:
+    limiter = RateLimiter({"E": Limit(2, 0.2), "P": Limit(2, 0.2, "ip")})
+    assert await _timed_calls(limiter, 2, Priority.URGENT, "a") < 0.05
+    assert await _timed_calls(limiter, 2, Priority.URGENT, "b") < 0.05
+    start = time.monotonic()
+    for key in ("a", "b", "c"):
+        await limiter.acquire("P", key, Priority.URGENT)
+    assert time.monotonic() - start >= 0.2
+
+
+@given(
+    base=st.floats(0.01, 5), cap=st.floats(0.01, 60), seed=st.integers(0, 2**32),
+    n=st.integers(1, 30),
+)
+def test_backoff_is_bounded_jittered_and_grows_to_the_cap(
+    base: float, cap: float, seed: int, n: int
+) -> None:
+    delays = backoff(base, cap, random.Random(seed))
+    ceiling = base
+    for _ in range(n):
+        delay = next(delays)
+        expected = min(cap, ceiling)
+        assert expected / 2 <= delay <= expected
+        ceiling *= 2
+    # The same seed gives the same delays: pure given its random source.
+    again = backoff(base, cap, random.Random(seed))
+    first = backoff(base, cap, random.Random(seed))
+    assert [next(again) for _ in range(5)] == [next(first) for _ in range(5)]
+
+
+def test_backoff_table() -> None:
+    class Top(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return b
+
+    delays = backoff(0.5, 4.0, Top())
+    assert [next(delays) for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    ("backoff_s", "retry_after_s", "expected"),
+    [(0.5, None, 0.5), (0.5, 2.0, 2.0), (3.0, 1.0, 3.0)],
+)
+def test_retry_delay(backoff_s: float, retry_after_s: float | None, expected: float) -> None:
+    assert retry_delay(backoff_s, retry_after_s) == expected
