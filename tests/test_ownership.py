@@ -1,0 +1,245 @@
+"""AccountOwnership against SQLite and the real PostgreSQL server (tests/conftest.py PG_URL).
+
+Every PostgreSQL test uses its own lock namespace, so runs in parallel never meet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import PG_URL
+
+from guardbot.ownership import AccountOwnership, OwnershipError
+
+ACCOUNTS = [f"0x{i:064x}" for i in range(1, 11)]
+FAST = 0.1  # interval_s for in-process instances: real PostgreSQL, accelerated ticks
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> float:
+    """Poll ``condition`` until it holds; return how long it took (fails on timeout)."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+def namespace() -> str:
+    return f"test-{uuid.uuid4().hex}"
+
+
+def balanced(instances: list[AccountOwnership]) -> bool:
+    sets = [i.owned() for i in instances]
+    quota = math.ceil(len(ACCOUNTS) / len(instances))
+    return (
+        set().union(*sets) == set(ACCOUNTS)
+        and sum(len(s) for s in sets) == len(ACCOUNTS)
+        and all(len(s) <= quota for s in sets)
+    )
+
+
+# -- SQLite: one instance owns everything -------------------------------------------------
+
+
+async def test_sqlite_instance_owns_every_account(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    async with AccountOwnership(url, "only", ACCOUNTS) as own:
+        assert own.owned() == frozenset(ACCOUNTS)
+        assert own.live_instances == 1
+    assert own.owned() == frozenset()
+
+
+async def test_second_instance_on_the_same_sqlite_file_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    async with AccountOwnership(url, "first", ACCOUNTS):
+        with pytest.raises(OwnershipError, match="only one instance"):
+            async with AccountOwnership(url, "second", ACCOUNTS):
+                pass
+    # Released on exit: a new instance may start.
+    async with AccountOwnership(url, "third", ACCOUNTS) as own:
+        assert own.owned() == frozenset(ACCOUNTS)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [("mysql://u@h/db", "needs PostgreSQL or SQLite"), ("not a url", "not a valid")],
+)
+def test_unsupported_database_is_a_clear_error(url: str, reason: str) -> None:
+    with pytest.raises(OwnershipError, match=reason):
+        AccountOwnership(url, "x", ACCOUNTS)
+
+
+# -- PostgreSQL, in process ---------------------------------------------------------------
+
+
+def pg_instance(ns: str, name: str, **kwargs: Any) -> AccountOwnership:
+    return AccountOwnership(PG_URL, name, ACCOUNTS, interval_s=FAST, namespace=ns, **kwargs)
+
+
+@pytest.mark.postgres
+async def test_three_instances_divide_the_accounts_and_take_over_from_a_leaver() -> None:
+    ns = namespace()
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(pg_instance(ns, "a"))
+        assert a.owned() == frozenset(ACCOUNTS)  # alone: everything, from the first tick
+        async with (
+            pg_instance(ns, "b") as b,
+            pg_instance(ns, "c") as c,
+        ):
+            await until(lambda: balanced([a, b, c]))
+            assert a.live_instances == b.live_instances == c.live_instances == 3
+
+
+@pytest.mark.postgres
+async def test_leaver_accounts_are_taken_over_and_waiters_are_woken() -> None:
+    ns = namespace()
+    async with pg_instance(ns, "a") as a, pg_instance(ns, "b") as b:
+        leaver = pg_instance(ns, "c")
+        async with leaver:
+            await until(lambda: balanced([a, b, leaver]))
+            orphaned = leaver.owned()
+            assert orphaned
+            woken = asyncio.gather(a.wait_changed(), b.wait_changed())
+        took = await until(lambda: balanced([a, b]))
+        assert took < 2.0
+        await asyncio.wait_for(woken, 1.0)
+        assert orphaned <= a.owned() | b.owned()
+
+
+@pytest.mark.postgres
+async def test_duplicate_instance_id_is_refused_with_a_clear_error() -> None:
+    ns = namespace()
+    async with pg_instance(ns, "same"):
+        with pytest.raises(OwnershipError, match="own instance id"):
+            async with pg_instance(ns, "same"):
+                pass
+
+
+async def test_unreachable_database_is_a_clear_error_at_start() -> None:
+    url = "postgresql+psycopg://postgres:hunter2-secret@127.0.0.1:1/test"
+    with pytest.raises(OwnershipError, match="cannot reach") as raised:
+        async with AccountOwnership(url, "x", ACCOUNTS):
+            pass
+    assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.postgres
+async def test_no_account_is_ever_owned_twice_under_churn() -> None:
+    """Instances join and leave repeatedly; at every change no account has two owners."""
+    ns = namespace()
+    live: list[AccountOwnership] = []
+    overlaps: list[set[str]] = []
+
+    def check(_: frozenset[str]) -> None:
+        seen: set[str] = set()
+        for instance in live:
+            overlaps.append(seen & instance.owned())
+            seen |= instance.owned()
+
+    def make(name: str) -> AccountOwnership:
+        own = pg_instance(ns, name, on_change=check)
+        live.append(own)
+        return own
+
+    async with make("anchor") as anchor:
+        for round_ in range(4):
+            async with make(f"x{round_}") as x, make(f"y{round_}") as y:
+                group = [anchor, x, y]
+                await until(lambda: balanced(group))  # noqa: B023 - awaited in this iteration
+            live[:] = [anchor]
+            await until(lambda: anchor.owned() == frozenset(ACCOUNTS))
+    assert overlaps and not any(overlaps)
+
+
+@pytest.mark.postgres
+async def test_lost_lock_connection_drops_everything_then_recovers() -> None:
+    """If the server ends our session (DB restart, admin kill), the locks are gone: the
+    instance must stop guarding at once, then reconnect and take the accounts back."""
+    ns = namespace()
+    changes: list[frozenset[str]] = []
+    async with pg_instance(ns, "victim", on_change=changes.append) as own:
+        assert own.owned() == frozenset(ACCOUNTS)
+        with psycopg.connect(PG_URL.replace("+psycopg", ""), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'guardbot:victim'"
+            )
+        await until(lambda: frozenset() in changes)
+        await until(lambda: own.owned() == frozenset(ACCOUNTS))
+    assert changes[:3] == [frozenset(ACCOUNTS), frozenset(), frozenset(ACCOUNTS)]
+
+
+# -- PostgreSQL, real processes killed with SIGKILL ---------------------------------------
+
+
+class Child:
+    """``python -m guardbot.ownership`` in a subprocess; reads its JSON change lines."""
+
+    def __init__(self, ns: str, name: str, interval_s: float) -> None:
+        env = dict(
+            os.environ,
+            GUARDBOT_OWNERSHIP_NAMESPACE=ns,
+            GUARDBOT_OWNERSHIP_INTERVAL_S=str(interval_s),
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "guardbot.ownership", PG_URL, name, *ACCOUNTS],
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        self.owned: frozenset[str] = frozenset()
+        self.changed_at = 0.0
+
+    def poll(self) -> None:
+        """Read whatever lines are ready without blocking."""
+        assert self.process.stdout is not None
+        while select.select([self.process.stdout], [], [], 0)[0]:
+            line = self.process.stdout.readline()
+            if not line:
+                return
+            change = json.loads(line)
+            self.owned, self.changed_at = frozenset(change["owned"]), change["t"]
+
+
+@pytest.mark.postgres
+async def test_sigkilled_process_accounts_are_taken_over_within_seconds() -> None:
+    ns = namespace()
+    children = [Child(ns, f"p{i}", interval_s=0.5) for i in range(3)]
+    try:
+
+        def covered(group: list[Child]) -> bool:
+            for child in group:
+                child.poll()
+            sets = [c.owned for c in group]
+            return set().union(*sets) == set(ACCOUNTS) and sum(map(len, sets)) == len(ACCOUNTS)
+
+        await until(lambda: covered(children) and all(c.owned for c in children), 15.0)
+        victim, survivors = children[0], children[1:]
+        orphaned = victim.owned
+        victim.process.send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        victim.process.wait()
+        await until(lambda: covered(survivors), 10.0)
+        failover_s = max(c.changed_at for c in survivors) - killed_at
+        assert orphaned <= survivors[0].owned | survivors[1].owned
+        assert failover_s < 10.0, failover_s
+    finally:
+        for child in children:
+            child.process.kill()
+            child.process.wait()
