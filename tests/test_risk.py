@@ -1,0 +1,281 @@
+"""Risk math: hand-computed cases from orderly-api.md §7 plus property tests."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal as D
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from guardbot import risk
+from guardbot.domain import MarginMode, Position, Source, SymbolRules
+
+# Alts in the docs: base_imr 0.10, base_mmr 0.05; no notional growth here.
+FLAT = SymbolRules("PERP_ALT_USDC", base_imr=D("0.1"), base_mmr=D("0.05"), imr_factor=D(0))
+# MMR = max(0.005, 0.5 * 2e-6 * N^0.8): 0.01 at N = 1e5 (N^0.8 = 1e4); flat up to N ≈ 42045.
+GROWING = SymbolRules(
+    "PERP_ETH_USDC", base_imr=D("0.01"), base_mmr=D("0.005"), imr_factor=D("0.000002")
+)
+
+LONG = Position(
+    account_id="0x" + "ab" * 32,
+    symbol="PERP_ALT_USDC",
+    margin_mode=MarginMode.ISOLATED,
+    qty=D(10),
+    average_open_price=D(100),
+    cost_position=D(1000),
+    mark_price=D(100),
+    margin=D(200),
+    leverage=10,
+    unsettled_pnl=D(0),
+    est_liq_price=None,
+    mmr=D("0.05"),
+    imr=D("0.1"),
+    last_sum_unitary_funding=D(0),
+    seq=1,
+    exchange_ms=1_000,
+    received_ms=1_000,
+    source=Source.REST,
+)
+SHORT = replace(LONG, qty=D(-10), cost_position=D(-1000))
+
+
+def test_rates() -> None:
+    assert risk.imr(D(100_000), 10, GROWING) == D("0.1")
+    assert risk.imr(D(100_000), 100, GROWING) == D("0.02")
+    assert risk.imr(D(0), 100, GROWING) == D("0.01")
+    assert risk.mmr(D(100_000), GROWING) == D("0.01")
+    assert risk.mmr(D(1_000), GROWING) == D("0.005")
+    assert risk.mmr(D(10**9), FLAT) == D("0.05")
+    with pytest.raises(ValueError, match="leverage"):
+        risk.imr(D(1), 0, FLAT)
+
+
+@pytest.mark.parametrize(
+    ("position", "expected"),
+    [
+        # js-sdk: (margin - cost - funding) / (|q|*MMR - q) = -800 / -9.5
+        (LONG, D(800) / D("9.5")),
+        # (200 + 1000) / (0.5 + 10)
+        (SHORT, D(1200) / D("10.5")),
+        # funding owed 5 (q * Δsum_unitary_funding = 10 * 0.5) shows as unsettled pnl -5
+        (replace(LONG, unsettled_pnl=D(-5)), D(805) / D("9.5")),
+        # margin covers the whole cost: no price liquidates the long
+        (replace(LONG, margin=D(1000)), None),
+        (replace(LONG, qty=D(0)), None),
+    ],
+)
+def test_liquidation_price_flat(position: Position, expected: D | None) -> None:
+    assert risk.liquidation_price(position, FLAT) == expected
+
+
+def test_liquidation_price_where_mmr_grows() -> None:
+    # Long 10 at mark 12000, cost 120000: liquidation at P = 10000 (N = 1e5, MMR 0.01)
+    # when margin - cost = -N + N*0.01 = -99000, i.e. margin 21000.
+    long = replace(
+        LONG, symbol="PERP_ETH_USDC", mark_price=D(12000), cost_position=D(120000),
+        margin=D(21000),
+    )
+    assert risk.liquidation_price(long, GROWING) == pytest.approx(D(10000), rel=D("1e-15"))
+    # Short -10 at mark 8000, cost -80000: margin + 80000 = N + N*0.01 = 101000.
+    short = replace(long, qty=D(-10), mark_price=D(8000), cost_position=D(-80000))
+    assert risk.liquidation_price(short, GROWING) == pytest.approx(D(10000), rel=D("1e-15"))
+
+
+def test_bisection_rounds_toward_the_mark() -> None:
+    long = replace(
+        LONG, mark_price=D(12000), cost_position=D(120000), margin=D(21000) + D("0.001")
+    )
+    short = replace(long, qty=D(-10), mark_price=D(8000), cost_position=D(-80000))
+
+    def surplus(position: Position, price: D) -> D:
+        notional = abs(position.qty) * price
+        equity = position.margin + position.qty * price - position.cost_position
+        return equity - notional * risk.mmr(notional, GROWING)
+
+    for position, toward_mark in ((long, D(1)), (short, D(-1))):
+        price = risk.liquidation_price(position, GROWING)
+        assert price is not None
+        # the true root lies within 1e-15 of the answer, on the side away from the mark
+        assert surplus(position, price) >= 0
+        assert surplus(position, price * (1 - toward_mark * D("1e-15"))) < 0
+
+
+def test_cross_positions_are_refused() -> None:
+    with pytest.raises(ValueError, match="cross"):
+        risk.liquidation_price(replace(LONG, margin_mode=MarginMode.CROSS), FLAT)
+
+
+def test_liquidation_distance() -> None:
+    assert risk.liquidation_distance(D(100), D(80)) == D("0.2")
+    assert risk.liquidation_distance(D(100), D(120)) == D("0.2")
+    assert risk.liquidation_distance(D(100), None) is None
+    # signed: a long whose mark is already below its liquidation price
+    assert risk.liquidation_distance(D(80), D(100), D(1)) == D("-0.25")
+    assert risk.liquidation_distance(D(120), D(100), D(-1)) == D(-20) / D(120)
+    assert risk.liquidation_distance(D(100), D(80), D(1)) == D("0.2")
+    with pytest.raises(ValueError, match="mark"):
+        risk.liquidation_distance(D(0), D(1))
+
+
+def test_effective_leverage() -> None:
+    assert risk.effective_leverage(LONG) == D(5)
+    assert risk.effective_leverage(replace(LONG, unsettled_pnl=D(-100))) == D(10)
+    assert risk.effective_leverage(replace(LONG, unsettled_pnl=D(-200))) is None
+
+
+@pytest.mark.parametrize(
+    ("position", "distance", "expected"),
+    [
+        # P_L = 80: 10*80*0.05 - 800 + 1000
+        (LONG, D("0.2"), D(240)),
+        # P_L = 120: 10*120*0.05 + 1200 - 1000
+        (SHORT, D("0.2"), D(260)),
+        # funding owed 5 needs 5 more
+        (replace(LONG, unsettled_pnl=D(-5)), D("0.2"), D(245)),
+        # at distance 0 the margin is exactly the maintenance margin plus the loss
+        (replace(LONG, cost_position=D(1100), unsettled_pnl=D(-100)), D(0), D(150)),
+        # a long that needs no margin at all for the target
+        (replace(LONG, cost_position=D(10), unsettled_pnl=D(990)), D("0.5"), D(0)),
+    ],
+)
+def test_margin_for_distance(position: Position, distance: D, expected: D) -> None:
+    assert risk.margin_for_distance(position, FLAT, distance) == expected
+
+
+def test_margin_for_distance_round_trips_exactly_where_flat() -> None:
+    margin = risk.margin_for_distance(LONG, FLAT, D("0.2"))
+    assert risk.liquidation_price(replace(LONG, margin=margin), FLAT) == D(80)
+
+
+def test_margin_for_distance_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="distance"):
+        risk.margin_for_distance(LONG, FLAT, D(1))
+    with pytest.raises(ValueError, match="no position"):
+        risk.margin_for_distance(replace(LONG, qty=D(0)), FLAT, D("0.1"))
+
+
+@pytest.mark.parametrize(
+    ("position", "expected"),
+    [
+        (LONG, D(100)),  # 200 - 1000*0.1
+        (replace(LONG, unsettled_pnl=D(-30)), D(70)),  # a loss lowers it
+        (replace(LONG, unsettled_pnl=D(50)), D(100)),  # profit cannot be withdrawn
+        (replace(LONG, margin=D(90)), D(0)),
+        (replace(LONG, leverage=20), D(100)),  # IMR = max(1/20, base_imr 0.1)
+        (replace(LONG, leverage=5), D(0)),  # IMR = 1/5: 200 - 1000*0.2
+    ],
+)
+def test_max_removable(position: Position, expected: D) -> None:
+    assert risk.max_removable(position, FLAT) == expected
+
+
+@pytest.mark.parametrize(
+    ("amount", "up", "down"),
+    [
+        (D("1.001"), D("1.01"), D("1.00")),
+        (D("1.00"), D("1.00"), D("1.00")),
+        (D("0.009"), D("0.01"), D("0.00")),
+        (D("-1.005"), D("-1.00"), D("-1.01")),
+    ],
+)
+def test_rounding(amount: D, up: D, down: D) -> None:
+    assert risk.round_up(amount) == up
+    assert risk.round_down(amount) == down
+
+
+def test_rounding_to_other_steps() -> None:
+    assert risk.round_up(D("12.3"), D(5)) == D(15)
+    with pytest.raises(ValueError, match="step"):
+        risk.round_down(D(1), D(0))
+
+
+# --- properties --------------------------------------------------------------------------
+
+rules_st = st.builds(
+    lambda base_imr, ratio, factor: SymbolRules(
+        "PERP_X_USDC", base_imr=base_imr, base_mmr=base_imr * ratio, imr_factor=factor
+    ),
+    st.sampled_from([D("0.01"), D("0.02"), D("0.05"), D("0.1")]),
+    st.sampled_from([D("0.3"), D("0.5"), D("0.6"), D("0.8")]),
+    # from flat MMR to MMR growing from small notionals on (exaggerated on purpose)
+    st.sampled_from([D(0), D("1e-5"), D("1e-4"), D("3e-4"), D("1e-3")]),
+)
+def _scaled(exponent: int, mantissa: D) -> D:
+    """Log-uniform-ish magnitudes, so flat and growing MMR are both exercised."""
+    return mantissa.scaleb(exponent)
+
+
+positions_st = st.builds(
+    lambda qty, short, mark, entry_move, funding, margin, leverage: replace(
+        LONG,
+        qty=-qty if short else qty,
+        mark_price=mark,
+        cost_position=(-qty if short else qty) * mark * (1 + entry_move),
+        unsettled_pnl=(-qty if short else qty) * mark * -entry_move - funding,
+        margin=margin,
+        leverage=leverage,
+    ),
+    st.builds(_scaled, st.integers(-3, 2), st.decimals(1, 10, places=3)),
+    st.booleans(),
+    st.builds(_scaled, st.integers(0, 4), st.decimals(1, 10, places=2)),
+    st.decimals(min_value=D("-0.3"), max_value=D("0.3"), places=3),
+    st.decimals(min_value=-50, max_value=50, places=2),
+    st.decimals(min_value=0, max_value=1_000_000, places=2),
+    st.integers(min_value=1, max_value=50),
+)
+
+
+def _sane(position: Position, rules: SymbolRules, price: D) -> bool:
+    """Within any leverage the exchange allows: MMR well below 1/1.8."""
+    return risk.mmr(abs(position.qty) * price, rules) < D("0.4")
+
+
+@settings(max_examples=300, deadline=None)
+@given(positions_st, rules_st, st.decimals(min_value=D("0.001"), max_value=D("0.9"), places=3))
+def test_margin_for_distance_then_liquidation_price_gives_the_distance(
+    position: Position, rules: SymbolRules, distance: D
+) -> None:
+    target = risk.target_liquidation_price(position, distance)
+    assume(_sane(position, rules, target) and _sane(position, rules, position.mark_price * 2))
+    margin = risk.margin_for_distance(position, rules, distance)
+    assume(margin > 0)
+    price = risk.liquidation_price(replace(position, margin=margin), rules)
+    assert price is not None
+    found = risk.liquidation_distance(position.mark_price, price, position.qty)
+    assert found == pytest.approx(distance, abs=D("1e-12"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(positions_st, rules_st, st.decimals(min_value=0, max_value=100_000, places=2))
+def test_adding_margin_never_moves_liquidation_toward_the_mark(
+    position: Position, rules: SymbolRules, extra: D
+) -> None:
+    assume(_sane(position, rules, position.mark_price * 3))
+    before = risk.liquidation_price(position, rules)
+    after = risk.liquidation_price(replace(position, margin=position.margin + extra), rules)
+    if position.qty > 0:
+        # None (no liquidation price) is the safest a long can be
+        assert after is None or (before is not None and after <= before)
+    else:
+        assert before is not None and after is not None and after >= before
+
+
+@settings(max_examples=200, deadline=None)
+@given(positions_st, rules_st)
+def test_max_removable_is_within_the_margin(position: Position, rules: SymbolRules) -> None:
+    removable = risk.max_removable(position, rules)
+    assert D(0) <= removable <= position.margin
+
+
+@given(
+    st.decimals(min_value=-10**6, max_value=10**6, places=6),
+    st.sampled_from([D("0.01"), D("0.1"), D(1), D(5)]),
+)
+def test_rounding_properties(amount: D, step: D) -> None:
+    up, down = risk.round_up(amount, step), risk.round_down(amount, step)
+    assert down <= amount <= up
+    assert up - down in (D(0), step)
+    assert up % step == 0 and down % step == 0
