@@ -42,3 +42,8 @@ EXCHANGE_ERRORS = Counter(
 RATE_LIMITED = Counter("guardbot_rate_limited_total", "HTTP 429 responses", ["endpoint"])
 WS_RECONNECTS = Counter("guardbot_ws_reconnects_total", "WebSocket reconnects", ["stream"])
 SPOOL_DEPTH = Gauge("guardbot_audit_spool_depth", "Audit records waiting for the database")
+ALERTS = Counter(
+    "guardbot_alerts_total",
+    "Webhook alerts by outcome (sent, failed, suppressed into a digest, dropped on overflow)",
+    ["webhook", "kind", "outcome"],
+)
