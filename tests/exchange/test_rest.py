@@ -1,0 +1,98 @@
+"""The pure response classifier; the client over real sockets is in test_client.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from guardbot.exchange.errors import (
+    AuthError,
+    ExchangeError,
+    MalformedResponse,
+    RateLimited,
+    Rejected,
+    RetryLater,
+    Uncertain,
+)
+from guardbot.exchange.rest import Failure, interpret, path_with_query
+from guardbot.exchange.wire import Envelope
+
+OK = b'{"success":true,"timestamp":1702989203989}'
+
+
+def err(code: int | str, message: str = "m") -> bytes:
+    return b'{"success":false,"code":%s,"message":"%s"}' % (
+        str(code).encode() if isinstance(code, int) else f'"{code}"'.encode(),
+        message.encode(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "body", "error", "label"),
+    [
+        ("GET", 429, b"", RateLimited, "-1003"),
+        ("POST", 429, err(-1003), RateLimited, "-1003"),
+        ("GET", 400, err(-1003), RateLimited, "-1003"),
+        ("GET", 401, err(-1001), AuthError, "-1001"),
+        ("POST", 401, err(-1002), AuthError, "-1002"),
+        ("GET", 403, b"<html>", AuthError, "http_403"),
+        ("POST", 400, err("-1011"), RetryLater, "-1011"),
+        ("GET", 500, err(-1000), RetryLater, "-1000"),
+        ("GET", 503, b"<html>", RetryLater, "http_503"),
+        ("POST", 500, err(-1000), Uncertain, "-1000"),
+        ("POST", 502, b"Bad Gateway", Uncertain, "uncertain"),
+        ("POST", 200, b"{truncated", Uncertain, "uncertain"),
+        ("POST", 400, err(-1101, "Insufficient margin after the operation."), Rejected, "-1101"),
+        ("GET", 400, err(-1006), Rejected, "-1006"),
+        ("GET", 200, b"{truncated", MalformedResponse, "malformed"),
+        ("GET", 404, b"not found", MalformedResponse, "malformed"),
+        ("POST", 200, b'{"success":false,"code":-1005,"message":"bad"}', Rejected, "-1005"),
+    ],
+)
+def test_classification(
+    method: str, status: int, body: bytes, error: type[ExchangeError], label: str
+) -> None:
+    outcome = interpret(method, f"{method} /x", status, body, None)
+    assert isinstance(outcome, Failure)
+    assert type(outcome.error) is error
+    assert outcome.label == label
+
+
+def test_rejected_keeps_code_message_and_status() -> None:
+    outcome = interpret("POST", "POST /x", 400, err(-1101, "Insufficient margin"), None)
+    assert isinstance(outcome, Failure) and isinstance(outcome.error, Rejected)
+    assert (outcome.error.code, outcome.error.message, outcome.error.http_status) == (
+        -1101, "Insufficient margin", 400
+    )
+
+
+def test_retry_after_is_honoured() -> None:
+    outcome = interpret("GET", "GET /x", 429, b"", 2.5)
+    assert isinstance(outcome, Failure) and isinstance(outcome.error, RateLimited)
+    assert outcome.error.retry_after_s == 2.5
+
+
+def test_uncertain_says_what_to_do() -> None:
+    outcome = interpret("POST", "POST /v1/position_margin {}", 504, b"", None)
+    assert isinstance(outcome, Failure)
+    assert "re-read the position" in str(outcome.error)
+    assert "POST /v1/position_margin" in str(outcome.error)
+
+
+def test_success() -> None:
+    assert interpret("POST", "POST /x", 200, OK, None) == Envelope(
+        True, None, 1702989203989, None, ""
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        (None, "/v1/positions"),
+        ({"margin_mode": "ISOLATED"}, "/v1/positions?margin_mode=ISOLATED"),
+        ({"symbol": "PERP_ETH_USDC", "margin_mode": "CROSS"},
+         "/v1/positions?symbol=PERP_ETH_USDC&margin_mode=CROSS"),
+        ({"q": "a b/c"}, "/v1/positions?q=a%20b%2Fc"),
+    ],
+)
+def test_path_with_query(params: dict[str, str] | None, expected: str) -> None:
+    assert path_with_query("/v1/positions", params) == expected
