@@ -1,0 +1,176 @@
+"""The health server over real loopback HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from guardbot import metrics
+from guardbot.config import ConfigError, HealthSettings
+from guardbot.health import AccountReadiness, HealthServer, Readiness
+
+SECRET = "4wBqpZM9xaSheZzJSMawUKKwhdpChKbZ5eu5ky4Vigw"
+
+
+def fresh(account: str = "main", age: float | None = 2.0, ws: bool = True,
+          polling: bool = False) -> AccountReadiness:
+    return AccountReadiness(account, data_age_s=age, max_data_age_s=15,
+                            ws_connected=ws, polling_covering=polling)
+
+
+class Probe:
+    """A readiness provider the test steers."""
+
+    def __init__(self) -> None:
+        self.state = Readiness(database_reachable=True, accounts=(fresh(),), spool_depth=0)
+        self.error: Exception | None = None
+
+    def __call__(self) -> Readiness:
+        if self.error is not None:
+            raise self.error
+        return self.state
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Probe, httpx.AsyncClient]]:
+    probe = Probe()
+    async with HealthServer("127.0.0.1", 0, probe) as server:
+        assert server.port != 0
+        async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+            yield probe, client
+
+
+async def test_healthz_answers_while_the_process_runs(
+    served: tuple[Probe, httpx.AsyncClient],
+) -> None:
+    probe, client = served
+    probe.error = RuntimeError("even a broken readiness probe does not make it unhealthy")
+    response = await client.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+async def test_readyz_ready(served: tuple[Probe, httpx.AsyncClient]) -> None:
+    _, client = served
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ready",
+        "problems": [],
+        "database": {"reachable": True, "error": None},
+        "accounts": [{"account": "main", "data_age_s": 2.0, "max_data_age_s": 15,
+                      "ws_connected": True, "polling_covering": False, "ready": True}],
+        "spool_depth": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("state", "problems"),
+    [
+        (
+            Readiness(False, "connection refused", (fresh(),), spool_depth=12),
+            ["database unreachable: connection refused"],
+        ),
+        (
+            Readiness(True, accounts=(fresh(), fresh("alt", age=31.04))),
+            ["account alt: data is 31.0 s old (bound 15 s)"],
+        ),
+        (
+            Readiness(True, accounts=(fresh(age=None),)),
+            ["account main: no position data received yet"],
+        ),
+        (
+            Readiness(True, accounts=(fresh(ws=False),)),
+            ["account main: WebSocket disconnected and REST polling not covering"],
+        ),
+    ],
+)
+async def test_readyz_says_exactly_what_is_wrong(
+    served: tuple[Probe, httpx.AsyncClient], state: Readiness, problems: list[str]
+) -> None:
+    probe, client = served
+    probe.state = state
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert (body["status"], body["problems"]) == ("not_ready", problems)
+    assert body["spool_depth"] == state.spool_depth
+
+
+async def test_polling_covers_a_disconnected_websocket(
+    served: tuple[Probe, httpx.AsyncClient],
+) -> None:
+    probe, client = served
+    probe.state = Readiness(True, accounts=(fresh(ws=False, polling=True),), spool_depth=3)
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["spool_depth"] == 3
+
+
+async def test_a_failing_probe_is_not_ready_and_redacted(
+    served: tuple[Probe, httpx.AsyncClient],
+) -> None:
+    probe, client = served
+    probe.error = ValueError(f"cannot sign with {SECRET}")
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "not_ready",
+        "problems": ["readiness check failed: ValueError: cannot sign with [redacted]"],
+    }
+
+
+def sample(text: str, name: str, labels: dict[str, str]) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
+
+
+async def test_metrics_exposes_the_guard_metrics_and_values_move(
+    served: tuple[Probe, httpx.AsyncClient],
+) -> None:
+    _, client = served
+    labels = {"account": "0xmetrics", "policy": "topup", "kind": "ADD", "outcome": "succeeded"}
+    before = (await client.get("/metrics")).text
+    metrics.ACTIONS.labels(**labels).inc()
+    metrics.MARGIN_MOVED.labels("0xmetrics", "ADD").inc(float(Decimal("120.50")))
+    metrics.SPOOL_DEPTH.set(7)
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    after = response.text
+    assert (sample(before, "guardbot_actions_total", labels) or 0) + 1 == sample(
+        after, "guardbot_actions_total", labels)
+    assert sample(after, "guardbot_margin_usdc_total",
+                  {"account": "0xmetrics", "kind": "ADD"}) == pytest.approx(120.5)
+    assert sample(after, "guardbot_audit_spool_depth", {}) == 7
+    for name in ("guardbot_data_age_seconds", "guardbot_exchange_latency_seconds",
+                 "guardbot_ws_reconnects_total", "guardbot_budget_left_usdc"):
+        assert f"# TYPE {name} " in after
+
+
+async def test_metrics_speaks_openmetrics_when_asked(
+    served: tuple[Probe, httpx.AsyncClient],
+) -> None:
+    _, client = served
+    response = await client.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.endswith("# EOF\n")
+
+
+async def test_loopback_by_default_and_a_taken_port_is_a_clear_error() -> None:
+    defaults = HealthSettings()
+    assert (defaults.host, defaults.enabled) == ("127.0.0.1", True)
+    ready: Callable[[], Readiness] = lambda: Readiness(True)  # noqa: E731
+    async with HealthServer(defaults.host, 0, ready) as first:
+        assert first.url.startswith("http://127.0.0.1:")
+        with pytest.raises(ConfigError, match=rf"health.port: cannot listen on 127.0.0.1:"
+                                              rf"{first.port} .*enabled = false"):
+            async with HealthServer("127.0.0.1", first.port, ready):
+                pass
