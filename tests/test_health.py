@@ -10,7 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardbot import metrics
+from guardbot.book import PositionBook
 from guardbot.config import ConfigError, HealthSettings
+from guardbot.domain import MarginMode, Position, Source
 from guardbot.health import AccountReadiness, HealthServer, Readiness
 
 SECRET = "4wBqpZM9xaSheZzJSMawUKKwhdpChKbZ5eu5ky4Vigw"
@@ -174,3 +176,58 @@ async def test_loopback_by_default_and_a_taken_port_is_a_clear_error() -> None:
                                               rf"{first.port} .*enabled = false"):
             async with HealthServer("127.0.0.1", first.port, ready):
                 pass
+
+
+class BookProbe:
+    """A readiness provider fed by the real PositionBook on an injected clock, as the daemon's
+    is: an account's data age is that of its least recently confirmed position."""
+
+    def __init__(self, book: PositionBook, account_id: str) -> None:
+        self.book, self.account_id, self.now_ms = book, account_id, 0
+
+    def __call__(self) -> Readiness:
+        ages = [self.book.age_ms(key, self.now_ms) for key in self.book
+                if key[0] == self.account_id]
+        age_s = max((a for a in ages if a is not None), default=None)
+        data_age = None if age_s is None else age_s / 1000
+        if data_age is not None:
+            metrics.DATA_AGE.labels(self.account_id).set(data_age)
+        return Readiness(True, accounts=(AccountReadiness(
+            self.account_id, data_age, max_data_age_s=15, ws_connected=True,
+            polling_covering=False),))
+
+
+def pushed(account_id: str, seq: int, received_ms: int) -> Position:
+    return Position(
+        account_id=account_id, symbol="PERP_ETH_USDC", margin_mode=MarginMode.ISOLATED,
+        qty=Decimal("1.5"), average_open_price=Decimal(2000), cost_position=Decimal(3000),
+        mark_price=Decimal(1990), margin=Decimal(300), leverage=10,
+        unsettled_pnl=Decimal(-15), est_liq_price=Decimal("1830.5"), mmr=Decimal("0.05"),
+        imr=Decimal("0.1"), last_sum_unitary_funding=Decimal(0), seq=seq,
+        exchange_ms=received_ms - 5, received_ms=received_ms, source=Source.WS,
+    )
+
+
+async def test_readyz_turns_not_ready_when_pushes_stop_and_data_goes_stale() -> None:
+    account = "0x" + "7" * 64
+    book = PositionBook()
+    probe = BookProbe(book, account)
+    async with (HealthServer("127.0.0.1", 0, probe) as server,
+                httpx.AsyncClient(base_url=server.url) as client):
+        assert (await client.get("/readyz")).json()["problems"] == [
+            f"account {account}: no position data received yet"]
+
+        book.apply(pushed(account, seq=1, received_ms=1_000))
+        probe.now_ms = 3_000
+        assert (await client.get("/readyz")).status_code == 200
+
+        probe.now_ms = 17_000  # the pushes stop; 16 s later the data is past its 15 s bound
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["problems"] == [
+            f"account {account}: data is 16.0 s old (bound 15 s)"]
+        scraped = (await client.get("/metrics")).text
+        assert sample(scraped, "guardbot_data_age_seconds", {"account": account}) == 16
+
+        book.apply(pushed(account, seq=2, received_ms=17_000))  # pushes resume
+        assert (await client.get("/readyz")).status_code == 200
