@@ -1,0 +1,38 @@
+"""The audit log: what guardbot did to which position, when, why, and whether it worked.
+
+Modules: ``tables`` (schema), ``chain`` (hash chain), ``spool`` (local fsync'd journal),
+``store`` (``AuditLog``, the daemon's writer), ``queries`` (the read API behind
+``guardbot audit``), ``schema`` (Alembic: ``guardbot db``), ``database`` (engines).
+
+The daemon's API (``guardbot.audit.store``)::
+
+    log = await AuditLog.open(url, spool_dir, clock_ms=wall_clock_ms)
+        # SchemaOutOfDate("... run `guardbot db upgrade`"), AuditUnavailable, SpoolInUse;
+        # replays whatever a previous process left in the spool
+    run_id = await log.start_run(version, config_hash, host);  await log.end_run()
+    action_id: str = await log.record_action(ActionRecord(
+        account_id=..., symbol=..., margin_mode=MarginMode.ISOLATED, policy=..., kind=ActionKind.ADD,
+        amount=Decimal, reason=..., dry_run=False, mark_price=..., margin=..., qty=...,
+        liquidation_price=Decimal | None, distance=Decimal | None, data_age_ms=int,
+        source=Source.WS, run_id=None (= the current run), details={str: str}))
+        # writes the action and its INTENT event; durable (fsync'd spool) when it returns
+    await log.record_event(action_id, account_id, EventKind.SENT, code=None, message=None,
+                           detail={str: str} | None, latency_ms=None)
+        # SENT SUCCEEDED REJECTED UNCERTAIN RECONCILED VERIFIED SKIPPED FAILED DRY_RUN
+    await log.record_observation(account_id, symbol | None, kind, detail)
+    await log.added_since(account_id, since_ms, symbol=None) -> Decimal
+        # ADDs not dry-run and without a REJECTED/SKIPPED/FAILED/DRY_RUN event, including
+        # uncertain, in-flight and spooled ones (a RECONCILED "not applied" still counts:
+        # record FAILED as well to give the budget back)
+    await log.last_action_ms(account_id, symbol) -> int | None       # cooldowns
+    await log.unfinished_actions(account_ids) -> list[UnfinishedAction]
+        # no SUCCEEDED/REJECTED/RECONCILED/VERIFIED/SKIPPED/FAILED/DRY_RUN event yet;
+        # waits for the spool to reach the database; reloads the budget ledger
+    await log.flush(timeout_s);  await log.aclose()
+    log.spool_depth -> int
+
+Every ``record_*`` is durable on return and never waits on the database; it raises
+``NotRecorded`` if even the local spool cannot be written (then do not act).
+``added_since`` / ``last_action_ms`` answer from memory; only the first call for an account
+reads the database (``AuditUnavailable`` if it is down: treat the budget as exhausted).
+"""
