@@ -11,7 +11,8 @@ The daemon's API (``guardbot.audit.store``)::
         # replays whatever a previous process left in the spool
     run_id = await log.start_run(version, config_hash, host);  await log.end_run()
     action_id: str = await log.record_action(ActionRecord(
-        account_id=..., symbol=..., margin_mode=MarginMode.ISOLATED, policy=..., kind=ActionKind.ADD,
+        account_id=..., symbol=..., margin_mode=MarginMode.ISOLATED, policy=...,
+        kind=ActionKind.ADD,
         amount=Decimal, reason=..., dry_run=False, mark_price=..., margin=..., qty=...,
         liquidation_price=Decimal | None, distance=Decimal | None, data_age_ms=int,
         source=Source.WS, run_id=None (= the current run), details={str: str}))

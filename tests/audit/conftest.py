@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 from conftest import PG_URL
+from sqlalchemy import create_engine, text
 
 from guardbot.audit import schema
 
