@@ -8,7 +8,8 @@ returns a ``Readiness`` snapshot (cheap: cached results, no I/O), and the server
     GET /readyz   200 {"status": "ready", "problems": [], ...}
                   503 {"status": "not_ready", "problems": ["account main: data is 31.0 s old
                        (bound 15 s)", ...], "database": {...}, "accounts": [...], ...}
-    GET /metrics  Prometheus exposition of the default registry (guardbot.metrics)
+    GET /metrics  Prometheus exposition of the default registry (guardbot.metrics), with
+                  ``guardbot_ready`` (1/0) re-evaluated on each scrape
 
 Usage::
 
@@ -30,6 +31,7 @@ from prometheus_client.exposition import choose_encoder
 
 from guardbot.config import ConfigError
 from guardbot.logs import redact
+from guardbot.metrics import READY
 
 log = logging.getLogger(__name__)
 
@@ -173,16 +175,26 @@ class HealthServer:
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def _readyz(self, request: web.Request) -> web.Response:
+    def _evaluate(self) -> tuple[int, dict[str, object]]:
+        """(HTTP status, JSON body) of /readyz; also sets the ``guardbot_ready`` gauge."""
+        body: dict[str, object]
         try:
             readiness = self._readiness()
         except Exception as exc:
             # A broken probe must say so, not crash the endpoint or claim readiness.
             log.exception("readiness check failed")
             problem = redact(f"readiness check failed: {type(exc).__name__}: {exc}")
-            return web.json_response({"status": "not_ready", "problems": [problem]}, status=503)
-        return web.json_response(readiness.as_json(), status=200 if readiness.ready else 503)
+            status, body = 503, {"status": "not_ready", "problems": [problem]}
+        else:
+            status, body = (200 if readiness.ready else 503), readiness.as_json()
+        READY.set(1 if status == 200 else 0)
+        return status, body
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        status, body = self._evaluate()
+        return web.json_response(body, status=status)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        self._evaluate()  # so guardbot_ready is current in every scrape
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encoder(self._registry), headers={"Content-Type": content_type})

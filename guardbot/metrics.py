@@ -47,3 +47,6 @@ ALERTS = Counter(
     "Webhook alerts by outcome (sent, failed, suppressed into a digest, dropped on overflow)",
     ["webhook", "kind", "outcome"],
 )
+READY = Gauge(
+    "guardbot_ready", "1 when /readyz answers 200, else 0 (re-evaluated on every scrape)"
+)

@@ -228,6 +228,8 @@ async def test_readyz_turns_not_ready_when_pushes_stop_and_data_goes_stale() -> 
             f"account {account}: data is 16.0 s old (bound 15 s)"]
         scraped = (await client.get("/metrics")).text
         assert sample(scraped, "guardbot_data_age_seconds", {"account": account}) == 16
+        assert sample(scraped, "guardbot_ready", {}) == 0
 
         book.apply(pushed(account, seq=2, received_ms=17_000))  # pushes resume
         assert (await client.get("/readyz")).status_code == 200
+        assert sample((await client.get("/metrics")).text, "guardbot_ready", {}) == 1
