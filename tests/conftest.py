@@ -3,7 +3,31 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from guardbot.sim.admin import SimAccount, open_account
+from guardbot.sim.server import SimServer
 
 PG_URL = os.environ.get(
     "GUARDBOT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimServer]:
+    """A fresh simulated exchange on a free loopback port (seed 7, scenario calm)."""
+    async with SimServer(seed=7, scenario="calm", speed=1.0, host="127.0.0.1", port=0) as server:
+        yield server
+
+
+@pytest.fixture
+async def sim_account(sim: SimServer) -> SimAccount:
+    """An account funded with 10,000 USDC, long 1 ETH isolated (10x) and long 0.5 ETH cross
+    (10x) on PERP_ETH_USDC, created through the admin HTTP API."""
+    return await open_account(
+        sim.rest_url,
+        usdc="10000",
+        positions=[("PERP_ETH_USDC", "ISOLATED", "1", 10), ("PERP_ETH_USDC", "CROSS", "0.5", 10)],
+    )

@@ -1,0 +1,198 @@
+"""The simulated exchange's own margin math (orderly-api.md §7), as pure functions.
+
+This is deliberately a separate implementation from the bot's risk module: the two are pinned
+to the same hand-computed cases, so each checks the other. Money is ``Decimal``; every amount
+the exchange books is quantized to USDC's 6 decimals (``usdc``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+
+ZERO = Decimal(0)
+ONE = Decimal(1)
+USDC_STEP = Decimal("0.000001")
+RATE_STEP = Decimal("0.00000001")
+FOUR_FIFTHS = Decimal("0.8")
+# js-sdk's iso_taker_fee_buffer: isolated fills allocate notional*(1/leverage + buffer).
+ISOLATED_FEE_BUFFER = Decimal("0.0006")
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    """One perpetual's rules, as ``GET /v1/public/info/{symbol}`` reports them."""
+
+    symbol: str
+    base_imr: Decimal
+    base_mmr: Decimal
+    imr_factor: Decimal
+    start_price: Decimal
+    quote_tick: Decimal = Decimal("0.01")
+    base_tick: Decimal = Decimal("0.0001")
+    base_min: Decimal = Decimal("0.0001")
+    base_max: Decimal = Decimal("100000")
+    min_notional: Decimal = Decimal("10")
+    std_liquidation_fee: Decimal = Decimal("0.012")
+    liquidator_fee: Decimal = Decimal("0.006")
+
+    @property
+    def max_leverage(self) -> int:
+        """``1/base_imr`` (orderly-api.md §4, [D:mlp])."""
+        return int(ONE / self.base_imr)
+
+
+# orderly-api.md §7: BTC/ETH base_imr 0.01, base_mmr 0.006; alts 0.10 / 0.05.
+MARKETS: dict[str, Market] = {
+    m.symbol: m
+    for m in (
+        Market(
+            "PERP_BTC_USDC",
+            Decimal("0.01"),
+            Decimal("0.006"),
+            Decimal("0.0000002512"),
+            Decimal("60000"),
+            quote_tick=Decimal("0.1"),
+            base_tick=Decimal("0.00001"),
+            base_min=Decimal("0.00001"),
+        ),
+        Market(
+            "PERP_ETH_USDC",
+            Decimal("0.01"),
+            Decimal("0.006"),
+            Decimal("0.0000002512"),
+            Decimal("3000"),
+        ),
+        Market(
+            "PERP_SOL_USDC",
+            Decimal("0.1"),
+            Decimal("0.05"),
+            Decimal("0.0000045"),
+            Decimal("150"),
+            quote_tick=Decimal("0.001"),
+            base_tick=Decimal("0.01"),
+            base_min=Decimal("0.01"),
+            std_liquidation_fee=Decimal("0.024"),
+            liquidator_fee=Decimal("0.012"),
+        ),
+    )
+}
+
+
+def usdc(amount: Decimal) -> Decimal:
+    """Round a USDC amount to the 6 decimals the exchange books (half-even, like a ledger)."""
+    return amount.quantize(USDC_STEP, rounding=ROUND_HALF_EVEN)
+
+
+def usdc_down(amount: Decimal) -> Decimal:
+    """Round a USDC amount down: used for limits, so a shown maximum is always accepted."""
+    return amount.quantize(USDC_STEP, rounding=ROUND_DOWN)
+
+
+def _notional_term(factor: Decimal, notional: Decimal) -> Decimal:
+    return factor * notional**FOUR_FIFTHS if notional > 0 else ZERO
+
+
+def imr(market: Market, notional: Decimal, leverage: int) -> Decimal:
+    """``IMR = max(1/leverage, base_imr, imr_factor * notional^(4/5))`` (§7)."""
+    return max(ONE / leverage, market.base_imr, _notional_term(market.imr_factor, notional))
+
+
+def mmr(market: Market, notional: Decimal) -> Decimal:
+    """``MMR = max(base_mmr, base_mmr/base_imr * imr_factor * notional^(4/5))`` (§7)."""
+    scaled = market.base_mmr / market.base_imr * market.imr_factor
+    return max(market.base_mmr, _notional_term(scaled, notional))
+
+
+def max_leverage_for(market: Market, notional: Decimal) -> int:
+    """``floor(min(1/(imr_factor*notional^0.8), 1/base_imr))`` (§4, leverage validation)."""
+    term = _notional_term(market.imr_factor, notional)
+    cap = ONE / market.base_imr if term == 0 else min(ONE / term, ONE / market.base_imr)
+    return int(cap)
+
+
+def isolated_equity(
+    margin: Decimal, qty: Decimal, cost_position: Decimal, mark: Decimal
+) -> Decimal:
+    """``margin + unsettled_pnl`` with ``unsettled_pnl = qty*mark - cost_position`` (§7; the
+    simulator charges no funding, so the funding term is zero)."""
+    return margin + qty * mark - cost_position
+
+
+def isolated_is_liquidatable(
+    market: Market, margin: Decimal, qty: Decimal, cost_position: Decimal, mark: Decimal
+) -> bool:
+    """Liquidation when ``margin + unsettled_pnl <= |qty|*mark*MMR`` (§7, isolated)."""
+    if qty == 0:
+        return False
+    notional = abs(qty) * mark
+    return isolated_equity(margin, qty, cost_position, mark) <= notional * mmr(market, notional)
+
+
+def isolated_liquidation_price(
+    market: Market, margin: Decimal, qty: Decimal, cost_position: Decimal
+) -> Decimal | None:
+    """The mark at which the isolated position is liquidated, or ``None`` if none exists.
+
+    Solves ``margin + qty*P - cost = |qty|*P*MMR(|qty|*P)`` exactly: the closed form
+    ``(margin - cost)/(|qty|*MMR - qty)`` (js-sdk ``liquidationPriceIsolated``) with MMR taken
+    at the liquidation price itself rather than at mark, found by fixed-point iteration (MMR
+    is flat at ``base_mmr`` for all but very large notionals, where it moves slowly).
+    """
+    if qty == 0:
+        return None
+    numerator = margin - cost_position
+    rate = market.base_mmr
+    price = ZERO
+    for _ in range(50):
+        denominator = abs(qty) * rate - qty
+        if denominator == 0:
+            return None
+        price = numerator / denominator
+        if price <= 0:
+            return None
+        next_rate = mmr(market, abs(qty) * price)
+        if abs(next_rate - rate) < Decimal("1e-18"):
+            break
+        rate = next_rate
+    return price
+
+
+def isolated_max_reduce(
+    market: Market,
+    margin: Decimal,
+    qty: Decimal,
+    cost_position: Decimal,
+    mark: Decimal,
+    leverage: int,
+) -> Decimal:
+    """Removable margin: ``max(0, margin - notional*IMR + min(0, unsettled_pnl))`` (§7,
+    js-sdk ``maxAddReduce``): unrealized profit cannot be withdrawn, a loss reduces it."""
+    notional = abs(qty) * mark
+    upnl = qty * mark - cost_position
+    removable = margin - notional * imr(market, notional, leverage) + min(ZERO, upnl)
+    return usdc_down(max(ZERO, removable))
+
+
+def isolated_fill_margin(price: Decimal, qty: Decimal, leverage: int) -> Decimal:
+    """Margin an isolated fill allocates: ``|qty|*price*(1/leverage + 0.0006)`` (§7)."""
+    return usdc(abs(qty) * price * (ONE / leverage + ISOLATED_FEE_BUFFER))
+
+
+def cross_liquidation_price(
+    market: Market,
+    qty: Decimal,
+    mark: Decimal,
+    collateral: Decimal,
+    maintenance_total: Decimal,
+) -> Decimal | None:
+    """Closed form for a cross position (§7): ``mark + (TCV - ΣMM)/(|q|*MMR - q)``, where
+    ``collateral`` is the account's TCV and ``maintenance_total`` its Σ notional*MMR; MMR at
+    mark. ``None`` when the result is not positive (no liquidation price)."""
+    if qty == 0:
+        return None
+    denominator = abs(qty) * mmr(market, abs(qty) * mark) - qty
+    if denominator == 0:
+        return None
+    price = mark + (collateral - maintenance_total) / denominator
+    return price if price > 0 else None

@@ -1,0 +1,133 @@
+"""The simulator over real loopback sockets: the contract others code against, the REST
+envelope and JSON types, and the admin API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from guardbot.sim.admin import SimAccount
+from guardbot.sim.client import SimClient
+from guardbot.sim.server import SimServer
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        yield client
+
+
+@pytest.fixture
+def client(sim: SimServer, sim_account: SimAccount, http: httpx.AsyncClient) -> SimClient:
+    return SimClient(sim.rest_url, sim_account, http)
+
+
+async def test_contract_urls_and_engine(sim: SimServer) -> None:
+    assert sim.port > 0
+    assert sim.rest_url == f"http://127.0.0.1:{sim.port}"
+    assert sim.public_ws_url == f"ws://127.0.0.1:{sim.port}/ws/stream/{{account_id}}"
+    assert sim.private_ws_url == (f"ws://127.0.0.1:{sim.port}/v2/ws/private/stream/{{account_id}}")
+    assert set(sim.engine.markets) >= {"PERP_ETH_USDC", "PERP_BTC_USDC", "PERP_SOL_USDC"}
+
+
+async def test_sim_account_fixture_holds_isolated_and_cross(
+    sim: SimServer, sim_account: SimAccount
+) -> None:
+    account = sim.engine.accounts[sim_account.account_id]
+    isolated = account.positions[("PERP_ETH_USDC", "ISOLATED")]
+    cross = account.positions[("PERP_ETH_USDC", "CROSS")]
+    assert (isolated.qty, cross.qty) == (Decimal("1"), Decimal("0.5"))
+    # 10,000 - margin |q|*price*(1/10 + 0.0006) - taker fees of 0.06 % on both fills
+    fees = (isolated.cost_position + cross.cost_position) * Decimal("0.0006")
+    assert isolated.margin == isolated.cost_position * Decimal("0.1006")
+    assert account.holding == Decimal("10000") - isolated.margin - fees
+    assert sim_account.orderly_secret not in repr(sim_account)
+
+
+async def test_positions_envelope_and_json_types(client: SimClient) -> None:
+    response = await client.request("GET", "/v1/positions")
+    assert response.status_code == 200
+    envelope = response.json()
+    assert envelope["success"] is True and isinstance(envelope["timestamp"], int)
+    data = envelope["data"]
+    assert isinstance(data["free_collateral"], float)
+    rows = {row["margin_mode"]: row for row in data["rows"]}
+    isolated = rows["ISOLATED"]
+    assert isolated["symbol"] == "PERP_ETH_USDC"
+    assert isolated["position_qty"] == 1.0 and isolated["margin"] == 301.8
+    assert isinstance(isolated["leverage"], int) and isolated["leverage"] == 10
+    # seq exceeds 2**53 and must arrive exact: parse the raw text, not floats.
+    raw = json.loads(response.text, parse_int=int, parse_float=Decimal)
+    seqs = [row["seq"] for row in raw["data"]["rows"]]
+    assert all(isinstance(s, int) and s > 2**53 for s in seqs)
+    for row in data["rows"]:
+        for name, value in row.items():
+            if name in ("symbol", "margin_mode"):
+                assert isinstance(value, str)
+            else:
+                assert isinstance(value, int | float), name
+
+
+async def test_position_defaults_to_cross_and_zero_position(client: SimClient) -> None:
+    cross = await client.data("GET", "/v1/position/PERP_ETH_USDC")
+    assert cross["margin_mode"] == "CROSS" and cross["position_qty"] == 0.5
+    isolated = await client.data("GET", "/v1/position/PERP_ETH_USDC?margin_mode=ISOLATED")
+    assert isolated["position_qty"] == 1.0
+    none = await client.data("GET", "/v1/position/PERP_BTC_USDC?margin_mode=ISOLATED")
+    assert none["position_qty"] == 0.0 and none["margin"] == 0.0 and none["est_liq_price"] == 0
+
+
+async def test_add_and_reduce_margin_move_exact_amounts(sim: SimServer, client: SimClient) -> None:
+    before = await client.data("GET", "/v1/position/PERP_ETH_USDC?margin_mode=ISOLATED")
+    holding = (await client.data("GET", "/v1/client/holding"))["holding"][0]
+    body = {"symbol": "PERP_ETH_USDC", "amount": "123.456789", "type": "ADD"}
+    response = await client.request("POST", "/v1/position_margin", body)
+    assert response.status_code == 200
+    assert set(response.json()) == {"success", "timestamp"}  # no data (§3)
+    after = await client.data("GET", "/v1/position/PERP_ETH_USDC?margin_mode=ISOLATED")
+    assert Decimal(str(after["margin"])) - Decimal(str(before["margin"])) == Decimal("123.456789")
+    assert after["seq"] > before["seq"]
+    holding_after = (await client.data("GET", "/v1/client/holding"))["holding"][0]
+    assert Decimal(str(holding["holding"])) - Decimal(str(holding_after["holding"])) == Decimal(
+        "123.456789"
+    )
+    assert Decimal(str(holding_after["isolated_margin"])) == Decimal(str(after["margin"]))
+    await client.data(
+        "POST",
+        "/v1/position_margin",
+        {"symbol": "PERP_ETH_USDC", "amount": "23.45", "type": "REDUCE"},
+    )
+    final = await client.data("GET", "/v1/position/PERP_ETH_USDC?margin_mode=ISOLATED")
+    assert Decimal(str(final["margin"])) == Decimal("301.8") + Decimal("123.456789") - Decimal(
+        "23.45"
+    )
+
+
+async def test_admin_rejects_bad_input_with_a_clear_message(
+    sim: SimServer, http: httpx.AsyncClient
+) -> None:
+    response = await http.post(sim.rest_url + "/sim/accounts", json={"usdc": "5"})
+    assert response.status_code == 400
+    assert "orderly_key" in response.json()["message"]
+    response = await http.post(
+        sim.rest_url + "/sim/marks", json={"symbol": "PERP_DOGE_USDC", "price": "1"}
+    )
+    assert response.status_code == 400 and "PERP_DOGE_USDC" in response.json()["message"]
+
+
+async def test_admin_state_reports_accounts_marks_and_counters(
+    sim: SimServer, sim_account: SimAccount, client: SimClient, http: httpx.AsyncClient
+) -> None:
+    await client.data("GET", "/v1/positions")
+    state = (await http.get(sim.rest_url + "/sim/state")).json()
+    (account,) = state["accounts"]
+    assert account["account_id"] == sim_account.account_id
+    isolated = next(p for p in account["positions"] if p["margin_mode"] == "ISOLATED")
+    assert isolated["margin"] == "301.800000" and isolated["liquidation_price"] == "2714.49"
+    assert state["counters"]["requests"] >= 1
+    assert state["insurance_fund"] == "0.000000" and state["liquidations"] == []
+    assert sim_account.orderly_secret.removeprefix("ed25519:") not in json.dumps(state)
