@@ -1,0 +1,172 @@
+"""The policy interface: what a strategy author implements.
+
+A policy looks at one isolated position and says what it wants done to its margin::
+
+    class MyPolicy:
+        name = "my_policy"
+
+        def __init__(self, *, trigger: Decimal = Decimal("0.05")) -> None:
+            self.trigger = decimal_param("trigger", trigger, low=Decimal(0), high=Decimal(1))
+
+        def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
+            if view.distance is not None and view.distance < self.trigger:
+                return [view.intent(ActionKind.ADD, Decimal("10"), self.name, "too close")]
+            return []
+
+Rules (style.md §1, design.md): ``evaluate`` is synchronous and pure: no I/O, no clock
+(time is ``ctx.now_ms``), no randomness, no state that changes what the next call returns
+unless it comes from ``ctx``. Parameters arrive as keyword arguments of the constructor, which
+validates them (raise ``PolicyParamError`` naming the parameter): start-up then fails with a
+clear message instead of the policy failing at 3 a.m. Amounts are ``Decimal`` USDC. The
+arbiter decides what is actually done (budgets, cooldowns, conflicts), so a policy simply
+asks for what the position needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol, runtime_checkable
+
+from guardbot import risk
+from guardbot.domain import ActionKind, Intent, MarginMode, MarkPrice, Position, SymbolRules
+
+
+@dataclass(frozen=True, slots=True)
+class PositionView:
+    """One open isolated position, its symbol's rules and its risk figures, precomputed
+    once (``guardbot.risk``) and shared by every policy."""
+
+    position: Position
+    rules: SymbolRules
+    liquidation_price: Decimal | None
+    # signed: negative when the mark is already past the liquidation price
+    distance: Decimal | None
+    max_removable: Decimal
+    age_ms: int = 0
+
+    @classmethod
+    def of(cls, position: Position, rules: SymbolRules, age_ms: int = 0) -> PositionView:
+        """Build the view. Raises ``ValueError`` for a cross or closed position: policies
+        only ever see open isolated positions."""
+        if position.margin_mode is not MarginMode.ISOLATED:
+            raise ValueError(f"{position.symbol}: policies only see isolated positions")
+        if not position.is_open:
+            raise ValueError(f"{position.symbol}: the position is closed")
+        if position.symbol != rules.symbol:
+            raise ValueError(f"rules for {rules.symbol} given for {position.symbol}")
+        liquidation = risk.liquidation_price(position, rules)
+        return cls(
+            position=position,
+            rules=rules,
+            liquidation_price=liquidation,
+            distance=risk.liquidation_distance(position.mark_price, liquidation, position.qty),
+            max_removable=risk.max_removable(position, rules),
+            age_ms=age_ms,
+        )
+
+    def margin_for_distance(self, distance: Decimal) -> Decimal:
+        """The margin that puts the liquidation price ``distance`` away from the mark."""
+        return risk.margin_for_distance(self.position, self.rules, distance)
+
+    def distance_with_margin(self, margin: Decimal) -> Decimal | None:
+        """The signed distance the position would have with ``margin`` instead."""
+        changed = replace(self.position, margin=margin)
+        liquidation = risk.liquidation_price(changed, self.rules)
+        return risk.liquidation_distance(changed.mark_price, liquidation, changed.qty)
+
+    def intent(
+        self,
+        kind: ActionKind,
+        amount: Decimal,
+        policy: str,
+        reason: str,
+        urgency: Decimal | None = None,
+        **details: str,
+    ) -> Intent:
+        """An intent on this position. Urgency defaults to the distance to liquidation
+        (lower = more endangered; no liquidation price = least urgent)."""
+        if urgency is None:
+            urgency = self.distance if self.distance is not None else Decimal(1)
+        return Intent(
+            account_id=self.position.account_id,
+            symbol=self.position.symbol,
+            kind=kind,
+            amount=amount,
+            policy=policy,
+            reason=reason,
+            urgency=urgency,
+            details=dict(details),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyContext:
+    """Everything else a policy may use. Built by the daemon for each evaluation."""
+
+    now_ms: int
+    # the account's free USDC balance, if known (ADD draws on it)
+    free_balance: Decimal | None = None
+    # recent marks of the position's symbol, oldest first
+    recent_marks: tuple[MarkPrice, ...] = ()
+    # the margin the position was opened with, if known (e.g. from the audit log)
+    original_margin: Decimal | None = None
+    # margin added minus margin reduced by the guard on this position (audit log)
+    net_added: Decimal = Decimal(0)
+    # this policy's raw configured parameters (already validated by its constructor)
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A margin policy. ``name`` labels its intents, metrics and audit rows."""
+
+    name: str
+
+    def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
+        """What this policy wants done to ``view.position`` now; ``[]`` for nothing."""
+        ...
+
+
+class PolicyParamError(ValueError):
+    """A policy parameter is missing, of the wrong type or out of range. ``param`` names it;
+    the loader adds the policy's name and stops start-up."""
+
+    def __init__(self, param: str, reason: str) -> None:
+        super().__init__(f"{param}: {reason}")
+        self.param = param
+        self.reason = reason
+
+
+Number = Decimal | str | int | float
+"""What a numeric parameter may arrive as (TOML numbers and strings, or Python values)."""
+
+
+def decimal_param(
+    name: str,
+    value: object,
+    *,
+    low: Decimal | None = None,
+    high: Decimal | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> Decimal:
+    """Parse a numeric parameter (TOML gives str, int or float) into a finite ``Decimal``
+    within bounds, or raise ``PolicyParamError`` saying why."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise PolicyParamError(name, f"must be a number, got {value!r}")
+    try:
+        # str() first: a TOML float 0.05 becomes Decimal("0.05"), not its binary expansion
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise PolicyParamError(name, f"must be a number, got {value!r}") from None
+    if not number.is_finite():
+        raise PolicyParamError(name, f"must be finite, got {value!r}")
+    if low is not None and (number < low or (number == low and not low_inclusive)):
+        bound = ">=" if low_inclusive else ">"
+        raise PolicyParamError(name, f"must be {bound} {low}, got {number}")
+    if high is not None and (number > high or (number == high and not high_inclusive)):
+        bound = "<=" if high_inclusive else "<"
+        raise PolicyParamError(name, f"must be {bound} {high}, got {number}")
+    return number

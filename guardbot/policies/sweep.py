@@ -1,0 +1,84 @@
+"""``sweep``: return margin a position does not need to the free balance (opt-in).
+
+When the position sits farther than ``safe`` from liquidation, ask to REDUCE the excess so
+that it sits exactly ``safe`` away, never more than the exchange lets go
+(``risk.max_removable``), rounded down to 0.01 USDC, and only if that is at least
+``min_amount`` (a sweep costs a rate-limited call and an audit row).
+
+Hysteresis: ``trigger < target <= safe`` is checked at construction, with ``trigger`` and
+``target`` being the top-up's, so a sweep never pushes a position into the band where the
+top-up would add the margin straight back. The loader also checks that a configured
+``topup``'s target is not above ``safe``.
+
+Parameters: ``safe`` (0.20), ``min_amount`` (10 USDC), ``trigger`` (0.05), ``target`` (0.10).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from guardbot import risk
+from guardbot.domain import ActionKind, Intent
+from guardbot.policies.base import (
+    Number,
+    PolicyContext,
+    PolicyParamError,
+    PositionView,
+    decimal_param,
+)
+
+ZERO, ONE = Decimal(0), Decimal(1)
+# liquidation_price bisects to ~1e-20 of the notional; a check against safe allows that.
+_TOLERANCE = Decimal("1e-12")
+
+
+class Sweep:
+    """Reduce margin down to what ``safe`` distance needs."""
+
+    name = "sweep"
+
+    def __init__(
+        self,
+        *,
+        safe: Number = Decimal("0.20"),
+        min_amount: Number = Decimal(10),
+        trigger: Number = Decimal("0.05"),
+        target: Number = Decimal("0.10"),
+    ) -> None:
+        self.safe = decimal_param("safe", safe, low=ZERO, high=ONE, high_inclusive=False)
+        self.min_amount = decimal_param("min_amount", min_amount, low=Decimal("0.01"))
+        self.trigger = decimal_param("trigger", trigger, low=ZERO, low_inclusive=False)
+        self.target = decimal_param("target", target, low=ZERO)
+        if not self.trigger < self.target:
+            raise PolicyParamError(
+                "target", f"must be above trigger ({self.trigger}), got {self.target}"
+            )
+        if not self.target <= self.safe:
+            raise PolicyParamError(
+                "safe", f"must be at least target ({self.target}), got {self.safe}"
+            )
+
+    def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
+        distance = view.distance
+        if distance is not None and distance <= self.safe:
+            return []
+        margin = view.position.margin
+        excess = margin - view.margin_for_distance(self.safe)
+        amount = risk.round_down(min(excess, view.max_removable))
+        if amount < self.min_amount:
+            return []
+        after = view.distance_with_margin(margin - amount)
+        if after is not None and after < self.safe - _TOLERANCE:
+            return []  # never reached with consistent math; refuse rather than risk it
+        shown = "none" if distance is None else f"{distance:.4f}"
+        return [
+            view.intent(
+                ActionKind.REDUCE,
+                amount,
+                self.name,
+                f"distance {shown} above safe {self.safe}: reduce {amount}",
+                urgency=ONE + (distance if distance is not None else ONE),
+                safe=str(self.safe),
+                max_removable=str(view.max_removable),
+            )
+        ]

@@ -1,0 +1,84 @@
+"""Sweep: excess down to safe, capped by the removable maximum, hysteresis validated."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import pytest
+
+from guardbot.domain import ActionKind
+from guardbot.policies.base import PolicyContext, PolicyParamError
+from guardbot.policies.sweep import Sweep
+from guardbot.policies.topup import TopUp
+
+from .conftest import ViewMaker
+
+CTX = PolicyContext(now_ms=1_000)
+
+
+@pytest.mark.parametrize(
+    ("side", "changes", "amount"),
+    [
+        # long, margin 400: liquidation 63.16, distance 0.368. Safe 0.20 = liquidation at 80
+        # needs 10*80*0.05 - 800 + 1000 = 240; removable 400 - 1000*0.1 = 300
+        ("long", {"margin": D(400)}, D(160)),
+        # short, margin 400: safe = liquidation at 120 needs 60 + 1200 - 1000 = 260
+        ("short", {"margin": D(400)}, D(140)),
+        # no liquidation price (margin above cost): still only down to safe
+        ("long", {"margin": D(1200)}, D(960)),
+        # leverage 3: IMR 1/3, removable 400 - 333.33.. = 66.66 (rounded down)
+        ("long", {"margin": D(400), "leverage": 3}, D("66.66")),
+        # leverage 2: IMR 0.5, nothing removable
+        ("long", {"margin": D(400), "leverage": 2}, None),
+        # an unrealized loss lowers the removable amount: 300 - 250 = 50; but the loss also
+        # moves liquidation: with upnl -250 (cost 1250) safe needs 490, excess < 0
+        ("long", {"margin": D(400), "cost_position": D(1250), "unsettled_pnl": D(-250)}, None),
+        # excess 5 is below min_amount 10
+        ("long", {"margin": D(245)}, None),
+        # distance 0.158 is inside safe: never sweep
+        ("long", {"margin": D(200)}, None),
+    ],
+)
+def test_sweep(make_view: ViewMaker, side: str, changes: dict[str, D], amount: D | None) -> None:
+    view = make_view(side, **changes)
+    intents = Sweep().evaluate(view, CTX)
+    if amount is None:
+        assert intents == []
+        return
+    [intent] = intents
+    assert (intent.kind, intent.amount, intent.policy) == (ActionKind.REDUCE, amount, "sweep")
+    assert intent.amount <= view.max_removable
+    after = view.distance_with_margin(view.position.margin - amount)
+    assert after is None or after >= D("0.2")
+    # sweeps are never more urgent than any top-up (distance < 1)
+    assert intent.urgency > 1
+
+
+def test_sweep_never_feeds_a_topup(make_view: ViewMaker) -> None:
+    """What a sweep leaves behind never triggers the default top-up (hysteresis)."""
+    topup, sweep = TopUp(), Sweep()
+    for margin in range(100, 3000, 37):
+        view = make_view(margin=D(margin))
+        for intent in sweep.evaluate(view, CTX):
+            after = make_view(margin=view.position.margin - intent.amount)
+            assert topup.evaluate(after, CTX) == []
+
+
+@pytest.mark.parametrize(
+    ("params", "param", "reason"),
+    [
+        ({"safe": "0.08"}, "safe", "must be at least target (0.10)"),
+        ({"trigger": "0.1", "target": "0.1"}, "target", "must be above trigger"),
+        ({"min_amount": "0"}, "min_amount", "must be >= 0.01"),
+        ({"safe": "1"}, "safe", "must be < 1"),
+    ],
+)
+def test_bad_params_name_the_param(params: dict[str, str], param: str, reason: str) -> None:
+    with pytest.raises(PolicyParamError) as caught:
+        Sweep(**params)
+    assert caught.value.param == param
+    assert caught.value.reason.startswith(reason)
+
+
+def test_safe_equal_to_target_is_allowed() -> None:
+    assert Sweep(safe="0.1").safe == D("0.1")

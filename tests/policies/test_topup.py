@@ -1,0 +1,72 @@
+"""TopUp: trigger/target table, rounding up, validation at construction."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import pytest
+
+from guardbot.domain import ActionKind
+from guardbot.policies.base import PolicyContext, PolicyParamError
+from guardbot.policies.topup import TopUp
+
+from .conftest import ViewMaker
+
+CTX = PolicyContext(now_ms=1_000)
+
+
+@pytest.mark.parametrize(
+    ("side", "changes", "amount"),
+    [
+        # long: liquidation (1000 - 60) / 9.5 = 98.95, distance 0.0105 < 0.05;
+        # target 0.10 means liquidation at 90: margin 10*90*0.05 - 900 + 1000 = 145
+        ("long", {"margin": D(60)}, D(85)),
+        # already past liquidation (liq 105.26 > mark 100): the same formula, more margin
+        ("long", {"margin": D(0)}, D(145)),
+        # funding owed 0.001 makes it 145.001: rounded up, never short of the target
+        ("long", {"margin": D(60), "unsettled_pnl": D("-0.001")}, D("85.01")),
+        # short: liquidation (1000 + 40) / 10.5 = 99.05; target 110: 55 + 1100 - 1000 = 155
+        ("short", {"margin": D(40)}, D(115)),
+        # distance 0.158: nothing to do
+        ("long", {"margin": D(200)}, None),
+        # just at the trigger (liquidation 95 => margin 97.5): not below it
+        ("long", {"margin": D("97.5")}, None),
+        # no liquidation price at all
+        ("long", {"margin": D(1000)}, None),
+    ],
+)
+def test_topup(make_view: ViewMaker, side: str, changes: dict[str, D], amount: D | None) -> None:
+    view = make_view(side, **changes)
+    intents = TopUp().evaluate(view, CTX)
+    if amount is None:
+        assert intents == []
+        return
+    [intent] = intents
+    assert (intent.kind, intent.amount, intent.policy) == (ActionKind.ADD, amount, "topup")
+    assert intent.urgency == view.distance
+    assert "below trigger 0.05" in intent.reason
+    restored = view.distance_with_margin(view.position.margin + amount)
+    assert restored is not None and restored >= D("0.10")
+
+
+def test_custom_trigger_and_target(make_view: ViewMaker) -> None:
+    view = make_view(margin=D(200))  # distance 0.158
+    [intent] = TopUp(trigger="0.2", target=0.3).evaluate(view, CTX)
+    # liquidation at 70: 35 - 700 + 1000 = 335
+    assert intent.amount == D(135)
+
+
+@pytest.mark.parametrize(
+    ("params", "param", "reason"),
+    [
+        ({"trigger": "0"}, "trigger", "must be > 0"),
+        ({"trigger": "x"}, "trigger", "must be a number"),
+        ({"target": "1"}, "target", "must be < 1"),
+        ({"trigger": "0.1", "target": "0.1"}, "target", "must be above trigger (0.1)"),
+    ],
+)
+def test_bad_params_name_the_param(params: dict[str, str], param: str, reason: str) -> None:
+    with pytest.raises(PolicyParamError) as caught:
+        TopUp(**params)
+    assert caught.value.param == param
+    assert caught.value.reason.startswith(reason)
