@@ -18,7 +18,6 @@ from types import TracebackType
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from guardbot import metrics
 from guardbot.domain import AccountSnapshot
 from guardbot.exchange.errors import ExchangeError
 from guardbot.exchange.port import Exchange
@@ -117,6 +116,5 @@ class Poller:
                 log.warning("poll of %s failed: %s", account_id, exc)
                 return None
             self.polls[account_id] += 1
-            metrics.SNAPSHOTS.labels(account=account_id, source="REST").inc()
             await self._on_snapshot(snapshot)
             return snapshot

@@ -1,0 +1,375 @@
+"""The only part of guardbot that changes anything on the exchange (style.md §3).
+
+One worker per account takes approved actions from a priority queue, most endangered
+position first (``Intent.urgency``: lower is more urgent), and calls
+``POST /v1/position_margin`` through a throttle below the exchange's limit of 10 calls per
+second per account (orderly-api.md §5). For every action it writes the audit record
+*before* the call and the outcome *after* (design.md, audit log):
+
+- success: ``SUCCEEDED``, then ``VERIFIED`` once a later snapshot shows the new margin;
+- ``Rejected``: ``REJECTED`` with the exchange's code and message, never retried;
+- ``Uncertain`` (the request may have been applied): ``UNCERTAIN``, then the position is
+  re-read and its margin compared with the margin the decision saw: ``RECONCILED`` says
+  applied or not. Never a blind retry (design.md, "No double top-up");
+- ``RetryLater``/``RateLimited``: ``FAILED``, back off, re-read the position and hand it back
+  so the guard re-decides on fresh data;
+- dry-run: the decision is audited and nothing is sent.
+
+A position stays *busy* (no new action for it) from submission until its outcome is known:
+verified, rejected, reconciled, or the verification window has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+from asyncio_throttle.throttler import Throttler
+
+from guardbot import metrics
+from guardbot.audit.store import ActionRecord, AuditLog, EventKind
+from guardbot.domain import ActionKind, Intent, Position, PositionKey
+from guardbot.exchange.errors import (
+    AuthError,
+    ExchangeError,
+    RateLimited,
+    Rejected,
+    RetryLater,
+)
+from guardbot.exchange.port import Exchange
+
+log = logging.getLogger(__name__)
+
+# Below the exchange's 10 position_margin calls / s / account, leaving room for clock skew
+# between our window and theirs (orderly-api.md §5).
+CALLS_PER_SECOND = 8
+# Calls of one account in flight at once: enough to keep the throttle busy when the
+# exchange is slow, few enough that priorities still decide who goes first.
+CONCURRENCY = 4
+# How long a successful action waits for a snapshot showing its effect.
+VERIFY_WINDOW_MS = 30_000
+# Margin within this of the expected value counts as "the change is there".
+MARGIN_TOLERANCE = Decimal("0.01")
+# Re-read attempts (and their delays) when reconciling an uncertain outcome.
+REREAD_DELAYS_S = (0.0, 0.5, 1.0, 2.0, 5.0)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One approved action and the snapshot the decision was based on."""
+
+    intent: Intent
+    position: Position
+    data_age_ms: int
+    liquidation_price: Decimal | None = None
+    distance: Decimal | None = None
+    dry_run: bool = False
+
+    @property
+    def key(self) -> PositionKey:
+        return self.intent.key
+
+    def expected_margin(self) -> Decimal:
+        """The position's margin if the action is applied and nothing else changes."""
+        sign = 1 if self.intent.kind is ActionKind.ADD else -1
+        return self.position.margin + sign * self.intent.amount
+
+
+def applied(job: Job, margin_now: Decimal) -> bool:
+    """Whether a re-read margin shows the action applied: it moved from the margin the
+    decision saw at least halfway toward the expected margin, in the action's direction."""
+    moved = margin_now - job.position.margin
+    if job.intent.kind is ActionKind.REDUCE:
+        moved = -moved
+    return moved * 2 >= job.intent.amount
+
+
+@dataclass(slots=True)
+class _Pending:
+    job: Job
+    action_id: str
+    done_ms: int
+    reconcile: bool  # True: outcome unknown (Uncertain, re-read failed); False: verify
+
+
+PositionHandler = Callable[[Position | None, PositionKey], Awaitable[None]]
+
+
+class Executor:
+    """Per-account priority queues, throttled workers, audit of every step.
+
+    ``on_reread(position, key)`` receives positions the executor re-read (after a transient
+    failure or while reconciling) so the guard updates its book and re-decides.
+    """
+
+    def __init__(
+        self,
+        exchanges: Mapping[str, Exchange],
+        audit: AuditLog,
+        *,
+        on_reread: PositionHandler | None = None,
+        calls_per_second: int = CALLS_PER_SECOND,
+        concurrency: int = CONCURRENCY,
+        verify_window_ms: int = VERIFY_WINDOW_MS,
+        clock_ms: Callable[[], int] = now_ms,
+    ) -> None:
+        self._exchanges = dict(exchanges)
+        self._audit = audit
+        self._on_reread = on_reread
+        self._concurrency = concurrency
+        self._verify_window_ms = verify_window_ms
+        self._clock_ms = clock_ms
+        self._queues: dict[str, asyncio.PriorityQueue[tuple[Decimal, int, Job]]] = {
+            account_id: asyncio.PriorityQueue() for account_id in self._exchanges
+        }
+        self._throttlers = {
+            account_id: Throttler(rate_limit=calls_per_second, period=1.0)
+            for account_id in self._exchanges
+        }
+        self._order = itertools.count()
+        self._busy: set[PositionKey] = set()
+        self._pending: dict[PositionKey, _Pending] = {}
+        self.calls = 0
+
+    # -- what the guard sees ------------------------------------------------------------
+
+    def busy(self) -> frozenset[PositionKey]:
+        """Positions with an action queued, in flight, or waiting to be verified/reconciled."""
+        return frozenset(self._busy)
+
+    def submit(self, job: Job) -> bool:
+        """Queue an approved action. ``False`` (and nothing queued) if the position is busy."""
+        if job.key in self._busy:
+            return False
+        self._busy.add(job.key)
+        self._queues[job.intent.account_id].put_nowait(
+            (job.intent.urgency, next(self._order), job)
+        )
+        return True
+
+    async def observe(self, position: Position) -> None:
+        """Feed a fresh REST/WS snapshot: verifies or reconciles a pending action on it."""
+        pending = self._pending.get(position.key)
+        if pending is None or position.received_ms <= pending.done_ms:
+            return
+        job = pending.job
+        if pending.reconcile:
+            await self._record_reconciled(pending, position)
+            return
+        if abs(position.margin - job.expected_margin()) <= MARGIN_TOLERANCE:
+            await self._settle(pending, EventKind.VERIFIED, "margin shows the change",
+                               position.margin)
+        elif position.received_ms - pending.done_ms > self._verify_window_ms:
+            await self._settle(pending, EventKind.VERIFIED, "margin does not show the change",
+                               position.margin, verified=False)
+
+    async def expire(self) -> None:
+        """Give up verifying actions whose window passed with no snapshot (position gone)."""
+        now = self._clock_ms()
+        for pending in list(self._pending.values()):
+            if not pending.reconcile and now - pending.done_ms > self._verify_window_ms:
+                await self._settle(pending, EventKind.VERIFIED, "no snapshot in the window",
+                                   None, verified=False)
+
+    async def forget(self, key: PositionKey) -> None:
+        """The position is gone (closed or liquidated): stop waiting on it."""
+        pending = self._pending.get(key)
+        if pending is not None and not pending.reconcile:
+            await self._settle(pending, EventKind.VERIFIED, "position closed", None,
+                               verified=False)
+
+    # -- workers ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run every account's worker until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            for account_id in self._exchanges:
+                group.create_task(self._work(account_id))
+
+    async def _work(self, account_id: str) -> None:
+        queue = self._queues[account_id]
+        throttler = self._throttlers[account_id]
+        slots = asyncio.Semaphore(self._concurrency)
+        async with asyncio.TaskGroup() as group:
+            while True:
+                await slots.acquire()
+                item = await queue.get()
+                if not item[2].dry_run:
+                    await throttler.acquire()  # type: ignore[no-untyped-call]
+                # A more urgent action may have arrived while we waited for the throttle.
+                queue.put_nowait(item)
+                item = queue.get_nowait()
+                group.create_task(self._run_one(item[2], slots))
+
+    async def _run_one(self, job: Job, slots: asyncio.Semaphore) -> None:
+        try:
+            await self._execute(job)
+        except Exception:
+            # A bug here must not stop the account's worker. The position stays busy (no
+            # further action on it) until the start-up reconcile looks at it.
+            log.exception("executor failed on %s", job.key)
+        finally:
+            slots.release()
+
+    async def _execute(self, job: Job) -> None:
+        intent = job.intent
+        exchange = self._exchanges[intent.account_id]
+        action_id = await self._audit.record_action(self._action_record(job))
+        if job.dry_run:
+            log.info("dry-run %s %s %s on %s: not sent", intent.policy, intent.kind,
+                     intent.amount, intent.symbol)
+            await self._audit.record_event(action_id, intent.account_id, EventKind.DRY_RUN,
+                                           message="dry-run: not sent")
+            self._busy.discard(job.key)
+            return
+        await self._audit.record_event(action_id, intent.account_id, EventKind.SENT)
+        started = time.perf_counter()
+        outcome = "succeeded"
+        try:
+            self.calls += 1
+            await exchange.adjust_margin(intent.symbol, intent.kind, intent.amount)
+        except RetryLater as exc:
+            outcome = "retry_later"
+            await self._retry_later(job, action_id, exc, _ms_since(started))
+        except Rejected as exc:
+            outcome = "rejected"
+            await self._audit.record_event(
+                action_id, intent.account_id, EventKind.REJECTED, code=exc.code,
+                message=exc.message, latency_ms=_ms_since(started))
+            log.warning("%s %s %s on %s rejected: %s %s", intent.policy, intent.kind,
+                        intent.amount, intent.symbol, exc.code, exc.message)
+            self._busy.discard(job.key)
+        except AuthError as exc:
+            outcome = "failed"
+            await self._audit.record_event(
+                action_id, intent.account_id, EventKind.FAILED, code=exc.code,
+                message=str(exc), latency_ms=_ms_since(started))
+            log.error("%s on %s failed: %s", intent.kind, intent.symbol, exc)
+            self._busy.discard(job.key)
+        except ExchangeError as exc:
+            # Uncertain, but also anything unexpected (an unparsable answer to a POST):
+            # it may have been applied, so it is reconciled, never retried blindly.
+            outcome = "uncertain"
+            await self._uncertain(job, action_id, str(exc), _ms_since(started))
+        else:
+            latency = _ms_since(started)
+            await self._audit.record_event(action_id, intent.account_id,
+                                           EventKind.SUCCEEDED, latency_ms=latency)
+            log.info("%s %s USDC on %s by %s: done in %d ms", intent.kind, intent.amount,
+                     intent.symbol, intent.policy, latency)
+            metrics.MARGIN_MOVED.labels(account=intent.account_id,
+                                        kind=intent.kind.value).inc(float(intent.amount))
+            self._pending[job.key] = _Pending(job, action_id, self._clock_ms(), False)
+        finally:
+            metrics.ACTIONS.labels(account=intent.account_id, policy=intent.policy,
+                                   kind=intent.kind.value, outcome=outcome).inc()
+
+    async def _uncertain(self, job: Job, action_id: str, message: str, latency: int) -> None:
+        account_id = job.intent.account_id
+        await self._audit.record_event(action_id, account_id, EventKind.UNCERTAIN,
+                                       message=message, latency_ms=latency)
+        pending = _Pending(job, action_id, self._clock_ms(), True)
+        self._pending[job.key] = pending
+        exchange = self._exchanges[account_id]
+        for delay in REREAD_DELAYS_S:
+            await asyncio.sleep(delay)
+            try:
+                position = await exchange.get_position(job.intent.symbol, job.key[2])
+            except ExchangeError as exc:
+                log.warning("re-read of %s failed: %s", job.key, exc)
+                continue
+            if self._pending.get(job.key) is pending:  # a snapshot may have settled it
+                await self._record_reconciled(pending, position)
+            if self._on_reread is not None:
+                await self._on_reread(position, job.key)
+            return
+        # Still unknown: the position stays busy; the next snapshot reconciles it.
+        log.error("could not re-read %s to reconcile action %s", job.key, action_id)
+
+    async def _record_reconciled(self, pending: _Pending, position: Position | None) -> None:
+        job = pending.job
+        if position is None or not position.is_open:
+            was_applied = False
+            reason = "position gone; outcome cannot be read from it"
+            margin = None
+        else:
+            margin = position.margin
+            was_applied = applied(job, margin)
+            reason = "applied" if was_applied else "not applied"
+        await self._settle(pending, EventKind.RECONCILED, reason, margin, applied=was_applied)
+
+    async def _retry_later(
+        self, job: Job, action_id: str, exc: RetryLater, latency: int
+    ) -> None:
+        account_id = job.intent.account_id
+        await self._audit.record_event(
+            action_id, account_id, EventKind.FAILED,
+            code=-1003 if isinstance(exc, RateLimited) else None,
+            message=f"not applied, will re-decide: {exc}", latency_ms=latency)
+        backoff = exc.retry_after_s if isinstance(exc, RateLimited) else 1.0
+        await asyncio.sleep(backoff)
+        self._busy.discard(job.key)
+        try:
+            position = await self._exchanges[account_id].get_position(
+                job.intent.symbol, job.key[2])
+        except ExchangeError as exc2:
+            log.warning("re-read of %s failed: %s", job.key, exc2)
+            return
+        if self._on_reread is not None:
+            await self._on_reread(position, job.key)
+
+    async def _settle(
+        self,
+        pending: _Pending,
+        kind: EventKind,
+        message: str,
+        margin: Decimal | None,
+        **flags: bool,
+    ) -> None:
+        job = pending.job
+        if self._pending.get(job.key) is not pending:
+            return
+        del self._pending[job.key]
+        self._busy.discard(job.key)
+        detail = {name: str(value).lower() for name, value in flags.items()}
+        detail["margin_before"] = str(job.position.margin)
+        detail["margin_expected"] = str(job.expected_margin())
+        if margin is not None:
+            detail["margin_seen"] = str(margin)
+        await self._audit.record_event(pending.action_id, job.intent.account_id, kind,
+                                       message=message, detail=detail)
+        log.info("action %s on %s: %s %s", pending.action_id, job.key, kind, message)
+
+    def _action_record(self, job: Job) -> ActionRecord:
+        intent, position = job.intent, job.position
+        return ActionRecord(
+            account_id=intent.account_id,
+            symbol=intent.symbol,
+            margin_mode=position.margin_mode,
+            policy=intent.policy,
+            kind=intent.kind,
+            amount=intent.amount,
+            reason=intent.reason,
+            mark_price=position.mark_price,
+            margin=position.margin,
+            qty=position.qty,
+            liquidation_price=job.liquidation_price,
+            distance=job.distance,
+            data_age_ms=job.data_age_ms,
+            source=position.source,
+            dry_run=job.dry_run,
+            details=intent.details,
+        )
+
+
+def _ms_since(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)

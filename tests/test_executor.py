@@ -1,0 +1,249 @@
+"""The executor against a scripted exchange (a fake, not a patch) and a real SQLite audit log.
+
+The simulated exchange covers the same paths end to end (tests/e2e); here each outcome of
+``POST /v1/position_margin`` is forced exactly, including "applied, but the answer was lost".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from guardbot.audit import schema
+from guardbot.audit.store import AuditLog
+from guardbot.audit.tables import ActionEvent
+from guardbot.domain import ActionKind, Intent, MarginMode, Position, PositionKey, Source
+from guardbot.exchange.errors import RateLimited, Rejected, Uncertain
+from guardbot.executor import Executor, Job, applied
+
+ACCOUNT = "0x" + "ab" * 32
+
+
+def position(symbol: str = "PERP_ETH_USDC", margin: str = "100", received_ms: int = 0) -> Position:
+    return Position(
+        account_id=ACCOUNT, symbol=symbol, margin_mode=MarginMode.ISOLATED, qty=Decimal(1),
+        average_open_price=Decimal(2000), cost_position=Decimal(2000),
+        mark_price=Decimal(1900), margin=Decimal(margin), leverage=10,
+        unsettled_pnl=Decimal(-100), est_liq_price=None, mmr=Decimal("0.05"),
+        imr=Decimal("0.1"), last_sum_unitary_funding=Decimal(0), seq=1, exchange_ms=0,
+        received_ms=received_ms, source=Source.REST,
+    )
+
+
+def job(symbol: str = "PERP_ETH_USDC", kind: ActionKind = ActionKind.ADD, amount: str = "50",
+        urgency: str = "0.02", dry_run: bool = False) -> Job:
+    intent = Intent(ACCOUNT, symbol, kind, Decimal(amount), "topup", "test",
+                    urgency=Decimal(urgency))
+    return Job(intent, position(symbol), data_age_ms=5, distance=Decimal(urgency),
+               dry_run=dry_run)
+
+
+class ScriptedExchange:
+    """Keeps isolated margins; each adjust_margin call follows the next scripted outcome:
+    "ok", "lost" (applied, answer lost), "timeout" (not applied, Uncertain), "reject",
+    "ratelimit"."""
+
+    def __init__(self, script: list[str] | None = None) -> None:
+        self.account_id = ACCOUNT
+        self.script = list(script or [])
+        self.margins: dict[str, Decimal] = {}
+        self.calls: list[tuple[float, str, ActionKind, Decimal]] = []
+        self.reads = 0
+        self.gate: asyncio.Event | None = None
+
+    async def adjust_margin(self, symbol: str, kind: ActionKind, amount: Decimal) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.calls.append((time.monotonic(), symbol, kind, amount))
+        outcome = self.script.pop(0) if self.script else "ok"
+        delta = amount if kind is ActionKind.ADD else -amount
+        if outcome in ("ok", "lost"):
+            self.margins[symbol] = self.margins.get(symbol, Decimal(100)) + delta
+        if outcome in ("lost", "timeout"):
+            raise Uncertain("read timeout after the request was sent")
+        if outcome == "reject":
+            raise Rejected(-1101, "Insufficient margin after the operation.", 400)
+        if outcome == "ratelimit":
+            raise RateLimited("too many requests", retry_after_s=0.01)
+
+    async def get_position(self, symbol: str, margin_mode: MarginMode) -> Position:
+        self.reads += 1
+        margin = self.margins.get(symbol, Decimal(100))
+        return position(symbol, str(margin), received_ms=10**13)
+
+
+@pytest.fixture
+async def audit(tmp_path: Path) -> AsyncIterator[AuditLog]:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    schema.upgrade(url)
+    log = await AuditLog.open(url, tmp_path / "spool")
+    await log.start_run("test", "hash", "host")
+    yield log
+    await log.aclose()
+
+
+async def events(audit: AuditLog) -> list[tuple[str, dict[str, str] | None, int | None]]:
+    await audit.flush(5)
+    with audit.engine.connect() as connection:
+        rows = connection.execute(
+            select(ActionEvent.kind, ActionEvent.detail, ActionEvent.code).order_by(
+                ActionEvent.seq)
+        )
+        return [(row.kind, row.detail, row.code) for row in rows]
+
+
+async def running(executor: Executor, until: Callable[[], bool], timeout_s: float = 5) -> None:
+    task = asyncio.create_task(executor.run())
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not until():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.005)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+KEY: PositionKey = (ACCOUNT, "PERP_ETH_USDC", MarginMode.ISOLATED)
+
+
+async def test_success_is_audited_then_verified_on_the_next_snapshot(audit: AuditLog) -> None:
+    exchange = ScriptedExchange()
+    executor = Executor({ACCOUNT: exchange}, audit, clock_ms=lambda: 1000)  # type: ignore[dict-item]
+    assert executor.submit(job())
+    assert not executor.submit(job()), "one action per position at a time"
+    await running(executor, lambda: len(exchange.calls) == 1 and KEY in executor._pending)
+    assert executor.busy() == {KEY}
+    # a snapshot from before the call finished proves nothing
+    await executor.observe(position(margin="100", received_ms=900))
+    assert executor.busy() == {KEY}
+    await executor.observe(position(margin="150", received_ms=1001))
+    assert executor.busy() == frozenset()
+    kinds = [kind for kind, _, _ in await events(audit)]
+    assert kinds == ["INTENT", "SENT", "SUCCEEDED", "VERIFIED"]
+    detail = (await events(audit))[-1][1]
+    assert detail is not None and detail["margin_seen"] == "150"
+
+
+async def test_a_lost_answer_is_reconciled_as_applied_and_never_retried(audit: AuditLog) -> None:
+    exchange = ScriptedExchange(["lost"])
+    reread: list[Position | None] = []
+
+    async def on_reread(found: Position | None, key: PositionKey) -> None:
+        reread.append(found)
+
+    executor = Executor({ACCOUNT: exchange}, audit, on_reread=on_reread)  # type: ignore[dict-item]
+    executor.submit(job())
+    await running(executor, lambda: bool(reread))
+    assert len(exchange.calls) == 1
+    assert exchange.margins["PERP_ETH_USDC"] == Decimal(150)
+    recorded = await events(audit)
+    assert [kind for kind, _, _ in recorded] == ["INTENT", "SENT", "UNCERTAIN", "RECONCILED"]
+    assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "true"
+    assert executor.busy() == frozenset()
+
+
+async def test_an_uncertain_call_that_did_not_apply_is_reconciled_as_not_applied(
+    audit: AuditLog,
+) -> None:
+    exchange = ScriptedExchange(["timeout"])
+    executor = Executor({ACCOUNT: exchange}, audit)  # type: ignore[dict-item]
+    executor.submit(job())
+    await running(executor, lambda: exchange.reads == 1 and not executor.busy())
+    recorded = await events(audit)
+    assert recorded[-1][0] == "RECONCILED"
+    assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "false"
+    assert len(exchange.calls) == 1
+
+
+async def test_rejected_is_recorded_with_the_exchange_code(audit: AuditLog) -> None:
+    exchange = ScriptedExchange(["reject"])
+    executor = Executor({ACCOUNT: exchange}, audit)  # type: ignore[dict-item]
+    executor.submit(job())
+    await running(executor, lambda: not executor.busy())
+    recorded = await events(audit)
+    assert [(kind, code) for kind, _, code in recorded][-1] == ("REJECTED", -1101)
+    assert exchange.reads == 0
+
+
+async def test_rate_limited_backs_off_rereads_and_hands_back(audit: AuditLog) -> None:
+    exchange = ScriptedExchange(["ratelimit"])
+    reread: list[Position | None] = []
+
+    async def on_reread(found: Position | None, key: PositionKey) -> None:
+        reread.append(found)
+
+    executor = Executor({ACCOUNT: exchange}, audit, on_reread=on_reread)  # type: ignore[dict-item]
+    executor.submit(job())
+    await running(executor, lambda: bool(reread))
+    assert len(exchange.calls) == 1, "the guard re-decides; the executor never retries"
+    assert [kind for kind, _, _ in await events(audit)] == ["INTENT", "SENT", "FAILED"]
+    assert executor.busy() == frozenset()
+
+
+async def test_dry_run_audits_and_sends_nothing(audit: AuditLog) -> None:
+    exchange = ScriptedExchange()
+    executor = Executor({ACCOUNT: exchange}, audit)  # type: ignore[dict-item]
+    executor.submit(job(dry_run=True))
+    await running(executor, lambda: not executor.busy())
+    assert exchange.calls == []
+    assert [kind for kind, _, _ in await events(audit)] == ["INTENT", "DRY_RUN"]
+
+
+async def test_the_most_endangered_position_is_served_first(audit: AuditLog) -> None:
+    exchange = ScriptedExchange()
+    exchange.gate = asyncio.Event()
+    executor = Executor({ACCOUNT: exchange}, audit, concurrency=1)  # type: ignore[dict-item]
+    executor.submit(job("PERP_A_USDC", urgency="0.04"))  # taken first, then held at the gate
+
+    async def submit_the_rest_then_open() -> None:
+        await asyncio.sleep(0.05)
+        for symbol, urgency in [("PERP_B_USDC", "0.03"), ("PERP_C_USDC", "0.001"),
+                                ("PERP_D_USDC", "0.02")]:
+            executor.submit(job(symbol, urgency=urgency))
+        assert exchange.gate is not None
+        exchange.gate.set()
+
+    opener = asyncio.create_task(submit_the_rest_then_open())
+    await running(executor, lambda: len(exchange.calls) == 4)
+    await opener
+    assert [symbol for _, symbol, _, _ in exchange.calls] == [
+        "PERP_A_USDC", "PERP_C_USDC", "PERP_D_USDC", "PERP_B_USDC"]
+
+
+async def test_calls_stay_under_the_per_account_rate(audit: AuditLog) -> None:
+    exchange = ScriptedExchange()
+    executor = Executor({ACCOUNT: exchange}, audit, calls_per_second=8)  # type: ignore[dict-item]
+    for index in range(12):
+        executor.submit(job(f"PERP_{index}_USDC"))
+    await running(executor, lambda: len(exchange.calls) == 12)
+    times = [at for at, _, _, _ in exchange.calls]
+    for index, start in enumerate(times):
+        assert sum(1 for at in times[index:] if at - start < 1.0) <= 8
+    assert times[-1] - times[0] >= 1.0
+
+
+@pytest.mark.parametrize(
+    ("kind", "margin_now", "expected"),
+    [
+        (ActionKind.ADD, "150", True),
+        (ActionKind.ADD, "125", True),
+        (ActionKind.ADD, "124.99", False),
+        (ActionKind.ADD, "100", False),
+        (ActionKind.REDUCE, "50", True),
+        (ActionKind.REDUCE, "100", False),
+        (ActionKind.REDUCE, "150", False),
+    ],
+)
+def test_applied_compares_with_the_margin_the_decision_saw(
+    kind: ActionKind, margin_now: str, expected: bool
+) -> None:
+    assert applied(replace(job(kind=kind)), Decimal(margin_now)) is expected
