@@ -1,0 +1,38 @@
+# guardbot: the margin guard daemon. Build: docker build -t guardbot .
+# Run:   docker run --rm guardbot --help   (the entrypoint is `guardbot`)
+#
+# No secret is ever copied into the image: account secrets come at run time from the
+# environment or from mounted files (docker secrets), the config file is mounted read-only.
+
+# Pinned patch release; in production pin the digest too (python:3.11.13-slim-bookworm@sha256:...).
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+# Only what the wheel needs; .dockerignore keeps .venv, tests, caches and local files out.
+COPY pyproject.toml README.md ./
+COPY guardbot ./guardbot
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM ${PYTHON_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    # `guardbot db upgrade` finds the Alembic migrations here (guardbot/audit/schema.py).
+    GUARDBOT_MIGRATIONS=/opt/guardbot/migrations
+RUN groupadd --system --gid 10001 guardbot \
+    && useradd --system --uid 10001 --gid guardbot --home-dir /var/lib/guardbot \
+       --create-home --shell /usr/sbin/nologin guardbot
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-index --find-links /tmp/wheels guardbot && rm -rf /tmp/wheels
+COPY migrations /opt/guardbot/migrations
+
+# The working directory holds the SQLite audit log and the audit spool when the config uses
+# relative paths; mount a volume here to keep them across restarts.
+WORKDIR /var/lib/guardbot
+USER guardbot:guardbot
+# 9108: /healthz, /readyz, /metrics (bind [health] host = "0.0.0.0" inside a container).
+EXPOSE 9108
+ENTRYPOINT ["guardbot"]
+CMD ["--help"]
