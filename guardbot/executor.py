@@ -128,7 +128,7 @@ class Executor:
         self._concurrency = concurrency
         self._verify_window_ms = verify_window_ms
         self._clock_ms = clock_ms
-        self._queues: dict[str, asyncio.PriorityQueue[tuple[Decimal, int, Job]]] = {
+        self._queues: dict[str, asyncio.PriorityQueue[tuple[Decimal, int, Job, str]]] = {
             account_id: asyncio.PriorityQueue() for account_id in self._exchanges
         }
         self._throttlers = {
@@ -146,15 +146,25 @@ class Executor:
         """Positions with an action queued, in flight, or waiting to be verified/reconciled."""
         return frozenset(self._busy)
 
-    def submit(self, job: Job) -> bool:
-        """Queue an approved action. ``False`` (and nothing queued) if the position is busy."""
+    async def submit(self, job: Job) -> str | None:
+        """Record the action (its durable intent, which budgets count from now on) and queue
+        it. Returns the action id, or ``None`` (nothing recorded) if the position is busy.
+
+        Raises what ``AuditLog.record_action`` raises (``NotRecorded``...): an action that
+        could not be recorded is not performed.
+        """
         if job.key in self._busy:
-            return False
+            return None
         self._busy.add(job.key)
+        try:
+            action_id = await self._audit.record_action(self._action_record(job))
+        except BaseException:
+            self._busy.discard(job.key)
+            raise
         self._queues[job.intent.account_id].put_nowait(
-            (job.intent.urgency, next(self._order), job)
+            (job.intent.urgency, next(self._order), job, action_id)
         )
-        return True
+        return action_id
 
     async def observe(self, position: Position) -> None:
         """Feed a fresh REST/WS snapshot: verifies or reconciles a pending action on it."""
@@ -208,11 +218,11 @@ class Executor:
                 # A more urgent action may have arrived while we waited for the throttle.
                 queue.put_nowait(item)
                 item = queue.get_nowait()
-                group.create_task(self._run_one(item[2], slots))
+                group.create_task(self._run_one(item[2], item[3], slots))
 
-    async def _run_one(self, job: Job, slots: asyncio.Semaphore) -> None:
+    async def _run_one(self, job: Job, action_id: str, slots: asyncio.Semaphore) -> None:
         try:
-            await self._execute(job)
+            await self._execute(job, action_id)
         except Exception:
             # A bug here must not stop the account's worker. The position stays busy (no
             # further action on it) until the start-up reconcile looks at it.
@@ -220,10 +230,9 @@ class Executor:
         finally:
             slots.release()
 
-    async def _execute(self, job: Job) -> None:
+    async def _execute(self, job: Job, action_id: str) -> None:
         intent = job.intent
         exchange = self._exchanges[intent.account_id]
-        action_id = await self._audit.record_action(self._action_record(job))
         if job.dry_run:
             log.info("dry-run %s %s %s on %s: not sent", intent.policy, intent.kind,
                      intent.amount, intent.symbol)

@@ -118,8 +118,8 @@ KEY: PositionKey = (ACCOUNT, "PERP_ETH_USDC", MarginMode.ISOLATED)
 async def test_success_is_audited_then_verified_on_the_next_snapshot(audit: AuditLog) -> None:
     exchange = ScriptedExchange()
     executor = Executor({ACCOUNT: exchange}, audit, clock_ms=lambda: 1000)  # type: ignore[dict-item]
-    assert executor.submit(job())
-    assert not executor.submit(job()), "one action per position at a time"
+    assert await executor.submit(job())
+    assert await executor.submit(job()) is None, "one action per position at a time"
     await running(executor, lambda: len(exchange.calls) == 1 and KEY in executor._pending)
     assert executor.busy() == {KEY}
     # a snapshot from before the call finished proves nothing
@@ -141,7 +141,7 @@ async def test_a_lost_answer_is_reconciled_as_applied_and_never_retried(audit: A
         reread.append(found)
 
     executor = Executor({ACCOUNT: exchange}, audit, on_reread=on_reread)  # type: ignore[dict-item]
-    executor.submit(job())
+    await executor.submit(job())
     await running(executor, lambda: bool(reread))
     assert len(exchange.calls) == 1
     assert exchange.margins["PERP_ETH_USDC"] == Decimal(150)
@@ -156,7 +156,7 @@ async def test_an_uncertain_call_that_did_not_apply_is_reconciled_as_not_applied
 ) -> None:
     exchange = ScriptedExchange(["timeout"])
     executor = Executor({ACCOUNT: exchange}, audit)  # type: ignore[dict-item]
-    executor.submit(job())
+    await executor.submit(job())
     await running(executor, lambda: exchange.reads == 1 and not executor.busy())
     recorded = await events(audit)
     assert recorded[-1][0] == "RECONCILED"
@@ -167,7 +167,7 @@ async def test_an_uncertain_call_that_did_not_apply_is_reconciled_as_not_applied
 async def test_rejected_is_recorded_with_the_exchange_code(audit: AuditLog) -> None:
     exchange = ScriptedExchange(["reject"])
     executor = Executor({ACCOUNT: exchange}, audit)  # type: ignore[dict-item]
-    executor.submit(job())
+    await executor.submit(job())
     await running(executor, lambda: not executor.busy())
     recorded = await events(audit)
     assert [(kind, code) for kind, _, code in recorded][-1] == ("REJECTED", -1101)
@@ -182,7 +182,7 @@ async def test_rate_limited_backs_off_rereads_and_hands_back(audit: AuditLog) ->
         reread.append(found)
 
     executor = Executor({ACCOUNT: exchange}, audit, on_reread=on_reread)  # type: ignore[dict-item]
-    executor.submit(job())
+    await executor.submit(job())
     await running(executor, lambda: bool(reread))
     assert len(exchange.calls) == 1, "the guard re-decides; the executor never retries"
     assert [kind for kind, _, _ in await events(audit)] == ["INTENT", "SENT", "FAILED"]
@@ -192,7 +192,7 @@ async def test_rate_limited_backs_off_rereads_and_hands_back(audit: AuditLog) ->
 async def test_dry_run_audits_and_sends_nothing(audit: AuditLog) -> None:
     exchange = ScriptedExchange()
     executor = Executor({ACCOUNT: exchange}, audit)  # type: ignore[dict-item]
-    executor.submit(job(dry_run=True))
+    await executor.submit(job(dry_run=True))
     await running(executor, lambda: not executor.busy())
     assert exchange.calls == []
     assert [kind for kind, _, _ in await events(audit)] == ["INTENT", "DRY_RUN"]
@@ -202,13 +202,13 @@ async def test_the_most_endangered_position_is_served_first(audit: AuditLog) -> 
     exchange = ScriptedExchange()
     exchange.gate = asyncio.Event()
     executor = Executor({ACCOUNT: exchange}, audit, concurrency=1)  # type: ignore[dict-item]
-    executor.submit(job("PERP_A_USDC", urgency="0.04"))  # taken first, then held at the gate
+    await executor.submit(job("PERP_A_USDC", urgency="0.04"))  # taken first, then held at the gate
 
     async def submit_the_rest_then_open() -> None:
         await asyncio.sleep(0.05)
         for symbol, urgency in [("PERP_B_USDC", "0.03"), ("PERP_C_USDC", "0.001"),
                                 ("PERP_D_USDC", "0.02")]:
-            executor.submit(job(symbol, urgency=urgency))
+            await executor.submit(job(symbol, urgency=urgency))
         assert exchange.gate is not None
         exchange.gate.set()
 
@@ -223,7 +223,7 @@ async def test_calls_stay_under_the_per_account_rate(audit: AuditLog) -> None:
     exchange = ScriptedExchange()
     executor = Executor({ACCOUNT: exchange}, audit, calls_per_second=8)  # type: ignore[dict-item]
     for index in range(12):
-        executor.submit(job(f"PERP_{index}_USDC"))
+        await executor.submit(job(f"PERP_{index}_USDC"))
     await running(executor, lambda: len(exchange.calls) == 12)
     times = [at for at, _, _, _ in exchange.calls]
     for index, start in enumerate(times):
