@@ -80,13 +80,15 @@ class RateLimiter:
             self._throttlers[key] = throttler
         return throttler
 
-    async def acquire(self, endpoint: str, orderly_key: str, priority: Priority) -> None:
-        """Wait until a call to ``endpoint`` fits under its limit.
+    async def acquire(
+        self, endpoint: str, orderly_key: str, priority: Priority, host: str = ""
+    ) -> None:
+        """Wait until a call to ``endpoint`` on ``host`` fits under its limit.
 
         Every call takes a slot in the endpoint's full budget; routine calls first take one in
         the smaller routine budget too, which leaves the rest for urgent calls.
         """
-        scope = "ip" if self.limit(endpoint).per == "ip" else orderly_key
+        scope = f"ip@{host}" if self.limit(endpoint).per == "ip" else orderly_key
         # asyncio-throttle ships no annotations, hence the ignores.
         if priority is Priority.ROUTINE:
             await self._throttler(scope, endpoint, Priority.ROUTINE).acquire()  # type: ignore[no-untyped-call]

@@ -84,7 +84,6 @@ class RestClient:
         backoff_cap_s: float = 5.0,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url
         self._account_id = account_id
@@ -96,7 +95,7 @@ class RestClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._http = httpx.AsyncClient(
-            base_url=base_url, timeout=httpx.Timeout(timeout_s), transport=transport
+            base_url=base_url, timeout=httpx.Timeout(timeout_s)
         )
 
     def __repr__(self) -> str:
@@ -141,7 +140,7 @@ class RestClient:
         self, method: str, endpoint: str, target: str, body: str, priority: Priority,
         signed: bool,
     ) -> wire.Envelope:
-        await self._limiter.acquire(endpoint, self._signer.orderly_key, priority)
+        await self._limiter.acquire(endpoint, self._signer.orderly_key, priority, self.base_url)
         headers = (
             self._signer.rest_headers(self._account_id, self._clock_ms(), method, target, body)
             if signed else {}
