@@ -33,7 +33,9 @@ class TopUp:
     def __init__(
         self, *, trigger: Number = Decimal("0.05"), target: Number = Decimal("0.10")
     ) -> None:
-        self.trigger = decimal_param("trigger", trigger, low=ZERO, high=ONE, low_inclusive=False)
+        self.trigger = decimal_param(
+            "trigger", trigger, low=ZERO, high=ONE, low_inclusive=False, high_inclusive=False
+        )
         self.target = decimal_param("target", target, low=ZERO, high=ONE, high_inclusive=False)
         if self.target <= self.trigger:
             raise PolicyParamError(

@@ -1,0 +1,99 @@
+"""Evaluate every applicable policy on one position, isolating failures.
+
+A policy that raises, or returns something that is not a list of valid intents for the
+position it was shown, does not stop the others: its failure is returned so the daemon can
+audit it (design.md: a policy that raises is isolated and audited). Each evaluation is
+counted in ``guardbot_policy_evaluations_total{policy, outcome}`` with outcome ``intent``,
+``none`` or ``error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+from guardbot.domain import ActionKind, Intent
+from guardbot.metrics import POLICY_EVALUATIONS
+from guardbot.policies.base import PolicyContext, PositionView
+from guardbot.policies.loader import LoadedPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFailure:
+    """A policy that raised or misbehaved on one position."""
+
+    policy: str
+    account_id: str
+    symbol: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """What the policies asked for on one position, and which of them failed."""
+
+    intents: tuple[Intent, ...]
+    failures: tuple[PolicyFailure, ...]
+
+
+def evaluate_policies(
+    policies: Sequence[LoadedPolicy],
+    view: PositionView,
+    ctx: PolicyContext,
+    account_name: str | None = None,
+) -> Evaluation:
+    """Run each policy that applies to ``view``'s position. Intents are relabelled with
+    the configured policy label, so audit rows name the instance, not the class."""
+    position = view.position
+    intents: list[Intent] = []
+    failures: list[PolicyFailure] = []
+    for loaded in policies:
+        if not loaded.applies_to(position.account_id, position.symbol, account_name):
+            continue
+        try:
+            result = loaded.policy.evaluate(view, replace(ctx, params=loaded.params))
+            checked = [_checked(intent, view) for intent in _as_list(result)]
+        except Exception as exc:  # isolation is the point: any failure of a plugin
+            POLICY_EVALUATIONS.labels(loaded.label, "error").inc()
+            failures.append(
+                PolicyFailure(
+                    policy=loaded.label,
+                    account_id=position.account_id,
+                    symbol=position.symbol,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            )
+            continue
+        POLICY_EVALUATIONS.labels(loaded.label, "intent" if checked else "none").inc()
+        intents.extend(replace(intent, policy=loaded.label) for intent in checked)
+    return Evaluation(tuple(intents), tuple(failures))
+
+
+class InvalidIntent(ValueError):
+    """A policy returned something the arbiter must not see."""
+
+
+def _as_list(result: object) -> list[object]:
+    if not isinstance(result, list | tuple):
+        raise InvalidIntent(f"evaluate must return a list of Intent, got {type(result).__name__}")
+    return list(result)
+
+
+def _checked(intent: object, view: PositionView) -> Intent:
+    if not isinstance(intent, Intent):
+        raise InvalidIntent(f"expected an Intent, got {type(intent).__name__}")
+    position = view.position
+    if (intent.account_id, intent.symbol) != (position.account_id, position.symbol):
+        raise InvalidIntent(
+            f"intent for {intent.account_id}/{intent.symbol} returned while evaluating "
+            f"{position.account_id}/{position.symbol}"
+        )
+    if not isinstance(intent.kind, ActionKind):
+        raise InvalidIntent(f"kind must be an ActionKind, got {intent.kind!r}")
+    amount = intent.amount
+    if not isinstance(amount, Decimal) or not amount.is_finite() or amount <= 0:
+        raise InvalidIntent(f"amount must be a positive Decimal, got {amount!r}")
+    if not isinstance(intent.urgency, Decimal) or not intent.urgency.is_finite():
+        raise InvalidIntent(f"urgency must be a finite Decimal, got {intent.urgency!r}")
+    return intent

@@ -1,0 +1,123 @@
+"""Runner: every applicable policy runs; a raising or misbehaving one is isolated and
+reported; evaluations are counted."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal as D
+
+import pytest
+from prometheus_client import REGISTRY
+
+from guardbot.domain import ActionKind, Intent
+from guardbot.policies.base import PolicyContext, PositionView
+from guardbot.policies.loader import LoadedPolicy
+from guardbot.policies.runner import evaluate_policies
+from guardbot.policies.topup import TopUp
+
+from .conftest import ViewMaker
+
+CTX = PolicyContext(now_ms=1_000)
+
+
+class Raises:
+    name = "raises"
+
+    def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
+        raise ZeroDivisionError("divided by zero")
+
+
+class Returns:
+    """Returns whatever it was given, to test what the runner lets through."""
+
+    name = "returns"
+
+    def __init__(self, result: object) -> None:
+        self.result = result
+
+    def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
+        return self.result  # type: ignore[return-value]
+
+
+class EchoParams:
+    name = "echo"
+
+    def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
+        return [view.intent(ActionKind.ADD, D(ctx.params["amount"]), self.name, "echo")]
+
+
+def count(policy: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "guardbot_policy_evaluations_total", {"policy": policy, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+def test_a_raising_policy_is_isolated(make_view: ViewMaker) -> None:
+    view = make_view(margin=D(60))  # topup wants 85
+    before = count("bad-plugin", "error"), count("topup-r", "intent")
+    result = evaluate_policies(
+        [LoadedPolicy("bad-plugin", Raises()), LoadedPolicy("topup-r", TopUp())], view, CTX
+    )
+    [intent] = result.intents
+    assert (intent.policy, intent.amount) == ("topup-r", D(85))
+    [failure] = result.failures
+    assert failure.policy == "bad-plugin"
+    assert failure.error == "ZeroDivisionError: divided by zero"
+    assert (failure.account_id, failure.symbol) == (view.position.account_id, "PERP_ALT_USDC")
+    assert count("bad-plugin", "error") == before[0] + 1
+    assert count("topup-r", "intent") == before[1] + 1
+
+
+def test_nothing_to_do_is_counted(make_view: ViewMaker) -> None:
+    before = count("quiet", "none")
+    result = evaluate_policies([LoadedPolicy("quiet", TopUp())], make_view(), CTX)
+    assert result.intents == () and result.failures == ()
+    assert count("quiet", "none") == before + 1
+
+
+GOOD = Intent("0x" + "ab" * 32, "PERP_ALT_USDC", ActionKind.ADD, D(5), "x", "y")
+
+
+@pytest.mark.parametrize(
+    ("result", "error"),
+    [
+        (None, "InvalidIntent: evaluate must return a list of Intent, got NoneType"),
+        (["add 5"], "InvalidIntent: expected an Intent, got str"),
+        ([replace(GOOD, amount=D(-5))], "amount must be a positive Decimal, got Decimal('-5')"),
+        ([replace(GOOD, amount=D("NaN"))], "amount must be a positive Decimal, got Decimal('NaN')"),
+        ([replace(GOOD, amount=5.0)],  # type: ignore[arg-type]
+         "amount must be a positive Decimal, got 5.0"),
+        ([replace(GOOD, account_id="0xelse")], "returned while evaluating"),
+        ([replace(GOOD, kind="ADD")],  # type: ignore[arg-type]
+         "kind must be an ActionKind"),
+        ([replace(GOOD, urgency=D("Infinity"))], "urgency must be a finite Decimal"),
+    ],
+)
+def test_misbehaving_output_is_a_failure(make_view: ViewMaker, result: object, error: str) -> None:
+    outcome = evaluate_policies([LoadedPolicy("odd", Returns(result))], make_view(), CTX)
+    assert outcome.intents == ()
+    [failure] = outcome.failures
+    assert failure.policy == "odd"
+    assert error in failure.error
+
+
+def test_a_good_intent_passes(make_view: ViewMaker) -> None:
+    outcome = evaluate_policies([LoadedPolicy("ok", Returns((GOOD,)))], make_view(), CTX)
+    assert outcome.intents == (replace(GOOD, policy="ok"),)
+
+
+def test_scope_and_params(make_view: ViewMaker) -> None:
+    view = make_view()
+    policies = [
+        LoadedPolicy("eth-only", TopUp(trigger="0.9", target="0.95"), symbols=("PERP_ETH_USDC",)),
+        LoadedPolicy("main-only", EchoParams(), accounts=("main",), params={"amount": "4"}),
+        LoadedPolicy("everyone", EchoParams(), params={"amount": "6"}),
+    ]
+    result = evaluate_policies(policies, view, CTX, account_name="main")
+    assert [(i.policy, i.amount) for i in result.intents] == [
+        ("main-only", D(4)),
+        ("everyone", D(6)),
+    ]
+    result = evaluate_policies(policies, view, CTX, account_name="other")
+    assert [i.policy for i in result.intents] == ["everyone"]
