@@ -15,7 +15,10 @@ from guardbot import __version__
 from guardbot.logs import log_options
 
 # command name -> "module:attribute" of a click.Command
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "audit": "guardbot.audit.cli:audit",
+    "db": "guardbot.audit.cli:db",
+}
 
 
 class LazyGroup(click.Group):

@@ -37,3 +37,9 @@ Every ``record_*`` is durable on return and never waits on the database; it rais
 ``added_since`` / ``last_action_ms`` answer from memory; only the first call for an account
 reads the database (``AuditUnavailable`` if it is down: treat the budget as exhausted).
 """
+
+import logging
+
+# Alembic narrates its plugin set-up and every connection at INFO (on import, too); the
+# audit log and the `guardbot db` commands report what matters themselves.
+logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -80,8 +80,7 @@ def check_schema(engine: Engine) -> None:
     """Raise ``SchemaOutOfDate`` unless the database is exactly at ``HEAD``."""
     revision = current(engine)
     if revision != HEAD:
-        found = "an empty database" if revision is None else f"revision {revision}"
+        found = "has no schema" if revision is None else f"is at revision {revision}"
         raise SchemaOutOfDate(
-            f"the audit database is at {found}, this guardbot needs {HEAD}: "
-            "run `guardbot db upgrade`"
+            f"the audit database {found}, this guardbot needs {HEAD}: run `guardbot db upgrade`"
         )

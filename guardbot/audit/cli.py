@@ -1,0 +1,351 @@
+"""``guardbot audit ...`` (read the audit log) and ``guardbot db ...`` (its schema).
+
+Every command takes ``--db URL`` or ``--config FILE`` (``audit.url``; without either, the
+defaults plus ``GUARDBOT__AUDIT__URL``). Bad arguments and unusable databases end with one
+``Error: ...`` line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from guardbot.audit import queries, schema
+from guardbot.audit.database import BadDatabaseUrl, create_audit_engine, redacted
+from guardbot.audit.errors import AuditError
+from guardbot.config import ConfigError, load_config
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_AGE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class OneLineErrors(click.Group):
+    """A group whose usage errors print one line, without the usage text."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            raise click.exceptions.Exit(2) from None
+        except (AuditError, ConfigError, BadDatabaseUrl) as exc:
+            raise click.ClickException(str(exc).splitlines()[0]) from None
+        except SQLAlchemyError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise click.ClickException(f"the audit database failed: {first}") from None
+
+
+class TimeParam(click.ParamType[datetime, Any]):
+    """An ISO 8601 time (``2026-11-22T10:00:00Z``), a date (UTC midnight) or an age such as
+    ``90m``, ``24h``, ``7d`` (that long before now)."""
+
+    name = "time"
+
+    def __init__(self, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._now = now
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        age = _AGE.match(text)
+        if age:
+            return self._now() - timedelta(**{_UNITS[age.group(2)]: int(age.group(1))})
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{text!r} is not a time: use ISO 8601 (2026-11-22T10:00:00Z), a date "
+                "(2026-11-22) or an age such as 90m, 24h, 7d",
+                param,
+                ctx,
+            )
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+TIME = TimeParam()
+
+
+def database_options(function: F) -> F:
+    function = click.option(
+        "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+        help="guardbot config file (its audit.url).",
+    )(function)  # fmt: skip
+    return click.option("--db", "db_url", metavar="URL", help="audit database URL.")(function)
+
+
+def database_url(db_url: str | None, config_file: Path | None) -> str:
+    if db_url and config_file:
+        raise click.UsageError("give --db or --config, not both")
+    if db_url:
+        return db_url
+    return load_config(config_file).audit.url
+
+
+def open_database(db_url: str | None, config_file: Path | None) -> Engine:
+    """An engine on a database whose schema is current (else one clear error)."""
+    url = database_url(db_url, config_file)
+    engine = create_audit_engine(url)
+    try:
+        schema.check_schema(engine)
+    except SQLAlchemyError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise click.ClickException(
+            f"cannot read the audit database {redacted(url)}: {first}"
+        ) from None
+    return engine
+
+
+# -- formatting ---------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        text = format(value.normalize(), "f")
+        return "0" if text in ("-0", "0") else text
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def _cell(value: Any) -> str:
+    value = _plain(value)
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def write_rows(rows: Iterable[dict[str, Any]], columns: Sequence[str], fmt: str,
+               out: IO[str]) -> None:  # fmt: skip
+    """Write ``rows`` as table, json (an array), jsonl or csv."""
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_cell(row[name]) for name in columns])
+    elif fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps({name: _plain(row[name]) for name in columns}) + "\n")
+    elif fmt == "json":
+        data = [{name: _plain(row[name]) for name in columns} for row in rows]
+        out.write(json.dumps(data, indent=2) + "\n")
+    else:
+        cells = [[_cell(row[name]) for name in columns] for row in rows]
+        cells = [[c if len(c) <= 48 else c[:45] + "..." for c in line] for line in cells]
+        widths = [max([len(name)] + [len(line[i]) for line in cells])
+                  for i, name in enumerate(columns)]  # fmt: skip
+        for line in [list(columns), *cells]:
+            out.write("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+            out.write("\n")
+
+
+# -- guardbot audit -----------------------------------------------------------------------
+
+
+@click.group(cls=OneLineErrors)
+def audit() -> None:
+    """Query the audit log: what guardbot did, when, why, and whether it worked."""
+
+
+def action_filters(function: F) -> F:
+    for option in reversed([
+        click.option("--account", metavar="A", help="account id (0x...)."),
+        click.option("--symbol", metavar="S", help="e.g. PERP_ETH_USDC."),
+        click.option("--policy", metavar="P", help="policy name."),
+        click.option("--kind", type=click.Choice(["ADD", "REDUCE"], case_sensitive=False)),
+        click.option("--status", type=click.Choice(
+            ["INTENT", "SENT", "SUCCEEDED", "REJECTED", "UNCERTAIN", "RECONCILED",
+             "VERIFIED", "SKIPPED", "FAILED", "DRY_RUN"], case_sensitive=False),
+            help="the action's latest event."),
+        click.option("--since", type=TIME, metavar="T", help="ISO time, date, or age (24h)."),
+        click.option("--until", type=TIME, metavar="T", help="ISO time, date, or age."),
+    ]):  # fmt: skip
+        function = option(function)
+    return function
+
+
+def _filter(engine: Engine, **options: Any) -> queries.ActionFilter:
+    account = options["account"]
+    if account is not None and not queries.account_known(engine, account):
+        raise click.BadParameter(
+            f"unknown account {account}: nothing is recorded for it", param_hint="'--account'"
+        )
+    if options["since"] and options["until"] and options["since"] >= options["until"]:
+        raise click.BadParameter("--since must be before --until", param_hint="'--since'")
+    return queries.ActionFilter(
+        account=account, symbol=options["symbol"], policy=options["policy"],
+        kind=options["kind"] and options["kind"].upper(),
+        status=options["status"] and options["status"].upper(),
+        since=options["since"], until=options["until"],
+    )  # fmt: skip
+
+
+@audit.command("list")
+@action_filters
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@database_options
+def list_command(db_url: str | None, config_file: Path | None, limit: int, fmt: str,
+                 **options: Any) -> None:  # fmt: skip
+    """Actions, newest first."""
+    engine = open_database(db_url, config_file)
+    rows = queries.list_actions(engine, _filter(engine, **options), limit)
+    write_rows(rows, queries.LIST_COLUMNS, fmt, sys.stdout)
+
+
+@audit.command("show")
+@click.argument("action_id")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@database_options
+def show_command(db_url: str | None, config_file: Path | None, action_id: str,
+                 fmt: str) -> None:  # fmt: skip
+    """One action with its snapshot and every event (an unambiguous id prefix will do)."""
+    engine = open_database(db_url, config_file)
+    matches = queries.action_ids(engine, action_id)
+    if len(matches) != 1:
+        problem = "no action has" if not matches else "several actions have"
+        raise click.BadParameter(f"{problem} id {action_id!r}", param_hint="'ACTION_ID'")
+    detail = queries.show_action(engine, matches[0])
+    if fmt == "json":
+        data = {"action": _plain(detail.action), "events": [_plain(e) for e in detail.events]}
+        click.echo(json.dumps(data, indent=2))
+        return
+    for name, value in detail.action.items():
+        click.echo(f"{name:>18}: {_cell(value)}")
+    click.echo("")
+    columns = ("seq", "time", "kind", "code", "message", "latency_ms", "detail")
+    write_rows(detail.events, columns, "table", sys.stdout)
+
+
+SUMMARY_COLUMNS = ("key", "actions", "added", "reduced", "failures", "uncertain",
+                   "latency_mean_ms", "latency_p99_ms")  # fmt: skip
+
+
+@audit.command("summary")
+@click.option("--since", type=TIME, metavar="T", help="ISO time, date, or age (24h).")
+@click.option("--by", type=click.Choice(queries.GROUP_BY), default="account",
+              show_default=True)  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@database_options
+def summary_command(db_url: str | None, config_file: Path | None, since: datetime | None,
+                    by: queries.GroupBy, fmt: str) -> None:  # fmt: skip
+    """Counts, margin added and reduced, failures, uncertain outcomes, latency."""
+    engine = open_database(db_url, config_file)
+    rows = [
+        {**{name: getattr(row, name) for name in SUMMARY_COLUMNS},
+         "latency_mean_ms": None if row.latency_mean_ms is None
+         else round(row.latency_mean_ms, 1)}
+        for row in queries.summarize(engine, since, by)
+    ]  # fmt: skip
+    columns = (by, *SUMMARY_COLUMNS[1:])
+    write_rows([{by: row["key"], **row} for row in rows], columns, fmt, sys.stdout)
+
+
+@audit.command("export")
+@action_filters
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), required=True)
+@click.option("--output", type=click.File("w"), default="-", help="file (default stdout).")
+@database_options
+def export_command(db_url: str | None, config_file: Path | None, fmt: str, output: IO[str],
+                   **options: Any) -> None:  # fmt: skip
+    """Every action with its snapshot and status, oldest first (spreadsheets, pipelines)."""
+    engine = open_database(db_url, config_file)
+    rows = queries.export_actions(engine, _filter(engine, **options))
+    write_rows(rows, (*queries.LIST_COLUMNS, *queries.SNAPSHOT_COLUMNS), fmt, output)
+
+
+@audit.command("verify")
+@click.option("--account", metavar="A", help="check only this account.")
+@database_options
+def verify_command(db_url: str | None, config_file: Path | None, account: str | None) -> None:
+    """Check every account's hash chain; name the first broken link."""
+    engine = open_database(db_url, config_file)
+    if account is not None and not queries.account_known(engine, account):
+        raise click.BadParameter(f"unknown account {account}", param_hint="'--account'")
+    result = queries.verify_chains(engine, account)
+    if result.intact:
+        click.echo(f"OK: {result.events} events in {result.accounts} accounts; chains intact")
+        return
+    for problem in result.breaks:
+        click.echo(f"BROKEN: {problem}")
+    raise click.exceptions.Exit(1)
+
+
+# -- guardbot db --------------------------------------------------------------------------
+
+
+@click.group(cls=OneLineErrors)
+def db() -> None:
+    """The audit database schema (Alembic)."""
+
+
+def _migrations_option(function: F) -> F:
+    return click.option(
+        "--migrations", type=click.Path(file_okay=False, path_type=Path),
+        help=f"the migrations folder (default: found automatically, or ${schema.MIGRATIONS_ENV}).",
+    )(function)  # fmt: skip
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@_migrations_option
+@database_options
+def upgrade_command(db_url: str | None, config_file: Path | None, revision: str,
+                    migrations: Path | None) -> None:  # fmt: skip
+    """Migrate the audit database up (to the newest schema by default)."""
+    url = database_url(db_url, config_file)
+    schema.upgrade(url, revision, migrations)
+    click.echo(f"{redacted(url)} is at revision {_current(url)}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@_migrations_option
+@database_options
+def downgrade_command(db_url: str | None, config_file: Path | None, revision: str,
+                      migrations: Path | None) -> None:  # fmt: skip
+    """Migrate the audit database down to REVISION (``base`` removes every table)."""
+    url = database_url(db_url, config_file)
+    schema.downgrade(url, revision, migrations)
+    click.echo(f"{redacted(url)} is at revision {_current(url)}")
+
+
+@db.command("current")
+@database_options
+def current_command(db_url: str | None, config_file: Path | None) -> None:
+    """Show the database's schema revision."""
+    url = database_url(db_url, config_file)
+    revision = _current(url)
+    state = (
+        "up to date" if revision == schema.HEAD else f"needs `guardbot db upgrade` to {schema.HEAD}"
+    )
+    click.echo(f"{revision} ({state})")
+
+
+def _current(url: str) -> str:
+    engine = create_audit_engine(url)
+    try:
+        return schema.current(engine) or "(empty)"
+    finally:
+        engine.dispose()
