@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PG_URL
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 
 from guardbot.audit import schema
+from guardbot.audit.store import ActionRecord
+from guardbot.domain import ActionKind, MarginMode, Source
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -47,3 +52,64 @@ def url(empty_url: str) -> str:
 @pytest.fixture
 def spool_dir(tmp_path: Path) -> Path:
     return tmp_path / "spool"
+
+
+ACCOUNT = "0x" + "a1" * 32
+OTHER = "0x" + "b2" * 32
+T0 = 1_763_800_000_000  # 2025-11-22T08:26:40Z
+
+
+class Clock:
+    """An injected millisecond clock that moves only when told."""
+
+    def __init__(self, now_ms: int = T0) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, ms: int) -> None:
+        self.now_ms += ms
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def action(**overrides: Any) -> ActionRecord:
+    """An ActionRecord with plausible values; override any field."""
+    values: dict[str, Any] = {
+        "account_id": ACCOUNT,
+        "symbol": "PERP_ETH_USDC",
+        "margin_mode": MarginMode.ISOLATED,
+        "policy": "topup",
+        "kind": ActionKind.ADD,
+        "amount": Decimal("25.5"),
+        "reason": "distance 4.1% < trigger 5%",
+        "dry_run": False,
+        "mark_price": Decimal("3012.34"),
+        "margin": Decimal("150.000000"),
+        "qty": Decimal("-1.25"),
+        "liquidation_price": Decimal("3150.5"),
+        "distance": Decimal("0.041"),
+        "data_age_ms": 240,
+        "source": Source.WS,
+    }
+    values.update(overrides)
+    return ActionRecord(**values)
+
+
+class Outage:
+    """A switchable database outage: while ``down``, every statement on ``engine`` fails the
+    way a lost connection does."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.down = False
+        self.refused = 0
+        event.listen(engine, "before_cursor_execute", self._check)
+
+    def _check(self, connection: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if self.down:
+            self.refused += 1
+            raise OperationalError(statement, None, ConnectionRefusedError("test outage"))

@@ -1,0 +1,346 @@
+"""AuditLog on SQLite and PostgreSQL: durable writes, outages, crashes, budgets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from guardbot.audit import chain, queries
+from guardbot.audit.store import (
+    AuditLog,
+    AuditUnavailable,
+    EventKind,
+    SchemaOutOfDate,
+    SpoolInUse,
+)
+from guardbot.domain import ActionKind
+
+from .conftest import ACCOUNT, OTHER, T0, Clock, Outage, action
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = queries.EVENTS
+ACTIONS = queries.ACTIONS
+
+
+async def open_log(url: str, spool_dir: Path, clock: Clock) -> AuditLog:
+    log = await AuditLog.open(url, spool_dir, clock_ms=clock, retry_s=0.01)
+    await log.start_run("0.1.0", "cafe", "host-1")
+    return log
+
+
+def segments(spool_dir: Path) -> list[Path]:
+    return sorted(spool_dir.glob("segment-*"))
+
+
+def events_in_db(log: AuditLog, account: str) -> list[tuple[int, str, str]]:
+    with log.engine.connect() as connection:
+        rows = connection.execute(
+            select(EVENTS.c.seq, EVENTS.c.kind, EVENTS.c.action_id)
+            .where(EVENTS.c.account_id == account)
+            .order_by(EVENTS.c.seq)
+        )
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+async def test_records_reach_the_database_exactly(url: str, spool_dir: Path, clock: Clock) -> None:
+    log = await open_log(url, spool_dir, clock)
+    action_id = await log.record_action(action(amount=Decimal("25.500"), distance=None))
+    clock.advance(7)
+    await log.record_event(action_id, ACCOUNT, EventKind.SENT)
+    clock.advance(120)
+    await log.record_event(action_id, ACCOUNT, EventKind.SUCCEEDED, latency_ms=120,
+                           detail={"margin_seen": "175.5"})  # fmt: skip
+    await log.flush(10)
+
+    detail = queries.show_action(log.engine, action_id)
+    assert detail.action["amount"] == Decimal("25.5")
+    assert isinstance(detail.action["amount"], Decimal)
+    assert detail.action["margin"] == Decimal("150")
+    assert detail.action["qty"] == Decimal("-1.25")
+    assert detail.action["distance"] is None
+    assert detail.action["time"] == chain.from_ms(T0)
+    assert detail.action["time"].utcoffset() is not None
+    assert [e["kind"] for e in detail.events] == ["INTENT", "SENT", "SUCCEEDED"]
+    assert [chain.to_ms(e["time"]) for e in detail.events] == [T0, T0 + 7, T0 + 127]
+    assert detail.events[2]["detail"] == {"margin_seen": "175.5"}
+    assert detail.events[2]["latency_ms"] == 120
+    await log.end_run()
+    await log.aclose()
+    assert not segments(spool_dir), "a drained spool is emptied on close"
+    assert queries.verify_chains(log.engine).intact
+
+
+async def test_outage_loses_nothing_and_keeps_order(
+    url: str, spool_dir: Path, clock: Clock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    outage = Outage(log.engine)
+    expected: dict[str, list[str]] = {ACCOUNT: [], OTHER: []}
+    action_ids: dict[str, list[str]] = {ACCOUNT: [], OTHER: []}
+
+    async def activity(n: int) -> None:
+        for i in range(n):
+            account = ACCOUNT if i % 3 else OTHER
+            clock.advance(1)
+            action_id = await log.record_action(action(account_id=account))
+            await log.record_event(action_id, account, EventKind.SENT)
+            await log.record_event(action_id, account, EventKind.SUCCEEDED, latency_ms=i)
+            expected[account] += ["INTENT", "SENT", "SUCCEEDED"]
+            action_ids[account] += [action_id] * 3
+
+    await activity(5)
+    await log.flush(10)
+    outage.down = True
+    # Decisions go on: every record returns (durable in the spool) while the database is down.
+    await asyncio.wait_for(activity(20), timeout=10)
+    assert log.spool_depth == 60
+    assert outage.refused > 0, "the writer kept trying"
+    spooled = [json.loads(line) for f in segments(spool_dir)
+               for line in f.read_text().splitlines()]  # fmt: skip
+    assert len([r for r in spooled if r["t"] != "run"]) == 75
+    outage.down = False
+    await log.flush(10)
+    assert log.spool_depth == 0
+    for account in (ACCOUNT, OTHER):
+        rows = events_in_db(log, account)
+        assert [seq for seq, _, _ in rows] == list(range(1, len(expected[account]) + 1))
+        assert [kind for _, kind, _ in rows] == expected[account]
+        assert [a for _, _, a in rows] == action_ids[account]
+    assert queries.verify_chains(log.engine).intact
+    await log.aclose()
+
+
+async def test_spool_left_by_an_outage_is_replayed_at_the_next_start(
+    url: str, spool_dir: Path, clock: Clock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    outage = Outage(log.engine)
+    outage.down = True
+    ids = [await log.record_action(action(amount=Decimal(n))) for n in range(1, 6)]
+    await log.aclose(timeout_s=0.2)  # gives up: the records stay in the spool
+    assert segments(spool_dir)
+
+    again = await AuditLog.open(url, spool_dir, clock_ms=clock, retry_s=0.01)
+    assert again.spool_depth == 6  # the run and five actions
+    assert await again.added_since(ACCOUNT, T0) == Decimal(15)
+    await again.flush(10)
+    rows = queries.list_actions(again.engine, queries.ActionFilter(account=ACCOUNT))
+    assert sorted(row["id"] for row in rows) == sorted(ids)
+    await again.aclose()
+    assert not segments(spool_dir)
+
+
+async def test_replay_of_records_already_written_inserts_nothing_twice(
+    url: str, spool_dir: Path, clock: Clock, tmp_path: Path
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    for n in range(3):
+        action_id = await log.record_action(action(amount=Decimal(n + 1)))
+        await log.record_event(action_id, ACCOUNT, EventKind.SUCCEEDED)
+    await log.flush(10)
+    # A crash after the database commit but before the spool was released.
+    saved = tmp_path / "saved"
+    shutil.copytree(spool_dir, saved, ignore=shutil.ignore_patterns("spool.lock"))
+    await log.aclose()
+    for segment in saved.glob("segment-*"):
+        shutil.copy(segment, spool_dir / segment.name)
+
+    again = await AuditLog.open(url, spool_dir, clock_ms=clock, retry_s=0.01)
+    await again.flush(10)
+    with again.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(ACTIONS)).scalar() == 3
+        assert connection.execute(select(func.count()).select_from(EVENTS)).scalar() == 6
+    assert queries.verify_chains(again.engine).intact
+    await again.aclose()
+
+
+KILLED = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from guardbot.audit.store import AuditLog, EventKind
+    from tests.audit.conftest import ACCOUNT, Outage, action
+
+    async def main(url, spool, db_down):
+        log = await AuditLog.open(url, spool, retry_s=0.01)
+        await log.start_run("0.1.0", "cafe", "host-1")
+        if db_down:
+            Outage(log.engine).down = True
+        action_id = await log.record_action(action())
+        await log.record_event(action_id, ACCOUNT, EventKind.SENT)
+        print(action_id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # the exchange call was in flight
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3] == "down"))
+    """
+)
+
+
+@pytest.mark.parametrize("db_state", ["down", "up"])
+async def test_killed_between_intent_and_outcome_is_found_at_startup(
+    url: str, spool_dir: Path, db_state: str
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", KILLED, url, str(spool_dir), db_state,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == -signal.SIGKILL, err.decode()
+    action_id = out.decode().strip()
+
+    log = await AuditLog.open(url, spool_dir, retry_s=0.01)
+    unfinished = await log.unfinished_actions([ACCOUNT, OTHER])
+    assert [(u.action_id, u.last_event) for u in unfinished] == [(action_id, EventKind.SENT)]
+    assert unfinished[0].record.margin == Decimal("150")
+    assert unfinished[0].record.kind is ActionKind.ADD
+    # Until reconciled it counts against the budget.
+    assert await log.added_since(ACCOUNT, 0) == Decimal("25.5")
+    await log.record_event(action_id, ACCOUNT, EventKind.RECONCILED, detail={"applied": "true"})
+    assert await log.unfinished_actions([ACCOUNT]) == []
+    await log.aclose()
+
+
+async def test_budget_counts_what_may_have_moved_money(
+    url: str, spool_dir: Path, clock: Clock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    assert await log.added_since(ACCOUNT, 0) == 0
+
+    async def add(amount: str, *events: EventKind, **overrides: object) -> None:
+        action_id = await log.record_action(action(amount=Decimal(amount), **overrides))
+        for kind in events:
+            await log.record_event(action_id, str(overrides.get("account_id", ACCOUNT)), kind)
+
+    await add("1", EventKind.SENT, EventKind.SUCCEEDED)
+    await add("2", EventKind.SENT, EventKind.UNCERTAIN)  # may have been applied
+    await add("4", EventKind.SENT)  # in flight
+    await add("8", EventKind.SENT, EventKind.REJECTED)
+    await add("16", EventKind.SKIPPED)
+    await add("32", EventKind.SENT, EventKind.FAILED)
+    await add("64", EventKind.DRY_RUN, dry_run=True)
+    await add("128", EventKind.SUCCEEDED, kind=ActionKind.REDUCE)
+    await add("256", EventKind.SUCCEEDED, symbol="PERP_BTC_USDC")
+    await add("512", EventKind.SUCCEEDED, account_id=OTHER)
+    clock.advance(1000)
+    await add("1024", EventKind.SUCCEEDED)
+
+    assert await log.added_since(ACCOUNT, 0) == Decimal(1 + 2 + 4 + 256 + 1024)
+    assert await log.added_since(ACCOUNT, 0, "PERP_ETH_USDC") == Decimal(1 + 2 + 4 + 1024)
+    assert await log.added_since(ACCOUNT, T0 + 1) == Decimal(1024)
+    assert await log.added_since(OTHER, 0) == Decimal(512)
+    await log.aclose()
+
+    # A restart does not reset a budget: it is derived from the log.
+    again = await AuditLog.open(url, spool_dir, clock_ms=clock)
+    assert await again.added_since(ACCOUNT, 0) == Decimal(1 + 2 + 4 + 256 + 1024)
+    assert await again.added_since(ACCOUNT, 0, "PERP_BTC_USDC") == Decimal(256)
+    await again.aclose()
+
+
+async def test_budget_counts_spooled_actions_during_an_outage(
+    url: str, spool_dir: Path, clock: Clock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    today = T0 - 3_600_000
+    await log.record_action(action(amount=Decimal("10")))
+    assert await log.added_since(ACCOUNT, today) == Decimal("10")  # loads the ledger
+    outage = Outage(log.engine)
+    outage.down = True
+    await log.record_action(action(amount=Decimal("5")))
+    assert await log.added_since(ACCOUNT, today) == Decimal("15")  # memory, no database
+    # An account never asked about needs the database for its first answer.
+    with pytest.raises(AuditUnavailable):
+        await log.added_since(OTHER, today)
+    outage.down = False
+    await log.aclose()
+
+
+async def test_last_action_ms_for_cooldowns(url: str, spool_dir: Path, clock: Clock) -> None:
+    log = await open_log(url, spool_dir, clock)
+    assert await log.last_action_ms(ACCOUNT, "PERP_ETH_USDC") is None
+    await log.record_action(action())
+    clock.advance(500)
+    await log.record_action(action(kind=ActionKind.REDUCE, dry_run=True))
+    assert await log.last_action_ms(ACCOUNT, "PERP_ETH_USDC") == T0 + 500
+    assert await log.last_action_ms(ACCOUNT, "PERP_BTC_USDC") is None
+    await log.aclose()
+
+    clock.advance(10 * 86_400_000)  # far beyond the in-memory window
+    again = await AuditLog.open(url, spool_dir, clock_ms=clock)
+    assert await again.last_action_ms(ACCOUNT, "PERP_ETH_USDC") == T0 + 500
+    await again.aclose()
+
+
+async def test_a_record_the_database_refuses_is_set_aside_not_lost(
+    url: str, spool_dir: Path, clock: Clock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    good = await log.record_action(action())
+    await log.record_event("no-such-action", ACCOUNT, EventKind.SENT)
+    await log.record_event(good, ACCOUNT, EventKind.SUCCEEDED)
+    await log.flush(10)
+    assert [kind for _, kind, _ in events_in_db(log, ACCOUNT)] == ["INTENT", "SUCCEEDED"]
+    quarantined = [json.loads(line) for line in
+                   (spool_dir / "quarantine.jsonl").read_text().splitlines()]  # fmt: skip
+    assert [r["action_id"] for r in quarantined] == ["no-such-action"]
+    assert queries.verify_chains(log.engine).intact
+    await log.aclose()
+
+
+async def test_bad_input_is_refused_before_anything_is_written(
+    url: str, spool_dir: Path, clock: Clock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    await log.flush(10)
+    with pytest.raises(ValueError, match="more than 18 decimal places"):
+        await log.record_action(action(amount=Decimal("1.0000000000000000001")))
+    with pytest.raises(ValueError, match="finite Decimal"):
+        await log.record_action(action(amount=1.5))
+    with pytest.raises(ValueError, match="finite Decimal"):
+        await log.record_action(action(mark_price=Decimal("NaN")))
+    with pytest.raises(ValueError, match="unknown run_id"):
+        await log.record_action(action(run_id="not-a-run"))
+    with pytest.raises(ValueError, match="INTENT"):
+        await log.record_event("x", ACCOUNT, EventKind.INTENT)
+    with pytest.raises(ValueError, match="str to str"):
+        await log.record_event("x", ACCOUNT, EventKind.SENT, detail={"n": 1})  # type: ignore[dict-item]
+    assert log.spool_depth == 0
+    assert await log.added_since(ACCOUNT, 0) == 0
+    # Derived figures are rounded to the stored 18 places rather than refused.
+    action_id = await log.record_action(action(distance=Decimal(1) / Decimal(3)))
+    await log.flush(10)
+    stored = queries.show_action(log.engine, action_id).action["distance"]
+    assert stored == Decimal("0.333333333333333333")
+    await log.aclose()
+
+
+async def test_open_refuses_a_database_without_the_current_schema(
+    empty_url: str, spool_dir: Path
+) -> None:
+    with pytest.raises(SchemaOutOfDate, match="guardbot db upgrade"):
+        await AuditLog.open(empty_url, spool_dir)
+
+
+async def test_open_refuses_a_spool_another_process_holds(
+    url: str, spool_dir: Path, clock: Clock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    with pytest.raises(SpoolInUse, match=r"its own audit\.spool_dir"):
+        await AuditLog.open(url, spool_dir)
+    await log.aclose()
+
+
+async def test_open_on_an_unreachable_database_says_so(spool_dir: Path) -> None:
+    with pytest.raises(AuditUnavailable, match="cannot reach"):
+        await AuditLog.open("postgresql+psycopg://postgres@127.0.0.1:1/none", spool_dir)
