@@ -193,7 +193,8 @@ def round_down(amount: Decimal, step: Decimal = MARGIN_STEP) -> Decimal:
 def _to_step(amount: Decimal, step: Decimal, rounding: str) -> Decimal:
     if step <= 0:
         raise ValueError(f"step must be positive, got {step}")
-    return (amount / step).to_integral_value(rounding=rounding) * step
+    # quantize: the result carries the step's decimals ("50.00"), as sent on the wire
+    return ((amount / step).to_integral_value(rounding=rounding) * step).quantize(step)
 
 
 def _power(notional: Decimal) -> Decimal:

@@ -279,3 +279,4 @@ def test_rounding_properties(amount: D, step: D) -> None:
     assert down <= amount <= up
     assert up - down in (D(0), step)
     assert up % step == 0 and down % step == 0
+    assert up.as_tuple().exponent == down.as_tuple().exponent == step.as_tuple().exponent
