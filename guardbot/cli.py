@@ -18,6 +18,9 @@ from guardbot.logs import log_options
 COMMANDS: dict[str, str] = {
     "audit": "guardbot.audit.cli:audit",
     "db": "guardbot.audit.cli:db",
+    "check-config": "guardbot.commands:check_config",
+    "demo": "guardbot.commands:demo",
+    "run": "guardbot.commands:run",
 }
 
 

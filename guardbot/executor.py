@@ -356,7 +356,8 @@ class Executor:
             detail["margin_seen"] = str(margin)
         await self._audit.record_event(pending.action_id, job.intent.account_id, kind,
                                        message=message, detail=detail)
-        log.info("action %s on %s: %s %s", pending.action_id, job.key, kind, message)
+        log.info("%s %s on %s: %s %s", job.intent.kind, job.intent.amount, job.intent.symbol,
+                 kind, message, extra={"action_id": pending.action_id})
 
     def _action_record(self, job: Job) -> ActionRecord:
         intent, position = job.intent, job.position

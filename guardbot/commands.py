@@ -1,0 +1,106 @@
+"""The guard's commands: ``guardbot run``, ``guardbot check-config`` and ``guardbot demo``.
+
+Heavy modules are imported inside each command so ``guardbot --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import click
+
+from guardbot.config import ConfigError, Settings, load_config, permission_warning
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML config file (default: none; settings from GUARDBOT__* environment only).",
+)
+
+
+def _load(config_path: Path | None) -> Settings:
+    try:
+        settings = load_config(config_path)
+        for account in settings.accounts:
+            account.secret()  # an unset variable or unreadable file is a config error too
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid configuration:\n{exc}") from None
+    if config_path is not None:
+        warning = permission_warning(config_path)
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
+    return settings
+
+
+@click.command("check-config")
+@CONFIG_OPTION
+def check_config(config_path: Path | None) -> None:
+    """Validate the configuration and its policies without connecting to anything."""
+    from guardbot.daemon import describe_settings, load_policies
+
+    settings = _load(config_path)
+    try:
+        load_policies(settings)
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid configuration:\n{exc}") from None
+    click.echo(describe_settings(settings))
+    click.echo("configuration OK")
+
+
+@click.command("run")
+@CONFIG_OPTION
+@click.option("--dry-run", is_flag=True, help="Decide and audit, but send nothing.")
+def run(config_path: Path | None, dry_run: bool) -> None:
+    """Guard the configured accounts until SIGINT/SIGTERM."""
+    from guardbot.daemon import StartupError, run_daemon
+
+    settings = _load(config_path)
+    if dry_run:
+        settings = settings.model_copy(
+            update={"guard": settings.guard.model_copy(update={"dry_run": True})}
+        )
+    try:
+        asyncio.run(run_daemon(settings))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command("demo")
+@click.option("--duration", type=click.FloatRange(min=1), default=20.0, show_default=True,
+              help="Seconds of wall-clock time to run.")
+@click.option("--speed", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Simulated seconds per wall-clock second.")
+@click.option("--scenario", default="crash", show_default=True,
+              help="Mark-price scenario of the simulated exchange.")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("demo-output"), show_default=True,
+              help="Folder for the audit log (SQLite) and the summary.")
+@click.option("--json", "as_json", is_flag=True,
+              help="No live table; print the summary as one JSON object.")
+def demo(duration: float, speed: float, scenario: str, seed: int, output: Path,
+         as_json: bool) -> None:
+    """Run the whole guard against the built-in simulated exchange: no keys, no network."""
+    from guardbot.demo import DemoOptions, run_demo
+
+    options = DemoOptions(duration_s=duration, speed=speed, scenario=scenario, seed=seed,
+                          output=output, live=not as_json and sys.stdout.isatty())
+    summary = asyncio.run(run_demo(options))
+    if as_json:
+        click.echo(json.dumps(summary, default=_decimal_text))
+    else:
+        from guardbot.demo import render_summary
+
+        click.echo(render_summary(summary))
+
+
+def _decimal_text(value: object) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")

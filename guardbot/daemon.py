@@ -1,0 +1,514 @@
+"""``guardbot run``: the wiring and the lifecycle of the guard.
+
+    config -> exchanges -> feeds (poller, streams) -> PositionBook -> policies -> arbiter
+           -> executor -> audit log
+
+Everything long-lived is owned by one task group (style.md §10); SIGINT/SIGTERM set the stop
+event and the group unwinds. Start-up and crash recovery are the same path: open the audit
+log (refusing an out-of-date schema), poll every account, reconcile the actions a previous
+run left unfinished, then start guarding. Budgets come from the audit log, so a restart
+never resets them (design.md, invariants).
+
+``Guard`` is wiring around one loop: whenever the data about an account changes, evaluate
+its fresh isolated positions, let the arbiter decide, and hand approved actions to the
+executor. It never acts on data older than ``poll.max_data_age_s``, never on a CROSS
+position (the book only hands out isolated ones), and only on accounts this instance owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from guardbot import __version__, metrics
+from guardbot.arbiter import Arbiter, ArbiterState, Decision, LastAction
+from guardbot.audit.store import ActionRecord, AuditLog, EventKind, SchemaOutOfDate
+from guardbot.book import PositionBook
+from guardbot.config import ConfigError, Settings
+from guardbot.domain import (
+    AccountSnapshot,
+    ActionKind,
+    Intent,
+    MarkPrice,
+    Position,
+    PositionKey,
+    Source,
+    SymbolRules,
+)
+from guardbot.exchange.errors import AuthError, ExchangeError
+from guardbot.exchange.port import (
+    Exchange,
+    HoldingsPushed,
+    MarksPushed,
+    PositionsPushed,
+    StreamEvent,
+)
+from guardbot.executor import Executor, Job, applied
+from guardbot.feeds.poller import Poller
+from guardbot.feeds.streams import Streams
+from guardbot.policies.base import PolicyContext, PositionView
+from guardbot.policies.loader import LoadedPolicy
+from guardbot.policies.loader import load_policies as _load_policies
+from guardbot.policies.runner import evaluate_policies
+
+log = logging.getLogger(__name__)
+
+# Recent marks kept per symbol for policies that look at volatility.
+RECENT_MARKS = 120
+# A failing policy or a refused decision is audited once per this many ms per position, not
+# on every mark tick.
+REPEAT_AUDIT_MS = 60_000
+# A position is "near its trigger" (polled fast) within this factor of the smallest trigger.
+URGENT_FACTOR = Decimal(2)
+DEFAULT_TRIGGER = Decimal("0.05")
+# Arbiter refusals that are part of normal pacing, not news (guardbot.arbiter reasons).
+ROUTINE_REFUSALS = ("cooldown", "another intent", "an action on this position")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class StartupError(Exception):
+    """The guard cannot start; the message says what the operator must do."""
+
+
+def load_policies(settings: Settings) -> list[LoadedPolicy]:
+    """The configured policies, validated (``ConfigError`` naming the key otherwise)."""
+    return _load_policies(settings.policies, settings.guard.strategies_dir)
+
+
+def describe_settings(settings: Settings) -> str:
+    """A human summary of what would be guarded, without secrets."""
+    lines = [
+        f"exchange: {settings.exchange.preset} ({settings.exchange.urls()['rest_url']})",
+        f"audit: {settings.audit.url.split('@')[-1]}",
+        f"dry-run: {'yes' if settings.guard.dry_run else 'no'}",
+        f"accounts: {', '.join(a.name for a in settings.accounts) or 'none'}",
+        "policies: " + (", ".join(p.label for p in settings.policies) or "topup (default)"),
+    ]
+    return "\n".join(lines)
+
+
+def config_hash(settings: Settings) -> str:
+    """A fingerprint of the configuration for the ``runs`` table (secrets are redacted by
+    ``SecretStr`` in the dump, so the hash cannot leak them)."""
+    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
+
+
+def utc_day_start_ms(at_ms: int) -> int:
+    """Midnight UTC of the day ``at_ms`` falls in: daily budgets count from here."""
+    day = datetime.fromtimestamp(at_ms / 1000, UTC).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    return int(day.timestamp() * 1000)
+
+
+class Guard:
+    """The guard over already-open exchanges and audit log (``run_daemon`` opens them)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        exchanges: Mapping[str, Exchange],
+        audit: AuditLog,
+        policies: Sequence[LoadedPolicy],
+        *,
+        account_names: Mapping[str, str] | None = None,
+        owned: Callable[[str], bool] = lambda _account_id: True,
+        clock_ms: Callable[[], int] = now_ms,
+        public_stream: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.exchanges = dict(exchanges)
+        self.audit = audit
+        self.policies = list(policies)
+        self.account_names = dict(account_names or {})
+        self.owned = owned
+        self.clock_ms = clock_ms
+        self.book = PositionBook()
+        self.arbiter = Arbiter(settings.budgets, dry_run=settings.guard.dry_run)
+        self.executor = Executor(self.exchanges, audit, on_reread=self._on_reread,
+                                 clock_ms=clock_ms)
+        self.poller = Poller(
+            self.exchanges,
+            self.on_snapshot,
+            interval_s=settings.poll.interval_s,
+            fast_interval_s=settings.poll.fast_interval_s,
+            is_urgent=self.is_urgent,
+        )
+        self.rules: dict[str, SymbolRules] = {}
+        self.free_balance: dict[str, Decimal] = {}
+        self.marks: dict[str, deque[MarkPrice]] = {}
+        self.ws_connected: dict[str, bool] = dict.fromkeys(self.exchanges, False)
+        self._public_stream = public_stream
+        self._locks = {account_id: asyncio.Lock() for account_id in self.exchanges}
+        self._urgent: set[str] = set()
+        # This run's last action per position (the audit log answers for earlier runs).
+        self._last_action: dict[PositionKey, LastAction] = {}
+        self._said: dict[tuple[str, ...], int] = {}
+        self._max_age_ms = int(settings.poll.max_data_age_s * 1000)
+        self._watch = URGENT_FACTOR * _smallest_trigger(self.policies)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load symbol rules, take a first snapshot of every account and reconcile what a
+        previous run left unfinished. The same path after a crash and a clean stop."""
+        first = next(iter(self.exchanges.values()))
+        self.rules = await first.get_symbol_rules()
+        for account_id in self.exchanges:
+            snapshot = await self.poller.poll_now(account_id)
+            if snapshot is None:
+                log.warning("no first snapshot of %s; the poller keeps trying", account_id)
+        await self.reconcile_unfinished()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Guard until ``stop`` is set (or a part fails)."""
+        await self.start()
+        async with self.poller, asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self.executor.run(), name="executor")]
+            for index, exchange in enumerate(self.exchanges.values()):
+                streams = Streams(
+                    exchange, self.on_event, self.poller.poll_now,
+                    public=self._public_stream and index == 0,
+                )
+                tasks.append(group.create_task(streams.run(), name=f"streams-{index}"))
+            tasks.append(group.create_task(self._housekeeping(), name="housekeeping"))
+            await stop.wait()
+            log.info("stopping the guard")
+            for task in tasks:
+                task.cancel()
+
+    async def reconcile_unfinished(self) -> None:
+        """Settle actions with no known outcome (a crash between intent and outcome): read
+        each position and decide from its margin whether the change happened."""
+        unfinished = await self.audit.unfinished_actions(self.exchanges)
+        for action in unfinished:
+            record = action.record
+            exchange = self.exchanges.get(record.account_id)
+            if exchange is None:
+                continue
+            if action.last_event is EventKind.INTENT:
+                # Recorded, never sent: nothing can have happened.
+                await self.audit.record_event(
+                    action.action_id, record.account_id, EventKind.FAILED,
+                    message="not sent before the previous run stopped")
+                continue
+            try:
+                position = await exchange.get_position(record.symbol, record.margin_mode)
+            except ExchangeError as exc:
+                log.error("cannot reconcile action %s: %s", action.action_id, exc)
+                continue
+            detail = {"margin_before": str(record.margin)}
+            if position is None:
+                detail["applied"] = "false"
+                message = "position gone; outcome cannot be read from it"
+            else:
+                was = applied(_job_of(record), position.margin)
+                detail.update(applied=str(was).lower(), margin_seen=str(position.margin))
+                message = "applied" if was else "not applied"
+            await self.audit.record_event(action.action_id, record.account_id,
+                                          EventKind.RECONCILED, message=message, detail=detail)
+            log.info("reconciled unfinished action %s on %s %s: %s", action.action_id,
+                     record.account_id, record.symbol, message)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await self.executor.expire()
+            now = self.clock_ms()
+            for account_id in self.exchanges:
+                ages = [self.book.age_ms(p.key, now) or 0
+                        for p in self.book.isolated_positions(account_id)]
+                metrics.DATA_AGE.labels(account=account_id).set(max(ages, default=0) / 1000)
+
+    # -- inputs -------------------------------------------------------------------------
+
+    async def on_snapshot(self, snapshot: AccountSnapshot) -> None:
+        """A REST snapshot of one account (poller, resync)."""
+        account_id = snapshot.account_id
+        self.free_balance[account_id] = snapshot.free_collateral
+        before = {p.key for p in self.book.isolated_positions(account_id)}
+        self.book.apply_snapshot(snapshot)
+        for position in snapshot.positions:
+            await self.executor.observe(position)
+        after = {p.key for p in self.book.isolated_positions(account_id)}
+        for key in before - after:
+            await self._closed(key)
+        await self.evaluate(account_id)
+
+    async def on_event(self, account_id: str, event: StreamEvent) -> None:
+        """A WebSocket push (streams)."""
+        if isinstance(event, PositionsPushed):
+            self.ws_connected[account_id] = True
+            for position in event.positions:
+                was_open = self.book.get(position.key) is not None
+                if not self.book.apply(position):
+                    continue
+                await self.executor.observe(position)
+                if was_open and not position.is_open:
+                    await self._closed(position.key)
+            await self.evaluate(account_id)
+        elif isinstance(event, MarksPushed):
+            symbols = set()
+            for mark in event.marks:
+                self.marks.setdefault(mark.symbol, deque(maxlen=RECENT_MARKS)).append(mark)
+                if self.book.apply_mark(mark.symbol, mark.price, mark.exchange_ms):
+                    symbols.add(mark.symbol)
+            if symbols:
+                accounts = {p.account_id for p in self.book.positions() if p.symbol in symbols}
+                await asyncio.gather(*(self.evaluate(a) for a in accounts))
+        elif isinstance(event, HoldingsPushed):
+            self.ws_connected[account_id] = True
+        else:  # StreamGap: the streams already resynchronised over REST
+            self.ws_connected[account_id] = False
+
+    async def _on_reread(self, position: Position | None, key: PositionKey) -> None:
+        if position is not None and self.book.apply(position):
+            await self.executor.observe(position)
+        await self.evaluate(key[0])
+
+    async def _closed(self, key: PositionKey) -> None:
+        """An isolated position left the book: closed by its owner or liquidated."""
+        await self.executor.forget(key)
+        await self.audit.record_observation(key[0], key[1], "position_closed",
+                                            {"margin_mode": key[2].value})
+        log.warning("isolated position %s %s is gone (closed or liquidated)", key[0], key[1])
+
+    # -- deciding -----------------------------------------------------------------------
+
+    def is_urgent(self, account_id: str) -> bool:
+        """Whether the account has a position near its trigger (polled on the fast interval)."""
+        return account_id in self._urgent
+
+    async def evaluate(self, account_id: str) -> None:
+        """Evaluate the account's fresh isolated positions and act on the decisions."""
+        if account_id not in self.exchanges or not self.owned(account_id):
+            return
+        async with self._locks[account_id]:
+            await self._evaluate(account_id)
+
+    async def _evaluate(self, account_id: str) -> None:
+        now = self.clock_ms()
+        busy = self.executor.busy()
+        views: dict[PositionKey, PositionView] = {}
+        intents: list[Intent] = []
+        urgent = False
+        for position in self.book.isolated_positions(account_id):
+            rules = self.rules.get(position.symbol)
+            age = self.book.age_ms(position.key, now)
+            if rules is None or age is None:
+                self._say_once(("no rules", position.symbol), now,
+                               "no symbol rules for %s: not guarded", position.symbol)
+                continue
+            view = PositionView.of(position, rules, age)
+            if view.distance is not None and view.distance < self._watch:
+                urgent = True
+            if position.key in busy:
+                continue
+            if age > self._max_age_ms:
+                # Never act on stale data (design.md): wait for the poller to refresh it.
+                self._say_once(("stale", *position.key), now,
+                               "%s %s: data %d ms old, not acting", account_id,
+                               position.symbol, age)
+                continue
+            views[position.key] = view
+            evaluation = evaluate_policies(
+                self.policies, view, self._context(position, now),
+                self.account_names.get(account_id))
+            for failure in evaluation.failures:
+                await self._policy_failed(failure.policy, position, failure.error, now)
+            intents.extend(evaluation.intents)
+        if urgent:
+            self._urgent.add(account_id)
+        else:
+            self._urgent.discard(account_id)
+        if not intents:
+            return
+        state = await self._arbiter_state(account_id, now, busy)
+        decisions = self.arbiter.decide(intents, state)
+        await asyncio.gather(*(self._act(d, views, now) for d in decisions))
+
+    def _context(self, position: Position, now: int) -> PolicyContext:
+        return PolicyContext(
+            now_ms=now,
+            free_balance=self.free_balance.get(position.account_id),
+            recent_marks=tuple(self.marks.get(position.symbol, ())),
+        )
+
+    async def _arbiter_state(
+        self, account_id: str, now: int, busy: frozenset[PositionKey]
+    ) -> ArbiterState:
+        day = utc_day_start_ms(now)
+        keys = [p.key for p in self.book.isolated_positions(account_id)]
+        added_by_position = {}
+        last_action = {}
+        for key in keys:
+            added_by_position[key] = await self.audit.added_since(account_id, day, symbol=key[1])
+            last = self._last_action.get(key)
+            if last is None:
+                at_ms = await self.audit.last_action_ms(account_id, key[1])
+                # The kind is not known from before this run: assume ADD, which keeps the
+                # cooldown (the conservative side).
+                last = None if at_ms is None else LastAction(at_ms, ActionKind.ADD)
+            if last is not None:
+                last_action[key] = last
+        kill_switch = self.settings.guard.kill_switch_file
+        balance = self.free_balance.get(account_id)
+        return ArbiterState(
+            now_ms=now,
+            free_balance={} if balance is None else {account_id: balance},
+            in_flight=busy,
+            last_action=last_action,
+            added_today_by_position=added_by_position,
+            added_today_by_account={account_id: await self.audit.added_since(account_id, day)},
+            kill_switch=kill_switch is not None and kill_switch.exists(),
+        )
+
+    async def _act(
+        self, decision: Decision, views: Mapping[PositionKey, PositionView], now: int
+    ) -> None:
+        intent = decision.intent
+        view = views[intent.key]
+        if decision.approved:
+            intent = replace(intent, amount=decision.amount)
+        job = Job(intent, view.position, data_age_ms=view.age_ms,
+                  liquidation_price=view.liquidation_price, distance=view.distance,
+                  dry_run=decision.dry_run)
+        if decision.approved:
+            if await self.executor.submit(job) is not None:
+                self._last_action[intent.key] = LastAction(now, intent.kind)
+            return
+        # Refusals are audited as SKIPPED actions, once a minute per position and reason;
+        # routine ones (cooldown, ranking) are not, or they would restart the cooldown.
+        if decision.reason.startswith(ROUTINE_REFUSALS):
+            return
+        topic = decision.reason.split(":")[0]
+        if not self._say_once(("refused", *intent.key, topic), now,
+                              "%s %s %s refused: %s", intent.kind, intent.amount,
+                              intent.symbol, decision.reason):
+            return
+        action_id = await self.audit.record_action(_record_of(job))
+        await self.audit.record_event(action_id, intent.account_id, EventKind.SKIPPED,
+                                      message=decision.reason)
+
+    async def _policy_failed(self, policy: str, position: Position, error: str, now: int) -> None:
+        if self._say_once(("policy", policy, *position.key), now,
+                          "policy %s failed on %s %s: %s", policy, position.account_id,
+                          position.symbol, error):
+            await self.audit.record_observation(
+                position.account_id, position.symbol, "policy_failed",
+                {"policy": policy, "error": error[:500]})
+
+    def _say_once(self, what: tuple[str, ...], now: int, message: str, *args: object) -> bool:
+        """Log ``message`` unless the same thing was said within ``REPEAT_AUDIT_MS``."""
+        last = self._said.get(what)
+        if last is not None and now - last < REPEAT_AUDIT_MS:
+            return False
+        self._said[what] = now
+        log.warning(message, *args)
+        return True
+
+
+def _smallest_trigger(policies: Sequence[LoadedPolicy]) -> Decimal:
+    triggers = [
+        trigger
+        for loaded in policies
+        if isinstance(trigger := getattr(loaded.policy, "trigger", None), Decimal)
+    ]
+    return min(triggers, default=DEFAULT_TRIGGER)
+
+
+def _record_of(job: Job) -> ActionRecord:
+    intent, position = job.intent, job.position
+    return ActionRecord(
+        account_id=intent.account_id, symbol=intent.symbol,
+        margin_mode=position.margin_mode, policy=intent.policy, kind=intent.kind,
+        amount=intent.amount, reason=intent.reason, dry_run=job.dry_run,
+        mark_price=position.mark_price, margin=position.margin, qty=position.qty,
+        liquidation_price=job.liquidation_price, distance=job.distance,
+        data_age_ms=job.data_age_ms, source=position.source, details=intent.details,
+    )
+
+
+def _job_of(record: ActionRecord) -> Job:
+    """Enough of a ``Job`` to compare margins when reconciling an old action."""
+    intent = Intent(record.account_id, record.symbol, record.kind, record.amount,
+                    record.policy, record.reason)
+    position = Position(
+        account_id=record.account_id, symbol=record.symbol, margin_mode=record.margin_mode,
+        qty=record.qty, average_open_price=record.mark_price, cost_position=Decimal(0),
+        mark_price=record.mark_price, margin=record.margin, leverage=1,
+        unsettled_pnl=Decimal(0), est_liq_price=None, mmr=Decimal(0), imr=Decimal(0),
+        last_sum_unitary_funding=Decimal(0), seq=None, exchange_ms=0, received_ms=0,
+        source=Source(record.source),
+    )
+    return Job(intent, position, data_age_ms=record.data_age_ms)
+
+
+async def run_daemon(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    exchange_factory: Callable[..., Exchange] | None = None,
+) -> None:
+    """Open everything, guard until SIGINT/SIGTERM (or ``stop``), close everything.
+
+    Raises ``StartupError`` with what the operator must do when it cannot start.
+    """
+    from guardbot.exchange.client import OrderlyExchange
+
+    if not settings.accounts:
+        raise StartupError("no [[accounts]] configured: nothing to guard")
+    try:
+        policies = load_policies(settings)
+        secrets_ok = [a.secret() for a in settings.accounts]
+    except ConfigError as exc:
+        raise StartupError(f"invalid configuration:\n{exc}") from None
+    del secrets_ok
+    try:
+        audit = await AuditLog.open(settings.audit.url, settings.audit.spool_dir)
+    except SchemaOutOfDate as exc:
+        raise StartupError(
+            f"the audit database schema is out of date ({exc}): run `guardbot db upgrade`"
+        ) from None
+    except Exception as exc:  # AuditUnavailable, SpoolInUse, bad URL: all stop start-up
+        raise StartupError(f"cannot open the audit log: {exc}") from None
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    factory = exchange_factory or OrderlyExchange.from_settings
+    exchanges: dict[str, Exchange] = {}
+    try:
+        for account in settings.accounts:
+            exchanges[account.account_id] = factory(account, settings.exchange)
+        await audit.start_run(__version__, config_hash(settings), socket.gethostname())
+        guard = Guard(settings, exchanges, audit, policies,
+                      account_names={a.account_id: a.name for a in settings.accounts})
+        try:
+            await guard.run(stop)
+        except* AuthError as group:
+            raise StartupError(
+                f"the exchange refused our key: {group.exceptions[0]}; check the account's "
+                "orderly_key, secret and scopes") from None
+        await audit.end_run()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)
+        for exchange in exchanges.values():
+            await exchange.aclose()
+        await audit.aclose()

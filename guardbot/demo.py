@@ -1,0 +1,250 @@
+"""``guardbot demo``: the whole system on one machine, no keys, no network.
+
+Starts the simulated exchange in-process on a free loopback port, opens two accounts with
+identical positions (isolated longs and a short, plus a cross long on ETH that the guard must
+never touch), guards one of them with ``topup`` and ``sweep`` while the other stays
+unguarded, drives a volatile scenario at accelerated speed, and compares the two: how many
+isolated positions were liquidated, how much margin the guard added and swept back. The audit
+log is an SQLite file in the output folder, migrated automatically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TextIO
+
+from guardbot.audit import schema
+from guardbot.audit.database import create_audit_engine
+from guardbot.audit.queries import summarize
+from guardbot.config import Settings, parse_config
+from guardbot.daemon import run_daemon
+from guardbot.sim.admin import SimAccount, open_account
+from guardbot.sim.server import SimServer
+
+# (symbol, margin mode, signed quantity, leverage): the same book on both accounts.
+DEMO_POSITIONS: tuple[tuple[str, str, str, int], ...] = (
+    ("PERP_ETH_USDC", "ISOLATED", "2", 10),
+    ("PERP_BTC_USDC", "ISOLATED", "0.1", 20),
+    ("PERP_SOL_USDC", "ISOLATED", "-40", 5),
+    ("PERP_ETH_USDC", "CROSS", "1", 5),
+)
+DEMO_USDC = "20000"
+ANSI_HOME_CLEAR = "\x1b[H\x1b[2J"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    duration_s: float = 20.0
+    speed: float = 30.0
+    scenario: str = "crash"
+    seed: int = 7
+    output: Path = Path("demo-output")
+    live: bool = True
+    stream: TextIO | None = None
+
+
+def demo_settings(sim: SimServer, account: SimAccount, audit_url: str, spool: Path) -> Settings:
+    """Guard settings for the demo: fast polling and a short cooldown, because simulated
+    time runs ``speed`` times faster than the wall clock the guard measures."""
+    return parse_config({
+        "exchange": {"preset": "sim", "rest_url": sim.rest_url,
+                     "public_ws_url": sim.public_ws_url, "private_ws_url": sim.private_ws_url},
+        "audit": {"url": audit_url, "spool_dir": str(spool)},
+        "poll": {"interval_s": 1.0, "fast_interval_s": 0.25, "max_data_age_s": 5.0},
+        "budgets": {"cooldown_s": 0.5, "per_action": "2000", "min_amount": "1"},
+        "health": {"enabled": False},
+        "accounts": [{"name": "guarded", "account_id": account.account_id,
+                      "orderly_key": account.orderly_key,
+                      "orderly_secret": account.orderly_secret}],
+        "policies": [
+            {"use": "topup", "params": {"trigger": "0.05", "target": "0.10"}},
+            {"use": "sweep", "params": {"safe": "0.25", "min_amount": "10"}},
+        ],
+    })  # fmt: skip
+
+
+class _Tail(logging.Handler):
+    """Keeps the guard's last decision and call lines for the live table."""
+
+    def __init__(self, size: int = 8) -> None:
+        super().__init__(logging.INFO)
+        self.lines: deque[str] = deque(maxlen=size)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{time.strftime('%H:%M:%S')} {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def _tail_guard_logs() -> Iterator[_Tail]:
+    tail = _Tail()
+    loggers = [logging.getLogger(name) for name in ("guardbot.executor", "guardbot.daemon")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(tail)
+        logger.setLevel(logging.INFO)
+    try:
+        yield tail
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(tail)
+            logger.setLevel(level)
+
+
+def position_rows(sim: SimServer, accounts: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per demo position per account, straight from the exchange's state."""
+    engine = sim.engine
+    liquidated = {(liq.account_id, liq.symbol, liq.margin_mode) for liq in engine.liquidations}
+    rows = []
+    for label, account_id in accounts.items():
+        account = engine.account(account_id)
+        held = {(p.symbol, p.margin_mode): p for p in engine.positions(account)}
+        for symbol, mode, _, _ in DEMO_POSITIONS:
+            view = held.get((symbol, mode))
+            row: dict[str, Any] = {"account": label, "symbol": symbol, "mode": mode,
+                                   "mark": engine.marks[symbol]}
+            if view is None or view.qty == 0:
+                gone = (account_id, symbol, mode) in liquidated
+                row["status"] = "LIQUIDATED" if gone else "closed"
+            else:
+                liq = view.est_liq_price
+                distance = None if not liq else abs(view.mark_price - liq) / view.mark_price
+                row.update(qty=view.qty, margin=view.margin, liq=liq, status="open",
+                           distance=distance)
+            rows.append(row)
+    return rows
+
+
+def render_table(rows: list[dict[str, Any]], log_lines: list[str], elapsed_s: float,
+                 options: DemoOptions) -> str:
+    """The live screen: positions of both accounts and the guard's latest actions."""
+    head = (f"guardbot demo  scenario={options.scenario} speed={options.speed:g}x  "
+            f"{elapsed_s:5.1f}/{options.duration_s:g} s")
+    lines = [head, "",
+             f"{'account':<10}{'symbol':<15}{'mode':<10}{'qty':>8}{'mark':>12}{'margin':>11}"
+             f"{'liq price':>12}{'distance':>10}  status"]
+    for row in rows:
+        if row["status"] != "open":
+            lines.append(f"{row['account']:<10}{row['symbol']:<15}{row['mode']:<10}"
+                         f"{'':>8}{row['mark']:>12.2f}{'':>11}{'':>12}{'':>10}  {row['status']}")
+            continue
+        distance = "-" if row["distance"] is None else f"{row['distance'] * 100:.1f} %"
+        liq = "-" if row["liq"] is None else f"{row['liq']:.2f}"
+        margin = "cross" if row["mode"] == "CROSS" else f"{row['margin']:.2f}"
+        lines.append(f"{row['account']:<10}{row['symbol']:<15}{row['mode']:<10}"
+                     f"{row['qty']:>8}{row['mark']:>12.2f}{margin:>11}{liq:>12}{distance:>10}"
+                     f"  {row['status']}")
+    lines += ["", "guard:"] + [f"  {line}" for line in log_lines]
+    return "\n".join(lines)
+
+
+def _liquidations(sim: SimServer, account_id: str) -> int:
+    return sum(1 for liq in sim.engine.liquidations
+               if liq.account_id == account_id and liq.margin_mode == "ISOLATED")
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    """The closing comparison, for humans."""
+    guarded, unguarded = summary["guarded"], summary["unguarded"]
+    return "\n".join([
+        f"scenario {summary['scenario']} at {summary['speed']}x for {summary['duration_s']} s "
+        f"({summary['isolated_positions']} isolated positions per account)",
+        f"{'':<24}{'guarded':>12}{'unguarded':>12}",
+        f"{'isolated liquidations':<24}{guarded['liquidations']:>12}"
+        f"{unguarded['liquidations']:>12}",
+        f"{'margin added (USDC)':<24}{guarded['margin_added']:>12}"
+        f"{unguarded['margin_added']:>12}",
+        f"{'margin swept (USDC)':<24}{guarded['margin_swept']:>12}"
+        f"{unguarded['margin_swept']:>12}",
+        f"{'actions':<24}{guarded['actions']:>12}{unguarded['actions']:>12}",
+        f"cross position touched: {'yes' if summary['cross_touched'] else 'no'}",
+        f"audit log: {summary['audit_db']}",
+    ])  # fmt: skip
+
+
+async def run_demo(options: DemoOptions) -> dict[str, Any]:
+    """Run the demo and return its summary (see ``render_summary``)."""
+    output = options.output
+    output.mkdir(parents=True, exist_ok=True)
+    db_path = output / "audit.db"
+    spool = output / "spool"
+    for stale in (db_path, spool):  # every run starts from a clean audit log
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
+    audit_url = f"sqlite:///{db_path}"
+    await asyncio.to_thread(schema.upgrade, audit_url)
+    stream = options.stream or sys.stdout
+    async with SimServer(seed=options.seed, scenario=options.scenario, speed=options.speed,
+                         host="127.0.0.1", port=0) as sim:
+        guarded = await open_account(sim.rest_url, DEMO_USDC, DEMO_POSITIONS)
+        unguarded = await open_account(sim.rest_url, DEMO_USDC, DEMO_POSITIONS)
+        accounts = {"guarded": guarded.account_id, "unguarded": unguarded.account_id}
+        cross_margin_before = _cross_qty(sim, guarded.account_id)
+        settings = demo_settings(sim, guarded, audit_url, spool)
+        stop = asyncio.Event()
+        with _tail_guard_logs() as tail:
+            guard = asyncio.create_task(run_daemon(settings, stop=stop))
+            started = time.monotonic()
+            while (elapsed := time.monotonic() - started) < options.duration_s:
+                if guard.done():
+                    break
+                if options.live:
+                    stream.write(ANSI_HOME_CLEAR + render_table(
+                        position_rows(sim, accounts), list(tail.lines), elapsed, options) + "\n")
+                    stream.flush()
+                await asyncio.sleep(0.5)
+            stop.set()
+            await guard
+        if options.live:
+            stream.write(ANSI_HOME_CLEAR + render_table(
+                position_rows(sim, accounts), list(tail.lines), elapsed, options) + "\n\n")
+        figures = _audit_figures(audit_url)
+        none = {"liquidations": 0, "margin_added": "0", "margin_swept": "0", "actions": 0}
+        return {
+            "guarded": {**none, **figures.get(guarded.account_id, {}),
+                        "liquidations": _liquidations(sim, guarded.account_id)},
+            "unguarded": {**none, **figures.get(unguarded.account_id, {}),
+                          "liquidations": _liquidations(sim, unguarded.account_id)},
+            "scenario": options.scenario,
+            "speed": options.speed,
+            "duration_s": options.duration_s,
+            "isolated_positions": sum(1 for p in DEMO_POSITIONS if p[1] == "ISOLATED"),
+            "cross_touched": _cross_qty(sim, guarded.account_id) != cross_margin_before,
+            "audit_db": str(db_path),
+        }
+
+
+def _cross_qty(sim: SimServer, account_id: str) -> tuple[Decimal, Decimal] | None:
+    """The cross ETH position's quantity and cost: the guard must leave them alone."""
+    account = sim.engine.account(account_id)
+    for view in sim.engine.positions(account):
+        if view.margin_mode == "CROSS" and view.symbol == "PERP_ETH_USDC":
+            return (view.qty, view.cost_position)
+    return None
+
+
+def _audit_figures(audit_url: str) -> dict[str, dict[str, Any]]:
+    engine = create_audit_engine(audit_url)
+    try:
+        return {
+            row.key: {"margin_added": _usdc(row.added),
+                      "margin_swept": _usdc(row.reduced), "actions": row.actions}
+            for row in summarize(engine, by="account")
+        }
+    finally:
+        engine.dispose()
+
+
+def _usdc(amount: Decimal) -> str:
+    return format(amount.quantize(Decimal("0.01")), "f")
