@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from guardbot.audit import schema
-from guardbot.audit.store import ActionRecord
+from guardbot.audit.store import ActionRecord, AuditLog, EventKind
 from guardbot.domain import ActionKind, MarginMode, Source
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -113,3 +113,58 @@ class Outage:
         if self.down:
             self.refused += 1
             raise OperationalError(statement, None, ConnectionRefusedError("test outage"))
+
+
+HOUR = 3_600_000
+DAY = 24 * HOUR
+THIRD = "0x" + "c3" * 32
+
+
+@pytest.fixture
+async def history(url: str, tmp_path: Path) -> dict[str, str]:
+    """Six actions over two UTC days (see the table below), written through AuditLog.
+
+    =====  =======  ======  ======  ======  ====  ==================================
+    name   account  symbol  policy  kind    amt   events (latency)
+    =====  =======  ======  ======  ======  ====  ==================================
+    a1     ACCOUNT  ETH     topup   ADD     10    SENT SUCCEEDED(100) VERIFIED   T0
+    a2     ACCOUNT  ETH     topup   ADD     20    SENT REJECTED(50)              +1h
+    a3     ACCOUNT  BTC     sweep   REDUCE  5     SENT SUCCEEDED(200)            +2h
+    a4     OTHER    ETH     topup   ADD     7     SENT UNCERTAIN(3000) RECONCILED +1d
+    a5     OTHER    ETH     topup   ADD     3     DRY_RUN (dry run)              +1d1h
+    a6     ACCOUNT  ETH     sweep   REDUCE  2     SENT FAILED(10)                +1d2h
+    =====  =======  ======  ======  ======  ====  ==================================
+    """
+    clock = Clock()
+    log = await AuditLog.open(url, tmp_path / "history-spool", clock_ms=clock)
+    await log.start_run("0.1.0", "cafe", "host-1")
+    ids: dict[str, str] = {}
+    plan: list[tuple[str, int, dict[str, Any], list[tuple[EventKind, dict[str, Any]]]]] = [
+        ("a1", 0, {"amount": Decimal(10)},
+         [(EventKind.SENT, {}), (EventKind.SUCCEEDED, {"latency_ms": 100}),
+          (EventKind.VERIFIED, {"detail": {"verified": "true"}})]),
+        ("a2", HOUR, {"amount": Decimal(20)},
+         [(EventKind.SENT, {}),
+          (EventKind.REJECTED, {"latency_ms": 50, "code": -1, "message": "not enough"})]),
+        ("a3", 2 * HOUR, {"amount": Decimal(5), "symbol": "PERP_BTC_USDC", "policy": "sweep",
+                          "kind": ActionKind.REDUCE},
+         [(EventKind.SENT, {}), (EventKind.SUCCEEDED, {"latency_ms": 200})]),
+        ("a4", DAY, {"amount": Decimal(7), "account_id": OTHER},
+         [(EventKind.SENT, {}), (EventKind.UNCERTAIN, {"latency_ms": 3000}),
+          (EventKind.RECONCILED, {"detail": {"applied": "true"}})]),
+        ("a5", DAY + HOUR, {"amount": Decimal(3), "account_id": OTHER, "dry_run": True},
+         [(EventKind.DRY_RUN, {})]),
+        ("a6", DAY + 2 * HOUR, {"amount": Decimal(2), "policy": "sweep",
+                                "kind": ActionKind.REDUCE},
+         [(EventKind.SENT, {}), (EventKind.FAILED, {"latency_ms": 10})]),
+    ]  # fmt: skip
+    for name, offset, fields, events in plan:
+        clock.now_ms = T0 + offset
+        record = action(**fields)
+        ids[name] = await log.record_action(record)
+        for kind, extra in events:
+            clock.advance(1)
+            await log.record_event(ids[name], record.account_id, kind, **extra)
+    await log.record_observation(THIRD, "PERP_ETH_USDC", "liquidation", {"qty": "-1"})
+    await log.aclose()
+    return ids

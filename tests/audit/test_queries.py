@@ -1,0 +1,184 @@
+"""The read API on both backends, against the six-action ``history`` (tests/audit/conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Engine, delete, update
+
+from guardbot.audit import chain, queries
+from guardbot.audit.database import create_audit_engine
+from guardbot.audit.queries import ActionFilter
+
+from .conftest import ACCOUNT, DAY, HOUR, OTHER, T0, THIRD
+
+
+@pytest.fixture
+def engine(url: str, history: dict[str, str]) -> Iterator[Engine]:
+    engine = create_audit_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def names(rows: list[dict[str, object]], history: dict[str, str]) -> list[str]:
+    by_id = {action_id: name for name, action_id in history.items()}
+    return [by_id[str(row["id"])] for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        (ActionFilter(), ["a6", "a5", "a4", "a3", "a2", "a1"]),
+        (ActionFilter(account=ACCOUNT), ["a6", "a3", "a2", "a1"]),
+        (ActionFilter(symbol="PERP_BTC_USDC"), ["a3"]),
+        (ActionFilter(policy="sweep"), ["a6", "a3"]),
+        (ActionFilter(kind="ADD"), ["a5", "a4", "a2", "a1"]),
+        (ActionFilter(status="REJECTED"), ["a2"]),
+        (ActionFilter(status="VERIFIED"), ["a1"]),
+        (ActionFilter(status="RECONCILED"), ["a4"]),
+        (ActionFilter(since=chain.from_ms(T0 + DAY)), ["a6", "a5", "a4"]),
+        (ActionFilter(until=chain.from_ms(T0 + HOUR)), ["a1"]),  # until is exclusive
+        (ActionFilter(account=ACCOUNT, kind="REDUCE", since=chain.from_ms(T0 + HOUR)),
+         ["a6", "a3"]),
+        (ActionFilter(account=THIRD), []),
+    ],
+)  # fmt: skip
+def test_list_filters(
+    engine: Engine, history: dict[str, str], where: ActionFilter, expected: list[str]
+) -> None:
+    assert names(queries.list_actions(engine, where), history) == expected
+
+
+def test_list_rows_and_limit(engine: Engine, history: dict[str, str]) -> None:
+    rows = queries.list_actions(engine, ActionFilter(), limit=2)
+    assert names(rows, history) == ["a6", "a5"]
+    newest = rows[0]
+    assert newest["account_id"] == ACCOUNT
+    assert newest["kind"] == "REDUCE"
+    assert newest["amount"] == Decimal(2)
+    assert newest["status"] == "FAILED"
+    assert newest["time"] == chain.from_ms(T0 + DAY + 2 * HOUR)
+    assert rows[1]["status"] == "DRY_RUN" and rows[1]["dry_run"] is True
+
+
+def test_show_has_the_snapshot_and_every_event(engine: Engine, history: dict[str, str]) -> None:
+    detail = queries.show_action(engine, history["a4"])
+    assert detail.action["account_id"] == OTHER
+    assert detail.action["mark_price"] == Decimal("3012.34")
+    assert detail.action["liquidation_price"] == Decimal("3150.5")
+    assert detail.action["data_age_ms"] == 240 and detail.action["source"] == "WS"
+    assert detail.action["status"] == "RECONCILED"
+    assert [e["kind"] for e in detail.events] == ["INTENT", "SENT", "UNCERTAIN", "RECONCILED"]
+    assert detail.events[2]["latency_ms"] == 3000
+    with pytest.raises(queries.NotFound):
+        queries.show_action(engine, "nope")
+
+
+def test_summary_by_account(engine: Engine) -> None:
+    rows = {row.key: row for row in queries.summarize(engine, by="account")}
+    assert set(rows) == {ACCOUNT, OTHER}
+    mine, other = rows[ACCOUNT], rows[OTHER]
+    assert (mine.actions, mine.added, mine.reduced, mine.failures, mine.uncertain) == (
+        4, Decimal(10), Decimal(5), 2, 0)  # fmt: skip
+    assert mine.latency_mean_ms == pytest.approx(90)
+    assert mine.latency_p99_ms == pytest.approx(197)  # continuous: 100 + 0.97 * (200 - 100)
+    # a4 was reconciled as applied; a5 was a dry run.
+    assert (other.actions, other.added, other.reduced, other.failures, other.uncertain) == (
+        2, Decimal(7), Decimal(0), 0, 1)  # fmt: skip
+    assert other.latency_mean_ms == pytest.approx(3000)
+
+
+def test_summary_by_day_and_since(engine: Engine) -> None:
+    rows = queries.summarize(engine, by="day")
+    assert [row.key for row in rows] == ["2025-11-22", "2025-11-23"]
+    first, second = rows
+    assert (first.actions, first.added, first.reduced, first.failures) == (
+        3, Decimal(10), Decimal(5), 1)  # fmt: skip
+    assert first.latency_p99_ms == pytest.approx(198)
+    assert (second.actions, second.added, second.failures, second.uncertain) == (
+        3, Decimal(7), 1, 1)  # fmt: skip
+    assert second.latency_mean_ms == pytest.approx(1505)
+    assert second.latency_p99_ms == pytest.approx(2970.1)
+    later = queries.summarize(engine, since=chain.from_ms(T0 + DAY), by="policy")
+    assert [(row.key, row.actions) for row in later] == [("sweep", 1), ("topup", 2)]
+
+
+def test_summary_by_symbol_and_policy(engine: Engine) -> None:
+    by_symbol = {row.key: row.actions for row in queries.summarize(engine, by="symbol")}
+    assert by_symbol == {"PERP_BTC_USDC": 1, "PERP_ETH_USDC": 5}
+    by_policy = {row.key: row for row in queries.summarize(engine, by="policy")}
+    assert by_policy["topup"].added == Decimal(17)
+    assert by_policy["sweep"].reduced == Decimal(5)
+
+
+def test_export_streams_every_column_oldest_first(engine: Engine, history: dict[str, str]) -> None:
+    rows = list(queries.export_actions(engine, ActionFilter(account=OTHER)))
+    assert names(rows, history) == ["a4", "a5"]
+    assert rows[0]["margin"] == Decimal(150) and rows[0]["qty"] == Decimal("-1.25")
+    assert rows[0]["details"] == {}
+
+
+def test_account_known(engine: Engine) -> None:
+    assert queries.account_known(engine, ACCOUNT)
+    assert queries.account_known(engine, THIRD)  # only an observation
+    assert not queries.account_known(engine, "0x" + "00" * 32)
+
+
+def test_verify_intact(engine: Engine) -> None:
+    result = queries.verify_chains(engine)
+    assert result.intact
+    assert (result.accounts, result.events) == (2, 19)
+
+
+def test_verify_names_an_edited_action(engine: Engine, history: dict[str, str]) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            update(queries.ACTIONS)
+            .where(queries.ACTIONS.c.id == history["a2"])
+            .values(amount=Decimal(2))
+        )
+    result = queries.verify_chains(engine)
+    assert len(result.breaks) == 1
+    broken = result.breaks[0]
+    assert (broken.account_id, broken.action_id, broken.seq) == (ACCOUNT, history["a2"], 5)
+    assert "action row was edited" in str(broken)
+    assert queries.verify_chains(engine, OTHER).intact
+
+
+def test_verify_names_an_edited_event(engine: Engine, history: dict[str, str]) -> None:
+    events = queries.EVENTS
+    with engine.begin() as connection:
+        connection.execute(
+            update(events)
+            .where(events.c.action_id == history["a4"], events.c.kind == "UNCERTAIN")
+            .values(latency_ms=30)
+        )
+    (broken,) = queries.verify_chains(engine).breaks
+    assert (broken.account_id, broken.seq) == (OTHER, 3)
+    assert "this event was edited" in broken.problem
+
+
+def test_verify_names_a_deleted_event(engine: Engine, history: dict[str, str]) -> None:
+    events = queries.EVENTS
+    with engine.begin() as connection:
+        connection.execute(
+            delete(events).where(events.c.action_id == history["a2"], events.c.kind == "SENT")
+        )
+    (broken,) = queries.verify_chains(engine).breaks
+    assert (broken.account_id, broken.seq) == (ACCOUNT, 7)
+    assert "expected seq 6" in broken.problem
+
+
+def test_verify_names_a_forged_chain_link(engine: Engine, history: dict[str, str]) -> None:
+    events = queries.EVENTS
+    with engine.begin() as connection:
+        connection.execute(
+            update(events)
+            .where(events.c.action_id == history["a3"], events.c.kind == "INTENT")
+            .values(prev_hash="0" * 64)
+        )
+    (broken,) = queries.verify_chains(engine).breaks
+    assert broken.seq == 8
+    assert "prev_hash" in broken.problem
