@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from guardbot import risk
 from guardbot.domain import MarginMode, Position, Source, SymbolRules
+from guardbot.sim import margin as sim_margin
 
 # Alts in the docs: base_imr 0.10, base_mmr 0.05; no notional growth here.
 FLAT = SymbolRules("PERP_ALT_USDC", base_imr=D("0.1"), base_mmr=D("0.05"), imr_factor=D(0))
@@ -280,3 +281,32 @@ def test_rounding_properties(amount: D, step: D) -> None:
     assert up - down in (D(0), step)
     assert up % step == 0 and down % step == 0
     assert up.as_tuple().exponent == down.as_tuple().exponent == step.as_tuple().exponent
+
+
+# --- the simulated exchange's own implementation checks this one (design.md) ------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(positions_st, st.sampled_from(sorted(sim_margin.MARKETS)))
+def test_agrees_with_the_simulated_exchange(position: Position, symbol: str) -> None:
+    market = sim_margin.MARKETS[symbol]
+    rules = SymbolRules(symbol, market.base_imr, market.base_mmr, market.imr_factor)
+    # the simulator charges no funding: unsettled pnl is q*mark - cost
+    position = replace(
+        position, unsettled_pnl=position.qty * position.mark_price - position.cost_position
+    )
+    assume(_sane(position, rules, position.mark_price * 3))
+    ours = risk.liquidation_price(position, rules)
+    theirs = sim_margin.isolated_liquidation_price(
+        market, position.margin, position.qty, position.cost_position
+    )
+    if ours is None or theirs is None:
+        assert ours == theirs
+    else:
+        assert ours == pytest.approx(theirs, rel=D("1e-12"))
+    removable = sim_margin.isolated_max_reduce(
+        market, position.margin, position.qty, position.cost_position, position.mark_price,
+        position.leverage,
+    )
+    # the simulator books 6 decimals, rounded down
+    assert removable <= risk.max_removable(position, rules) < removable + D("0.000001")
