@@ -39,7 +39,7 @@ class OneLineErrors(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
-            click.echo(f"Error: {exc.format_message()}", err=True)
+            click.echo(f"Error: {' '.join(exc.format_message().split())}", err=True)
             raise click.exceptions.Exit(2) from None
         except (AuditError, ConfigError, BadDatabaseUrl) as exc:
             raise click.ClickException(str(exc).splitlines()[0]) from None
