@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "check-config": "guardbot.commands:check_config",
     "demo": "guardbot.commands:demo",
     "run": "guardbot.commands:run",
+    "sim": "guardbot.sim.cli:sim",
 }
 
 
