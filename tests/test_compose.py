@@ -1,0 +1,257 @@
+"""The deployment files, checked without a Docker engine: every ``guardbot`` command they run
+must parse in the real CLI, and the services and ports must be the ones README.md documents.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import logging
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+from guardbot import cli, logs
+from guardbot import metrics as metrics_module
+from guardbot.config import load_config
+from guardbot.sim.cli import open_demo_accounts
+from guardbot.sim.server import SimServer
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+README = (ROOT / "README.md").read_text()
+OPERATIONS = README[README.index("\n## Operations") :]
+CONTAINER_CONFIG = "/etc/guardbot/guardbot.toml"
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Parsing ``--log-format`` runs its callback, which configures logging: undo that."""
+    monkeypatch.delenv(logs.LEVEL_ENV, raising=False)
+    monkeypatch.delenv(logs.FORMAT_ENV, raising=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def interpolate(text: str) -> str:
+    """Compose's ``${VAR:-default}`` with nothing set in the environment: the default."""
+    return INTERPOLATION.sub(lambda m: (m.group(3) or "") if m.group(2) == "-" else "", text)
+
+
+def resolve(argv: list[str]) -> click.Context:
+    """Parse ``guardbot <argv>`` down to the leaf command, as click would before running it.
+    Unknown commands or options, missing required options and bad values raise
+    ``click.UsageError``; nothing is invoked."""
+    ctx = cli.main.make_context("guardbot", list(argv))
+    while isinstance(ctx.command, click.Group):
+        # What the group left for its sub-command (click keeps it in _protected_args + args).
+        rest = [*ctx._protected_args, *ctx.args]
+        if not rest:
+            raise click.UsageError(f"{ctx.command_path} needs a sub-command", ctx)
+        name, command, rest = ctx.command.resolve_command(ctx, rest)
+        assert command is not None and name is not None
+        ctx = command.make_context(name, rest, parent=ctx)
+    return ctx
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path of the service's bind mounts."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = interpolate(volume).split(":")
+        if source.startswith((".", "/")):
+            found[target] = ROOT / source
+    return found
+
+
+def guardbot_services() -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in SERVICES.items() if "build" in s or "guardbot" in s.get(
+        "image", "")}
+
+
+def argv_of(service: dict[str, Any]) -> list[str]:
+    """The guardbot arguments of a service (the image's entrypoint is ``guardbot``), with bind
+    mounted container paths mapped back to the files in this repository."""
+    command = service["command"]
+    assert isinstance(command, list), "use the exec form: a list, no shell"
+    assert service.get("entrypoint") in (None, ["guardbot"])
+    paths = mounts(service)
+    return [str(paths.get(arg, arg)) for arg in (interpolate(a) for a in command)]
+
+
+def container_ports(service: dict[str, Any]) -> set[int]:
+    ports = {int(str(p).split(":")[-1].split("/")[0]) for p in service.get("ports", [])}
+    return ports | {int(p) for p in service.get("expose", [])}
+
+
+def readme_services() -> dict[str, set[int]]:
+    """``| `service` | port ... |`` rows of the Operations section's service table."""
+    rows = re.findall(r"^\| `([\w-]+)` \| ([^|]*)\|", OPERATIONS, re.MULTILINE)
+    return {name: {int(p) for p in re.findall(r"\b(\d{4,5})\b", ports)} for name, ports in rows}
+
+
+@pytest.mark.parametrize("name", sorted(guardbot_services()))
+def test_every_command_the_compose_file_runs_exists_in_the_cli(name: str) -> None:
+    ctx = resolve(argv_of(SERVICES[name]))
+    if "config_path" in ctx.params or "config_file" in ctx.params:
+        config = ctx.params.get("config_path") or ctx.params.get("config_file")
+        assert config is not None and Path(config).is_file(), f"{name}: config not mounted"
+
+
+def test_the_check_is_strict() -> None:
+    with pytest.raises(click.UsageError, match="No such command 'rnu'"):
+        resolve(["rnu"])
+    with pytest.raises(click.UsageError, match=r"No such option.*--confg"):
+        resolve(["db", "upgrade", "--confg", "x.toml"])
+    with pytest.raises(click.UsageError, match="'xml' is not one of"):
+        resolve(["--log-format", "xml", "db", "current"])
+    with pytest.raises(click.UsageError, match="COMMAND"):
+        resolve(["db"])  # a group without its sub-command
+
+
+def test_services_and_ports_match_the_readme() -> None:
+    documented = readme_services()
+    assert set(documented) == set(SERVICES)
+    for name, service in SERVICES.items():
+        assert documented[name] == container_ports(service), name
+
+
+def test_postgres_keeps_its_data_and_reports_health() -> None:
+    postgres = SERVICES["postgres"]
+    assert re.fullmatch(r"postgres:\d+\.\d+(-\w+)?", postgres["image"]), "pin the version"
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert "ports" not in postgres, "the database stays on the compose network"
+
+
+def test_the_database_is_migrated_before_the_guard_starts() -> None:
+    migrate, guard = SERVICES["migrate"], SERVICES["guardbot"]
+    assert resolve(argv_of(migrate)).command_path == "guardbot db upgrade"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert migrate.get("restart", "no") == "no"
+    assert guard["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert resolve(argv_of(guard)).command_path == "guardbot run"
+    both = {interpolate(migrate["environment"]["GUARDBOT__AUDIT__URL"]),
+            interpolate(guard["environment"]["GUARDBOT__AUDIT__URL"])}
+    assert len(both) == 1 and "@postgres:5432/" in both.pop()
+
+
+def test_the_guard_restarts_reads_config_read_only_and_keeps_its_spool() -> None:
+    guard = SERVICES["guardbot"]
+    assert guard["restart"] in ("unless-stopped", "always", "on-failure")
+    config_mount = next(v for v in guard["volumes"] if f":{CONTAINER_CONFIG}" in v)
+    assert config_mount.endswith(":ro")
+    assert any(interpolate(v).endswith(":/var/lib/guardbot") for v in guard["volumes"])
+    assert guard["ports"] == ["127.0.0.1:9108:9108"], "health is published on loopback only"
+
+
+def test_no_secret_is_written_in_the_deployment_files() -> None:
+    key_shaped = re.compile(r"(?<![0-9A-Za-z])[1-9A-HJ-NP-Za-km-z]{43,44}(?![0-9A-Za-z])")
+    for path in ("docker-compose.yml", "Dockerfile", "deploy/guardbot.service"):
+        text = (ROOT / path).read_text()
+        assert not key_shaped.search(text), path
+        assert "orderly_secret =" not in text, path
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^(ENV|ARG)\s+\S*SECRET", dockerfile, re.MULTILINE | re.IGNORECASE)
+    # Secrets reach the guard from the environment (or .env), never from a literal value.
+    for name, value in SERVICES["guardbot"]["environment"].items():
+        if "SECRET" in name:
+            assert re.fullmatch(r"\$\{\w+(:?[-?][^}]*)?\}", value), name
+
+
+def test_dockerfile_is_pinned_slim_and_non_root() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"python:3\.11\.\d+-slim", dockerfile)
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)
+    assert users and not users[-1].startswith(("root", "0"))
+    assert re.search(r'^ENTRYPOINT \["guardbot"\]$', dockerfile, re.MULTILINE)
+    assert "pip install" in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ignored[next(i for i, line in enumerate(ignored) if not line.startswith("#"))] == "*"
+
+
+def test_the_sim_profile_is_a_complete_paper_setup() -> None:
+    sim = SERVICES["sim"]
+    assert sim["profiles"] == ["sim"]
+    assert all("profiles" not in s for n, s in SERVICES.items() if n != "sim")
+    ctx = resolve(argv_of(sim))
+    assert ctx.command_path == "guardbot sim"
+    assert {ctx.params["port"]} == container_ports(sim)
+    assert SERVICES["guardbot"]["depends_on"]["sim"]["required"] is False
+    settings = load_config(mounts(SERVICES["guardbot"])[CONTAINER_CONFIG])
+    assert settings.exchange.urls()["rest_url"] == f"http://sim:{ctx.params['port']}"
+    assert settings.health.host == "0.0.0.0"  # the container's port is published instead
+    assert {settings.health.port} == container_ports(SERVICES["guardbot"])
+
+
+def test_the_systemd_unit_runs_a_real_command_and_is_hardened() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(ROOT / "deploy" / "guardbot.service")
+    service = unit["Service"]
+    assert service["Restart"] == "on-failure"
+    assert service["EnvironmentFile"].startswith("/etc/guardbot/")
+    assert service["User"] != "root"
+    for option in ("NoNewPrivileges", "ProtectSystem", "PrivateTmp", "ProtectHome"):
+        assert service[option] in ("yes", "strict"), option
+    program, *argv = shlex.split(service["ExecStart"])
+    assert program.endswith("/bin/guardbot")
+    assert resolve(argv).command_path == "guardbot run"
+
+
+def metric_names() -> set[str]:
+    """Every series name the guardbot metrics expose (counters gain ``_total``, ...)."""
+    suffixes = {"counter": ("_total",), "gauge": ("",),
+                "histogram": ("_bucket", "_sum", "_count")}
+    names = set()
+    for metric in vars(metrics_module).values():
+        if isinstance(metric, MetricWrapperBase):
+            for family in metric.describe():
+                names |= {family.name + s for s in suffixes[family.type]}
+    return names
+
+
+def test_dashboard_rules_and_readme_queries_name_real_metrics() -> None:
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus-alerts.yml").read_text())
+    queries += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    queries.append(OPERATIONS)
+    used = {name for q in queries for name in re.findall(r"\bguardbot_\w+", q)}
+    known = metric_names()
+    assert used, "no query names a metric"
+    assert used <= known, f"unknown metrics: {sorted(used - known)}"
+    on_dashboard = {n for panel in dashboard["panels"] for t in panel["targets"]
+                    for n in re.findall(r"\bguardbot_\w+", t["expr"])}
+    for family in known:  # every metric has a panel
+        stem = re.sub(r"_(bucket|sum|count)$", "", family)
+        assert any(n.startswith(stem) for n in on_dashboard), family
+
+
+def test_the_paper_config_guards_the_sims_demo_accounts(monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = resolve(argv_of(SERVICES["sim"])).params
+    demo = open_demo_accounts(SimServer(seed=sim["seed"]), sim["demo_accounts"], sim["seed"])
+    guard = SERVICES["guardbot"]
+    (env_file,) = guard["env_file"]
+    for line in (ROOT / interpolate(env_file)).read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            monkeypatch.setenv(name, value)
+    settings = load_config(mounts(guard)[CONTAINER_CONFIG])
+    assert [(a.name, a.account_id, a.orderly_key, a.secret().get_secret_value())
+            for a in settings.accounts] == [
+        (d.name, d.account_id, d.orderly_key, d.orderly_secret) for d in demo]
