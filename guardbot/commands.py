@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -59,8 +61,12 @@ def check_config(config_path: Path | None) -> None:
 def run(config_path: Path | None, dry_run: bool) -> None:
     """Guard the configured accounts until SIGINT/SIGTERM."""
     from guardbot.daemon import StartupError, run_daemon
+    from guardbot.logs import FORMAT_ENV, LEVEL_ENV, setup_logging
 
     settings = _load(config_path)
+    # The config's [log] section, unless --log-level/--log-format (or their env) said otherwise.
+    setup_logging(os.environ.get(LEVEL_ENV, settings.log.level),
+                  os.environ.get(FORMAT_ENV, settings.log.format))
     if dry_run:
         settings = settings.model_copy(
             update={"guard": settings.guard.model_copy(update={"dry_run": True})}
@@ -88,7 +94,12 @@ def demo(duration: float, speed: float, scenario: str, seed: int, output: Path,
          as_json: bool) -> None:
     """Run the whole guard against the built-in simulated exchange: no keys, no network."""
     from guardbot.demo import DemoOptions, run_demo
+    from guardbot.logs import FORMAT_ENV, LEVEL_ENV, setup_logging
 
+    if LEVEL_ENV not in os.environ:
+        # The live table shows the guard's decisions; log lines would scroll it away.
+        handler = setup_logging("WARNING", os.environ.get(FORMAT_ENV, "text"))
+        handler.setLevel(logging.WARNING)
     options = DemoOptions(duration_s=duration, speed=speed, scenario=scenario, seed=seed,
                           output=output, live=not as_json and sys.stdout.isatty())
     summary = asyncio.run(run_demo(options))

@@ -56,6 +56,7 @@ from guardbot.exchange.port import (
 from guardbot.executor import Executor, Job, applied
 from guardbot.feeds.poller import Poller
 from guardbot.feeds.streams import Streams
+from guardbot.logs import register_secret
 from guardbot.policies.base import PolicyContext, PositionView
 from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.loader import load_policies as _load_policies
@@ -473,10 +474,10 @@ async def run_daemon(
         raise StartupError("no [[accounts]] configured: nothing to guard")
     try:
         policies = load_policies(settings)
-        secrets_ok = [a.secret() for a in settings.accounts]
+        for account in settings.accounts:
+            register_secret(account.secret().get_secret_value())  # masked in every log line
     except ConfigError as exc:
         raise StartupError(f"invalid configuration:\n{exc}") from None
-    del secrets_ok
     try:
         audit = await AuditLog.open(settings.audit.url, settings.audit.spool_dir)
     except SchemaOutOfDate as exc:

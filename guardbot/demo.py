@@ -60,7 +60,7 @@ def demo_settings(sim: SimServer, account: SimAccount, audit_url: str, spool: Pa
         "exchange": {"preset": "sim", "rest_url": sim.rest_url,
                      "public_ws_url": sim.public_ws_url, "private_ws_url": sim.private_ws_url},
         "audit": {"url": audit_url, "spool_dir": str(spool)},
-        "poll": {"interval_s": 1.0, "fast_interval_s": 0.25, "max_data_age_s": 5.0},
+        "poll": {"interval_s": 1.0, "fast_interval_s": 0.5, "max_data_age_s": 5.0},
         "budgets": {"cooldown_s": 0.5, "per_action": "2000", "min_amount": "1"},
         "health": {"enabled": False},
         "accounts": [{"name": "guarded", "account_id": account.account_id,

@@ -101,7 +101,11 @@ class Poller:
     async def _tick(self, account_id: str) -> None:
         if self._locks[account_id].locked() or not self.due(account_id):
             return
-        await self.poll_now(account_id)
+        try:
+            await self.poll_now(account_id)
+        except asyncio.CancelledError:
+            # Only APScheduler's shutdown cancels a job; it would log that as a job failure.
+            log.debug("poll of %s cancelled by shutdown", account_id)
 
     async def poll_now(self, account_id: str) -> AccountSnapshot | None:
         """Poll one account immediately (start-up, after a stream gap, re-reads).
