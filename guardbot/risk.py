@@ -9,7 +9,8 @@ price ``P``::
     liquidated when equity(P) <= |q|*P*MMR(|q|*P)
 
 ``MMR`` grows with notional (``imr_factor * notional^0.8``), so the liquidation price is
-solved exactly where ``MMR`` is flat (``base_mmr``) and by bisection where it is not. The
+solved exactly where ``MMR`` is flat (``base_mmr``) and numerically (bracketed Newton) where
+it is not. The
 inverse problem (the margin that puts the liquidation price at a given price) is explicit.
 
 A ``Position`` carries ``unsettled_pnl = q*mark - C - F`` but not the current
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from functools import lru_cache
 
 from guardbot.domain import ZERO, MarginMode, Position, SymbolRules
 
@@ -32,7 +34,7 @@ MARGIN_STEP = Decimal("0.01")
 """``position_margin`` amounts are sent with 2 decimals (orderly-api.md §4: the UI's precision)."""
 
 _EXPONENT = Decimal("0.8")  # notional^(4/5), orderly-api.md §7
-_BISECTION_STEPS = 200
+_SOLVER_STEPS = 200
 _RELATIVE_TOLERANCE = Decimal("1e-20")
 
 
@@ -43,13 +45,13 @@ def imr(notional: Decimal, leverage: int, rules: SymbolRules) -> Decimal:
     """
     if leverage <= 0:
         raise ValueError(f"leverage must be positive, got {leverage}")
-    return max(ONE / Decimal(leverage), rules.base_imr, rules.imr_factor * _power(notional))
+    return _rate(max(ONE / Decimal(leverage), rules.base_imr), rules.imr_factor, notional)
 
 
 def mmr(notional: Decimal, rules: SymbolRules) -> Decimal:
     """Maintenance margin ratio:
     ``max(base_mmr, (base_mmr/base_imr) * imr_factor * notional^0.8)``."""
-    return max(rules.base_mmr, _mmr_slope(rules) * _power(notional))
+    return _rate(rules.base_mmr, _mmr_slope(rules), notional)
 
 
 def funding_owed(position: Position) -> Decimal:
@@ -66,7 +68,7 @@ def liquidation_price(position: Position, rules: SymbolRules) -> Decimal | None:
     A long liquidates at or below the returned price, a short at or above it. If a long is
     liquidatable at every price (a maintenance ratio so high that the notional outgrows the
     equity, far beyond any leverage the exchange allows), the result is the higher of the
-    best-case price and the mark, so its distance is never reported as safe. Bisection
+    best-case price and the mark, so its distance is never reported as safe. Numerical
     results are rounded toward the mark (the conservative side).
 
     Raises ``ValueError`` for a cross position: its risk is the account's, not its own.
@@ -82,8 +84,12 @@ def liquidation_price(position: Position, rules: SymbolRules) -> Decimal | None:
     k = position.margin - position.cost_position - funding_owed(position)
     sign = ONE if qty > 0 else -ONE
 
-    def surplus(notional: Decimal) -> Decimal:
-        return k + sign * notional - notional * mmr(notional, rules)
+    def surplus(notional: Decimal) -> tuple[Decimal, Decimal]:
+        """The surplus and its derivative in N (``N*mmr(N)`` grows as ``1.8*mmr`` where
+        mmr grows as ``N^0.8``, as ``mmr`` where it is flat)."""
+        ratio = mmr(notional, rules)
+        growth = ratio * Decimal("1.8") if ratio > rules.base_mmr else ratio
+        return k + sign * notional - notional * ratio, sign - growth
 
     flat_end = _flat_end(rules)
     if qty > 0:
@@ -93,10 +99,12 @@ def liquidation_price(position: Position, rules: SymbolRules) -> Decimal | None:
         if flat_end is None or flat_root <= flat_end:
             return flat_root / size
         # Beyond the flat part the surplus rises until mmr reaches 1/1.8, then falls.
-        peak = (ONE / (Decimal("1.8") * _mmr_slope(rules))) ** Decimal("1.25")
-        if surplus(peak) <= 0:
+        peak = _growth_start(ONE / Decimal("1.8"), _mmr_slope(rules))
+        assert peak is not None  # flat_end is not None: mmr grows
+        if surplus(peak)[0] <= 0:
             return max(peak / size, position.mark_price)
-        root = _bisect(surplus, min(flat_end, peak), peak, rising=True)
+        low = min(flat_end, peak)
+        root = _solve(surplus, low, peak, start=min(max(flat_root, low), peak), rising=True)
         return root / size
     if k <= 0:
         # Equity is negative at every price: liquidatable now, whatever the mark.
@@ -105,7 +113,7 @@ def liquidation_price(position: Position, rules: SymbolRules) -> Decimal | None:
     if flat_end is None or flat_root <= flat_end:
         return flat_root / size
     # surplus(flat_end) > 0 and surplus(k) = -k*mmr(k) < 0; strictly falling in between.
-    root = _bisect(surplus, flat_end, k, rising=False)
+    root = _solve(surplus, flat_end, k, start=flat_end, rising=False)
     return root / size
 
 
@@ -197,10 +205,21 @@ def _to_step(amount: Decimal, step: Decimal, rounding: str) -> Decimal:
     return ((amount / step).to_integral_value(rounding=rounding) * step).quantize(step)
 
 
-def _power(notional: Decimal) -> Decimal:
-    if notional <= 0:
-        return ZERO
-    return notional**_EXPONENT
+def _rate(floor: Decimal, factor: Decimal, notional: Decimal) -> Decimal:
+    """``max(floor, factor * notional^0.8)``, skipping the (slow) Decimal power below the
+    notional where the second term takes over."""
+    start = _growth_start(floor, factor)
+    if start is None or notional <= start:
+        return floor
+    return max(floor, factor * notional**_EXPONENT)
+
+
+@lru_cache(maxsize=1024)
+def _growth_start(floor: Decimal, factor: Decimal) -> Decimal | None:
+    """The notional where ``factor * N^0.8`` reaches ``floor``; ``None`` if it never does."""
+    if factor <= 0:
+        return None
+    return (floor / factor) ** Decimal("1.25")
 
 
 def _mmr_slope(rules: SymbolRules) -> Decimal:
@@ -211,25 +230,39 @@ def _mmr_slope(rules: SymbolRules) -> Decimal:
 
 def _flat_end(rules: SymbolRules) -> Decimal | None:
     """The notional up to which MMR is ``base_mmr``; ``None`` if it never grows."""
-    slope = _mmr_slope(rules)
-    if slope <= 0:
-        return None
-    return (rules.base_mmr / slope) ** Decimal("1.25")
+    return _growth_start(rules.base_mmr, _mmr_slope(rules))
 
 
-def _bisect(
-    surplus: Callable[[Decimal], Decimal], low: Decimal, high: Decimal, *, rising: bool
+def _solve(
+    surplus: Callable[[Decimal], tuple[Decimal, Decimal]],
+    low: Decimal,
+    high: Decimal,
+    *,
+    start: Decimal,
+    rising: bool,
 ) -> Decimal:
-    """The notional where ``surplus`` crosses zero in [low, high], rounded toward the
-    mark: the safe side is above the root for a rising surplus (a long: return ``high``),
-    below it for a falling one (a short: return ``low``)."""
-    for _ in range(_BISECTION_STEPS):
-        if high - low <= high * _RELATIVE_TOLERANCE:
-            break
-        middle = (low + high) / 2
-        value = surplus(middle)
+    """The notional in [low, high] where ``surplus`` crosses zero: Newton's method kept
+    inside a shrinking bracket (bisection when a step would leave it), a handful of
+    evaluations instead of the ~75 of plain bisection, each costing a Decimal power.
+
+    The result is the bracket end on the mark's side of the root: ``high`` for a rising
+    surplus (a long: liquidation at or below it), ``low`` for a falling one (a short).
+    """
+    x = start
+    for _ in range(_SOLVER_STEPS):
+        value, slope = surplus(x)
         if (value < 0) == rising:
-            low = middle
+            low = x
         else:
-            high = middle
+            high = x
+        tolerance = high * _RELATIVE_TOLERANCE
+        if high - low <= tolerance:
+            break
+        following = x - value / slope if slope != 0 else x
+        if abs(following - x) <= tolerance / 2:
+            # Converged from one side: probe just past it to close the bracket.
+            following = x + tolerance / 2 if x == low else x - tolerance / 2
+        if not low < following < high:
+            following = (low + high) / 2
+        x = following
     return high if rising else low
