@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from guardbot import metrics
+from guardbot.audit import schema
+from guardbot.audit.store import AuditLog
 from guardbot.book import PositionBook
 from guardbot.config import ConfigError, HealthSettings
-from guardbot.domain import MarginMode, Position, Source
+from guardbot.domain import ActionKind, Intent, MarginMode, Position, Source
+from guardbot.exchange.client import OrderlyExchange
+from guardbot.executor import Executor, Job
 from guardbot.health import AccountReadiness, HealthServer, Readiness
+from guardbot.sim.keys import generate_key
+from guardbot.sim.server import SimServer
 
 SECRET = "4wBqpZM9xaSheZzJSMawUKKwhdpChKbZ5eu5ky4Vigw"
 
@@ -233,3 +242,65 @@ async def test_readyz_turns_not_ready_when_pushes_stop_and_data_goes_stale() -> 
         book.apply(pushed(account, seq=2, received_ms=17_000))  # pushes resume
         assert (await client.get("/readyz")).status_code == 200
         assert sample((await client.get("/metrics")).text, "guardbot_ready", {}) == 1
+
+
+def family_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
+
+
+async def test_metrics_move_when_the_guard_acts(tmp_path: Path) -> None:
+    """The real executor adds margin on the simulated exchange over loopback; the scrape
+    before and after shows the action, the USDC moved, the exchange call and the snapshot."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    schema.upgrade(url)
+    audit = await AuditLog.open(url, tmp_path / "spool")
+    await audit.start_run("test", "hash", "host")
+    key, secret = generate_key()
+    async with SimServer(seed=7, scenario="calm", speed=0) as sim:
+        account = sim.engine.create_account(key, "read,trading", Decimal(10000))
+        sim.engine.open_position(account, "PERP_ETH_USDC", "ISOLATED", Decimal(1), 10)
+        sim.flush()
+        urls = {"rest_url": sim.rest_url, "public_ws_url": sim.public_ws_url,
+                "private_ws_url": sim.private_ws_url}
+        async with (
+            OrderlyExchange(account, key, SecretStr(secret), urls) as exchange,
+            HealthServer("127.0.0.1", 0, lambda: Readiness(True)) as server,
+            httpx.AsyncClient(base_url=server.url) as client,
+        ):
+            before = (await client.get("/metrics")).text
+            position = await exchange.get_position("PERP_ETH_USDC", MarginMode.ISOLATED)
+            assert position is not None
+            intent = Intent(account, "PERP_ETH_USDC", ActionKind.ADD, Decimal("25.5"), "topup",
+                            "distance below trigger")
+            executor = Executor({account: exchange}, audit)
+            worker = asyncio.create_task(executor.run())
+            await executor.submit(Job(intent, position, data_age_ms=0))
+            # Scrape until the action shows up: the executor has no completion signal.
+            async with asyncio.timeout(5):
+                after = (await client.get("/metrics")).text
+                while family_total(after, "guardbot_actions_total", account=account) == 0:
+                    await asyncio.sleep(0.01)
+                    after = (await client.get("/metrics")).text
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+
+    await audit.aclose()
+    moved = {
+        name: family_total(after, name, **labels) - family_total(before, name, **labels)
+        for name, labels in [
+            ("guardbot_actions_total", {"account": account, "policy": "topup", "kind": "ADD",
+                                        "outcome": "succeeded"}),
+            ("guardbot_margin_usdc_total", {"account": account, "kind": "ADD"}),
+            ("guardbot_snapshots_total", {"account": account, "source": "REST"}),
+        ]
+    }
+    assert moved == {"guardbot_actions_total": 1, "guardbot_margin_usdc_total": 25.5,
+                     "guardbot_snapshots_total": 1}
+    assert family_total(after, "guardbot_exchange_latency_seconds_count") > family_total(
+        before, "guardbot_exchange_latency_seconds_count")
