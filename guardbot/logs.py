@@ -164,7 +164,18 @@ class JsonFormatter(logging.Formatter):
 
 
 class _GuardbotHandler(logging.StreamHandler[IO[str]]):
-    """Marks the handler ``setup_logging`` owns, so calling it again replaces it."""
+    """The handler ``setup_logging`` owns (calling it again replaces it). Without an explicit
+    stream it writes to whatever ``sys.stderr`` is at each record, so it follows redirection
+    (click's test runner, pytest's capture) instead of writing to a stale, closed stream."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        super().__init__(stream if stream is not None else sys.stderr)
+        self._follow_stderr = stream is None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._follow_stderr:
+            self.stream = sys.stderr
+        super().emit(record)
 
 
 def setup_logging(
@@ -185,7 +196,7 @@ def setup_logging(
     for old in [h for h in root.handlers if isinstance(h, _GuardbotHandler)]:
         root.removeHandler(old)
         old.close()
-    handler = _GuardbotHandler(stream if stream is not None else sys.stderr)
+    handler = _GuardbotHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RedactingFilter())
     root.addHandler(handler)

@@ -5,6 +5,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import redirect_stderr
 
 import click
 import pytest
@@ -167,3 +168,12 @@ def test_cli_rejects_an_unknown_log_format(monkeypatch: pytest.MonkeyPatch) -> N
     result = CliRunner().invoke(cli.main, ["--log-format", "xml", "emit"])
     assert result.exit_code == 2
     assert "'xml' is not one of 'text', 'json'" in result.output
+
+
+def test_default_stream_follows_stderr_redirection(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging("INFO", "text")
+    with redirect_stderr(io.StringIO()) as elsewhere:
+        logging.getLogger("guardbot.x").info("redirected")
+    logging.getLogger("guardbot.x").info("back")
+    assert "redirected" in elsewhere.getvalue()
+    assert "back" in capsys.readouterr().err
