@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import shlex
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ from typing import Any
 import click
 import pytest
 import yaml
+from click.testing import CliRunner
+from conftest import PG_URL
 from prometheus_client.metrics import MetricWrapperBase
+from sqlalchemy import create_engine, text
 
 from guardbot import cli, logs
 from guardbot import metrics as metrics_module
@@ -246,12 +250,47 @@ def test_the_paper_config_guards_the_sims_demo_accounts(monkeypatch: pytest.Monk
     sim = resolve(argv_of(SERVICES["sim"])).params
     demo = open_demo_accounts(SimServer(seed=sim["seed"]), sim["demo_accounts"], sim["seed"])
     guard = SERVICES["guardbot"]
-    (env_file,) = guard["env_file"]
-    for line in (ROOT / interpolate(env_file)).read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            monkeypatch.setenv(name, value)
+    paper_env(monkeypatch)
     settings = load_config(mounts(guard)[CONTAINER_CONFIG])
     assert [(a.name, a.account_id, a.orderly_key, a.secret().get_secret_value())
             for a in settings.accounts] == [
         (d.name, d.account_id, d.orderly_key, d.orderly_secret) for d in demo]
+
+
+def paper_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set the environment the guardbot service gets from its env_file."""
+    (env_file,) = SERVICES["guardbot"]["env_file"]
+    for line in (ROOT / interpolate(env_file)).read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            monkeypatch.setenv(name, value)
+
+
+@pytest.mark.postgres
+def test_the_compose_commands_run_against_postgresql(monkeypatch: pytest.MonkeyPatch) -> None:
+    """migrate's command, then `db current` and the guard's config check, for real."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY migrations /opt/guardbot/migrations" in dockerfile
+    assert "GUARDBOT_MIGRATIONS=/opt/guardbot/migrations" in dockerfile
+    monkeypatch.setenv("GUARDBOT_MIGRATIONS", str(ROOT / "migrations"))
+    paper_env(monkeypatch)
+    name = f"compose_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{name}"'))
+    try:
+        monkeypatch.setenv("GUARDBOT__AUDIT__URL", f"{PG_URL}?options=-csearch_path%3D{name}")
+        runner = CliRunner()
+        migrated = runner.invoke(cli.main, argv_of(SERVICES["migrate"]))
+        assert migrated.exit_code == 0, migrated.output
+        assert "is at revision" in migrated.output
+        current = runner.invoke(cli.main, ["db", "current", "--config",
+                                           str(mounts(SERVICES["migrate"])[CONTAINER_CONFIG])])
+        assert "up to date" in current.output, current.output
+        checked = runner.invoke(cli.main, ["check-config", *argv_of(SERVICES["guardbot"])[-2:]])
+        assert checked.exit_code == 0, checked.output
+        assert "configuration OK" in checked.output
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+        admin.dispose()
