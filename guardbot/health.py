@@ -23,7 +23,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -34,8 +33,6 @@ from guardbot.logs import redact
 from guardbot.metrics import READY
 
 log = logging.getLogger(__name__)
-
-JSON: Final = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
