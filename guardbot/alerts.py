@@ -39,8 +39,8 @@ from guardbot.metrics import ALERTS
 log = logging.getLogger(__name__)
 
 FieldValue = str | int | Decimal | bool | None
-# Telegram rejects longer messages (sendMessage: 1-4096 characters).
-MAX_TEXT: Final = 4000
+# Slack section text holds at most 3000 characters, Telegram messages 4096.
+MAX_TEXT: Final = 3000
 
 
 class AlertKind(enum.StrEnum):
@@ -103,23 +103,29 @@ def _field_lines(message: _Message) -> list[str]:
     return [f"{name}: {_plain(value)}" for name, value in message.alert.fields.items()]
 
 
+def _slack_escape(text: str) -> str:
+    # Slack reads <...> as links and mentions; its docs ask for these three escaped.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def render(message: _Message, webhook: WebhookSettings) -> dict[str, object]:
     """The request body for one webhook format: generic JSON, Slack or Telegram."""
     alert = message.alert
     if webhook.format == "slack":
+        headline = _slack_escape(_headline(message))
         blocks: list[dict[str, object]] = [
-            {"type": "section", "text": {"type": "mrkdwn", "text": _headline(message)}}
+            {"type": "section", "text": {"type": "mrkdwn", "text": headline}}
         ]
         if alert.fields:
             # Slack allows at most 10 fields per section.
             blocks.append({
                 "type": "section",
                 "fields": [
-                    {"type": "mrkdwn", "text": f"*{name}*\n{_plain(value)}"}
+                    {"type": "mrkdwn", "text": _slack_escape(f"*{name}*\n{_plain(value)}")}
                     for name, value in list(alert.fields.items())[:10]
                 ],
             })
-        return {"text": _headline(message), "blocks": blocks}
+        return {"text": headline, "blocks": blocks}
     if webhook.format == "telegram":
         text = "\n".join([_headline(message), *_field_lines(message)])
         return {"chat_id": webhook.chat_id, "text": text[:MAX_TEXT],

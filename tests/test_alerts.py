@@ -139,8 +139,8 @@ async def test_slack_and_telegram_bodies(receiver: Receiver) -> None:
     slack, telegram = bodies["/ok/slack"], bodies["/ok/telegram"]
     headline = ("guardbot action_taken main PERP_ETH_USDC: "
                 "added 120.50 USDC: distance 3.1% < trigger 5%")
-    assert slack["text"] == headline
-    assert slack["blocks"][0]["text"] == {"type": "mrkdwn", "text": headline}
+    assert slack["text"] == headline.replace("<", "&lt;")  # Slack's mrkdwn escaping
+    assert slack["blocks"][0]["text"] == {"type": "mrkdwn", "text": slack["text"]}
     assert {"type": "mrkdwn", "text": "*amount*\n120.50"} in slack["blocks"][1]["fields"]
     assert telegram["chat_id"] == "-100123"
     assert telegram["text"].splitlines() == [
