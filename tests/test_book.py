@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from decimal import Decimal as D
+from random import Random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guardbot.book import PositionBook
 from guardbot.domain import AccountSnapshot, MarginMode, Position, Source
@@ -197,3 +200,36 @@ def test_age_and_staleness() -> None:
     # ... a confirmation of the same version does
     book.apply(replace(ETH, received_ms=20_000))
     assert book.age_ms(ETH.key, 20_050) == 50
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 50), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=20,
+        unique_by=lambda t: t[0],
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_any_arrival_order_ends_at_the_newest_version(
+    versions: list[tuple[int, bool, bool]], rng: Random
+) -> None:
+    """Versions (seq, closed?, lite?) arriving in any order: the book ends holding the
+    newest one, or nothing if the newest is a close. ``lite`` ones (positions_lite) carry
+    no seq, only their timestamp, which grows with seq at the exchange."""
+    updates = [
+        replace(
+            version(None if lite else seq, 10_000 + seq * 10),
+            qty=D(0) if closed else ETH.qty,
+            margin=D(seq),
+        )
+        for seq, closed, lite in versions
+    ]
+    arrivals = list(updates)
+    rng.shuffle(arrivals)
+    book = PositionBook()
+    for update in arrivals:
+        book.apply(update)
+    newest = max(updates, key=lambda p: p.exchange_ms)
+    assert book.get(ETH.key) == (newest if newest.is_open else None)
