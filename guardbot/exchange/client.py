@@ -45,7 +45,7 @@ from guardbot.exchange.port import (
 )
 from guardbot.exchange.rest import RestClient, Sleep
 from guardbot.exchange.signing import Signer
-from guardbot.exchange.ws import DEFAULT_TIMING, Stream, StreamTiming
+from guardbot.exchange.ws import DEFAULT_TIMING, Parse, Stream, StreamTiming
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class OrderlyExchange:
             "private",
             self._ws_urls["private_ws_url"],
             ("position", "balance"),
-            self._parse_private,
+            private_parser(self.account_id, self._clock_ms),
             login=lambda: self._signer.ws_auth(self._clock_ms()),
             timing=self._stream_timing,
             clock_ms=self._clock_ms,
@@ -261,24 +261,29 @@ class OrderlyExchange:
             "public",
             self._ws_urls["public_ws_url"],
             ("markprices",),
-            self._parse_public,
+            parse_public,
             timing=self._stream_timing,
             clock_ms=self._clock_ms,
             rng=self._rng,
         )
         return stream.events()
 
-    def _parse_private(self, topic: str, data: Any, ts_ms: int) -> StreamEvent | None:
+
+def private_parser(account_id: str, clock_ms: Callable[[], int]) -> Parse:
+    """The private stream's ``Parse``: ``position`` and ``balance`` pushes (§6)."""
+
+    def parse(topic: str, data: Any, ts_ms: int) -> StreamEvent | None:
         if topic == "position":
-            positions = wire.pushed_positions(
-                data, account_id=self.account_id, received_ms=self._clock_ms()
-            )
-            metrics.SNAPSHOTS.labels(self.account_id, Source.WS.value).inc()
+            positions = wire.pushed_positions(data, account_id=account_id, received_ms=clock_ms())
+            metrics.SNAPSHOTS.labels(account_id, Source.WS.value).inc()
             return PositionsPushed(positions)
         if topic == "balance":
             return HoldingsPushed(wire.pushed_balances(data, ts_ms))
         return None
 
-    @staticmethod
-    def _parse_public(topic: str, data: Any, ts_ms: int) -> StreamEvent | None:
-        return MarksPushed(wire.pushed_marks(data, ts_ms)) if topic == "markprices" else None
+    return parse
+
+
+def parse_public(topic: str, data: Any, ts_ms: int) -> StreamEvent | None:
+    """The public stream's ``Parse``: ``markprices`` pushes (§6)."""
+    return MarksPushed(wire.pushed_marks(data, ts_ms)) if topic == "markprices" else None
