@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import re
 import socket
 from decimal import Decimal
 
@@ -11,7 +14,14 @@ from pydantic import SecretStr
 
 from guardbot.domain import ActionKind, MarginMode, Source
 from guardbot.exchange.client import OrderlyExchange
-from guardbot.exchange.errors import AuthError, RateLimited, Rejected, RetryLater, Uncertain
+from guardbot.exchange.errors import (
+    AuthError,
+    ExchangeError,
+    RateLimited,
+    Rejected,
+    RetryLater,
+    Uncertain,
+)
 from guardbot.exchange.limits import Limit, RateLimiter
 from guardbot.sim.engine import PositionView
 from guardbot.sim.keys import generate_key
@@ -296,3 +306,49 @@ async def test_repr_names_the_account_not_the_secret(venue: SimServer, funded: F
     async with connect(venue, funded) as client:
         assert funded.account_id in repr(client)
         assert funded.orderly_secret.get_secret_value() not in repr(client)
+
+
+# -- secrets -------------------------------------------------------------------------------
+
+SIGNATURE = re.compile(r"[A-Za-z0-9_\-+/]{86}==")
+
+
+async def test_no_secret_or_signature_in_any_log_line_error_or_repr(
+    venue: SimServer, funded: Funded, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, the libraries' included
+    secret = funded.orderly_secret.get_secret_value()
+    texts: list[str] = []
+    async with connect(venue, funded, sleep=Sleeps()) as client:
+        texts.append(repr(client))
+        async with contextlib.aclosing(client.private_events()) as events:
+            await anext(events)  # logged in and subscribed
+            await client.adjust_margin(ETH, ActionKind.ADD, Decimal(2))
+            await anext(events)
+        await client.get_positions()
+        await client.get_holdings()
+        for faults in ({"error_rate": 1.0}, {"lost_response_rate": 1.0}, {"rate_limit_rate": 1.0}):
+            venue.faults.update(faults)
+            for call in (client.get_positions(),
+                         client.adjust_margin(ETH, ActionKind.REDUCE, Decimal(1))):
+                with pytest.raises(ExchangeError) as info:
+                    await call
+                texts += [str(info.value), repr(info.value)]
+            venue.faults.update(dict.fromkeys(faults, 0.0))
+        with pytest.raises(Rejected) as rejected:
+            await client.adjust_margin(ETH, ActionKind.REDUCE, Decimal(10**6))
+        texts.append(str(rejected.value))
+    skewed = connect(venue, funded, clock_ms=lambda: 0)
+    async with skewed:
+        with pytest.raises(AuthError) as auth:
+            await skewed.get_positions()
+        texts.append(str(auth.value))
+    texts += [record.getMessage() for record in caplog.records]
+    assert len(caplog.records) > 20
+    assert any("position_margin" in r.getMessage() and r.levelno == logging.INFO
+               for r in caplog.records)
+    bare_secret = secret.removeprefix("ed25519:")
+    for text in texts:
+        assert bare_secret not in text
+        assert not SIGNATURE.search(text), text
+        assert "orderly-signature" not in text
