@@ -77,6 +77,11 @@ def liquidation_price(position: Position, rules: SymbolRules) -> Decimal | None:
     """
     if position.margin_mode is not MarginMode.ISOLATED:
         raise ValueError(f"{position.symbol} is a cross position; its liquidation is account-wide")
+    if not (ZERO <= rules.base_mmr < ONE and rules.base_imr > 0 and rules.imr_factor >= 0):
+        raise ValueError(
+            f"{rules.symbol}: implausible margin rules base_imr={rules.base_imr} "
+            f"base_mmr={rules.base_mmr} imr_factor={rules.imr_factor}"
+        )
     qty = position.qty
     if qty == 0:
         return None

@@ -104,6 +104,20 @@ def test_bisection_rounds_toward_the_mark() -> None:
         assert surplus(position, price * (1 - toward_mark * D("1e-12"))) < 0
 
 
+@pytest.mark.parametrize(
+    "rules",
+    [
+        replace(FLAT, base_mmr=D(1)),
+        replace(FLAT, base_mmr=D(-1)),
+        replace(FLAT, base_imr=D(0)),
+        replace(FLAT, imr_factor=D(-1)),
+    ],
+)
+def test_implausible_rules_are_refused(rules: SymbolRules) -> None:
+    with pytest.raises(ValueError, match="implausible margin rules"):
+        risk.liquidation_price(LONG, rules)
+
+
 def test_cross_positions_are_refused() -> None:
     with pytest.raises(ValueError, match="cross"):
         risk.liquidation_price(replace(LONG, margin_mode=MarginMode.CROSS), FLAT)

@@ -96,4 +96,9 @@ def _checked(intent: object, view: PositionView) -> Intent:
         raise InvalidIntent(f"amount must be a positive Decimal, got {amount!r}")
     if not isinstance(intent.urgency, Decimal) or not intent.urgency.is_finite():
         raise InvalidIntent(f"urgency must be a finite Decimal, got {intent.urgency!r}")
+    if intent.kind is ActionKind.REDUCE and amount > view.max_removable:
+        # The exchange would refuse it (orderly-api.md §7); a policy asking is a bug.
+        raise InvalidIntent(
+            f"REDUCE {amount} exceeds the removable maximum {view.max_removable}"
+        )
     return intent

@@ -92,6 +92,11 @@ GOOD = Intent("0x" + "ab" * 32, "PERP_ALT_USDC", ActionKind.ADD, D(5), "x", "y")
         ([replace(GOOD, kind="ADD")],  # type: ignore[arg-type]
          "kind must be an ActionKind"),
         ([replace(GOOD, urgency=D("Infinity"))], "urgency must be a finite Decimal"),
+        # the view's removable maximum is 100 (margin 200 - notional 1000 * IMR 0.1)
+        (
+            [replace(GOOD, kind=ActionKind.REDUCE, amount=D("100.01"))],
+            "REDUCE 100.01 exceeds the removable maximum 100",
+        ),
     ],
 )
 def test_misbehaving_output_is_a_failure(make_view: ViewMaker, result: object, error: str) -> None:
@@ -103,8 +108,9 @@ def test_misbehaving_output_is_a_failure(make_view: ViewMaker, result: object, e
 
 
 def test_a_good_intent_passes(make_view: ViewMaker) -> None:
-    outcome = evaluate_policies([LoadedPolicy("ok", Returns((GOOD,)))], make_view(), CTX)
-    assert outcome.intents == (replace(GOOD, policy="ok"),)
+    reduce = replace(GOOD, kind=ActionKind.REDUCE, amount=D(100))
+    outcome = evaluate_policies([LoadedPolicy("ok", Returns((GOOD, reduce)))], make_view(), CTX)
+    assert outcome.intents == (replace(GOOD, policy="ok"), replace(reduce, policy="ok"))
 
 
 def test_scope_and_params(make_view: ViewMaker) -> None:
