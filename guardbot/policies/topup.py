@@ -1,11 +1,14 @@
 """``topup``: add margin to a position drifting toward liquidation (runs by default).
 
-When the distance to liquidation falls below ``trigger``, ask for exactly the margin that
-puts the liquidation price ``target`` away from the mark again (``risk.margin_for_distance``),
-rounded up to 0.01 USDC so the target is never missed by rounding. Budgets, cooldowns and
-the free-balance reserve are the arbiter's business.
+When the distance to liquidation falls below ``trigger`` (or, if ``margin_ratio`` is set,
+when the position's equity falls below ``margin_ratio`` times its maintenance margin), ask
+for exactly the margin that puts the liquidation price ``target`` away from the mark again
+(``risk.margin_for_distance``), rounded up to 0.01 USDC so the target is never missed by
+rounding. Budgets, cooldowns and the free-balance reserve are the arbiter's business.
 
-Parameters (fractions of the mark): ``trigger`` (default 0.05) < ``target`` (default 0.10).
+Parameters: ``trigger`` (0.05) < ``target`` (0.10), fractions of the mark; ``margin_ratio``
+(off; e.g. 2 = act when equity < 2 x maintenance margin), a second, optional trigger
+(design.md, built-in policies).
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ class TopUp:
     name = "topup"
 
     def __init__(
-        self, *, trigger: Number = Decimal("0.05"), target: Number = Decimal("0.10")
+        self,
+        *,
+        trigger: Number = Decimal("0.05"),
+        target: Number = Decimal("0.10"),
+        margin_ratio: Number | None = None,
     ) -> None:
         self.trigger = decimal_param(
             "trigger", trigger, low=ZERO, high=ONE, low_inclusive=False, high_inclusive=False
@@ -41,10 +48,18 @@ class TopUp:
             raise PolicyParamError(
                 "target", f"must be above trigger ({self.trigger}), got {self.target}"
             )
+        self.margin_ratio = (
+            None
+            if margin_ratio is None
+            else decimal_param("margin_ratio", margin_ratio, low=ONE, low_inclusive=False)
+        )
 
     def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
         distance = view.distance
-        if distance is None or distance >= self.trigger:
+        if distance is None:
+            return []
+        why = self._trigger(view, distance)
+        if why is None:
             return []
         amount = risk.round_up(view.margin_for_distance(self.target) - view.position.margin)
         if amount <= 0:
@@ -54,9 +69,25 @@ class TopUp:
                 ActionKind.ADD,
                 amount,
                 self.name,
-                f"distance {distance:.4f} below trigger {self.trigger}: "
-                f"add {amount} to restore {self.target}",
+                f"{why}: add {amount} to restore {self.target}",
                 target=str(self.target),
                 liquidation_price=str(view.liquidation_price),
             )
         ]
+
+    def _trigger(self, view: PositionView, distance: Decimal) -> str | None:
+        """Why the position needs margin now, or ``None``."""
+        if distance < self.trigger:
+            return f"distance {distance:.4f} below trigger {self.trigger}"
+        if self.margin_ratio is None:
+            return None
+        position = view.position
+        notional = abs(position.qty) * position.mark_price
+        maintenance = notional * risk.mmr(notional, view.rules)
+        equity = position.margin + position.unsettled_pnl
+        if equity < self.margin_ratio * maintenance:
+            return (
+                f"equity {equity:.2f} below {self.margin_ratio} x maintenance margin "
+                f"{maintenance:.2f}"
+            )
+        return None

@@ -100,7 +100,7 @@ def test_built_ins_with_toml_params() -> None:
         (
             {"use": "topup", "params": {"trigerr": "0.1"}},
             "policies.0.params: got an unexpected keyword argument 'trigerr' "
-            "(policy 'topup' accepts trigger, target)",
+            "(policy 'topup' accepts trigger, target, margin_ratio)",
         ),
         ({"use": "file:../etc/passwd"}, "policies.0.use: file:../etc/passwd: expected file:"),
         ({"use": "file:missing"}, "policies.0.use: file:missing: "),

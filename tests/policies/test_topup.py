@@ -56,6 +56,19 @@ def test_custom_trigger_and_target(make_view: ViewMaker) -> None:
     assert intent.amount == D(135)
 
 
+def test_margin_ratio_trigger(make_view: ViewMaker) -> None:
+    # margin 200: distance 0.158, equity 200, maintenance 1000*0.05 = 50 (ratio 4)
+    view = make_view(margin=D(200))
+    assert TopUp(margin_ratio="4").evaluate(view, CTX) == []
+    assert TopUp(margin_ratio="4", target="0.2").evaluate(view, CTX) == []
+    # ratio 4.5 triggers; the target decides how much: 0.2 means liquidation at 80, 240
+    [intent] = TopUp(margin_ratio="4.5", target="0.2").evaluate(view, CTX)
+    assert intent.amount == D(40)
+    assert intent.reason.startswith("equity 200.00 below 4.5 x maintenance margin 50.00")
+    # already at the target distance: nothing to add even though the ratio trips
+    assert TopUp(margin_ratio="4.5").evaluate(view, CTX) == []
+
+
 @pytest.mark.parametrize(
     ("params", "param", "reason"),
     [
@@ -63,6 +76,7 @@ def test_custom_trigger_and_target(make_view: ViewMaker) -> None:
         ({"trigger": "x"}, "trigger", "must be a number"),
         ({"target": "1"}, "target", "must be < 1"),
         ({"trigger": "0.1", "target": "0.1"}, "target", "must be above trigger (0.1)"),
+        ({"margin_ratio": "1"}, "margin_ratio", "must be > 1"),
     ],
 )
 def test_bad_params_name_the_param(params: dict[str, str], param: str, reason: str) -> None:
