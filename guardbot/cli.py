@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "demo": "guardbot.commands:demo",
     "run": "guardbot.commands:run",
     "sim": "guardbot.sim.cli:sim",
+    "status": "guardbot.status:status",
 }
 
 
