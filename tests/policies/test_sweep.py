@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal as D
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from guardbot.domain import ActionKind
-from guardbot.policies.base import PolicyContext, PolicyParamError
+from guardbot.policies.base import PolicyContext, PolicyParamError, PositionView
 from guardbot.policies.sweep import Sweep
 from guardbot.policies.topup import TopUp
 
-from .conftest import ViewMaker
+from .conftest import LONG, RULES, ViewMaker
 
 CTX = PolicyContext(now_ms=1_000)
 
@@ -54,14 +57,37 @@ def test_sweep(make_view: ViewMaker, side: str, changes: dict[str, D], amount: D
     assert intent.urgency > 1
 
 
-def test_sweep_never_feeds_a_topup(make_view: ViewMaker) -> None:
-    """What a sweep leaves behind never triggers the default top-up (hysteresis)."""
-    topup, sweep = TopUp(), Sweep()
-    for margin in range(100, 3000, 37):
-        view = make_view(margin=D(margin))
-        for intent in sweep.evaluate(view, CTX):
-            after = make_view(margin=view.position.margin - intent.amount)
-            assert topup.evaluate(after, CTX) == []
+@settings(max_examples=300, deadline=None)
+@given(
+    side=st.sampled_from(["long", "short"]),
+    qty=st.decimals(min_value="0.01", max_value=2000, places=2),
+    entry_move=st.decimals(min_value="-0.3", max_value="0.3", places=3),
+    margin=st.decimals(min_value=0, max_value=500_000, places=2),
+    leverage=st.integers(1, 50),
+    imr_factor=st.sampled_from([D(0), D("2.5e-7"), D("4.5e-6")]),
+)
+def test_sweep_never_feeds_a_topup(
+    side: str, qty: D, entry_move: D, margin: D, leverage: int, imr_factor: D
+) -> None:
+    """What a sweep leaves behind never triggers the default top-up (hysteresis), for
+    longs and shorts, flat or growing maintenance ratios."""
+    signed = qty if side == "long" else -qty
+    position = replace(
+        LONG,
+        qty=signed,
+        cost_position=signed * 100 * (1 + entry_move),
+        unsettled_pnl=signed * 100 * -entry_move,
+        margin=margin,
+        leverage=leverage,
+    )
+    rules = replace(RULES, imr_factor=imr_factor)
+    view = PositionView.of(position, rules)
+    intents = Sweep().evaluate(view, CTX)
+    event("swept" if intents else "nothing to sweep")
+    for intent in intents:
+        after = PositionView.of(replace(view.position, margin=margin - intent.amount), rules)
+        assert after.distance is None or after.distance >= D("0.2") - D("1e-9")
+        assert TopUp().evaluate(after, CTX) == []
 
 
 @pytest.mark.parametrize(
