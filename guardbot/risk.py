@@ -10,8 +10,8 @@ price ``P``::
 
 ``MMR`` grows with notional (``imr_factor * notional^0.8``), so the liquidation price is
 solved exactly where ``MMR`` is flat (``base_mmr``) and numerically (bracketed Newton) where
-it is not. The
-inverse problem (the margin that puts the liquidation price at a given price) is explicit.
+it is not. The inverse problem (the margin that puts the liquidation price at a given
+price) is explicit.
 
 A ``Position`` carries ``unsettled_pnl = q*mark - C - F`` but not the current
 ``sum_unitary_funding``, so ``F`` is recovered from the snapshot itself
@@ -290,6 +290,7 @@ def _solve(
 def _float_hint(
     surplus: Callable[[float], tuple[float, float]], low: Decimal, high: Decimal, start: Decimal
 ) -> Decimal:
+    """Newton in floats from ``start``, kept inside (low, high); ``start`` if that fails."""
     lo, hi, x = float(low), float(high), float(start)
     for _ in range(60):
         value, slope = surplus(x)
