@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal as D
 
 import pytest
+from hypothesis import assume, event, given, settings
+from hypothesis import strategies as st
 
+from guardbot import risk
 from guardbot.domain import ActionKind
-from guardbot.policies.base import PolicyContext, PolicyParamError
+from guardbot.policies.base import PolicyContext, PolicyParamError, PositionView
 from guardbot.policies.topup import TopUp
 
-from .conftest import ViewMaker
+from .conftest import LONG, RULES, ViewMaker
 
 CTX = PolicyContext(now_ms=1_000)
 
@@ -84,3 +88,39 @@ def test_bad_params_name_the_param(params: dict[str, str], param: str, reason: s
         TopUp(**params)
     assert caught.value.param == param
     assert caught.value.reason.startswith(reason)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    side=st.sampled_from(["long", "short"]),
+    qty=st.decimals(min_value="0.01", max_value=2000, places=2),
+    entry_move=st.decimals(min_value="-0.3", max_value="0.3", places=3),
+    margin_fraction=st.decimals(min_value=0, max_value="0.2", places=4),
+    imr_factor=st.sampled_from([D(0), D("2.5e-7"), D("4.5e-6")]),
+)
+def test_topup_adds_exactly_what_restores_the_target(
+    side: str, qty: D, entry_move: D, margin_fraction: D, imr_factor: D
+) -> None:
+    """The amount restores the target distance, and one cent less would not: nothing is
+    spent beyond the rounding step."""
+    signed = qty if side == "long" else -qty
+    position = replace(
+        LONG,
+        qty=signed,
+        cost_position=signed * 100 * (1 + entry_move),
+        unsettled_pnl=signed * 100 * -entry_move,
+        margin=qty * 100 * margin_fraction,
+    )
+    rules = replace(RULES, imr_factor=imr_factor)
+    assume(risk.mmr(qty * 200, rules) < D("0.4"))  # within any leverage the exchange allows
+    view = PositionView.of(position, rules)
+    intents = TopUp().evaluate(view, CTX)
+    event("topped up" if intents else "no top-up")
+    if not intents:
+        assert view.distance is None or view.distance >= D("0.05")
+        return
+    [intent] = intents
+    after = view.distance_with_margin(position.margin + intent.amount)
+    assert after is None or after >= D("0.10") - D("1e-9")
+    short_by_a_cent = view.distance_with_margin(position.margin + intent.amount - D("0.01"))
+    assert short_by_a_cent is not None and short_by_a_cent < D("0.10")
