@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
@@ -35,7 +35,7 @@ from guardbot.domain import (
     SymbolRules,
 )
 from guardbot.exchange import wire
-from guardbot.exchange.errors import Rejected
+from guardbot.exchange.errors import MalformedResponse, Rejected
 from guardbot.exchange.limits import SHARED_LIMITER, Priority, RateLimiter
 from guardbot.exchange.port import (
     HoldingsPushed,
@@ -50,6 +50,7 @@ from guardbot.exchange.ws import DEFAULT_TIMING, Parse, Stream, StreamTiming
 log = logging.getLogger(__name__)
 
 NOT_FOUND_CODES = frozenset({-1006})  # "resource not found" (orderly-api.md §3)
+T = TypeVar("T")
 
 
 def wall_clock_ms() -> int:
@@ -61,6 +62,17 @@ def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> str:
     if parts.scheme not in schemes or not parts.netloc:
         raise ValueError(f"{name} must be a {'/'.join(schemes)} URL, got {url!r}")
     return url
+
+
+def _parsed(endpoint: str, parse: Callable[[], T]) -> T:
+    """Run a wire parser; a malformed answer is counted and logged, then raised."""
+    try:
+        return parse()
+    except MalformedResponse as exc:
+        metrics.MALFORMED.labels("rest").inc()
+        metrics.EXCHANGE_ERRORS.labels(endpoint, "malformed").inc()
+        log.warning("%s: malformed answer: %s", endpoint, exc)
+        raise
 
 
 def _priority(urgent: bool) -> Priority:
@@ -153,10 +165,10 @@ class OrderlyExchange:
         envelope = await self._rest.get(
             "GET /v1/positions", "/v1/positions", priority=_priority(urgent)
         )
-        snapshot = wire.account_snapshot(
+        snapshot = _parsed("GET /v1/positions", lambda: wire.account_snapshot(
             envelope.data, account_id=self.account_id, timestamp_ms=envelope.timestamp_ms,
             received_ms=self._clock_ms(),
-        )
+        ))
         metrics.SNAPSHOTS.labels(self.account_id, Source.REST.value).inc()
         return snapshot
 
@@ -178,16 +190,17 @@ class OrderlyExchange:
             raise
         if envelope.data is None:
             return None
-        position = wire.position(
+        position = _parsed("GET /v1/position/{symbol}", lambda: wire.position(
             envelope.data, account_id=self.account_id, received_ms=self._clock_ms(),
             source=Source.REST,
-        )
+        ))
         metrics.SNAPSHOTS.labels(self.account_id, Source.REST.value).inc()
         return position if position.is_open else None
 
     async def adjust_margin(self, symbol: str, kind: ActionKind, amount: Decimal) -> None:
         """``POST /v1/position_margin`` once, never retried. ``Uncertain`` means the change
-        may have happened: re-read the position before anything else."""
+        may have happened: re-read the position before anything else. A caller that cancels
+        this call while it is in flight is in the same position."""
         if not (isinstance(amount, Decimal) and amount.is_finite() and amount > 0):
             raise ValueError(f"margin amount must be a positive finite Decimal, got {amount!r}")
         await self._rest.post(
@@ -202,12 +215,12 @@ class OrderlyExchange:
     async def get_holdings(self) -> tuple[Holding, ...]:
         """``GET /v1/client/holding``: every token balance."""
         envelope = await self._rest.get("GET /v1/client/holding", "/v1/client/holding")
-        return wire.holdings(envelope.data)
+        return _parsed("GET /v1/client/holding", lambda: wire.holdings(envelope.data))
 
     async def get_account_info(self) -> wire.AccountInfo:
         """``GET /v1/client/info`` (10 per minute: read it at start-up, not in a loop)."""
         envelope = await self._rest.get("GET /v1/client/info", "/v1/client/info")
-        return wire.account_info(envelope.data)
+        return _parsed("GET /v1/client/info", lambda: wire.account_info(envelope.data))
 
     async def get_leverage(self, symbol: str, margin_mode: MarginMode) -> wire.LeverageSetting:
         """``GET /v1/client/leverage`` (1 per second per IP)."""
@@ -216,28 +229,30 @@ class OrderlyExchange:
             "/v1/client/leverage",
             {"symbol": symbol, "margin_mode": margin_mode.value},
         )
-        return wire.leverage_setting(envelope.data)
+        return _parsed("GET /v1/client/leverage", lambda: wire.leverage_setting(envelope.data))
 
     # -- public -------------------------------------------------------------------------------
 
     async def get_symbol_rules(self) -> dict[str, SymbolRules]:
         """``GET /v1/public/info``: margin parameters of every symbol."""
         envelope = await self._rest.get("GET /v1/public/info", "/v1/public/info", signed=False)
-        return wire.symbol_rules(envelope.data)
+        return _parsed("GET /v1/public/info", lambda: wire.symbol_rules(envelope.data))
 
     async def get_mark_prices(self) -> dict[str, MarkPrice]:
         """``GET /v1/public/futures``: the mark price of every symbol."""
         envelope = await self._rest.get(
             "GET /v1/public/futures", "/v1/public/futures", signed=False
         )
-        return wire.mark_prices(envelope.data, envelope.timestamp_ms or self._clock_ms())
+        return _parsed("GET /v1/public/futures", lambda: wire.mark_prices(
+            envelope.data, envelope.timestamp_ms or self._clock_ms()
+        ))
 
     async def get_system_status(self) -> wire.SystemStatus:
         """``GET /v1/public/system_info``: is the exchange up or in maintenance."""
         envelope = await self._rest.get(
             "GET /v1/public/system_info", "/v1/public/system_info", signed=False
         )
-        return wire.system_status(envelope.data)
+        return _parsed("GET /v1/public/system_info", lambda: wire.system_status(envelope.data))
 
     # -- streams ------------------------------------------------------------------------------
 

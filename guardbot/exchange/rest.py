@@ -173,6 +173,8 @@ class RestClient:
         if isinstance(outcome, Failure):
             if isinstance(outcome.error, RateLimited):
                 metrics.RATE_LIMITED.labels(endpoint).inc()
+            if isinstance(outcome.error, MalformedResponse):
+                metrics.MALFORMED.labels("rest").inc()
             raise self._failed(endpoint, outcome.label, outcome.error, what)
         if method == "POST":
             log.info("%s -> ok in %.1f ms", what, elapsed * 1000)

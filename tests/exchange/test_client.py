@@ -10,6 +10,8 @@ import socket
 from decimal import Decimal
 
 import pytest
+from aiohttp import web
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from guardbot.domain import ActionKind, MarginMode, Source
@@ -17,6 +19,7 @@ from guardbot.exchange.client import OrderlyExchange
 from guardbot.exchange.errors import (
     AuthError,
     ExchangeError,
+    MalformedResponse,
     RateLimited,
     Rejected,
     RetryLater,
@@ -34,6 +37,10 @@ ETH = "PERP_ETH_USDC"
 
 def sim_position(sim: SimServer, account_id: str, mode: str = "ISOLATED") -> PositionView:
     return sim.engine.position_view(sim.engine.account(account_id), ETH, mode)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 class Sleeps:
@@ -352,3 +359,41 @@ async def test_no_secret_or_signature_in_any_log_line_error_or_repr(
         assert bare_secret not in text
         assert not SIGNATURE.search(text), text
         assert "orderly-signature" not in text
+
+
+# -- a broken exchange: answers that are not what the docs say -----------------------------
+
+
+async def test_malformed_answers_raise_and_are_counted(funded: Funded) -> None:
+    answers = {
+        "/v1/positions": (200, b'{"success":true,"data":{"rows":[{"symbol":"PERP_ETH_USDC"}]}}'),
+        "/v1/client/holding": (200, b"<html>maintenance</html>"),
+        "/v1/position_margin": (200, b'{"succ'),
+    }
+
+    async def handler(request: web.Request) -> web.Response:
+        status, body = answers[request.path]
+        return web.Response(status=status, body=body)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    broken = {"rest_url": f"http://127.0.0.1:{port}", "public_ws_url": "ws://127.0.0.1:1/x",
+              "private_ws_url": "ws://127.0.0.1:1/y"}
+    before = sample("guardbot_malformed_messages_total", source="rest")
+    try:
+        async with OrderlyExchange(funded.account_id, funded.orderly_key,
+                                   funded.orderly_secret, broken) as client:
+            with pytest.raises(MalformedResponse, match=r"positions\.rows\[0\]\.margin_mode"):
+                await client.get_positions()
+            with pytest.raises(MalformedResponse, match="not valid JSON"):
+                await client.get_holdings()
+            with pytest.raises(Uncertain, match="unreadable HTTP 200 answer"):
+                await client.adjust_margin(ETH, ActionKind.ADD, Decimal(1))
+    finally:
+        await runner.cleanup()
+    assert sample("guardbot_malformed_messages_total", source="rest") == before + 2

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import contextlib
+import json
+from typing import Any
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from guardbot.domain import Source
+from guardbot.exchange import wire
 from guardbot.exchange.errors import (
     AuthError,
     ExchangeError,
@@ -96,3 +104,46 @@ def test_success() -> None:
 )
 def test_path_with_query(params: dict[str, str] | None, expected: str) -> None:
     assert path_with_query("/v1/positions", params) == expected
+
+
+# -- property: no answer, however broken, escapes as anything but an ExchangeError ---------
+
+json_bodies = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6)
+    | st.decimals(allow_nan=False, allow_infinity=False, places=3).map(float),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(
+        st.sampled_from(["success", "data", "code", "message", "timestamp", "rows", "holding",
+                         "free_collateral", "total_collateral_value", "symbol", "mark_price"])
+        | st.text(max_size=4),
+        children, max_size=6,
+    ),
+    max_leaves=20,
+).map(lambda value: json.dumps(value).encode())
+PARSERS = [
+    lambda d: wire.account_snapshot(d, account_id="0x1", timestamp_ms=None, received_ms=0),
+    lambda d: wire.position(d, account_id="0x1", received_ms=0, source=Source.REST),
+    wire.holdings, wire.symbol_rules, lambda d: wire.mark_prices(d, 0), wire.account_info,
+    wire.leverage_setting, wire.system_status,
+]
+
+
+@given(
+    method=st.sampled_from(["GET", "POST"]),
+    status=st.sampled_from([200, 400, 401, 403, 404, 429, 500, 502, 503]) | st.integers(100, 599),
+    body=json_bodies | st.binary(max_size=60),
+    parse=st.sampled_from(PARSERS),
+)
+def test_any_answer_becomes_a_value_or_an_exchange_error(
+    method: str, status: int, body: bytes, parse: Any
+) -> None:
+    outcome = interpret(method, f"{method} /x", status, body, None)
+    if isinstance(outcome, Failure):
+        assert isinstance(outcome.error, ExchangeError)
+        if method == "POST" and status >= 500:
+            # It may have been applied: never reported as a plain refusal.
+            assert not isinstance(outcome.error, Rejected | MalformedResponse)
+        return
+    assert outcome.success and status < 300
+    with contextlib.suppress(MalformedResponse):
+        parse(outcome.data)
