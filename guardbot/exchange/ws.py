@@ -11,8 +11,9 @@ Keep-alive follows §6: the server's ``{"event":"ping"}`` is answered with a pon
 our own ping every ``ping_interval_s`` (the server answers, so even a quiet private stream
 carries traffic). A connection with no message at all for ``silence_s`` is presumed dead and
 replaced. Reconnects wait a jittered exponential delay (``limits.backoff``), reset once a
-connection delivers a push. A failed login is an ``AuthError``: retrying cannot fix a key.
-Malformed messages are counted in ``guardbot_malformed_messages_total``, logged and skipped.
+connection delivers a push or stays up longer than the backoff cap. A failed login is an
+``AuthError``: retrying cannot fix a key. Malformed messages are counted in
+``guardbot_malformed_messages_total``, logged and skipped.
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ class Stream:
         """Pushes as domain events, with a ``StreamGap`` after every (re)subscription."""
         delays = self._delays()
         gap_reason = "connected"
+        loop = asyncio.get_running_loop()
         while True:
+            up_since: float | None = None
             try:
                 async with connect(
                     self.url,
@@ -120,6 +123,7 @@ class Stream:
                     close_timeout=1.0,
                 ) as ws:
                     early = await self._open(ws)
+                    up_since = loop.time()
                     log.info("%s stream subscribed to %s", self.name, ", ".join(self._topics))
                     yield StreamGap(self.name, gap_reason)
                     for event in early:
@@ -141,6 +145,8 @@ class Stream:
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 gap_reason = f"cannot connect ({type(exc).__name__}: {exc})"
             metrics.WS_RECONNECTS.labels(self.name).inc()
+            if up_since is not None and loop.time() - up_since >= self._timing.backoff_cap_s:
+                delays = self._delays()  # it was a long-lived link: come back quickly
             delay = next(delays)
             log.warning("%s stream: %s; reconnecting in %.2f s", self.name, gap_reason, delay)
             gap_reason = f"reconnected after {gap_reason}"

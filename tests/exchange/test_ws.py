@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -263,3 +264,31 @@ def test_interpret_never_raises(raw: str | bytes) -> None:
         assert result is None or result is PING or isinstance(
             result, Reply | PositionsPushed | HoldingsPushed | MarksPushed
         )
+
+
+async def test_backoff_grows_on_flapping_links_and_resets_after_a_long_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    connections = 0
+    sixth = asyncio.Event()
+
+    async def flapping(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 6:
+            sixth.set()
+        await ack_subscriptions(ws)
+        if connections == 4:
+            await asyncio.sleep(0.3)  # one link that outlives the backoff cap
+
+    timing = StreamTiming(ping_interval_s=5, silence_s=5, backoff_base_s=0.04, backoff_cap_s=0.2)
+    caplog.set_level(logging.WARNING, logger="guardbot.exchange.ws")
+    async with ws_server(flapping) as url, collecting(public_stream(url, timing).events()) as seen:
+        await asyncio.wait_for(sixth.wait(), 5)
+    delays = [float(r.getMessage().rsplit("reconnecting in ", 1)[1].split()[0])
+              for r in caplog.records if "reconnecting in" in r.getMessage()]
+    # Short links: 0.04, 0.08, 0.16 ceilings (jitter keeps each in [d/2, d]); after the long
+    # fourth link the next delay starts from the base again.
+    assert 0.02 <= delays[0] <= 0.04 and 0.04 <= delays[1] <= 0.08 and delays[2] >= 0.08
+    assert delays[3] <= 0.04
+    assert sum(isinstance(e, StreamGap) for e in seen) >= 5
