@@ -254,7 +254,7 @@ class Alerter:
             _Channel(i, webhook, self._queue_size) for i, webhook in enumerate(self._webhooks)
         ]
         self._tasks = [
-            asyncio.create_task(self._send_loop(channel), name=f"alerts-{channel.name}")
+            asyncio.create_task(self._send_loop(channel), name=channel.name)
             for channel in self._channels
         ]
         return self
