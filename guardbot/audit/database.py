@@ -1,13 +1,14 @@
 """Engines for the audit database and the few SQL functions that differ between backends.
 
 SQLite gets WAL (the CLI reads while the daemon writes), a busy timeout, foreign keys, and
-two aggregates PostgreSQL has built in: an exact decimal sum over the text-stored money and
-a continuous percentile, so every query returns the same figures on both backends.
+an exact decimal sum over its text-stored money, so every query returns the same figures on
+both backends.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
-from sqlalchemy.types import Float, String
+from sqlalchemy.types import Date
 
 from guardbot.audit.tables import Money
 
@@ -61,7 +62,6 @@ def _sqlite_setup(connection: sqlite3.Connection, _record: Any) -> None:
     connection.execute("PRAGMA foreign_keys=ON")
     connection.execute("PRAGMA synchronous=FULL")
     connection.create_aggregate("guardbot_decimal_sum", 1, _DecimalSum)  # type: ignore[arg-type]
-    connection.create_aggregate("guardbot_percentile", 2, _Percentile)  # type: ignore[arg-type]
 
 
 class _DecimalSum:
@@ -74,28 +74,6 @@ class _DecimalSum:
 
     def finalize(self) -> str | None:
         return None if self.total is None else format(self.total, "f")
-
-
-class _Percentile:
-    """``percentile_cont``: linear interpolation between the closest ranks."""
-
-    def __init__(self) -> None:
-        self.values: list[float] = []
-        self.fraction = 0.0
-
-    def step(self, value: float | None, fraction: float) -> None:
-        self.fraction = fraction
-        if value is not None:
-            self.values.append(value)
-
-    def finalize(self) -> float | None:
-        if not self.values:
-            return None
-        self.values.sort()
-        position = self.fraction * (len(self.values) - 1)
-        low = int(position)
-        high = min(low + 1, len(self.values) - 1)
-        return self.values[low] + (self.values[high] - self.values[low]) * (position - low)
 
 
 class money_sum(FunctionElement[Decimal]):
@@ -115,40 +93,19 @@ def _money_sum_sqlite(element: money_sum, compiler: SQLCompiler, **kw: Any) -> s
     return f"guardbot_decimal_sum({compiler.process(element.clauses, **kw)})"
 
 
-class percentile(FunctionElement[float]):
-    """``percentile(column, fraction)``: the continuous percentile of ``column``."""
+class utc_day(FunctionElement[date]):
+    """The UTC calendar day of a timestamp."""
 
-    type = Float()
-    inherit_cache = True
-
-
-@compiles(percentile)
-def _percentile(element: percentile, compiler: SQLCompiler, **kw: Any) -> str:
-    column, fraction = list(element.clauses)
-    return (
-        f"percentile_cont({compiler.process(fraction, **kw)}) "
-        f"WITHIN GROUP (ORDER BY {compiler.process(column, **kw)})"
-    )
-
-
-@compiles(percentile, "sqlite")
-def _percentile_sqlite(element: percentile, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"guardbot_percentile({compiler.process(element.clauses, **kw)})"
-
-
-class utc_day(FunctionElement[str]):
-    """The UTC calendar day of a timestamp, as ``YYYY-MM-DD``."""
-
-    type = String()
+    type = Date()
     inherit_cache = True
 
 
 @compiles(utc_day)
 def _utc_day(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"to_char({compiler.process(element.clauses, **kw)} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    return f"CAST({compiler.process(element.clauses, **kw)} AT TIME ZONE 'UTC' AS DATE)"
 
 
 @compiles(utc_day, "sqlite")
 def _utc_day_sqlite(element: utc_day, compiler: SQLCompiler, **kw: Any) -> str:
     # Stored as naive UTC text: 'YYYY-MM-DD HH:MM:SS.ffffff'.
-    return f"substr({compiler.process(element.clauses, **kw)}, 1, 10)"
+    return f"date({compiler.process(element.clauses, **kw)})"

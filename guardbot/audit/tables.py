@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -152,6 +153,11 @@ class Action(Base):
     details: Mapped[dict[str, str]] = mapped_column(JSON)
 
 
+# The kinds that end an exchange call; ``audit summary`` reads only these, through a partial
+# covering index, so it never scans the whole event table.
+OUTCOME_KINDS = ("SUCCEEDED", "REJECTED", "UNCERTAIN", "RECONCILED", "FAILED")
+OUTCOME_FILTER = "kind IN (" + ", ".join(f"'{kind}'" for kind in OUTCOME_KINDS) + ")"
+
 EVENT_KINDS = (
     "INTENT",
     "SENT",
@@ -178,6 +184,13 @@ class ActionEvent(Base):
         # One writer per account chain: a second one fails here instead of forking it.
         UniqueConstraint("account_id", "seq"),
         Index(None, "action_id", "seq"),
+        Index(
+            "ix_action_events_outcomes",
+            "action_id",
+            postgresql_include=["time", "kind", "latency_ms", "detail"],
+            postgresql_where=text(OUTCOME_FILTER),
+            sqlite_where=text(OUTCOME_FILTER),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)

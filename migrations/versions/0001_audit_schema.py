@@ -107,6 +107,16 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_action_events_action_id_seq"), "action_events", ["action_id", "seq"]
     )
+    # audit summary reads only outcome events, from this index alone (PostgreSQL).
+    outcomes = "kind IN ('SUCCEEDED', 'REJECTED', 'UNCERTAIN', 'RECONCILED', 'FAILED')"
+    op.create_index(
+        "ix_action_events_outcomes",
+        "action_events",
+        ["action_id"],
+        postgresql_include=["time", "kind", "latency_ms", "detail"],
+        postgresql_where=sa.text(outcomes),
+        sqlite_where=sa.text(outcomes),
+    )
     op.create_table(
         "observations",
         sa.Column("id", ID, nullable=False),

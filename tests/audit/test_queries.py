@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, update
 
 from guardbot.audit import chain, queries
@@ -182,3 +185,15 @@ def test_verify_names_a_forged_chain_link(engine: Engine, history: dict[str, str
     (broken,) = queries.verify_chains(engine).breaks
     assert broken.seq == 8
     assert "prev_hash" in broken.problem
+
+
+@given(st.lists(st.integers(0, 5000), min_size=1, max_size=300),
+       st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0]))  # fmt: skip
+def test_histogram_percentile_is_percentile_cont(values: list[int], fraction: float) -> None:
+    ordered = sorted(values)
+    position = fraction * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    expected = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    histogram = list(Counter(values).items())
+    assert queries.percentile(histogram, fraction) == pytest.approx(expected)
