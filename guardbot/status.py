@@ -187,9 +187,14 @@ def status(ctx: click.Context, config_path: Path, json_output: bool) -> None:
         click.echo(f"guardbot status: bad config: {config_path} has no [[accounts]]", err=True)
         ctx.exit(EXIT_CONFIG)
     # Each failed call already ends up in the one line below; retries would only repeat it.
+    exchange_log = logging.getLogger("guardbot.exchange")
+    level = exchange_log.level
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("guardbot.exchange").setLevel(logging.ERROR)
-    statuses = asyncio.run(collect(settings))
+        exchange_log.setLevel(logging.ERROR)
+    try:
+        statuses = asyncio.run(collect(settings))
+    finally:
+        exchange_log.setLevel(level)
     click.echo(json.dumps(as_json(statuses), indent=2) if json_output else as_table(statuses))
     failed = [s for s in statuses if s.problem]
     for s in failed:
