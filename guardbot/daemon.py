@@ -155,6 +155,7 @@ class Guard:
         self._public_stream = public_stream
         self._locks = {account_id: asyncio.Lock() for account_id in self.exchanges}
         self._urgent: set[str] = set()
+        self._acting = False  # only between start-up reconcile and stop
         # This run's last action per position (the audit log answers for earlier runs).
         self._last_action: dict[PositionKey, LastAction] = {}
         self._said: dict[tuple[str, ...], int] = {}
@@ -168,11 +169,16 @@ class Guard:
         previous run left unfinished. The same path after a crash and a clean stop."""
         first = next(iter(self.exchanges.values()))
         self.rules = await first.get_symbol_rules()
+        # Settle the past before deciding anything new, so no new action is mistaken for
+        # an unfinished one.
+        await self.reconcile_unfinished()
         for account_id in self.exchanges:
             snapshot = await self.poller.poll_now(account_id)
             if snapshot is None:
                 log.warning("no first snapshot of %s; the poller keeps trying", account_id)
-        await self.reconcile_unfinished()
+        self._acting = True
+        for account_id in self.exchanges:
+            await self.evaluate(account_id)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Guard until ``stop`` is set (or a part fails)."""
@@ -188,6 +194,8 @@ class Guard:
             tasks.append(group.create_task(self._housekeeping(), name="housekeeping"))
             await stop.wait()
             log.info("stopping the guard")
+            self._acting = False
+            await self.executor.drain()
             for task in tasks:
                 task.cancel()
 
@@ -295,7 +303,7 @@ class Guard:
 
     async def evaluate(self, account_id: str) -> None:
         """Evaluate the account's fresh isolated positions and act on the decisions."""
-        if account_id not in self.exchanges or not self.owned(account_id):
+        if not self._acting or account_id not in self.exchanges or not self.owned(account_id):
             return
         async with self._locks[account_id]:
             await self._evaluate(account_id)

@@ -1,0 +1,253 @@
+"""The whole guard end to end: ``run_daemon`` against ``guardbot sim`` over loopback, audit
+log in a real database. Marks move either by the simulator's own scenarios at accelerated
+speed or, where a test needs exact steps, through its admin API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from e2e.helpers import ETH, AuditReader, eventually, guard_settings, guarding, pin_mark
+from guardbot.audit.store import ActionRecord, AuditLog, EventKind
+from guardbot.domain import ActionKind, MarginMode, Source
+from guardbot.exchange.client import OrderlyExchange
+from guardbot.sim.admin import SimAccount, open_account
+from guardbot.sim.server import SimServer
+
+# An isolated long at 10x (liquidated by a ~9 % fall) and a cross long on the same symbol.
+BOOK = [(ETH, "ISOLATED", "1", 10), (ETH, "CROSS", "1", 10)]
+
+
+def isolated(sim: SimServer, account_id: str, mode: str = "ISOLATED") -> object | None:
+    account = sim.engine.account(account_id)
+    for view in sim.engine.positions(account):
+        if view.symbol == ETH and view.margin_mode == mode and view.qty != 0:
+            return view
+    return None
+
+
+def liquidated(sim: SimServer, account_id: str) -> list[object]:
+    return [liq for liq in sim.engine.liquidations if liq.account_id == account_id]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def test_crash_guarded_survives_twin_is_liquidated_cross_untouched(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path,
+    reader_for: Callable[[str], AuditReader],
+) -> None:
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "postgres_url")
+    # crash: calm for 60 simulated seconds, then -30 % over 120; at 60x that is 1 s + 2 s.
+    async with SimServer(seed=7, scenario="crash", speed=60.0) as sim:
+        guarded = await open_account(sim.rest_url, "20000", BOOK)
+        twin = await open_account(sim.rest_url, "20000", BOOK)
+        cross_before = isolated(sim, guarded.account_id, "CROSS")
+        margin_before = isolated(sim, guarded.account_id).margin  # type: ignore[union-attr]
+        settings = guard_settings(sim, guarded, url, tmp_path / "spool")
+        async with guarding(settings):
+            await eventually(lambda: bool(liquidated(sim, twin.account_id)), timeout_s=10)
+            # let the crash run its course: 180 simulated seconds from the start
+            await eventually(lambda: sim.engine.marks[ETH] < Decimal(2150), timeout_s=10)
+        survivor = isolated(sim, guarded.account_id)
+        assert survivor is not None, "the guarded position survived"
+        assert liquidated(sim, guarded.account_id) == []
+        assert [liq.margin_mode for liq in liquidated(sim, twin.account_id)] == ["ISOLATED"]
+        cross_after = isolated(sim, guarded.account_id, "CROSS")
+        assert cross_after is not None and cross_before is not None
+        assert (cross_after.qty, cross_after.cost_position, cross_after.margin) == (  # type: ignore[attr-defined]
+            cross_before.qty, cross_before.cost_position, cross_before.margin)  # type: ignore[attr-defined]
+
+    audit = reader_for(url)
+    actions = audit.actions()
+    assert actions, "top-ups were audited"
+    assert {a.margin_mode for a in actions} == {"ISOLATED"}, "the cross position is never touched"
+    assert {a.kind for a in actions} == {"ADD"}
+    # the position holds exactly the margin it started with plus every audited top-up
+    added = audit.applied("ADD")
+    assert added > 0
+    assert survivor.margin - margin_before == added  # type: ignore[attr-defined]
+    assert audit.events("VERIFIED"), "effects were verified on later snapshots"
+
+
+# With the simulator's clock stopped (speed 0), marks move only when a test pins them. The
+# isolated ETH long above starts with 301.80 margin and is liquidated at about 2714.5; at
+# 2850 it is 4.8 % away, inside topup's 5 % trigger.
+BELOW_TRIGGER = "2850"
+
+
+def margin_of(sim: SimServer, account_id: str) -> Decimal:
+    view = isolated(sim, account_id)
+    assert view is not None
+    return view.margin  # type: ignore[attr-defined, no-any-return]
+
+
+class CountingExchange(OrderlyExchange):
+    """The real client, counting position_margin calls (to prove that none were made)."""
+
+    margin_calls = 0
+
+    async def adjust_margin(self, symbol: str, kind: ActionKind, amount: Decimal) -> None:
+        CountingExchange.margin_calls += 1
+        await super().adjust_margin(symbol, kind, amount)
+
+
+async def test_rally_sweeps_the_excess_and_the_holding_grows_by_the_audited_amount(
+    sqlite_url: str, tmp_path: Path, reader_for: Callable[[str], AuditReader],
+) -> None:
+    async with SimServer(seed=7, scenario="calm", speed=0) as sim:
+        account = await open_account(sim.rest_url, "20000", BOOK)
+        # The owner parks 600 USDC of extra margin on the position: more than it needs.
+        settings = guard_settings(
+            sim, account, sqlite_url, tmp_path / "spool",
+            policies=[{"use": "topup"}, {"use": "sweep", "params": {"safe": "0.20"}}])
+        async with OrderlyExchange.from_settings(settings.accounts[0], settings.exchange) as ex:
+            await ex.adjust_margin(ETH, ActionKind.ADD, Decimal(600))
+        holding_before = sim.engine.account(account.account_id).holding
+        margin_before = margin_of(sim, account.account_id)
+        async with guarding(settings):
+            await pin_mark(sim, ETH, "3300")  # the rally
+            await eventually(lambda: margin_of(sim, account.account_id) < margin_before)
+            await eventually(lambda: not sim.engine.changes.positions, timeout_s=2)
+        holding_after = sim.engine.account(account.account_id).holding
+        margin_after = margin_of(sim, account.account_id)
+    audit = reader_for(sqlite_url)
+    swept = audit.applied("REDUCE")
+    assert swept > 0
+    assert audit.applied("ADD") == 0
+    assert holding_after - holding_before == swept
+    assert margin_before - margin_after == swept
+    assert {a.kind for a in audit.actions()} == {"REDUCE"}
+
+
+async def test_an_exhausted_budget_stops_top_ups_with_an_audited_refusal(
+    sqlite_url: str, tmp_path: Path, reader_for: Callable[[str], AuditReader],
+) -> None:
+    async with SimServer(seed=7, scenario="calm", speed=0) as sim:
+        account = await open_account(sim.rest_url, "20000", BOOK)
+        settings = guard_settings(
+            sim, account, sqlite_url, tmp_path / "spool",
+            budgets={"cooldown_s": 0, "per_position_per_day": "100"})
+        margin_before = margin_of(sim, account.account_id)
+        async with guarding(settings):
+            await pin_mark(sim, ETH, BELOW_TRIGGER)
+            await eventually(lambda: margin_of(sim, account.account_id) > margin_before)
+            await pin_mark(sim, ETH, "2700")  # at risk again, nothing left in the budget
+            audit = reader_for(sqlite_url)
+            await eventually(lambda: bool(audit.events("SKIPPED")))
+        margin_after = margin_of(sim, account.account_id)
+    added = audit.applied("ADD")
+    assert added == Decimal(100), "the first top-up was clipped to the position's budget"
+    assert margin_after - margin_before == added
+    refusal = audit.events("SKIPPED")[0]
+    assert "budget" in refusal.message
+    assert len(audit.events("SENT")) == 1
+
+
+async def test_dry_run_audits_decisions_and_makes_no_calls(
+    sqlite_url: str, tmp_path: Path, reader_for: Callable[[str], AuditReader],
+) -> None:
+    CountingExchange.margin_calls = 0
+    async with SimServer(seed=7, scenario="calm", speed=0) as sim:
+        account = await open_account(sim.rest_url, "20000", BOOK)
+        settings = guard_settings(sim, account, sqlite_url, tmp_path / "spool",
+                                  guard={"dry_run": True})
+        margin_before = margin_of(sim, account.account_id)
+        audit = reader_for(sqlite_url)
+        async with guarding(settings, exchange_factory=CountingExchange.from_settings):
+            await pin_mark(sim, ETH, BELOW_TRIGGER)
+            await eventually(lambda: bool(audit.events("DRY_RUN")))
+        assert margin_of(sim, account.account_id) == margin_before
+    assert CountingExchange.margin_calls == 0
+    assert audit.events("SENT") == []
+    assert all(a.dry_run for a in audit.actions())
+
+
+async def test_a_raising_plugin_is_audited_and_the_others_go_on(
+    sqlite_url: str, tmp_path: Path, reader_for: Callable[[str], AuditReader],
+) -> None:
+    strategies = tmp_path / "strategies"
+    strategies.mkdir()
+    (strategies / "boom.py").write_text(
+        "class Boom:\n"
+        "    name = 'boom'\n"
+        "    def evaluate(self, view, ctx):\n"
+        "        raise RuntimeError('boom goes the plugin')\n"
+        "POLICY = Boom\n"
+    )
+    async with SimServer(seed=7, scenario="calm", speed=0) as sim:
+        account = await open_account(sim.rest_url, "20000", BOOK)
+        settings = guard_settings(
+            sim, account, sqlite_url, tmp_path / "spool",
+            guard={"strategies_dir": str(strategies)},
+            policies=[{"use": "file:boom"}, {"use": "topup"}])
+        margin_before = margin_of(sim, account.account_id)
+        async with guarding(settings):
+            await pin_mark(sim, ETH, BELOW_TRIGGER)
+            await eventually(lambda: margin_of(sim, account.account_id) > margin_before)
+    audit = reader_for(sqlite_url)
+    failures = audit.observations("policy_failed")
+    assert failures and failures[0].detail["policy"] == "file:boom"
+    assert "boom goes the plugin" in failures[0].detail["error"]
+    assert audit.applied("ADD") > 0
+
+
+async def test_a_restart_keeps_the_budget_and_reconciles_the_unfinished(
+    sqlite_url: str, tmp_path: Path, reader_for: Callable[[str], AuditReader],
+) -> None:
+    budgets = {"cooldown_s": 0, "per_position_per_day": "200", "per_account_per_day": "200"}
+    async with SimServer(seed=7, scenario="calm", speed=0) as sim:
+        account = await open_account(sim.rest_url, "20000", BOOK)
+        settings = guard_settings(sim, account, sqlite_url, tmp_path / "spool",
+                                  budgets=budgets)
+        margin_start = margin_of(sim, account.account_id)
+        async with guarding(settings):
+            await pin_mark(sim, ETH, BELOW_TRIGGER)
+            await eventually(lambda: margin_of(sim, account.account_id) > margin_start)
+        first_run = margin_of(sim, account.account_id) - margin_start
+        assert 0 < first_run < 200
+
+        # A run dies between sending a 30 USDC top-up and recording its outcome: the
+        # exchange applied it, the audit log only knows it was sent.
+        lost_id = await crash_mid_call(sim, account, settings.exchange, sqlite_url,
+                                       tmp_path / "spool", Decimal(30))
+
+        async with guarding(settings):
+            audit = reader_for(sqlite_url)
+            await eventually(lambda: bool(audit.events("RECONCILED")))
+            await pin_mark(sim, ETH, "2600")  # 480.39 margin: liquidated near 2535
+            await eventually(lambda: bool(audit.events("SKIPPED")))
+        margin_end = margin_of(sim, account.account_id)
+    reconciled = audit.events("RECONCILED")
+    assert [(e.action_id, e.detail["applied"]) for e in reconciled] == [(lost_id, "true")]
+    added = audit.applied("ADD")
+    assert added == margin_end - margin_start
+    assert added == Decimal(200), "the day's budget was spent exactly once across restarts"
+    assert "budget" in audit.events("SKIPPED")[-1].message
+
+
+async def crash_mid_call(
+    sim: SimServer, account: SimAccount, exchange_settings: object, url: str, spool: Path,
+    amount: Decimal,
+) -> str:
+    """Leave the audit log as a run killed mid-call would: intent and SENT, no outcome."""
+    view = isolated(sim, account.account_id)
+    assert view is not None
+    audit = await AuditLog.open(url, spool)
+    try:
+        await audit.start_run("test", "crashed-run", "host")
+        action_id = await audit.record_action(ActionRecord(
+            account_id=account.account_id, symbol=ETH, margin_mode=MarginMode.ISOLATED,
+            policy="topup", kind=ActionKind.ADD, amount=amount, reason="test", dry_run=False,
+            mark_price=view.mark_price, margin=view.margin, qty=view.qty,  # type: ignore[attr-defined]
+            data_age_ms=0, source=Source.REST))
+        await audit.record_event(action_id, account.account_id, EventKind.SENT)
+    finally:
+        await audit.aclose()
+    sim.engine.adjust_margin(account.account_id, ETH, "ADD", str(amount))
+    sim.flush()
+    return action_id
