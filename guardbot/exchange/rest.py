@@ -156,7 +156,7 @@ class RestClient:
                 f"{what}: cannot reach the exchange at {self.base_url} ({type(exc).__name__});"
                 " nothing was sent"
             ), what) from None
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:  # after sending: timeouts, lost connections, bad bodies
             if method == "POST":
                 raise self._failed(endpoint, "uncertain", Uncertain(
                     f"{what}: no answer ({type(exc).__name__}) after the request was sent; it"

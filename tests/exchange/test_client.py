@@ -370,8 +370,11 @@ async def test_malformed_answers_raise_and_are_counted(funded: Funded) -> None:
         "/v1/client/holding": (200, b"<html>maintenance</html>"),
         "/v1/position_margin": (200, b'{"succ'),
     }
+    gzip_garbage = {"/v1/client/info"}
 
     async def handler(request: web.Request) -> web.Response:
+        if request.path in gzip_garbage:  # a body httpx cannot even decode
+            return web.Response(body=b"not gzip", headers={"Content-Encoding": "gzip"})
         status, body = answers[request.path]
         return web.Response(status=status, body=body)
 
@@ -387,12 +390,17 @@ async def test_malformed_answers_raise_and_are_counted(funded: Funded) -> None:
     before = sample("guardbot_malformed_messages_total", source="rest")
     try:
         async with OrderlyExchange(funded.account_id, funded.orderly_key,
-                                   funded.orderly_secret, broken) as client:
+                                   funded.orderly_secret, broken, sleep=Sleeps()) as client:
             with pytest.raises(MalformedResponse, match=r"positions\.rows\[0\]\.margin_mode"):
                 await client.get_positions()
             with pytest.raises(MalformedResponse, match="not valid JSON"):
                 await client.get_holdings()
             with pytest.raises(Uncertain, match="unreadable HTTP 200 answer"):
+                await client.adjust_margin(ETH, ActionKind.ADD, Decimal(1))
+            with pytest.raises(RetryLater, match="DecodingError"):
+                await client.get_account_info()
+            gzip_garbage.add("/v1/position_margin")
+            with pytest.raises(Uncertain, match="DecodingError"):
                 await client.adjust_margin(ETH, ActionKind.ADD, Decimal(1))
     finally:
         await runner.cleanup()
