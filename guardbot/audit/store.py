@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, exists, insert, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from guardbot import metrics
 from guardbot.audit import chain
@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 # Budgets look back at most a day; keep two in memory so a window never straddles a gap.
 LEDGER_MS = 2 * DAY_MS
+MAX_RETRY_S = 30.0
 _QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
 _ACTIONS = Base.metadata.tables["actions"]
 _EVENTS = Base.metadata.tables["action_events"]
@@ -214,6 +215,8 @@ class AuditLog:
         self._pending: deque[_Pending] = deque()
         self._flush_wakeup = asyncio.Event()
         self._write_wakeup = asyncio.Event()
+        # flush() cuts a retry back-off short; new records do not (no hammering an outage).
+        self._retry_now = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
         self._closing = False
@@ -301,6 +304,7 @@ class AuditLog:
                     self._drained.clear()
                     self._flush_wakeup.set()
                     self._write_wakeup.set()
+                    self._retry_now.set()
                     await self._drained.wait()
         except TimeoutError:
             raise AuditUnavailable(
@@ -672,13 +676,15 @@ class AuditLog:
                 self._write_wakeup.clear()
                 continue
             batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
+            self._retry_now.clear()
             try:
                 await asyncio.to_thread(self._insert, batch)
             except Exception as exc:  # any failure: keep the records, retry
                 self._heads.clear()
                 self._report_down(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._retry_now.wait(), delay)
+                delay = min(delay * 2, MAX_RETRY_S)
                 continue
             delay = self._retry_s
             if self._db_down_since is not None:
@@ -718,14 +724,14 @@ class AuditLog:
             with self._engine.begin() as connection:
                 self._insert_records(connection, [p.record for p in batch])
             return
-        except IntegrityError as exc:
+        except _REFUSED as exc:
             log.warning("audit: batch refused (%s); inserting one by one", _first_line(exc))
             self._heads.clear()
         for pending in batch:
             try:
                 with self._engine.begin() as connection:
                     self._insert_records(connection, [pending.record])
-            except IntegrityError as exc:
+            except _REFUSED as exc:
                 self._heads.clear()
                 log.error(
                     "audit: record %s refused by the database (%s); kept in %s",
@@ -840,6 +846,11 @@ class AuditLog:
         event["hash"] = chain.event_hash(event, action)
         heads[account] = (event["seq"], event["hash"])
         return event
+
+
+# Errors that retrying cannot fix: the record itself is at fault (a constraint, a value the
+# column cannot hold, a malformed spool line). Anything else is the database being away.
+_REFUSED = (IntegrityError, DataError, KeyError, TypeError, ValueError)
 
 
 def _action_row(record: dict[str, Any], at: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, make_url, select
 
 from guardbot.audit import chain, queries
 from guardbot.audit.store import (
@@ -26,7 +26,7 @@ from guardbot.audit.store import (
 )
 from guardbot.domain import ActionKind
 
-from .conftest import ACCOUNT, OTHER, T0, Clock, Outage, action
+from .conftest import ACCOUNT, OTHER, T0, Clock, Outage, TcpProxy, action
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = queries.EVENTS
@@ -344,3 +344,31 @@ async def test_open_refuses_a_spool_another_process_holds(
 async def test_open_on_an_unreachable_database_says_so(spool_dir: Path) -> None:
     with pytest.raises(AuditUnavailable, match="cannot reach"):
         await AuditLog.open("postgresql+psycopg://postgres@127.0.0.1:1/none", spool_dir)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("empty_url", ["postgresql"], indirect=True)
+async def test_postgresql_network_outage_loses_nothing(
+    url: str, spool_dir: Path, clock: Clock
+) -> None:
+    parsed = make_url(url)
+    proxy = TcpProxy((parsed.host or "127.0.0.1", parsed.port or 5432))
+    proxied = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+    log = await AuditLog.open(proxied, spool_dir, clock_ms=clock, retry_s=0.01)
+    try:
+        await log.start_run("0.1.0", "cafe", "host-1")
+        before = [await log.record_action(action(amount=Decimal(n))) for n in range(1, 4)]
+        await log.flush(10)
+        proxy.cut()
+        during = [await log.record_action(action(amount=Decimal(n))) for n in range(4, 24)]
+        with pytest.raises(AuditUnavailable):
+            await log.flush(0.3)  # the writer meets the outage; nothing is lost
+        assert log.spool_depth == 20
+        proxy.restore()
+        await log.flush(30)
+        rows = events_in_db(log, ACCOUNT)
+        assert [a for _, _, a in rows] == before + during
+        assert queries.verify_chains(log.engine).intact
+    finally:
+        await log.aclose()
+        proxy.close()
