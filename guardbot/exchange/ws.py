@@ -167,9 +167,10 @@ class Stream:
         while waiting:
             incoming = await self._next(ws)
             if isinstance(incoming, Reply):
-                what = waiting.pop(incoming.request_id, None)
-                if what is not None and not incoming.success:
-                    if what == "auth" or "auth" in incoming.error.lower():
+                # A refusal may not echo our id (§2: the server just says "auth failed").
+                what = waiting.pop(incoming.request_id, incoming.event)
+                if not incoming.success:
+                    if "auth" in (what, incoming.event) or "auth" in incoming.error.lower():
                         raise AuthError(None, f"{self.name} stream login refused: {incoming.error}")
                     raise _Reconnect(f"subscribe to {what} refused: {incoming.error}")
             elif incoming is not None:

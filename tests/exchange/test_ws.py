@@ -292,3 +292,17 @@ async def test_backoff_grows_on_flapping_links_and_resets_after_a_long_one(
     assert 0.02 <= delays[0] <= 0.04 and 0.04 <= delays[1] <= 0.08 and delays[2] >= 0.08
     assert delays[3] <= 0.04
     assert sum(isinstance(e, StreamGap) for e in seen) >= 5
+
+
+async def test_a_login_refusal_without_our_id_is_still_an_auth_error() -> None:
+    async def refusing(ws: ServerConnection) -> None:
+        await ws.recv()  # the auth message
+        await ws.send('{"event":"auth","success":false,"errorMsg":"auth failed"}')
+        await ws.wait_closed()
+
+    async with ws_server(refusing) as url:
+        stream = Stream("private", url, ("position",), parse_public,
+                        login=lambda: {"id": "auth", "event": "auth"}, timing=FAST_STREAMS,
+                        clock_ms=lambda: 1)
+        with pytest.raises(AuthError, match="auth failed"):
+            await next_of(stream.events())
