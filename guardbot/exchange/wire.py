@@ -31,6 +31,7 @@ from guardbot.domain import (
 from guardbot.exchange.errors import MalformedResponse
 
 JsonObject = Mapping[str, Any]
+MAX_MAGNITUDE = 40  # decimal exponent bound for any number on the wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,10 @@ def dec(data: JsonObject, name: str, where: str, default: Decimal | None = None)
         ) from None
     if not result.is_finite():
         raise MalformedResponse(f"{where}.{name}: expected a finite number, got {result}")
+    if result and not -MAX_MAGNITUDE <= result.adjusted() <= MAX_MAGNITUDE:
+        # No price, amount or seq is anywhere near this; such a value would only overflow
+        # the risk arithmetic further on.
+        raise MalformedResponse(f"{where}.{name}: {_describe(result)} is out of range")
     return result
 
 

@@ -138,6 +138,8 @@ def test_envelope_success_error_and_string_code() -> None:
         ({"margin": -1}, r"impossible values"),
         ({"symbol": ""}, r"symbol: expected a string"),
         ({"seq": Decimal("1.5")}, r"seq: expected an integer"),
+        ({"mark_price": Decimal("1e999999")}, r"mark_price: .* is out of range"),
+        ({"margin": "1e-99"}, r"margin: .* is out of range"),
     ],
 )
 def test_bad_fields_are_named(change: dict[str, Any], message: str) -> None:
