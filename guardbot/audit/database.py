@@ -51,6 +51,8 @@ def create_audit_engine(url: str, **kwargs: Any) -> Engine:
         kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 30})
     else:
         kwargs.setdefault("pool_pre_ping", True)
+        # An unreachable server must fail fast: the writer retries, records wait in the spool.
+        kwargs.setdefault("connect_args", {"connect_timeout": 10})
     engine = create_engine(parsed, **kwargs)
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_setup)

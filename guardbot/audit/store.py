@@ -312,22 +312,23 @@ class AuditLog:
             ) from None
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
-        """Write out what is pending (for at most ``timeout_s``; the rest stays in the spool
-        for the next start) and release everything."""
+        """Refuse new records, write out what is pending (for at most ``timeout_s``; the
+        rest stays in the spool for the next start) and release everything."""
         if self._closing:
             return
+        self._closing = True
         try:
             await self.flush(timeout_s)
         except AuditUnavailable as exc:
             log.warning("audit: closing with records left in the spool: %s", exc)
-        self._closing = True
-        for task in (self._flusher, self._writer):
-            if task is not None:
-                task.cancel()
-        for task in (self._flusher, self._writer):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        # The flusher is never cancelled mid-write: it stops once everything is spooled.
+        self._flush_wakeup.set()
+        if self._flusher is not None:
+            await self._flusher
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
         drained = not self._pending and not self._incoming
         await asyncio.to_thread(self._spool.close, drained)
         self._engine.dispose()
@@ -638,7 +639,7 @@ class AuditLog:
     # -- spool (fsync) -------------------------------------------------------------------
 
     async def _flush_forever(self) -> None:
-        while True:
+        while not (self._closing and not self._incoming):
             await self._flush_wakeup.wait()
             self._flush_wakeup.clear()
             while self._incoming:
