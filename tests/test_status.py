@@ -179,3 +179,18 @@ async def test_missing_config_file_and_unset_secret_env(
     assert result.exit_code == EXIT_CONFIG
     (line,) = result.stderr.splitlines()
     assert "GUARDBOT_TEST_UNSET_SECRET is not set" in line
+
+
+async def test_one_bad_account_does_not_hide_the_others(sim: SimServer, tmp_path: Path) -> None:
+    good = funded_account(sim, "good")
+    name, account_id, _, _ = funded_account(sim, "bad")
+    stranger_key, stranger_secret = generate_key()
+    config = write_config(
+        tmp_path / "g.toml", sim.rest_url, [good, (name, account_id, stranger_key, stranger_secret)]
+    )
+    result = await run_status("--config", str(config), "--json")
+    assert result.exit_code == EXIT_AUTH
+    shown = {a["name"]: a for a in json.loads(result.stdout)["accounts"]}
+    assert shown["good"]["ok"] and len(shown["good"]["positions"]) == 2
+    assert not shown["bad"]["ok"] and "bad key" in shown["bad"]["error"]
+    assert result.stderr.splitlines() == [f"guardbot status: account bad: {shown['bad']['error']}"]
