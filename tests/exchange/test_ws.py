@@ -9,7 +9,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -35,14 +35,13 @@ from guardbot.sim.server import SimServer
 from .conftest import FAST_STREAMS, Funded, connect
 
 ETH = "PERP_ETH_USDC"
-T = TypeVar("T")
 
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def next_of(events: AsyncIterator[Any], kind: type[T] = object) -> T:  # type: ignore[assignment]
+async def next_of(events: AsyncIterator[Any], kind: type[Any] = object) -> Any:
     """The next event of ``kind`` (skipping others); fails after 5 s. Cancelling ``anext``
     would finalise the generator, so only use it where that ends the test anyway."""
     async with asyncio.timeout(5):
