@@ -253,13 +253,15 @@ def summary_command(db_url: str | None, config_file: Path | None, since: datetim
     """Counts, margin added and reduced, failures, uncertain outcomes, latency."""
     engine = open_database(db_url, config_file)
     rows = [
-        {**{name: getattr(row, name) for name in SUMMARY_COLUMNS},
-         "latency_mean_ms": None if row.latency_mean_ms is None
-         else round(row.latency_mean_ms, 1)}
+        {name: _rounded(getattr(row, name)) for name in SUMMARY_COLUMNS}
         for row in queries.summarize(engine, since, by)
-    ]  # fmt: skip
+    ]
     columns = (by, *SUMMARY_COLUMNS[1:])
     write_rows([{by: row["key"], **row} for row in rows], columns, fmt, sys.stdout)
+
+
+def _rounded(value: Any) -> Any:
+    return round(value, 1) if isinstance(value, float) else value
 
 
 @audit.command("export")
