@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -256,7 +256,7 @@ class OrderlyExchange:
 
     # -- streams ------------------------------------------------------------------------------
 
-    def private_events(self) -> AsyncIterator[StreamEvent]:
+    def private_events(self) -> AsyncGenerator[StreamEvent, None]:
         """Private ``position`` and ``balance`` pushes, with ``StreamGap`` on (re)connects."""
         stream = Stream(
             "private",
@@ -270,7 +270,7 @@ class OrderlyExchange:
         )
         return stream.events()
 
-    def public_events(self) -> AsyncIterator[StreamEvent]:
+    def public_events(self) -> AsyncGenerator[StreamEvent, None]:
         """Public ``markprices`` pushes, with ``StreamGap`` on (re)connects."""
         stream = Stream(
             "public",

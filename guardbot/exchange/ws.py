@@ -24,7 +24,7 @@ import enum
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +108,7 @@ class Stream:
     def _delays(self) -> Iterator[float]:
         return backoff(self._timing.backoff_base_s, self._timing.backoff_cap_s, self._rng)
 
-    async def events(self) -> AsyncIterator[StreamEvent]:
+    async def events(self) -> AsyncGenerator[StreamEvent, None]:
         """Pushes as domain events, with a ``StreamGap`` after every (re)subscription."""
         delays = self._delays()
         gap_reason = "connected"

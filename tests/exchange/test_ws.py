@@ -184,7 +184,7 @@ async def test_a_silent_connection_is_detected_and_replaced() -> None:
 
 
 async def test_malformed_messages_are_counted_and_skipped() -> None:
-    garbage = [
+    garbage: list[str | bytes] = [
         "not json",
         "[1, 2]",
         '{"topic":"markprices","ts":1,"data":"x"}',
