@@ -6,7 +6,8 @@
 - ``file:<name>`` or ``file:<name>:<attr>``: ``<strategies_dir>/<name>.py``, whose module
   attribute ``<attr>`` (default ``POLICY``) is the policy class or factory;
 - an installed entry point in the group ``guardbot.policies`` (a package's
-  ``[project.entry-points."guardbot.policies"]``).
+  ``[project.entry-points."guardbot.policies"]``). Built-in names win over entry points
+  of the same name, so an installed package cannot silently replace ``topup``.
 
 The factory is called with the configured ``params`` as keyword arguments; an unknown
 parameter, a bad value, a file that does not load or an object that is not a policy stops
