@@ -116,7 +116,9 @@ def liquidation_price(position: Position, rules: SymbolRules) -> Decimal | None:
         # Beyond the flat part the surplus rises until mmr reaches 1/1.8, then falls.
         peak = _growth_start(ONE / Decimal("1.8"), _mmr_slope(rules))
         assert peak is not None  # flat_end is not None: mmr grows
-        if surplus(peak)[0] <= 0:
+        # Floats settle the (practically always) clear case; Decimal decides a close one.
+        clearly_positive = surplus_hint(float(peak))[0] > 1e-9 * abs(k_f)
+        if not clearly_positive and surplus(peak)[0] <= 0:
             return max(peak / size, position.mark_price)
         low = min(flat_end, peak)
         start = min(max(flat_root, low), peak)

@@ -85,7 +85,25 @@ def test_liquidation_price_where_mmr_grows() -> None:
     assert risk.liquidation_price(short, GROWING) == pytest.approx(D(10000), rel=D("1e-12"))
 
 
-def test_bisection_rounds_toward_the_mark() -> None:
+def test_a_long_no_price_can_save_is_never_reported_safe() -> None:
+    # MMR = 1e-6 * N^0.8 beyond the flat part: the surplus k + N - N*MMR peaks where
+    # MMR = 1/1.8, at N = (1/1.8e-6)^1.25 ≈ 1.5e7, and is still negative there when
+    # margin - cost = -1e7.
+    long = replace(
+        LONG, qty=D(1000), mark_price=D(10000), cost_position=D(10**7), margin=D(0),
+        unsettled_pnl=D(0),
+    )
+    peak = (1 / (D("1.8") * D("0.000001"))) ** D("1.25")
+    price = risk.liquidation_price(long, GROWING)
+    assert price == peak / 1000
+    distance = risk.liquidation_distance(long.mark_price, price, long.qty)
+    assert distance is not None and distance < 0
+    # with the mark above that peak price, the liquidation price is the mark: distance 0
+    above = replace(long, mark_price=D(20000), unsettled_pnl=D(10**7))
+    assert risk.liquidation_price(above, GROWING) == D(20000)
+
+
+def test_numerical_solutions_round_toward_the_mark() -> None:
     long = replace(
         LONG, mark_price=D(12000), cost_position=D(120000), margin=D(21000) + D("0.001")
     )
