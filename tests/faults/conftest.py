@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import REPORT, report_table
+from .harness import REPORT, migrate, report_table
 
 HERE = Path(__file__).parent
 
@@ -25,3 +25,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for row in REPORT:
             for note in row.notes:
                 terminalreporter.write_line(f"{row.fault}: {note}")
+
+
+@pytest.fixture
+def audit_url(tmp_path: Path) -> str:
+    """A migrated SQLite audit database of the test's own."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    migrate(url)
+    return url

@@ -24,6 +24,7 @@ One fault run::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -105,12 +106,13 @@ class Sim:
         speed: float = 1.0,
         seed: int = 7,
         notional: str = "5000",
+        host: str = "127.0.0.1",
     ) -> None:
         self.log = tmp / "sim.log"
         self._args = [
             sys.executable, str(HERE / "simproc.py"), "--accounts", str(accounts),
             "--symbols", symbols, "--speed", str(speed), "--seed", str(seed),
-            "--notional", notional,
+            "--notional", notional, "--host", host,
         ]  # fmt: skip
         self.rest_url = ""
         self.accounts: list[dict[str, str]] = []
@@ -172,6 +174,67 @@ class Sim:
         return [a["secret"].removeprefix("ed25519:") for a in self.accounts]
 
 
+# -- a TCP proxy that can go silent ---------------------------------------------------------
+
+
+class Proxy:
+    """Forwards loopback TCP to ``target_port`` in a thread of its own. While ``silent`` is
+    set, WebSocket connections (those opening with ``GET /ws/`` or ``GET /v2/ws/``) carry
+    nothing in either direction but stay open: a stream that goes quiet without closing."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.silent = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> Proxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _stop(self) -> None:
+        self._server.close()
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            first = await client_r.read(65536)
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_w.close()
+            return
+        websocket = first.startswith((b"GET /ws/", b"GET /v2/ws/"))
+        server_w.write(first)
+        await asyncio.gather(
+            self._pipe(client_r, server_w, websocket),
+            self._pipe(server_r, client_w, websocket),
+            return_exceptions=True,
+        )
+        for writer in (client_w, server_w):
+            writer.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    websocket: bool) -> None:  # fmt: skip
+        while data := await reader.read(65536):
+            if websocket and self.silent.is_set():
+                continue  # swallowed: the peer hears nothing, the socket stays open
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+
 # -- the daemon ------------------------------------------------------------------------------
 
 
@@ -185,9 +248,12 @@ def write_config(
     poll_s: float = 1.0,
     max_age_s: float = 5.0,
     extra: str = "",
+    ws_port: int | None = None,
+    per_account_per_day: str = "1000000",
 ) -> Path:
-    """A ``guardbot run`` config for the simulator's accounts (mode 600: it holds secrets)."""
-    port = sim.rest_url.rsplit(":", 1)[1]
+    """A ``guardbot run`` config for the simulator's accounts (mode 600: it holds secrets).
+    ``ws_port`` sends the WebSockets elsewhere (a ``Proxy``)."""
+    port = ws_port or sim.rest_url.rsplit(":", 1)[1]
     accounts = "".join(
         f'\n[[accounts]]\nname = "acct{i}"\naccount_id = "{a["account_id"]}"\n'
         f'orderly_key = "{a["key"]}"\norderly_secret = "{a["secret"]}"\n'
@@ -213,7 +279,7 @@ max_data_age_s = {max_age_s}
 [budgets]
 per_action = "100000"
 per_position_per_day = "1000000"
-per_account_per_day = "1000000"
+per_account_per_day = "{per_account_per_day}"
 cooldown_s = 0
 min_amount = "0.01"
 
@@ -280,6 +346,10 @@ class Daemon:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
 
     def kill(self) -> None:
         """SIGKILL: no clean-up of any kind."""
@@ -366,6 +436,7 @@ class Audited:
     dry_run: bool
     events: tuple[str, ...]
     applied: bool | None  # None: no outcome recorded
+    data_age_ms: int = 0
 
     @property
     def key(self) -> tuple[str, str, str, Decimal]:
@@ -402,6 +473,7 @@ def audit_actions(url: str) -> list[Audited]:
                 dry_run=bool(action.dry_run),
                 events=tuple(kind for kind, _ in lifecycle),
                 applied=_outcome(lifecycle),
+                data_age_ms=int(action.data_age_ms),
             )
         )
     return result
@@ -433,6 +505,9 @@ def compare(fault: str, state: dict[str, Any], actions: list[Audited],
         abs(min(ledger[k], intended[k]) - recorded[k]) for k in set(ledger) | set(recorded)
     )
     unfinished = [a for a in live if a.applied is None]
+    if worst_age_s is None and live:
+        # No metrics endpoint: the oldest data any action was based on.
+        worst_age_s = max(a.data_age_ms for a in live) / 1000
     row = FaultRow(
         fault=fault,
         attempted=len(live),

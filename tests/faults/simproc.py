@@ -68,24 +68,28 @@ async def main() -> None:
     parser.add_argument("--notional", default="5000", help="USDC per position at the start")
     parser.add_argument("--leverage", type=int, default=10)
     parser.add_argument("--usdc", default="100000")
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with LedgerSim(seed=args.seed, scenario=args.scenario, speed=args.speed) as sim:
+    async with LedgerSim(
+        seed=args.seed, scenario=args.scenario, speed=args.speed, host=args.host
+    ) as sim:
+        rest_url = f"http://127.0.0.1:{sim.port}"
         symbols = args.symbols.split(",")
         positions = [
             (s, "ISOLATED", str(qty(Decimal(args.notional), sim, s)), args.leverage)
             for s in symbols
         ]
         accounts = [
-            await open_account(sim.rest_url, usdc=args.usdc, positions=positions)
+            await open_account(rest_url, usdc=args.usdc, positions=positions)
             for _ in range(args.accounts)
         ]
         ready = {
-            "rest_url": sim.rest_url,
+            "rest_url": rest_url,
             "accounts": [
                 {"account_id": a.account_id, "key": a.orderly_key, "secret": a.orderly_secret}
                 for a in accounts
