@@ -135,10 +135,17 @@ class Executor:
             account_id: Throttler(rate_limit=calls_per_second, period=1.0)
             for account_id in self._exchanges
         }
+        # Calls of one account pass the throttle in the order they were dispatched (most
+        # endangered first): asyncio.Lock wakes its waiters first in, first out.
+        self._send_order = {account_id: asyncio.Lock() for account_id in self._exchanges}
         self._order = itertools.count()
         self._busy: set[PositionKey] = set()
         self._pending: dict[PositionKey, _Pending] = {}
         self.calls = 0
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
 
     # -- what the guard sees ------------------------------------------------------------
 
@@ -148,12 +155,13 @@ class Executor:
 
     async def submit(self, job: Job) -> str | None:
         """Record the action (its durable intent, which budgets count from now on) and queue
-        it. Returns the action id, or ``None`` (nothing recorded) if the position is busy.
+        it. Returns the action id, or ``None`` (nothing recorded) if the position is busy or
+        the executor is draining.
 
         Raises what ``AuditLog.record_action`` raises (``NotRecorded``...): an action that
         could not be recorded is not performed.
         """
-        if job.key in self._busy:
+        if self._closing or job.key in self._busy:
             return None
         self._busy.add(job.key)
         try:
@@ -197,6 +205,22 @@ class Executor:
             await self._settle(pending, EventKind.VERIFIED, "position closed", None,
                                verified=False)
 
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Stop sending: queued actions are recorded as not sent, and calls already on the
+        wire get up to ``timeout_s`` to finish and record their outcome. Whatever is still
+        open after that is settled by the start-up reconcile of the next run."""
+        self._closing = True
+        for queue in self._queues.values():
+            while not queue.empty():
+                _, _, job, action_id = queue.get_nowait()
+                await self._audit.record_event(action_id, job.intent.account_id,
+                                               EventKind.FAILED, message="not sent: stopping")
+                self._busy.discard(job.key)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("stopping with %d margin calls still open", self._running)
+
     # -- workers ------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -207,21 +231,22 @@ class Executor:
 
     async def _work(self, account_id: str) -> None:
         queue = self._queues[account_id]
-        throttler = self._throttlers[account_id]
         slots = asyncio.Semaphore(self._concurrency)
         async with asyncio.TaskGroup() as group:
             while True:
                 await slots.acquire()
-                item = await queue.get()
-                if not item[2].dry_run:
-                    await throttler.acquire()  # type: ignore[no-untyped-call]
-                # A more urgent action may have arrived while we waited for the throttle.
-                queue.put_nowait(item)
-                item = queue.get_nowait()
-                group.create_task(self._run_one(item[2], item[3], slots))
+                _, _, job, action_id = await queue.get()
+                group.create_task(self._run_one(job, action_id, slots))
 
     async def _run_one(self, job: Job, action_id: str, slots: asyncio.Semaphore) -> None:
+        self._running += 1
+        self._idle.clear()
         try:
+            if self._closing:
+                await self._audit.record_event(action_id, job.intent.account_id,
+                                               EventKind.FAILED, message="not sent: stopping")
+                self._busy.discard(job.key)
+                return
             await self._execute(job, action_id)
         except Exception:
             # A bug here must not stop the account's worker. The position stays busy (no
@@ -229,6 +254,9 @@ class Executor:
             log.exception("executor failed on %s", job.key)
         finally:
             slots.release()
+            self._running -= 1
+            if self._running == 0:
+                self._idle.set()
 
     async def _execute(self, job: Job, action_id: str) -> None:
         intent = job.intent
@@ -241,6 +269,9 @@ class Executor:
             self._busy.discard(job.key)
             return
         await self._audit.record_event(action_id, intent.account_id, EventKind.SENT)
+        # Throttled right before the call, so audit latency cannot bunch calls together.
+        async with self._send_order[intent.account_id]:
+            await self._throttlers[intent.account_id].acquire()  # type: ignore[no-untyped-call]
         started = time.perf_counter()
         outcome = "succeeded"
         try:
@@ -348,14 +379,17 @@ class Executor:
         if self._pending.get(job.key) is not pending:
             return
         del self._pending[job.key]
-        self._busy.discard(job.key)
         detail = {name: str(value).lower() for name, value in flags.items()}
         detail["margin_before"] = str(job.position.margin)
         detail["margin_expected"] = str(job.expected_margin())
         if margin is not None:
             detail["margin_seen"] = str(margin)
-        await self._audit.record_event(pending.action_id, job.intent.account_id, kind,
-                                       message=message, detail=detail)
+        try:
+            await self._audit.record_event(pending.action_id, job.intent.account_id, kind,
+                                           message=message, detail=detail)
+        finally:
+            # Free the position only once its outcome is on record.
+            self._busy.discard(job.key)
         log.info("%s %s on %s: %s %s", job.intent.kind, job.intent.amount, job.intent.symbol,
                  kind, message, extra={"action_id": pending.action_id})
 
