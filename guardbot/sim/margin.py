@@ -89,24 +89,41 @@ def usdc_down(amount: Decimal) -> Decimal:
     return amount.quantize(USDC_STEP, rounding=ROUND_DOWN)
 
 
-def _notional_term(factor: Decimal, notional: Decimal) -> Decimal:
-    return factor * notional**FOUR_FIFTHS if notional > 0 else ZERO
+_FLOOR_NOTIONALS: dict[tuple[Decimal, Decimal], Decimal] = {}
+
+
+def _floor_notional(market: Market) -> Decimal:
+    """Below this notional ``imr_factor * notional^0.8 < base_imr`` (so the scaled MMR term
+    is below ``base_mmr`` too): the floors decide and the slow Decimal power is skipped."""
+    key = (market.base_imr, market.imr_factor)
+    floor = _FLOOR_NOTIONALS.get(key)
+    if floor is None:
+        floor = (market.base_imr / market.imr_factor) ** Decimal("1.25") * Decimal("0.999999")
+        _FLOOR_NOTIONALS[key] = floor
+    return floor
+
+
+def _notional_term(market: Market, factor: Decimal, notional: Decimal) -> Decimal:
+    """``factor * notional^(4/5)``, or 0 where it cannot beat the floors."""
+    if notional <= _floor_notional(market):
+        return ZERO
+    return factor * notional**FOUR_FIFTHS
 
 
 def imr(market: Market, notional: Decimal, leverage: int) -> Decimal:
     """``IMR = max(1/leverage, base_imr, imr_factor * notional^(4/5))`` (§7)."""
-    return max(ONE / leverage, market.base_imr, _notional_term(market.imr_factor, notional))
+    return max(ONE / leverage, market.base_imr, _notional_term(market, market.imr_factor, notional))
 
 
 def mmr(market: Market, notional: Decimal) -> Decimal:
     """``MMR = max(base_mmr, base_mmr/base_imr * imr_factor * notional^(4/5))`` (§7)."""
     scaled = market.base_mmr / market.base_imr * market.imr_factor
-    return max(market.base_mmr, _notional_term(scaled, notional))
+    return max(market.base_mmr, _notional_term(market, scaled, notional))
 
 
 def max_leverage_for(market: Market, notional: Decimal) -> int:
     """``floor(min(1/(imr_factor*notional^0.8), 1/base_imr))`` (§4, leverage validation)."""
-    term = _notional_term(market.imr_factor, notional)
+    term = _notional_term(market, market.imr_factor, notional)
     cap = ONE / market.base_imr if term == 0 else min(ONE / term, ONE / market.base_imr)
     return int(cap)
 
