@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 README = (ROOT / "README.md").read_text()
-OPERATIONS = README[README.index("\n## Operations") :]
+OPERATIONS = "".join(re.findall(r"\n## Operations\n.*?(?=\n## |\Z)", README, re.DOTALL))
 CONTAINER_CONFIG = "/etc/guardbot/guardbot.toml"
 INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
 
@@ -104,6 +104,7 @@ def container_ports(service: dict[str, Any]) -> set[int]:
 
 def readme_services() -> dict[str, set[int]]:
     """``| `service` | port ... |`` rows of the Operations section's service table."""
+    assert OPERATIONS, "README.md has no Operations section"
     rows = re.findall(r"^\| `([\w-]+)` \| ([^|]*)\|", OPERATIONS, re.MULTILINE)
     return {name: {int(p) for p in re.findall(r"\b(\d{4,5})\b", ports)} for name, ports in rows}
 
