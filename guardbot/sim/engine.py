@@ -313,16 +313,32 @@ class Engine:
         qty: Decimal,
         leverage: int | None = None,
     ) -> PositionView:
-        """Admin: trade ``qty`` at mark as if a market order filled (taker fee charged)."""
+        """Admin: trade ``qty`` at mark as if a market order filled (taker fee charged),
+        first setting the symbol's leverage for that mode if ``leverage`` is given (refused
+        if it differs from an open position's: change that with ``set_leverage``)."""
         account = self.account(account_id)
         market = self.market(symbol)
         margin_mode = parse_margin_mode(margin_mode)
+        if qty == 0 or qty % market.base_tick != 0:
+            raise bad_param(f"qty must be a non-zero multiple of {market.base_tick}")
+        key = (market.symbol, margin_mode)
+        previous = account.leverages.get(key)
         if leverage is not None:
             self._check_leverage_value(market, leverage)
-            account.leverages[(symbol, margin_mode)] = leverage
-        if qty == 0:
-            raise bad_param("qty must not be zero")
-        self._fill(account, market, margin_mode, qty, self.marks[symbol], TAKER_FEE)
+            held = account.positions.get(key)
+            if held is not None and held.qty != 0 and held.leverage != leverage:
+                raise bad_param(
+                    f"the open {margin_mode} position on {symbol} has leverage {held.leverage}"
+                )
+            account.leverages[key] = leverage
+        try:
+            self._fill(account, market, margin_mode, qty, self.marks[symbol], TAKER_FEE)
+        except EngineError:
+            if previous is None:
+                account.leverages.pop(key, None)
+            else:
+                account.leverages[key] = previous
+            raise
         return self.position_view(account, symbol, margin_mode)
 
     # ----------------------------------------------------------------- marks
@@ -663,6 +679,8 @@ class Engine:
         position = account.positions.get(key) or PositionState(
             market.symbol, mode, self.leverage(account, market.symbol, mode)
         )
+        if position.qty == 0:  # a new position takes the symbol's current leverage setting
+            position.leverage = self.leverage(account, market.symbol, mode)
         before = position.qty
         closing = ZERO
         if before != 0 and (before > 0) != (delta > 0):

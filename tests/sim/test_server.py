@@ -4,6 +4,8 @@ envelope and JSON types, and the admin API."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -12,6 +14,7 @@ import pytest
 
 from guardbot.sim.admin import SimAccount
 from guardbot.sim.client import SimClient
+from guardbot.sim.keys import signed_headers
 from guardbot.sim.server import SimServer
 
 
@@ -131,3 +134,159 @@ async def test_admin_state_reports_accounts_marks_and_counters(
     assert state["counters"]["requests"] >= 1
     assert state["insurance_fund"] == "0.000000" and state["liquidations"] == []
     assert sim_account.orderly_secret.removeprefix("ed25519:") not in json.dumps(state)
+
+
+async def test_leverage_and_margin_mode_endpoints(client: SimClient) -> None:
+    set_one = await client.data(
+        "POST",
+        "/v1/client/leverages",
+        {"symbol": "PERP_BTC_USDC", "leverage": 25, "margin_mode": "ISOLATED"},
+    )
+    assert set_one == {"symbol": "PERP_BTC_USDC", "margin_mode": "ISOLATED", "leverage": 25}
+    read = await client.data("GET", "/v1/client/leverage?symbol=PERP_BTC_USDC&margin_mode=ISOLATED")
+    assert read == set_one
+    rows = (await client.data("GET", "/v1/client/leverages"))["rows"]
+    assert len(rows) == 6 and set_one in rows
+    response = await client.request(
+        "POST",
+        "/v1/client/margin_mode",
+        {"symbol": "PERP_BTC_USDC", "default_margin_mode": "ISOLATED"},
+    )
+    assert response.status_code == 200 and "data" not in response.json()
+    modes = (await client.data("GET", "/v1/client/margin_modes"))["rows"]
+    assert {"symbol": "PERP_BTC_USDC", "default_margin_mode": "ISOLATED"} in modes
+    refused = await client.request(
+        "POST",
+        "/v1/client/margin_mode",
+        {"symbol": "PERP_ETH_USDC", "default_margin_mode": "ISOLATED"},
+    )  # a CROSS position is open on ETH
+    assert refused.status_code == 400 and refused.json()["code"] == -1012
+
+
+async def test_order_endpoints(sim: SimServer, client: SimClient) -> None:
+    sim.engine.pin_mark("PERP_SOL_USDC", Decimal(150))
+    resting = await client.data(
+        "POST",
+        "/v1/order",
+        {
+            "symbol": "PERP_SOL_USDC",
+            "order_type": "LIMIT",
+            "side": "BUY",
+            "order_price": 140,
+            "order_quantity": 2,
+            "margin_mode": "ISOLATED",
+        },
+    )
+    assert isinstance(resting["order_id"], int) and resting["order_price"] == 140.0
+    holding = (await client.data("GET", "/v1/client/holding"))["holding"][0]
+    assert holding["isolated_order_frozen"] == 28.168  # 280 * (1/10 + 0.0006)
+    market = await client.data(
+        "POST",
+        "/v1/order",
+        {
+            "symbol": "PERP_SOL_USDC",
+            "order_type": "MARKET",
+            "side": "SELL",
+            "order_quantity": 1,
+            "reduce_only": False,
+            "client_order_id": "m-1",
+        },
+    )
+    assert market["client_order_id"] == "m-1"
+    orders = (await client.data("GET", "/v1/orders?symbol=PERP_SOL_USDC"))["rows"]
+    assert {o["status"] for o in orders} == {"NEW", "FILLED"}
+    cancelled = await client.data(
+        "DELETE", f"/v1/order?order_id={resting['order_id']}&symbol=PERP_SOL_USDC"
+    )
+    assert cancelled == {"status": "CANCEL_SENT"}
+    again = await client.request("DELETE", f"/v1/order?order_id={resting['order_id']}")
+    assert again.status_code == 400 and again.json()["code"] == -1006
+    cross = await client.data("GET", "/v1/position/PERP_SOL_USDC")
+    assert cross["position_qty"] == -1.0
+
+
+async def test_account_endpoints(sim_account: SimAccount, client: SimClient) -> None:
+    info = await client.data("GET", "/v1/client/info")
+    assert info["account_id"] == sim_account.account_id
+    assert info["imr_factor"]["PERP_ETH_USDC"] == 2.512e-07
+    account = await client.data("GET", "/v1/account_info")
+    assert "total_pnl_24h" in account and "total_pnl_24_h" not in account
+    rows = (await client.data("GET", "/v1/client/aggregate/holding"))["rows"]
+    assert rows[0]["account_id"] == sim_account.account_id
+    assert rows[0]["isolated_margin"] == 301.8 and rows[0]["isolated_order_frozen"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "words"),
+    [
+        ({"symbol": "PERP_ETH_USDC", "amount": "5", "type": "ADD", "mode": "x"}, -1004, "mode"),
+        ({"symbol": "PERP_ETH_USDC", "type": "ADD"}, -1005, "amount"),
+        ({"symbol": "PERP_ETH_USDC", "amount": "-5", "type": "ADD"}, -1005, "positive"),
+        ({"symbol": "PERP_BTC_USDC", "amount": "5", "type": "ADD"}, -1006, "PERP_BTC_USDC"),
+        ({"symbol": "PERP_ETH_USDC", "amount": "99999", "type": "ADD"}, -1101, "Insufficient"),
+        ({"symbol": "PERP_ETH_USDC", "amount": "500", "type": "REDUCE"}, -1101, "Insufficient"),
+    ],
+)
+async def test_position_margin_bad_input_is_named_and_changes_nothing(
+    sim: SimServer,
+    sim_account: SimAccount,
+    client: SimClient,
+    body: dict[str, str],
+    code: int,
+    words: str,
+) -> None:
+    account = sim.engine.accounts[sim_account.account_id]
+    before = (account.holding, account.positions[("PERP_ETH_USDC", "ISOLATED")].margin)
+    response = await client.request("POST", "/v1/position_margin", body)
+    envelope = response.json()
+    assert response.status_code == 400
+    assert envelope == {"success": False, "code": code, "message": envelope["message"]}
+    assert words in envelope["message"]
+    assert (account.holding, account.positions[("PERP_ETH_USDC", "ISOLATED")].margin) == before
+
+
+async def test_body_that_is_not_json(
+    sim: SimServer, sim_account: SimAccount, http: httpx.AsyncClient
+) -> None:
+
+
+    headers = signed_headers(
+        sim_account.orderly_secret,
+        sim_account.orderly_key,
+        sim_account.account_id,
+        int(time.time() * 1000),
+        "POST",
+        "/v1/position_margin",
+        "{not json",
+    )
+    response = await http.post(
+        sim.rest_url + "/v1/position_margin", content="{not json", headers=headers
+    )
+    assert response.status_code == 400 and response.json()["code"] == -1005
+
+
+async def test_unknown_path_is_404_in_the_envelope(sim: SimServer, http: httpx.AsyncClient) -> None:
+    response = await http.get(sim.rest_url + "/v1/nothing_here")
+    assert response.status_code == 404 and response.json()["success"] is False
+
+
+def _own_outside_address() -> str | None:
+    """This machine's address on its default route (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+async def test_admin_api_refuses_non_loopback_clients() -> None:
+    address = _own_outside_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    async with SimServer(speed=0, host="0.0.0.0") as server, httpx.AsyncClient() as http:
+        outside = await http.get(f"http://{address}:{server.port}/sim/state")
+        inside = await http.get(f"http://127.0.0.1:{server.port}/sim/state")
+    assert outside.status_code == 403 and inside.status_code == 200
+    assert outside.json()["success"] is False
