@@ -21,16 +21,18 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from guardbot import __version__, metrics
+from guardbot.alerts import Alert, Alerter, AlertKind
 from guardbot.arbiter import Arbiter, ArbiterState, Decision, LastAction
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind, SchemaOutOfDate
 from guardbot.book import PositionBook
@@ -56,7 +58,9 @@ from guardbot.exchange.port import (
 from guardbot.executor import Executor, Job, applied
 from guardbot.feeds.poller import Poller
 from guardbot.feeds.streams import Streams
+from guardbot.health import AccountReadiness, HealthServer, Readiness
 from guardbot.logs import register_secret
+from guardbot.ownership import AccountOwnership, OwnershipError
 from guardbot.policies.base import PolicyContext, PositionView
 from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.loader import load_policies as _load_policies
@@ -126,7 +130,8 @@ class Guard:
         policies: Sequence[LoadedPolicy],
         *,
         account_names: Mapping[str, str] | None = None,
-        owned: Callable[[str], bool] = lambda _account_id: True,
+        owned: frozenset[str] | None = None,
+        notify: Callable[[Alert], None] | None = None,
         clock_ms: Callable[[], int] = now_ms,
         public_stream: bool = True,
     ) -> None:
@@ -135,12 +140,15 @@ class Guard:
         self.audit = audit
         self.policies = list(policies)
         self.account_names = dict(account_names or {})
-        self.owned = owned
+        # Accounts this instance guards (AccountOwnership decides with several instances).
+        self.owned = frozenset(self.exchanges) if owned is None else owned
+        self.notify = notify or (lambda _alert: None)
+        self._last_snapshot_ms: dict[str, int] = {}
         self.clock_ms = clock_ms
         self.book = PositionBook()
         self.arbiter = Arbiter(settings.budgets, dry_run=settings.guard.dry_run)
         self.executor = Executor(self.exchanges, audit, on_reread=self._on_reread,
-                                 clock_ms=clock_ms)
+                                 notify=self.notify, clock_ms=clock_ms)
         self.poller = Poller(
             self.exchanges,
             self.on_snapshot,
@@ -171,7 +179,7 @@ class Guard:
         self.rules = await first.get_symbol_rules()
         # Settle the past before deciding anything new, so no new action is mistaken for
         # an unfinished one.
-        await self.reconcile_unfinished()
+        await self.reconcile_unfinished(self.owned)
         for account_id in self.exchanges:
             snapshot = await self.poller.poll_now(account_id)
             if snapshot is None:
@@ -199,10 +207,44 @@ class Guard:
             for task in tasks:
                 task.cancel()
 
-    async def reconcile_unfinished(self) -> None:
+    async def set_owned(self, owned: frozenset[str]) -> None:
+        """Follow ``AccountOwnership``: stop acting on accounts given away at once; settle a
+        newly taken account's unfinished actions (its last guard may have died mid-call)
+        before acting on it."""
+        gained = owned - self.owned
+        self.owned = self.owned & owned
+        if gained:
+            await self.reconcile_unfinished(gained)
+            self.owned = owned
+            for account_id in gained:
+                await self.evaluate(account_id)
+        log.info("guarding %d of %d accounts", len(self.owned), len(self.exchanges))
+
+    def readiness(self) -> Readiness:
+        """What ``/readyz`` reports: per owned account, how old its data is."""
+        now = self.clock_ms()
+        accounts = []
+        for account_id in sorted(self.owned):
+            ages = [self.book.age_ms(p.key, now) or 0
+                    for p in self.book.isolated_positions(account_id)]
+            last = self._last_snapshot_ms.get(account_id)
+            since_poll = None if last is None else (now - last) / 1000
+            accounts.append(AccountReadiness(
+                account=self.account_names.get(account_id, account_id),
+                data_age_s=max(ages) / 1000 if ages else since_poll,
+                max_data_age_s=self.settings.poll.max_data_age_s,
+                ws_connected=self.ws_connected.get(account_id, False),
+                polling_covering=since_poll is not None
+                and since_poll <= self.settings.poll.max_data_age_s,
+            ))
+        # AuditLog reports no reachability of its own; records wait safely in the spool.
+        return Readiness(database_reachable=True, accounts=tuple(accounts),
+                         spool_depth=self.audit.spool_depth)
+
+    async def reconcile_unfinished(self, accounts: Iterable[str]) -> None:
         """Settle actions with no known outcome (a crash between intent and outcome): read
         each position and decide from its margin whether the change happened."""
-        unfinished = await self.audit.unfinished_actions(self.exchanges)
+        unfinished = await self.audit.unfinished_actions(accounts)
         for action in unfinished:
             record = action.record
             exchange = self.exchanges.get(record.account_id)
@@ -247,6 +289,7 @@ class Guard:
     async def on_snapshot(self, snapshot: AccountSnapshot) -> None:
         """A REST snapshot of one account (poller, resync)."""
         account_id = snapshot.account_id
+        self._last_snapshot_ms[account_id] = snapshot.received_ms
         self.free_balance[account_id] = snapshot.free_collateral
         before = {p.key for p in self.book.isolated_positions(account_id)}
         self.book.apply_snapshot(snapshot)
@@ -293,6 +336,8 @@ class Guard:
         await self.executor.forget(key)
         await self.audit.record_observation(key[0], key[1], "position_closed",
                                             {"margin_mode": key[2].value})
+        self.notify(Alert(AlertKind.LIQUIDATION, self.account_names.get(key[0], key[0]), key[1],
+                          "isolated position closed or liquidated"))
         log.warning("isolated position %s %s is gone (closed or liquidated)", key[0], key[1])
 
     # -- deciding -----------------------------------------------------------------------
@@ -303,7 +348,7 @@ class Guard:
 
     async def evaluate(self, account_id: str) -> None:
         """Evaluate the account's fresh isolated positions and act on the decisions."""
-        if not self._acting or account_id not in self.exchanges or not self.owned(account_id):
+        if not self._acting or account_id not in self.owned:
             return
         async with self._locks[account_id]:
             await self._evaluate(account_id)
@@ -328,9 +373,12 @@ class Guard:
                 continue
             if age > self._max_age_ms:
                 # Never act on stale data (design.md): wait for the poller to refresh it.
-                self._say_once(("stale", *position.key), now,
-                               "%s %s: data %d ms old, not acting", account_id,
-                               position.symbol, age)
+                if self._say_once(("stale", *position.key), now,
+                                  "%s %s: data %d ms old, not acting", account_id,
+                                  position.symbol, age):
+                    self.notify(Alert(AlertKind.DATA_STALE,
+                                      self.account_names.get(account_id, account_id),
+                                      position.symbol, f"data {age / 1000:.1f} s old: not acting"))
                 continue
             views[position.key] = view
             evaluation = evaluate_policies(
@@ -411,6 +459,11 @@ class Guard:
         action_id = await self.audit.record_action(_record_of(job))
         await self.audit.record_event(action_id, intent.account_id, EventKind.SKIPPED,
                                       message=decision.reason)
+        if "budget" in decision.reason:
+            self.notify(Alert(AlertKind.BUDGET_EXHAUSTED,
+                              self.account_names.get(intent.account_id, intent.account_id),
+                              intent.symbol, f"{intent.kind} refused: {decision.reason}",
+                              {"amount": intent.amount, "reason": intent.reason}))
 
     async def _policy_failed(self, policy: str, position: Position, error: str, now: int) -> None:
         if self._say_once(("policy", policy, *position.key), now,
@@ -501,19 +554,42 @@ async def run_daemon(
             loop.add_signal_handler(signum, stop.set)
     factory = exchange_factory or OrderlyExchange.from_settings
     exchanges: dict[str, Exchange] = {}
+    instance_id = f"{socket.gethostname()}-{os.getpid()}"
     try:
         for account in settings.accounts:
             exchanges[account.account_id] = factory(account, settings.exchange)
-        await audit.start_run(__version__, config_hash(settings), socket.gethostname())
-        guard = Guard(settings, exchanges, audit, policies,
-                      account_names={a.account_id: a.name for a in settings.accounts})
-        try:
-            await guard.run(stop)
-        except* AuthError as group:
-            raise StartupError(
-                f"the exchange refused our key: {group.exceptions[0]}; check the account's "
-                "orderly_key, secret and scopes") from None
-        await audit.end_run()
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                ownership = await stack.enter_async_context(
+                    AccountOwnership(settings.audit.url, instance_id, exchanges))
+            except OwnershipError as exc:
+                raise StartupError(f"cannot share the accounts with other instances: {exc}"
+                                   ) from None
+            alerter = await stack.enter_async_context(Alerter(settings.alerts.webhooks))
+            await audit.start_run(__version__, config_hash(settings), socket.gethostname())
+            guard = Guard(settings, exchanges, audit, policies,
+                          account_names={a.account_id: a.name for a in settings.accounts},
+                          owned=ownership.owned(), notify=alerter.notify)
+            if settings.health.enabled:
+                await stack.enter_async_context(
+                    HealthServer(settings.health.host, settings.health.port, guard.readiness))
+
+            async def follow_ownership() -> None:
+                while True:
+                    await guard.set_owned(await ownership.wait_changed())
+
+            follower = asyncio.create_task(follow_ownership(), name="ownership")
+            try:
+                await guard.run(stop)
+            except* AuthError as group:
+                raise StartupError(
+                    f"the exchange refused our key: {group.exceptions[0]}; check the "
+                    "account's orderly_key, secret and scopes") from None
+            finally:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
+            await audit.end_run()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -32,6 +32,7 @@ from decimal import Decimal
 from asyncio_throttle.throttler import Throttler
 
 from guardbot import metrics
+from guardbot.alerts import Alert, AlertKind
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
 from guardbot.domain import ActionKind, Intent, Position, PositionKey
 from guardbot.exchange.errors import (
@@ -117,6 +118,7 @@ class Executor:
         audit: AuditLog,
         *,
         on_reread: PositionHandler | None = None,
+        notify: Callable[[Alert], None] | None = None,
         calls_per_second: int = CALLS_PER_SECOND,
         concurrency: int = CONCURRENCY,
         verify_window_ms: int = VERIFY_WINDOW_MS,
@@ -125,6 +127,7 @@ class Executor:
         self._exchanges = dict(exchanges)
         self._audit = audit
         self._on_reread = on_reread
+        self._notify = notify or (lambda _alert: None)
         self._concurrency = concurrency
         self._verify_window_ms = verify_window_ms
         self._clock_ms = clock_ms
@@ -287,6 +290,10 @@ class Executor:
                 message=exc.message, latency_ms=_ms_since(started))
             log.warning("%s %s %s on %s rejected: %s %s", intent.policy, intent.kind,
                         intent.amount, intent.symbol, exc.code, exc.message)
+            self._notify(Alert(AlertKind.REJECTED, intent.account_id, intent.symbol,
+                               f"{intent.kind} {intent.amount} rejected: {exc.message}",
+                               {"amount": intent.amount, "code": exc.code,
+                                "reason": intent.reason}))
             self._busy.discard(job.key)
         except AuthError as exc:
             outcome = "failed"
@@ -308,6 +315,9 @@ class Executor:
                      intent.symbol, intent.policy, latency)
             metrics.MARGIN_MOVED.labels(account=intent.account_id,
                                         kind=intent.kind.value).inc(float(intent.amount))
+            self._notify(Alert(AlertKind.ACTION_TAKEN, intent.account_id, intent.symbol,
+                               f"{intent.kind} {intent.amount} USDC by {intent.policy}",
+                               {"amount": intent.amount, "reason": intent.reason}))
             self._pending[job.key] = _Pending(job, action_id, self._clock_ms(), False)
         finally:
             metrics.ACTIONS.labels(account=intent.account_id, policy=intent.policy,
@@ -317,6 +327,9 @@ class Executor:
         account_id = job.intent.account_id
         await self._audit.record_event(action_id, account_id, EventKind.UNCERTAIN,
                                        message=message, latency_ms=latency)
+        self._notify(Alert(AlertKind.UNCERTAIN, account_id, job.intent.symbol,
+                           f"{job.intent.kind} {job.intent.amount}: outcome unknown, "
+                           "re-reading the position", {"amount": job.intent.amount}))
         pending = _Pending(job, action_id, self._clock_ms(), True)
         self._pending[job.key] = pending
         exchange = self._exchanges[account_id]
