@@ -64,9 +64,8 @@ async def account_status(account: AccountSettings, settings: Settings) -> Accoun
         async with OrderlyExchange.from_settings(
             account, settings.exchange, max_attempts=2
         ) as exchange:
-            result.holdings, result.snapshot = await asyncio.gather(
-                exchange.get_holdings(), exchange.get_positions()
-            )
+            result.holdings = await exchange.get_holdings()
+            result.snapshot = await exchange.get_positions()
     except (ConfigError, ValueError) as exc:
         result.problem, result.exit_code = f"bad config: {_one_line(str(exc))}", EXIT_CONFIG
     except AuthError as exc:

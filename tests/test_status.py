@@ -17,12 +17,20 @@ import pytest
 from click.testing import CliRunner, Result
 
 from guardbot.cli import main
+from guardbot.logs import FORMAT_ENV, LEVEL_ENV
 from guardbot.risk import liquidation_distance
 from guardbot.sim.keys import generate_key
 from guardbot.sim.server import SimServer
 from guardbot.status import EXIT_AUTH, EXIT_CONFIG, EXIT_UNREACHABLE
 
 ETH = "PERP_ETH_USDC"
+
+
+@pytest.fixture(autouse=True)
+def default_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's default logging, whatever an earlier test left in the environment."""
+    monkeypatch.setenv(LEVEL_ENV, "INFO")
+    monkeypatch.setenv(FORMAT_ENV, "text")
 
 
 @pytest.fixture
