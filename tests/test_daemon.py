@@ -1,0 +1,164 @@
+"""The daemon's lifecycle and its guard rails, against the simulated exchange over loopback
+and a real SQLite audit log. The full scenarios are in tests/e2e."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from guardbot.audit import schema
+from guardbot.audit.store import AuditLog
+from guardbot.config import parse_config
+from guardbot.daemon import Guard, StartupError, config_hash, run_daemon, utc_day_start_ms
+from guardbot.exchange.client import OrderlyExchange
+from guardbot.policies.loader import load_policies
+from guardbot.sim.admin import SimAccount
+from guardbot.sim.server import SimServer
+
+ETH = "PERP_ETH_USDC"
+
+
+def settings_for(sim: SimServer, account: SimAccount, url: str, tmp: Path,
+                 **sections: object) -> dict[str, object]:
+    data: dict[str, object] = {
+        "exchange": {"preset": "sim", "rest_url": sim.rest_url,
+                     "public_ws_url": sim.public_ws_url, "private_ws_url": sim.private_ws_url},
+        "audit": {"url": url, "spool_dir": str(tmp / "spool")},
+        "poll": {"interval_s": 1.0, "fast_interval_s": 0.5, "max_data_age_s": 5.0},
+        "budgets": {"cooldown_s": 0},
+        "health": {"enabled": False},
+        "accounts": [{"name": "main", "account_id": account.account_id,
+                      "orderly_key": account.orderly_key,
+                      "orderly_secret": account.orderly_secret}],
+    }  # fmt: skip
+    data.update(sections)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("at", "midnight"),
+    [
+        ("2026-11-22T00:00:00+00:00", "2026-11-22T00:00:00+00:00"),
+        ("2026-11-22T23:59:59.999+00:00", "2026-11-22T00:00:00+00:00"),
+        ("2026-11-23T00:00:00.001+00:00", "2026-11-23T00:00:00+00:00"),
+    ],
+)
+def test_daily_budgets_count_from_utc_midnight(at: str, midnight: str) -> None:
+    from datetime import datetime
+
+    def ms(iso: str) -> int:
+        return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+    assert utc_day_start_ms(ms(at)) == ms(midnight)
+
+
+def test_the_config_hash_changes_with_the_config_and_never_shows_the_secret() -> None:
+    account = {"name": "a", "account_id": "0x" + "ab" * 32,
+               "orderly_key": "ed25519:9C6hybhQ6Aycep9jaUnP6uL9ZYvDjUp1aSkFWPUFJtpj",
+               "orderly_secret": "4wBqpZM9xaSheZzJSMawUKKwhdpChKbZ5eu5ky4Vigw"}
+    one = parse_config({"accounts": [account]})
+    other = parse_config({"accounts": [{**account, "orderly_secret": "x" * 43}]})
+    dry = parse_config({"accounts": [account], "guard": {"dry_run": True}})
+    assert config_hash(one) != config_hash(dry)
+    # the secret is redacted before hashing: it cannot be recovered or guessed from the hash
+    assert config_hash(one) == config_hash(other)
+    assert "4wBq" not in one.model_dump_json()
+
+
+async def test_an_out_of_date_schema_stops_start_up_naming_the_upgrade(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    create_engine(url).connect().close()  # an empty database: no schema at all
+    settings = parse_config(settings_for(sim, sim_account, url, tmp_path))
+    with pytest.raises(StartupError, match="guardbot db upgrade"):
+        await run_daemon(settings)
+
+
+async def test_no_accounts_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    with pytest.raises(StartupError, match="no \\[\\[accounts\\]\\]"):
+        await run_daemon(parse_config({}))
+
+
+async def test_stale_data_is_never_acted_on_and_cross_never_evaluated(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    schema.upgrade(url)
+    settings = parse_config(settings_for(sim, sim_account, url, tmp_path))
+    audit = await AuditLog.open(url, tmp_path / "spool")
+    await audit.start_run("test", "h", "host")
+    offset = [0]
+    async with OrderlyExchange.from_settings(settings.accounts[0], settings.exchange) as ex:
+        guard = Guard(settings, {ex.account_id: ex}, audit, load_policies(settings.policies,
+                                                                        Path("strategies")),
+                      clock_ms=lambda: time.time_ns() // 1_000_000 + offset[0])
+        await guard.start()
+        assert [p.margin_mode.value for p in guard.book.isolated_positions(ex.account_id)] == [
+            "ISOLATED"], "the cross position on the same symbol is not the guard's"
+        async with httpx.AsyncClient(base_url=sim.rest_url) as admin:
+            (await admin.post("/sim/marks", json={"symbol": ETH, "price": "2850"})
+             ).raise_for_status()
+        snapshot = await ex.get_positions()
+        offset[0] = 6_000  # the guard's clock says the snapshot is 6 s old (bound: 5 s)
+        await guard.on_snapshot(snapshot)
+        assert guard.book.isolated_positions(ex.account_id)[0].mark_price == Decimal(2850)
+        assert guard.executor.busy() == frozenset(), "no action on stale data"
+        offset[0] = 0
+        await guard.evaluate(ex.account_id)
+        assert guard.executor.busy() == {(ex.account_id, ETH, guard.book.isolated_positions(
+            ex.account_id)[0].margin_mode)}, "the same data, fresh, is acted on"
+    await audit.aclose()
+
+
+async def test_sigterm_stops_guardbot_run_cleanly(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    schema.upgrade(url)
+    lines = [f'[exchange]\npreset = "sim"\nrest_url = "{sim.rest_url}"',
+             f'public_ws_url = "{sim.public_ws_url}"',
+             f'private_ws_url = "{sim.private_ws_url}"',
+             f'[audit]\nurl = "{url}"\nspool_dir = "{tmp_path / "spool"}"',
+             "[health]\nenabled = false",
+             f'[[accounts]]\nname = "main"\naccount_id = "{sim_account.account_id}"',
+             f'orderly_key = "{sim_account.orderly_key}"',
+             'orderly_secret_env = "TEST_GUARD_SECRET"']
+    config = tmp_path / "guardbot.toml"
+    config.write_text("\n".join(lines) + "\n")
+    config.chmod(0o600)
+    env = {**os.environ, "TEST_GUARD_SECRET": sim_account.orderly_secret}
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("guardbot")), "run", "--config", str(config),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    engine = create_engine(url)
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # until the guard has recorded its run and taken its first snapshot
+            with engine.connect() as connection:
+                runs = connection.execute(text("SELECT count(*) FROM runs")).scalar()
+            if runs:
+                break
+            assert process.returncode is None and time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 20)
+        assert process.returncode == 0, output.decode()
+        assert sim_account.orderly_secret not in output.decode()
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM run_ends")).scalar() == 1
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        engine.dispose()
