@@ -184,19 +184,22 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--connections", type=int, default=500)
     parser.add_argument("--speed", type=float, default=40)
+    parser.add_argument("--only", choices=("rest", "ws"), help="run one of the two benchmarks")
     args = parser.parse_args()
-    process, url = start_simulator(speed=0)
-    try:
-        asyncio.run(bench_rest(url, args.seconds, args.concurrency))
-    finally:
-        process.terminate()
-        process.wait()
-    process, url = start_simulator(speed=args.speed)
-    try:
-        asyncio.run(bench_ws(url, args.seconds, args.connections, args.speed))
-    finally:
-        process.terminate()
-        process.wait()
+    if args.only != "ws":
+        process, url = start_simulator(speed=0)
+        try:
+            asyncio.run(bench_rest(url, args.seconds, args.concurrency))
+        finally:
+            process.terminate()
+            process.wait()
+    if args.only != "rest":
+        process, url = start_simulator(speed=args.speed)
+        try:
+            asyncio.run(bench_ws(url, args.seconds, args.connections, args.speed))
+        finally:
+            process.terminate()
+            process.wait()
 
 
 if __name__ == "__main__":
