@@ -1,0 +1,63 @@
+"""``guardbot demo`` as a user runs it, plus its rendering."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from guardbot.cli import main
+from guardbot.demo import DemoOptions, render_summary, render_table
+
+
+@pytest.mark.slow
+def test_demo_json_compares_the_guarded_account_with_its_unguarded_twin(tmp_path: Path) -> None:
+    # crash at 40x: calm for 1.5 s, then -30 % over 3 s
+    result = CliRunner().invoke(
+        main, ["demo", "--duration", "6", "--speed", "40", "--json", "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert set(summary["guarded"]) == {"liquidations", "margin_added", "margin_swept", "actions"}
+    assert set(summary["unguarded"]) == set(summary["guarded"])
+    assert summary["guarded"]["liquidations"] == 0
+    assert summary["unguarded"]["liquidations"] == 2  # the two isolated longs
+    assert Decimal(summary["guarded"]["margin_added"]) > 0
+    assert summary["guarded"]["actions"] > 0
+    assert summary["unguarded"] == {"liquidations": 2, "margin_added": "0",
+                                    "margin_swept": "0", "actions": 0}
+    assert summary["cross_touched"] is False
+    assert Path(summary["audit_db"]).is_file()
+
+
+def test_render_table_shows_open_and_liquidated_positions() -> None:
+    rows = [
+        {"account": "guarded", "symbol": "PERP_ETH_USDC", "mode": "ISOLATED",
+         "mark": Decimal("2500"), "qty": Decimal(2), "margin": Decimal("812.5"),
+         "liq": Decimal("2250"), "distance": Decimal("0.1"), "status": "open"},
+        {"account": "unguarded", "symbol": "PERP_ETH_USDC", "mode": "ISOLATED",
+         "mark": Decimal("2500"), "status": "LIQUIDATED"},
+    ]  # fmt: skip
+    text = render_table(rows, ["ADD 100 USDC on PERP_ETH_USDC"], 3.0, DemoOptions())
+    lines = text.splitlines()
+    assert "scenario=crash" in lines[0]
+    assert any("812.50" in line and "10.0 %" in line and "open" in line for line in lines)
+    assert any(line.startswith("unguarded") and "LIQUIDATED" in line for line in lines)
+    assert lines[-1].strip() == "ADD 100 USDC on PERP_ETH_USDC"
+
+
+def test_render_summary_puts_the_two_accounts_side_by_side() -> None:
+    summary = {
+        "guarded": {"liquidations": 0, "margin_added": "120.50", "margin_swept": "10.00",
+                    "actions": 3},
+        "unguarded": {"liquidations": 2, "margin_added": "0", "margin_swept": "0",
+                      "actions": 0},
+        "scenario": "crash", "speed": 30.0, "duration_s": 20.0, "isolated_positions": 3,
+        "cross_touched": False, "audit_db": "demo-output/audit.db",
+    }  # fmt: skip
+    text = render_summary(summary)
+    liquidations = next(line for line in text.splitlines() if line.startswith("isolated liq"))
+    assert liquidations.split()[-2:] == ["0", "2"]
+    assert "120.50" in text and "cross position touched: no" in text
