@@ -31,6 +31,7 @@ guess, so tests and the bot can rely on it):
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -49,6 +50,7 @@ SEQ_START = 1_700_000_000_000_000_000
 MAX_AMOUNT_DECIMALS = 6
 
 PositionKey = tuple[str, str]  # (symbol, margin_mode)
+log = logging.getLogger(__name__)
 
 
 class EngineError(Exception):
@@ -133,6 +135,10 @@ class Account:
 
 @dataclass(frozen=True, slots=True)
 class Liquidation:
+    """One liquidated position. ``margin_lost``: collateral the account lost (an isolated
+    position's margin; for cross, the account's loss split over its positions by notional).
+    ``to_insurance_fund``: what the fund received (negative: what it paid out)."""
+
     account_id: str
     symbol: str
     margin_mode: str
@@ -763,17 +769,8 @@ class Engine:
                 position.margin, position.qty, position.cost_position, mark
             )
             self.insurance_fund += remainder
-            self.liquidations.append(
-                Liquidation(
-                    account.account_id,
-                    position.symbol,
-                    ISOLATED,
-                    position.qty,
-                    mark,
-                    position.margin,
-                    usdc(remainder),
-                    self.clock(),
-                )
+            self._record(
+                account, position.symbol, ISOLATED, position.qty, mark, position.margin, remainder
             )
             for order in account.resting_orders():
                 if order.symbol == position.symbol and order.margin_mode == ISOLATED:
@@ -791,35 +788,58 @@ class Engine:
             maintenance += notional * m.mmr(self.markets[position.symbol], notional)
         if collateral > maintenance:
             return
+        holding_before = account.holding
+        closed: list[tuple[PositionState, Decimal, Decimal]] = []  # (position, qty, mark)
         fee_due = ZERO
         for position in cross:
             market = self.markets[position.symbol]
             mark = self.marks[position.symbol]
             account.holding += usdc(self._upnl(position))
             fee_due += abs(position.qty) * mark * market.std_liquidation_fee
-            self.liquidations.append(
-                Liquidation(
-                    account.account_id,
-                    position.symbol,
-                    CROSS,
-                    position.qty,
-                    mark,
-                    ZERO,
-                    ZERO,
-                    self.clock(),
-                )
-            )
+            closed.append((position, position.qty, mark))
             self._close(account, position)
         fee = usdc(min(fee_due, max(account.holding, ZERO)))
         account.holding -= fee
-        self.insurance_fund += fee
+        to_fund = fee
         if account.holding < 0:  # the fund absorbs the deficit
-            self.insurance_fund += account.holding
+            to_fund += account.holding
             account.holding = ZERO
+        self.insurance_fund += to_fund
+        # The event's figures, split over its positions by notional.
+        lost = holding_before - account.holding
+        total_notional = sum((abs(q) * p for _, q, p in closed), ZERO)
+        for position, qty, mark in closed:
+            share = abs(qty) * mark / total_notional
+            self._record(account, position.symbol, CROSS, qty, mark, lost * share, to_fund * share)
         for order in account.resting_orders():
             if order.margin_mode == CROSS:
                 order.status = "CANCELLED"
         self._balance_changed(account)
+
+    def _record(
+        self,
+        account: Account,
+        symbol: str,
+        mode: str,
+        qty: Decimal,
+        price: Decimal,
+        lost: Decimal,
+        to_fund: Decimal,
+    ) -> None:
+        event = Liquidation(
+            account.account_id, symbol, mode, qty, price, usdc(lost), usdc(to_fund), self.clock()
+        )
+        self.liquidations.append(event)
+        log.warning(
+            "liquidated %s %s %s qty %s at %s: account lost %s, insurance fund got %s",
+            account.account_id,
+            symbol,
+            mode,
+            qty,
+            price,
+            event.margin_lost,
+            event.to_insurance_fund,
+        )
 
     def _close(self, account: Account, position: PositionState) -> None:
         position.qty = position.cost_position = position.average_open_price = ZERO

@@ -71,6 +71,7 @@ def test_cross_liquidation_closes_cross_positions_only(engine: Engine) -> None:
     assert engine.position_view(account, ETH, "CROSS").qty == 0
     # 15.738 left after the -376.39 loss; the liquidation fee (1.2 % of 2623.61) takes it all
     assert account.holding == 0 and engine.insurance_fund == D("15.738")
+    assert (event.margin_lost, event.to_insurance_fund) == (D("392.128"), D("15.738"))
     btc = engine.position_view(account, BTC, "ISOLATED")
     assert btc.qty == D("0.001") and btc.margin == D("6.036")
 
