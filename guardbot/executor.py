@@ -100,6 +100,7 @@ class _Pending:
     action_id: str
     done_ms: int
     reconcile: bool  # True: outcome unknown (Uncertain, re-read failed); False: verify
+    sent_ms: int = 0
 
 
 PositionHandler = Callable[[Position | None, PositionKey], Awaitable[None]]
@@ -143,6 +144,7 @@ class Executor:
         self._send_order = {account_id: asyncio.Lock() for account_id in self._exchanges}
         self._order = itertools.count()
         self._busy: set[PositionKey] = set()
+        self._seen: dict[PositionKey, Position] = {}
         self._pending: dict[PositionKey, _Pending] = {}
         self.calls = 0
         self._running = 0
@@ -180,11 +182,19 @@ class Executor:
     async def observe(self, position: Position) -> None:
         """Feed a fresh REST/WS snapshot: verifies or reconciles a pending action on it."""
         pending = self._pending.get(position.key)
-        if pending is None or position.received_ms <= pending.done_ms:
+        if pending is None:
+            if position.key in self._busy:
+                # The call is on the wire: the exchange may push the change before it
+                # answers. Kept to verify against once the answer is in.
+                self._seen[position.key] = position
             return
         job = pending.job
         if pending.reconcile:
-            await self._record_reconciled(pending, position)
+            # Only a snapshot taken after the outcome became unknown can settle it.
+            if position.received_ms > pending.done_ms:
+                await self._record_reconciled(pending, position)
+            return
+        if position.received_ms < pending.sent_ms:
             return
         if abs(position.margin - job.expected_margin()) <= MARGIN_TOLERANCE:
             await self._settle(pending, EventKind.VERIFIED, "margin shows the change",
@@ -275,6 +285,8 @@ class Executor:
         # Throttled right before the call, so audit latency cannot bunch calls together.
         async with self._send_order[intent.account_id]:
             await self._throttlers[intent.account_id].acquire()  # type: ignore[no-untyped-call]
+        self._seen.pop(job.key, None)
+        sent_ms = self._clock_ms()
         started = time.perf_counter()
         outcome = "succeeded"
         try:
@@ -318,7 +330,10 @@ class Executor:
             self._notify(Alert(AlertKind.ACTION_TAKEN, intent.account_id, intent.symbol,
                                f"{intent.kind} {intent.amount} USDC by {intent.policy}",
                                {"amount": intent.amount, "reason": intent.reason}))
-            self._pending[job.key] = _Pending(job, action_id, self._clock_ms(), False)
+            self._pending[job.key] = _Pending(job, action_id, self._clock_ms(), False, sent_ms)
+            seen = self._seen.pop(job.key, None)
+            if seen is not None:
+                await self.observe(seen)
         finally:
             metrics.ACTIONS.labels(account=intent.account_id, policy=intent.policy,
                                    kind=intent.kind.value, outcome=outcome).inc()

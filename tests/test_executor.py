@@ -247,3 +247,46 @@ def test_applied_compares_with_the_margin_the_decision_saw(
     kind: ActionKind, margin_now: str, expected: bool
 ) -> None:
     assert applied(replace(job(kind=kind)), Decimal(margin_now)) is expected
+
+
+async def test_drain_lets_calls_on_the_wire_finish_and_sends_nothing_more(
+    audit: AuditLog,
+) -> None:
+    exchange = ScriptedExchange()
+    exchange.gate = asyncio.Event()
+    executor = Executor({ACCOUNT: exchange}, audit, concurrency=1)  # type: ignore[dict-item]
+    await executor.submit(job("PERP_A_USDC"))
+    task = asyncio.create_task(executor.run())
+    await asyncio.sleep(0.05)  # A is on the wire (held at the gate)
+    await executor.submit(job("PERP_B_USDC"))  # B waits in the queue
+    drained = asyncio.create_task(executor.drain(timeout_s=5))
+    await asyncio.sleep(0.05)
+    assert not drained.done(), "drain waits for the call on the wire"
+    exchange.gate.set()
+    await drained
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [symbol for _, symbol, _, _ in exchange.calls] == ["PERP_A_USDC"]
+    assert await executor.submit(job("PERP_C_USDC")) is None
+    kinds = [kind for kind, _, _ in await events(audit)]
+    assert kinds.count("SUCCEEDED") == 1 and kinds.count("FAILED") == 1
+    assert executor.busy() == {(ACCOUNT, "PERP_A_USDC", MarginMode.ISOLATED)}  # to verify
+
+
+async def test_a_push_that_overtakes_the_answer_verifies_the_action(audit: AuditLog) -> None:
+    exchange = ScriptedExchange()
+    exchange.gate = asyncio.Event()
+    executor = Executor({ACCOUNT: exchange}, audit, clock_ms=lambda: 1000)  # type: ignore[dict-item]
+    await executor.submit(job())
+
+    async def push_then_answer() -> None:
+        await asyncio.sleep(0.05)  # the call is waiting at the gate, i.e. on the wire
+        await executor.observe(position(margin="150", received_ms=1000))
+        assert exchange.gate is not None
+        exchange.gate.set()
+
+    pusher = asyncio.create_task(push_then_answer())
+    await running(executor, lambda: not executor.busy() and pusher.done())
+    kinds = [kind for kind, _, _ in await events(audit)]
+    assert kinds == ["INTENT", "SENT", "SUCCEEDED", "VERIFIED"]
