@@ -31,10 +31,13 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from sqlalchemy import Engine, func, or_, select
+
 from guardbot import __version__, metrics
 from guardbot.alerts import Alert, Alerter, AlertKind
 from guardbot.arbiter import Arbiter, ArbiterState, Decision, LastAction
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind, SchemaOutOfDate
+from guardbot.audit.tables import Action, ActionEvent, Observation
 from guardbot.book import PositionBook
 from guardbot.config import ConfigError, Settings
 from guardbot.domain import (
@@ -144,11 +147,15 @@ class Guard:
         self.owned = frozenset(self.exchanges) if owned is None else owned
         self.notify = notify or (lambda _alert: None)
         self._last_snapshot_ms: dict[str, int] = {}
+        # Margin the guard added minus margin it swept, per position (audit log, then kept
+        # current here); policies see it as ctx.net_added / ctx.original_margin.
+        self._net_added: dict[PositionKey, Decimal] = {}
         self.clock_ms = clock_ms
         self.book = PositionBook()
         self.arbiter = Arbiter(settings.budgets, dry_run=settings.guard.dry_run)
         self.executor = Executor(self.exchanges, audit, on_reread=self._on_reread,
-                                 notify=self.notify, clock_ms=clock_ms)
+                                 notify=self.notify, on_applied=self._applied,
+                                 clock_ms=clock_ms)
         self.poller = Poller(
             self.exchanges,
             self.on_snapshot,
@@ -334,6 +341,7 @@ class Guard:
     async def _closed(self, key: PositionKey) -> None:
         """An isolated position left the book: closed by its owner or liquidated."""
         await self.executor.forget(key)
+        self._net_added.pop(key, None)
         await self.audit.record_observation(key[0], key[1], "position_closed",
                                             {"margin_mode": key[2].value})
         self.notify(Alert(AlertKind.LIQUIDATION, self.account_names.get(key[0], key[0]), key[1],
@@ -381,6 +389,9 @@ class Guard:
                                       position.symbol, f"data {age / 1000:.1f} s old: not acting"))
                 continue
             views[position.key] = view
+            if position.key not in self._net_added:
+                self._net_added[position.key] = await asyncio.to_thread(
+                    net_added_from_audit, self.audit.engine, position.key)
             evaluation = evaluate_policies(
                 self.policies, view, self._context(position, now),
                 self.account_names.get(account_id))
@@ -398,11 +409,19 @@ class Guard:
         await asyncio.gather(*(self._act(d, views, now) for d in decisions))
 
     def _context(self, position: Position, now: int) -> PolicyContext:
+        net_added = self._net_added.get(position.key, Decimal(0))
         return PolicyContext(
             now_ms=now,
             free_balance=self.free_balance.get(position.account_id),
             recent_marks=tuple(self.marks.get(position.symbol, ())),
+            original_margin=position.margin - net_added,
+            net_added=net_added,
         )
+
+    def _applied(self, intent: Intent) -> None:
+        if intent.key in self._net_added:
+            sign = 1 if intent.kind is ActionKind.ADD else -1
+            self._net_added[intent.key] += sign * intent.amount
 
     async def _arbiter_state(
         self, account_id: str, now: int, busy: frozenset[PositionKey]
@@ -481,6 +500,33 @@ class Guard:
         self._said[what] = now
         log.warning(message, *args)
         return True
+
+
+def net_added_from_audit(engine: Engine, key: PositionKey) -> Decimal:
+    """Margin the guard added minus margin it swept on this position (applied, not dry-run)
+    since the guard last saw it closed: a reopened position starts from zero."""
+    account_id, symbol, mode = key
+    closed = (
+        select(func.max(Observation.time))
+        .where(Observation.account_id == account_id, Observation.symbol == symbol,
+               Observation.kind == "position_closed")
+        .scalar_subquery()
+    )
+    query = (
+        select(Action.id, Action.kind, Action.amount, ActionEvent.kind.label("event"),
+               ActionEvent.detail)
+        .join(ActionEvent, ActionEvent.action_id == Action.id)
+        .where(Action.account_id == account_id, Action.symbol == symbol,
+               Action.margin_mode == mode.value, Action.dry_run.is_(False),
+               ActionEvent.kind.in_(["SUCCEEDED", "RECONCILED"]),
+               or_(closed.is_(None), Action.time > closed))
+    )
+    moved: dict[str, Decimal] = {}
+    with engine.connect() as connection:
+        for row in connection.execute(query):
+            if row.event == "SUCCEEDED" or (row.detail or {}).get("applied") == "true":
+                moved[row.id] = row.amount if row.kind == "ADD" else -row.amount
+    return sum(moved.values(), Decimal(0))
 
 
 def _smallest_trigger(policies: Sequence[LoadedPolicy]) -> Decimal:

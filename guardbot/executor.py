@@ -120,6 +120,7 @@ class Executor:
         *,
         on_reread: PositionHandler | None = None,
         notify: Callable[[Alert], None] | None = None,
+        on_applied: Callable[[Intent], None] | None = None,
         calls_per_second: int = CALLS_PER_SECOND,
         concurrency: int = CONCURRENCY,
         verify_window_ms: int = VERIFY_WINDOW_MS,
@@ -129,6 +130,7 @@ class Executor:
         self._audit = audit
         self._on_reread = on_reread
         self._notify = notify or (lambda _alert: None)
+        self._on_applied = on_applied or (lambda _intent: None)
         self._concurrency = concurrency
         self._verify_window_ms = verify_window_ms
         self._clock_ms = clock_ms
@@ -330,6 +332,7 @@ class Executor:
             self._notify(Alert(AlertKind.ACTION_TAKEN, intent.account_id, intent.symbol,
                                f"{intent.kind} {intent.amount} USDC by {intent.policy}",
                                {"amount": intent.amount, "reason": intent.reason}))
+            self._on_applied(intent)
             self._pending[job.key] = _Pending(job, action_id, self._clock_ms(), False, sent_ms)
             seen = self._seen.pop(job.key, None)
             if seen is not None:
@@ -373,6 +376,8 @@ class Executor:
             margin = position.margin
             was_applied = applied(job, margin)
             reason = "applied" if was_applied else "not applied"
+        if was_applied:
+            self._on_applied(job.intent)
         await self._settle(pending, EventKind.RECONCILED, reason, margin, applied=was_applied)
 
     async def _retry_later(

@@ -16,9 +16,17 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from guardbot.audit import schema
-from guardbot.audit.store import AuditLog
+from guardbot.audit.store import ActionRecord, AuditLog, EventKind
 from guardbot.config import parse_config
-from guardbot.daemon import Guard, StartupError, config_hash, run_daemon, utc_day_start_ms
+from guardbot.daemon import (
+    Guard,
+    StartupError,
+    config_hash,
+    net_added_from_audit,
+    run_daemon,
+    utc_day_start_ms,
+)
+from guardbot.domain import ActionKind, MarginMode, Source
 from guardbot.exchange.client import OrderlyExchange
 from guardbot.policies.loader import load_policies
 from guardbot.sim.admin import SimAccount
@@ -162,3 +170,45 @@ async def test_sigterm_stops_guardbot_run_cleanly(
             process.kill()
             await process.wait()
         engine.dispose()
+
+
+async def test_net_added_counts_applied_actions_since_the_position_was_last_closed(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    schema.upgrade(url)
+    now = [1_800_000_000_000]
+
+    def clock() -> int:
+        now[0] += 1000
+        return now[0]
+
+    audit = await AuditLog.open(url, tmp_path / "spool", clock_ms=clock)
+    await audit.start_run("test", "h", "host")
+    account = "0x" + "cd" * 32
+    key = (account, ETH, MarginMode.ISOLATED)
+
+    async def action(kind: str, amount: str, *events: tuple[EventKind, dict[str, str]],
+                     dry_run: bool = False) -> None:
+        action_id = await audit.record_action(ActionRecord(
+            account_id=account, symbol=ETH, margin_mode=MarginMode.ISOLATED, policy="p",
+            kind=ActionKind(kind), amount=Decimal(amount), reason="r", dry_run=dry_run,
+            mark_price=Decimal(1), margin=Decimal(1), qty=Decimal(1), data_age_ms=0,
+            source=Source.REST))
+        for event, detail in events:
+            await audit.record_event(action_id, account, event, detail=detail)
+
+    await action("ADD", "999", (EventKind.SUCCEEDED, {}))
+    await audit.record_observation(account, ETH, "position_closed", {"margin_mode": "ISOLATED"})
+    await action("ADD", "100", (EventKind.SENT, {}), (EventKind.SUCCEEDED, {}),
+                 (EventKind.VERIFIED, {}))
+    await action("ADD", "30", (EventKind.UNCERTAIN, {}),
+                 (EventKind.RECONCILED, {"applied": "true"}))
+    await action("ADD", "7", (EventKind.UNCERTAIN, {}),
+                 (EventKind.RECONCILED, {"applied": "false"}))
+    await action("ADD", "50", (EventKind.REJECTED, {}))
+    await action("REDUCE", "20", (EventKind.SUCCEEDED, {}))
+    await action("ADD", "10", (EventKind.DRY_RUN, {}), dry_run=True)
+    await audit.flush(5)
+    assert net_added_from_audit(audit.engine, key) == Decimal(110)
+    await audit.aclose()
