@@ -25,7 +25,7 @@ from guardbot.exchange.errors import (
     RetryLater,
     Uncertain,
 )
-from guardbot.exchange.limits import Limit, RateLimiter
+from guardbot.exchange.limits import Limit, Priority, RateLimiter
 from guardbot.sim.engine import PositionView
 from guardbot.sim.keys import generate_key
 from guardbot.sim.server import SimServer
@@ -405,3 +405,31 @@ async def test_malformed_answers_raise_and_are_counted(funded: Funded) -> None:
     finally:
         await runner.cleanup()
     assert sample("guardbot_malformed_messages_total", source="rest") == before + 2
+
+
+async def test_top_ups_and_their_verification_reads_are_urgent_sweeps_and_polls_routine(
+    venue: SimServer, funded: Funded
+) -> None:
+    class Recording(RateLimiter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple[str, Priority]] = []
+
+        async def acquire(
+            self, endpoint: str, orderly_key: str, priority: Priority, host: str = ""
+        ) -> None:
+            self.calls.append((endpoint, priority))
+            await super().acquire(endpoint, orderly_key, priority, host)
+
+    limiter = Recording()
+    async with connect(venue, funded, limiter=limiter) as client:
+        await client.adjust_margin(ETH, ActionKind.ADD, Decimal(1))
+        await client.get_position(ETH, MarginMode.ISOLATED, urgent=True)
+        await client.adjust_margin(ETH, ActionKind.REDUCE, Decimal(1))
+        await client.get_positions()
+    assert limiter.calls == [
+        ("POST /v1/position_margin", Priority.URGENT),
+        ("GET /v1/position/{symbol}", Priority.URGENT),
+        ("POST /v1/position_margin", Priority.ROUTINE),
+        ("GET /v1/positions", Priority.ROUTINE),
+    ]
