@@ -570,8 +570,13 @@ async def run_daemon(
     *,
     stop: asyncio.Event | None = None,
     exchange_factory: Callable[..., Exchange] | None = None,
+    ownership_interval_s: float = 2.0,
 ) -> None:
     """Open everything, guard until SIGINT/SIGTERM (or ``stop``), close everything.
+
+    With PostgreSQL, accounts are shared with other live instances (``AccountOwnership``,
+    ticking every ``ownership_interval_s``); an account nobody holds is taken after two
+    ticks, so a lone instance starts guarding a few seconds after start-up.
 
     Raises ``StartupError`` with what the operator must do when it cannot start.
     """
@@ -607,7 +612,8 @@ async def run_daemon(
         async with contextlib.AsyncExitStack() as stack:
             try:
                 ownership = await stack.enter_async_context(
-                    AccountOwnership(settings.audit.url, instance_id, exchanges))
+                    AccountOwnership(settings.audit.url, instance_id, exchanges,
+                                     interval_s=ownership_interval_s))
             except OwnershipError as exc:
                 raise StartupError(f"cannot share the accounts with other instances: {exc}"
                                    ) from None

@@ -49,7 +49,9 @@ async def test_crash_guarded_survives_twin_is_liquidated_cross_untouched(
         cross_before = isolated(sim, guarded.account_id, "CROSS")
         margin_before = isolated(sim, guarded.account_id).margin  # type: ignore[union-attr]
         settings = guard_settings(sim, guarded, url, tmp_path / "spool")
-        async with guarding(settings):
+        # PostgreSQL shares accounts between instances: a lone one takes an account after
+        # two ownership ticks, so tick fast enough to own it before the crash starts.
+        async with guarding(settings, ownership_interval_s=0.2):
             await eventually(lambda: bool(liquidated(sim, twin.account_id)), timeout_s=10)
             # let the crash run its course: 180 simulated seconds from the start
             await eventually(lambda: sim.engine.marks[ETH] < Decimal(2150), timeout_s=10)
