@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,28 @@ from websockets.asyncio.client import connect
 
 from guardbot.sim.admin import SimAccount
 from guardbot.sim.keys import generate_key, sign, signed_headers
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_note(pid: int, before: float | None, events: int, unit: str) -> str:
+    """On a shared machine the wall-clock rate depends on the neighbours; the simulator's
+    own CPU time per event says what one dedicated core would sustain."""
+    after = cpu_seconds(pid)
+    if before is None or after is None or events == 0 or after <= before:
+        return ""
+    per_event = (after - before) / events
+    return (
+        f"; simulator CPU {per_event * 1e6:.0f} us per {unit}, i.e. "
+        f"~{1 / per_event:,.0f}/s per dedicated core"
+    )
 
 
 def start_simulator(speed: float) -> tuple[subprocess.Popen[str], str]:
@@ -80,7 +103,7 @@ async def open_accounts(session: aiohttp.ClientSession, url: str, count: int) ->
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
-async def bench_rest(url: str, seconds: float, concurrency: int) -> None:
+async def bench_rest(url: str, seconds: float, concurrency: int, pid: int) -> None:
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         accounts = await open_accounts(session, url, 50)
@@ -107,20 +130,21 @@ async def bench_rest(url: str, seconds: float, concurrency: int) -> None:
                         continue
                 latencies.append(time.monotonic() - started)
 
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), cpu_seconds(pid)
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         elapsed = time.monotonic() - started
+        note = server_cpu_note(pid, cpu_before, len(latencies) + failures, "request")
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99)] * 1000
     print(
         f"REST GET /v1/positions: {len(latencies) / elapsed:,.0f} req/s "
         f"({len(latencies)} ok, {failures} failed in {elapsed:.1f} s, concurrency "
-        f"{concurrency}; latency p50 {p50:.1f} ms, p99 {p99:.1f} ms)"
+        f"{concurrency}; latency p50 {p50:.1f} ms, p99 {p99:.1f} ms{note})"
     )
 
 
-async def bench_ws(url: str, seconds: float, connections: int, speed: float) -> None:
+async def bench_ws(url: str, seconds: float, connections: int, speed: float, pid: int) -> None:
     async with aiohttp.ClientSession() as session:
         accounts = await open_accounts(session, url, connections)
     ws_base = url.replace("http://", "ws://") + "/v2/ws/private/stream/"
@@ -165,16 +189,17 @@ async def bench_ws(url: str, seconds: float, connections: int, speed: float) -> 
     await all_ready.wait()
     await asyncio.sleep(1)  # let the subscriptions settle
     counting.set()
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), cpu_seconds(pid)
     await asyncio.sleep(seconds)
     counted, elapsed = pushes, time.monotonic() - started
+    note = server_cpu_note(pid, cpu_before, counted, "push")
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     offered = connections * speed
     print(
         f"WS position pushes: {counted / elapsed:,.0f} pushes/s received over {connections} "
         f"private connections ({counted} in {elapsed:.1f} s; offered {offered:,.0f}/s at "
-        f"speed {speed:g})"
+        f"speed {speed:g}{note})"
     )
 
 
@@ -189,14 +214,14 @@ def main() -> None:
     if args.only != "ws":
         process, url = start_simulator(speed=0)
         try:
-            asyncio.run(bench_rest(url, args.seconds, args.concurrency))
+            asyncio.run(bench_rest(url, args.seconds, args.concurrency, process.pid))
         finally:
             process.terminate()
             process.wait()
     if args.only != "rest":
         process, url = start_simulator(speed=args.speed)
         try:
-            asyncio.run(bench_ws(url, args.seconds, args.connections, args.speed))
+            asyncio.run(bench_ws(url, args.seconds, args.connections, args.speed, process.pid))
         finally:
             process.terminate()
             process.wait()

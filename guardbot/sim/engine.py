@@ -373,13 +373,16 @@ class Engine:
 
     def _after_mark_change(self, symbols: set[str]) -> None:
         for account in self.accounts.values():
-            for order in list(account.resting_orders()):
-                if order.symbol in symbols and self._crossed(order):
-                    self._fill_resting(account, order)
+            if account.orders:
+                for order in list(account.resting_orders()):
+                    if order.symbol in symbols and self._crossed(order):
+                        self._fill_resting(account, order)
+            if not any(p.qty for p in account.positions.values()):
+                continue
             self._liquidate_isolated(account, symbols)
             self._liquidate_cross(account)
-            for position in account.open_positions():
-                if position.symbol in symbols:
+            for position in account.positions.values():
+                if position.qty and position.symbol in symbols:
                     position.seq = self._next_seq()
                     self._touched(account.account_id, position)
 

@@ -7,7 +7,7 @@ the exchange books is quantized to USDC's 6 decimals (``usdc``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
 ZERO = Decimal(0)
@@ -35,6 +35,13 @@ class Market:
     min_notional: Decimal = Decimal("10")
     std_liquidation_fee: Decimal = Decimal("0.012")
     liquidator_fee: Decimal = Decimal("0.006")
+    # Below this notional ``imr_factor * notional^0.8 < base_imr`` (so the scaled MMR term is
+    # below ``base_mmr`` too): the floors decide and the slow Decimal power can be skipped.
+    floor_notional: Decimal = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        floor = (self.base_imr / self.imr_factor) ** Decimal("1.25") * Decimal("0.999999")
+        object.__setattr__(self, "floor_notional", floor)
 
     @property
     def max_leverage(self) -> int:
@@ -89,23 +96,9 @@ def usdc_down(amount: Decimal) -> Decimal:
     return amount.quantize(USDC_STEP, rounding=ROUND_DOWN)
 
 
-_FLOOR_NOTIONALS: dict[tuple[Decimal, Decimal], Decimal] = {}
-
-
-def _floor_notional(market: Market) -> Decimal:
-    """Below this notional ``imr_factor * notional^0.8 < base_imr`` (so the scaled MMR term
-    is below ``base_mmr`` too): the floors decide and the slow Decimal power is skipped."""
-    key = (market.base_imr, market.imr_factor)
-    floor = _FLOOR_NOTIONALS.get(key)
-    if floor is None:
-        floor = (market.base_imr / market.imr_factor) ** Decimal("1.25") * Decimal("0.999999")
-        _FLOOR_NOTIONALS[key] = floor
-    return floor
-
-
 def _notional_term(market: Market, factor: Decimal, notional: Decimal) -> Decimal:
     """``factor * notional^(4/5)``, or 0 where it cannot beat the floors."""
-    if notional <= _floor_notional(market):
+    if notional <= market.floor_notional:
         return ZERO
     return factor * notional**FOUR_FIFTHS
 
