@@ -44,7 +44,7 @@ from guardbot.audit.errors import (
     SchemaOutOfDate,
 )
 from guardbot.audit.schema import check_schema
-from guardbot.audit.spool import Spool, SpoolInUse
+from guardbot.audit.spool import SEGMENT_BYTES, Spool, SpoolInUse
 from guardbot.audit.tables import MONEY_SCALE, Base
 from guardbot.domain import ZERO, ActionKind, MarginMode, Source
 
@@ -239,12 +239,14 @@ class AuditLog:
         clock_ms: Callable[[], int] = wall_clock_ms,
         batch_size: int = 1000,
         retry_s: float = 1.0,
+        segment_bytes: int = SEGMENT_BYTES,
     ) -> AuditLog:
         """Check the schema, take the spool, replay what a previous process left in it, and
         start the background writer.
 
         Raises ``SchemaOutOfDate`` (run ``guardbot db upgrade``), ``AuditUnavailable`` (the
-        database cannot be reached to check it) or ``SpoolInUse``.
+        database cannot be reached to check it) or ``SpoolInUse``. ``retry_s`` is the first
+        back-off after a failed database write; ``segment_bytes`` the spool file size.
         """
         engine = create_audit_engine(url)
         try:
@@ -255,7 +257,7 @@ class AuditLog:
         except AuditError:
             engine.dispose()
             raise
-        spool = await asyncio.to_thread(Spool, spool_dir)
+        spool = await asyncio.to_thread(Spool, spool_dir, segment_bytes)
         audit = cls(engine, spool, clock_ms, batch_size, retry_s)
         await audit._replay_spool()
         audit._flusher = asyncio.create_task(audit._flush_forever(), name="audit-spool")
@@ -353,8 +355,8 @@ class AuditLog:
             "config_hash": config_hash,
             "host": host,
         }
-        self._run_ids.add(run_id)
         await self._submit(record)
+        self._run_ids.add(run_id)
         self._run_id = run_id
         return run_id
 

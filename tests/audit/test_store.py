@@ -21,6 +21,7 @@ from guardbot.audit.store import (
     AuditLog,
     AuditUnavailable,
     EventKind,
+    NotRecorded,
     SchemaOutOfDate,
     SpoolInUse,
 )
@@ -372,3 +373,21 @@ async def test_postgresql_network_outage_loses_nothing(
     finally:
         await log.aclose()
         proxy.close()
+
+
+async def test_a_record_that_cannot_be_spooled_is_refused_and_not_counted(
+    url: str, spool_dir: Path, clock: Clock
+) -> None:
+    log = await AuditLog.open(url, spool_dir, clock_ms=clock, segment_bytes=1)
+    await log.start_run("0.1.0", "cafe", "host-1")  # one record per segment from here on
+    blocked = (
+        spool_dir / f"segment-{max(int(p.stem[8:]) for p in segments(spool_dir)) + 1:08d}.jsonl"
+    )
+    blocked.mkdir()  # the next segment cannot be created
+    with pytest.raises(NotRecorded, match="cannot be written"):
+        await log.record_action(action(amount=Decimal(40)))
+    assert await log.added_since(ACCOUNT, 0) == 0, "not recorded, not sent, not counted"
+    blocked.rmdir()
+    await log.record_action(action(amount=Decimal(2)))
+    assert await log.added_since(ACCOUNT, 0) == Decimal(2)
+    await log.aclose()
