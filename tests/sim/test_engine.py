@@ -5,6 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guardbot.sim.engine import Engine, EngineError
 from guardbot.sim.keys import generate_key
@@ -237,3 +239,43 @@ def test_seq_grows_on_every_change_including_marks(engine: Engine) -> None:
     engine.adjust_margin(account_id, ETH, "ADD", "1")
     assert first < second < engine.position_view(account, ETH, "ISOLATED").seq
     assert first > 2**53
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["ADD", "REDUCE"]),
+            st.decimals(min_value="0.000001", max_value="12000", places=6),
+        ),
+        max_size=25,
+    ),
+    mark=st.decimals(min_value="2750", max_value="3300", places=2),
+)
+def test_margin_moves_conserve_money_and_keep_initial_margin(
+    steps: list[tuple[str, Decimal]], mark: Decimal
+) -> None:
+    """Whatever ADD/REDUCE sequence arrives, each call either applies exactly or changes
+    nothing, the account's USDC (holding + isolated margin) is conserved, and a REDUCE never
+    leaves less than the initial margin plus any unrealized loss."""
+    engine = Engine(clock=lambda: 1_700_000_000_000)
+    account_id = new_account(engine)
+    engine.open_position(account_id, ETH, "ISOLATED", D(1), 10)
+    engine.pin_mark(ETH, mark)
+    account = engine.accounts[account_id]
+    position = account.positions[(ETH, "ISOLATED")]
+    total = account.holding + position.margin
+    for kind, amount in steps:
+        before = position.margin
+        try:
+            engine.adjust_margin(account_id, ETH, kind, str(amount))
+        except EngineError as refused:
+            assert refused.code == -1101
+            assert position.margin == before
+        else:
+            assert position.margin == before + (amount if kind == "ADD" else -amount)
+        assert account.holding + position.margin == total
+        assert account.holding >= 0 and position.margin >= 0
+        if kind == "REDUCE" and position.margin != before:
+            upnl = position.qty * mark - position.cost_position
+            assert position.margin + min(upnl, D(0)) >= mark * D("0.1")

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -186,3 +187,25 @@ async def test_public_markprices(sim: SimServer) -> None:
         assert set(prices) == set(sim.engine.markets)
         one = await until_topic(ws, "PERP_ETH_USDC@markprice")
         assert one["data"] == {"symbol": "PERP_ETH_USDC", "price": prices["PERP_ETH_USDC"]}
+
+
+async def test_mark_moves_and_liquidation_are_pushed(
+    sim: SimServer, sim_account: SimAccount, private: ClientConnection
+) -> None:
+    await private.send(json.dumps({"id": "s", "topic": "position", "event": "subscribe"}))
+    await receive(private)
+    sim.engine.pin_mark("PERP_ETH_USDC", Decimal("2800"))
+    sim.flush()
+    repriced = await until_topic(private, "position")
+    marks = {p["marginMode"]: p["markPrice"] for p in repriced["data"]["positions"]}
+    assert marks == {"ISOLATED": 2800.0, "CROSS": 2800.0}
+    sim.engine.pin_mark("PERP_ETH_USDC", Decimal("2700"))  # below the isolated 2714.49
+    sim.flush()
+    while True:
+        push = await until_topic(private, "position")
+        closed = [p for p in push["data"]["positions"] if p["marginMode"] == "ISOLATED"]
+        if closed and closed[0]["positionQty"] == 0:
+            break
+    assert closed[0]["margin"] == 0.0
+    cross = sim.engine.accounts[sim_account.account_id].positions[("PERP_ETH_USDC", "CROSS")]
+    assert cross.qty == Decimal("0.5")  # the cross position is untouched
