@@ -11,6 +11,16 @@ milliseconds, because clients sign with their real clock and judge data age by i
 
 Each REST request runs: faults (latency, 5xx, 429) -> authentication (auth.py) -> rate limit
 (limits.py) -> handler -> pushes for what changed -> maybe a lost response (faults.py).
+
+Wire choices where orderly-api.md lists an open question (the engine's are in engine.py):
+- ``GET /v1/position/{symbol}`` with no position answers a zero-qty position object;
+  ``GET /v1/positions`` keeps a closed position's row, with qty 0.
+- ``/v1/public/futures/{symbol}`` answers a bare object, not ``rows``.
+- 429 carries no ``Retry-After``; the message is "Too many requests, please try again later.".
+- WS: no snapshot on subscribe (clients load REST first); a closed position is pushed with
+  ``positionQty`` 0; the unsubscribe ack has the subscribe ack's shape; server pings carry
+  ``ts``; every client (public too) is dropped after 10 unanswered pings; a failed auth is
+  answered with ``errorMsg`` "auth failed" and the connection is then closed.
 """
 
 from __future__ import annotations
