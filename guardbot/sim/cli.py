@@ -15,7 +15,7 @@ import contextlib
 import os
 import signal
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
@@ -41,7 +41,7 @@ class DemoAccount:
     name: str
     account_id: str
     orderly_key: str
-    orderly_secret: str
+    orderly_secret: str = field(repr=False)
 
 
 def open_demo_accounts(sim: SimServer, count: int, seed: int) -> list[DemoAccount]:

@@ -27,6 +27,7 @@ def test_demo_accounts_are_funded_and_hold_isolated_positions() -> None:
         assert len(isolated) == 1 + index
         assert all(p.margin > 0 for p in isolated)
         assert state.holding > Decimal(0)
+    assert accounts[0].orderly_secret not in repr(accounts[0])
     again = open_demo_accounts(SimServer(speed=0), 3, seed=7)
     assert [a.orderly_key for a in again] == [a.orderly_key for a in accounts]  # per seed
 
