@@ -5,12 +5,13 @@ request arriving there, through everything in between: the public WebSocket push
 position book, the policies, the arbiter, the audit log (two fsync'd records before the
 call), the executor's queue and throttle, and the signed REST call.
 
-Set-up: ``guardbot sim`` in-process with its clock stopped (marks move only when pinned),
-``--accounts`` guarded accounts with one isolated ETH long each (100 guarded positions by
-default), one guard process (``run_daemon``) guarding them all, SQLite audit log in a temp
-folder. Each round pins the ETH mark just inside ``topup``'s trigger for every position at
-once (a market-wide move: every position is at risk on the same tick) and records when each
-account's request arrives; the next round moves the mark lower again.
+Set-up: the simulated exchange in this process with its clock stopped (marks move only
+when pinned), ``--accounts`` accounts with one isolated ETH long each (100 guarded positions
+by default), one ``guardbot run`` process guarding them all (started once ``/readyz`` says
+every account has data), SQLite audit log in a temp folder. Each round pins the ETH mark
+just inside ``topup``'s trigger for every position at once (a market-wide move: every
+position is at risk on the same tick) and records when each account's request arrives; the
+next round moves the mark lower again.
 
     .venv/bin/python benchmarks/guard_latency.py
     .venv/bin/python benchmarks/guard_latency.py --accounts 20 --rounds 3
@@ -21,8 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
+import signal
+import socket
 import statistics
+import sys
 import tempfile
 import time
 from decimal import Decimal
@@ -32,9 +35,7 @@ import httpx
 from aiohttp import web
 
 from guardbot.audit import schema
-from guardbot.config import parse_config
-from guardbot.daemon import run_daemon
-from guardbot.sim.admin import open_account
+from guardbot.sim.admin import SimAccount, open_account
 from guardbot.sim.server import SimServer
 
 ETH = "PERP_ETH_USDC"
@@ -61,8 +62,35 @@ class TimedSim(SimServer):
         return await super()._position_margin(request)
 
 
+def write_config(folder: Path, sim: SimServer, accounts: list[SimAccount], url: str,
+                 health_port: int) -> Path:
+    lines = [
+        f'[exchange]\npreset = "sim"\nrest_url = "{sim.rest_url}"',
+        f'public_ws_url = "{sim.public_ws_url}"\nprivate_ws_url = "{sim.private_ws_url}"',
+        f'[audit]\nurl = "{url}"\nspool_dir = "{folder / "spool"}"',
+        "[poll]\ninterval_s = 5.0\nfast_interval_s = 5.0\nmax_data_age_s = 30.0",
+        "[budgets]\ncooldown_s = 0",
+        f"[health]\nport = {health_port}",
+    ]
+    for index, account in enumerate(accounts):
+        lines.append(
+            f'[[accounts]]\nname = "a{index}"\naccount_id = "{account.account_id}"\n'
+            f'orderly_key = "{account.orderly_key}"\n'
+            f'orderly_secret = "{account.orderly_secret}"'
+        )
+    config = folder / "guardbot.toml"
+    config.write_text("\n".join(lines) + "\n")
+    config.chmod(0o600)
+    return config
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 async def main(accounts: int, rounds: int) -> None:
-    logging.basicConfig(level=logging.WARNING)
     folder = Path(tempfile.mkdtemp(prefix="guard-latency-"))
     url = f"sqlite:///{folder / 'audit.db'}"
     schema.upgrade(url)
@@ -71,26 +99,19 @@ async def main(accounts: int, rounds: int) -> None:
             await open_account(sim.rest_url, "100000", [(ETH, "ISOLATED", "1", 10)])
             for _ in range(accounts)
         ]
-        settings = parse_config({
-            "exchange": {"preset": "sim", "rest_url": sim.rest_url,
-                         "public_ws_url": sim.public_ws_url,
-                         "private_ws_url": sim.private_ws_url},
-            "audit": {"url": url, "spool_dir": str(folder / "spool")},
-            "poll": {"interval_s": 5.0, "fast_interval_s": 5.0, "max_data_age_s": 30.0},
-            "budgets": {"cooldown_s": 0},
-            "health": {"enabled": False},
-            "accounts": [{"name": f"a{i}", "account_id": a.account_id,
-                          "orderly_key": a.orderly_key, "orderly_secret": a.orderly_secret}
-                         for i, a in enumerate(opened)],
-        })  # fmt: skip
-        stop = asyncio.Event()
-        guard = asyncio.create_task(run_daemon(settings, stop=stop))
-        await asyncio.sleep(3.0 + accounts * 0.03)  # first snapshots and streams
-        # Each top-up restores 10 % distance, so a 6 % lower mark is back inside the 5 %
-        # trigger: 2850 is inside for a fresh 10x long (liquidated near 2714).
-        price = Decimal(2850)
-        samples: list[float] = []
-        async with sim_admin(sim) as admin:
+        health_port = free_port()
+        config = write_config(folder, sim, opened, url, health_port)
+        # The guard runs in its own process, as in production: the simulator's event loop
+        # (this process) only serves the exchange side.
+        guard = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("guardbot")), "--log-level", "WARNING",
+            "run", "--config", str(config))
+        async with httpx.AsyncClient(base_url=sim.rest_url, timeout=10) as admin:
+            await wait_ready(f"http://127.0.0.1:{health_port}/readyz", guard)
+            # Each top-up restores 10 % distance, so a 6 % lower mark is back inside the 5 %
+            # trigger: 2850 is inside for a fresh 10x long (liquidated near 2714).
+            price = Decimal(2850)
+            samples: list[float] = []
             for number in range(rounds):
                 sim.arrivals.clear()
                 sim.expected = accounts
@@ -106,8 +127,8 @@ async def main(accounts: int, rounds: int) -> None:
                       f"first {min(got):.1f} ms, last {max(got):.1f} ms")
                 await asyncio.sleep(1.0)  # let verification settle before the next move
                 price = (price * Decimal("0.94")).quantize(Decimal("0.01"))
-        stop.set()
-        await guard
+        guard.send_signal(signal.SIGTERM)
+        await guard.wait()
     samples.sort()
     p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
     print(f"tick-to-request latency, {accounts} guarded positions at risk on the same tick, "
@@ -116,8 +137,18 @@ async def main(accounts: int, rounds: int) -> None:
           f"max {samples[-1]:.1f} ms")
 
 
-def sim_admin(sim: SimServer) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=sim.rest_url, timeout=10)
+async def wait_ready(url: str, guard: asyncio.subprocess.Process) -> None:
+    """Until the guard's /readyz says every account has fresh data."""
+    async with httpx.AsyncClient(timeout=2) as client:
+        for _ in range(600):
+            if guard.returncode is not None:
+                raise SystemExit(f"guardbot run exited with {guard.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    await asyncio.sleep(1.0)  # streams subscribed
+                    return
+            await asyncio.sleep(0.1)
+    raise SystemExit("the guard did not become ready in 60 s")
 
 
 if __name__ == "__main__":
