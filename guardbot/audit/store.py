@@ -527,8 +527,8 @@ class AuditLog:
         FAILED), including uncertain, in-flight and still-spooled ones. Conservative, so
         budgets hold under any failure. Answered from memory after the first call per
         account; that first call raises ``AuditUnavailable`` if the database is down."""
-        entries = await self._ledger_for(account_id, since_ms)
         self._prune(account_id)
+        entries = await self._ledger_for(account_id, since_ms)
         return sum(
             (
                 entry.amount
@@ -545,6 +545,7 @@ class AuditLog:
     async def last_action_ms(self, account_id: str, symbol: str) -> int | None:
         """When the newest action (any kind, dry-run included) on this position was decided,
         for cooldowns; ``None`` if there never was one."""
+        self._prune(account_id)
         entries = await self._ledger_for(account_id, self._clock_ms() - LEDGER_MS)
         times = [e.time_ms for e in entries.values() if e.symbol == symbol]
         if times:
@@ -580,6 +581,9 @@ class AuditLog:
         for action_id in [a for a, e in entries.items() if e.time_ms < keep_from]:
             del entries[action_id]
         self._ledger_from[account_id] = keep_from
+        # A pruned action may be a position's newest: ask the database again.
+        for key in [k for k in self._old_last_ms if k[0] == account_id]:
+            del self._old_last_ms[key]
 
     # -- start-up reconcile --------------------------------------------------------------
 

@@ -391,3 +391,18 @@ async def test_a_record_that_cannot_be_spooled_is_refused_and_not_counted(
     await log.record_action(action(amount=Decimal(2)))
     assert await log.added_since(ACCOUNT, 0) == Decimal(2)
     await log.aclose()
+
+
+async def test_a_long_running_log_forgets_old_actions_but_not_their_times(
+    url: str, spool_dir: Path, clock: Clock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    assert await log.last_action_ms(ACCOUNT, "PERP_BTC_USDC") is None
+    await log.record_action(action(symbol="PERP_BTC_USDC", amount=Decimal(3)))
+    assert await log.last_action_ms(ACCOUNT, "PERP_BTC_USDC") == T0
+    await log.flush(10)
+    clock.advance(5 * 86_400_000)  # the in-memory ledger keeps about two days
+    assert await log.added_since(ACCOUNT, clock() - 86_400_000) == 0
+    assert await log.last_action_ms(ACCOUNT, "PERP_BTC_USDC") == T0
+    assert await log.added_since(ACCOUNT, T0) == Decimal(3)  # older than memory: the database
+    await log.aclose()
