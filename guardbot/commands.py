@@ -97,9 +97,10 @@ def demo(duration: float, speed: float, scenario: str, seed: int, output: Path,
     from guardbot.logs import FORMAT_ENV, LEVEL_ENV, setup_logging
 
     if LEVEL_ENV not in os.environ:
-        # The live table shows the guard's decisions; log lines would scroll it away.
-        handler = setup_logging("WARNING", os.environ.get(FORMAT_ENV, "text"))
-        handler.setLevel(logging.WARNING)
+        # The live table shows the guard's decisions and the liquidations; log lines would
+        # scroll it away.
+        handler = setup_logging("ERROR", os.environ.get(FORMAT_ENV, "text"))
+        handler.setLevel(logging.ERROR)
     options = DemoOptions(duration_s=duration, speed=speed, scenario=scenario, seed=seed,
                           output=output, live=not as_json and sys.stdout.isatty())
     summary = asyncio.run(run_demo(options))

@@ -71,6 +71,8 @@ from guardbot.policies.runner import evaluate_policies
 
 log = logging.getLogger(__name__)
 
+# How often symbol rules (margin parameters, listings) are re-read, in seconds.
+RULES_REFRESH_S = 600
 # Recent marks kept per symbol for policies that look at volatility.
 RECENT_MARKS = 120
 # A failing policy or a refused decision is audited once per this many ms per position, not
@@ -182,8 +184,7 @@ class Guard:
     async def start(self) -> None:
         """Load symbol rules, take a first snapshot of every account and reconcile what a
         previous run left unfinished. The same path after a crash and a clean stop."""
-        first = next(iter(self.exchanges.values()))
-        self.rules = await first.get_symbol_rules()
+        await self.refresh_rules()
         # Settle the past before deciding anything new, so no new action is mistaken for
         # an unfinished one.
         await self.reconcile_unfinished(self.owned)
@@ -213,6 +214,11 @@ class Guard:
             await self.executor.drain()
             for task in tasks:
                 task.cancel()
+
+    async def refresh_rules(self) -> None:
+        """Load every symbol's margin parameters (``GET /v1/public/info``)."""
+        first = next(iter(self.exchanges.values()))
+        self.rules = await first.get_symbol_rules()
 
     async def set_owned(self, owned: frozenset[str]) -> None:
         """Follow ``AccountOwnership``: stop acting on accounts given away at once; settle a
@@ -282,9 +288,17 @@ class Guard:
                      record.account_id, record.symbol, message)
 
     async def _housekeeping(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(1.0)
+            ticks += 1
             await self.executor.expire()
+            if ticks % RULES_REFRESH_S == 0:
+                # New listings and changed margin parameters, without a restart.
+                try:
+                    await self.refresh_rules()
+                except ExchangeError as exc:
+                    log.warning("could not refresh symbol rules: %s", exc)
             now = self.clock_ms()
             for account_id in self.exchanges:
                 ages = [self.book.age_ms(p.key, now) or 0
@@ -637,6 +651,10 @@ async def run_daemon(
                 raise StartupError(
                     f"the exchange refused our key: {group.exceptions[0]}; check the "
                     "account's orderly_key, secret and scopes") from None
+            except* ExchangeError as group:
+                raise StartupError(
+                    f"cannot reach the exchange at {settings.exchange.urls()['rest_url']}: "
+                    f"{group.exceptions[0]}") from None
             finally:
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -212,3 +212,21 @@ async def test_net_added_counts_applied_actions_since_the_position_was_last_clos
     await audit.flush(5)
     assert net_added_from_audit(audit.engine, key) == Decimal(110)
     await audit.aclose()
+
+
+async def test_an_unreachable_exchange_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    schema.upgrade(url)
+    closed = "http://127.0.0.1:9"  # discard port: nothing listens
+    settings = parse_config({
+        "exchange": {"preset": "sim", "rest_url": closed, "timeout_s": 2,
+                     "public_ws_url": "ws://127.0.0.1:9/ws/{account_id}",
+                     "private_ws_url": "ws://127.0.0.1:9/ws/{account_id}"},
+        "audit": {"url": url, "spool_dir": str(tmp_path / "spool")},
+        "health": {"enabled": False},
+        "accounts": [{"name": "main", "account_id": "0x" + "ab" * 32,
+                      "orderly_key": "ed25519:9C6hybhQ6Aycep9jaUnP6uL9ZYvDjUp1aSkFWPUFJtpj",
+                      "orderly_secret": "4wBqpZM9xaSheZzJSMawUKKwhdpChKbZ5eu5ky4Vigw"}],
+    })  # fmt: skip
+    with pytest.raises(StartupError, match=r"cannot reach the exchange at http://127\.0\.0\.1:9"):
+        await asyncio.wait_for(run_daemon(settings), 30)
