@@ -14,18 +14,24 @@ How (no home-made consensus; PostgreSQL's lock manager does the work):
 * Each instance holds one dedicated connection. On it, it takes a session advisory lock for
   its own ``instance_id`` (membership) and one per account it guards. Session advisory locks
   belong to the connection, so the server releases all of them the moment the process dies
-  (its socket closes) or, if the host vanishes, when TCP keepalive gives up (~11 s, set below).
+  (its socket closes) or, if the host vanishes, when TCP keepalive gives up
+  (``_SERVER_GIVES_UP_S``, set on the session below).
 * Every ``interval_s`` the instance reads ``pg_locks`` once: the live instances are the
   membership locks, the owners are the account locks. It then balances: it owns at most
   ``ceil(accounts / live instances)``, releases its extras when a peer appears and takes
-  accounts nobody holds (a dead peer's) with ``pg_try_advisory_lock``, which cannot
-  succeed for two sessions at once. Failover therefore takes about one ``interval_s``.
+  accounts nobody has held for ``2 * interval_s`` (a dead peer's) with
+  ``pg_try_advisory_lock``, which cannot succeed for two sessions at once. Failover after a
+  process dies therefore takes two to three ``interval_s`` (``benchmarks/failover.py``).
 * An account being given away is first removed from ``owned()`` (and ``on_change`` awaited),
   and only unlocked on the next tick, so the caller has stopped guarding it before a peer
   can start.
-* If the connection fails or a tick hangs for ``_TICK_TIMEOUT_S`` the instance drops every
-  account at once (the server may already have handed them to a peer) and reconnects. The
-  timeout is shorter than the server-side keepalive, so this side always lets go first.
+* The database may go away (an audit database outage, a restart): the instance then keeps
+  guarding what it owns for ``hold_s`` and, when the database is back, re-locks those
+  accounts at once. Peers cannot take them meanwhile: while the server is down nobody gets
+  a lock; once it is back, a peer waits ``2 * interval_s`` before taking an account nobody
+  holds, longer than the previous owner needs to re-lock it. If this host is cut off while
+  the server lives on, the server keeps our locks for ``_SERVER_GIVES_UP_S``, longer than
+  ``hold_s`` plus one failed attempt: this side always lets go first.
 
 With SQLite there is one instance: it owns every account, and an exclusive ``flock`` on
 ``<database>.lock`` makes a second process on the same file fail at start-up.
@@ -56,13 +62,16 @@ log = logging.getLogger(__name__)
 
 OnChange = Callable[[frozenset[str]], Awaitable[None] | None]
 
-# A tick that takes longer than this is treated as a lost connection. It must stay below
-# the server's keepalive give-up time (idle + interval * count = 11 s), so that we stop
-# guarding before the server can hand our accounts to a peer.
+# A tick that takes longer than this is treated as a lost connection.
 _TICK_TIMEOUT_S = 5.0
+# The server gives up on a silent client after idle + interval * count seconds and only then
+# releases its locks. Holding on through an outage (hold_s) plus one failed attempt
+# (interval_s + _TICK_TIMEOUT_S) must stay below this plus a peer's takeover wait.
 _KEEPALIVE_OPTIONS = (
-    "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+    "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=4"
 )
+_SERVER_GIVES_UP_S = 30 + 5 * 4
+DEFAULT_HOLD_S = 40.0
 
 # Advisory locks taken with two int4 keys appear in pg_locks as (classid, objid, objsubid=2).
 _SNAPSHOT_SQL = """
@@ -92,6 +101,7 @@ class AccountOwnership:
     cooperate when they share ``namespace`` (tests use it to stay apart). ``on_change`` is
     called (and awaited if it returns an awaitable) with the new owned set after every
     change; when it returns, the caller must have stopped acting on accounts that left it.
+    ``hold_s`` is how long owned accounts are kept while the database is unreachable.
     """
 
     def __init__(
@@ -103,9 +113,15 @@ class AccountOwnership:
         interval_s: float = 2.0,
         namespace: str = "guardbot",
         on_change: OnChange | None = None,
+        hold_s: float = DEFAULT_HOLD_S,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
+        if not 0 <= hold_s <= _SERVER_GIVES_UP_S - interval_s - _TICK_TIMEOUT_S:
+            raise ValueError(
+                f"hold_s must be between 0 and {_SERVER_GIVES_UP_S - interval_s - _TICK_TIMEOUT_S}"
+                " s, or the server could hand our accounts to a peer while we still guard them"
+            )
         try:
             url = make_url(db_url)
         except ArgumentError:
@@ -140,8 +156,14 @@ class AccountOwnership:
         self._member_key = _lock_key(f"{namespace}/instance/{instance_id}")
         self._namespace = namespace
         self._interval_s = interval_s
+        self._takeover_wait_s = 2 * interval_s
+        self._hold_s = hold_s
         self._on_change = on_change
         self._owned: frozenset[str] = frozenset()
+        # Accounts we held when the connection was lost: re-locked first when it is back.
+        self._held_before: frozenset[str] = frozenset()
+        self._unheld_since: dict[str, float] = {}
+        self._last_tick = 0.0
         self._releasing: set[str] = set()
         self._live_instances = 0
         self._changed = asyncio.Event()
@@ -175,6 +197,7 @@ class AccountOwnership:
             async with asyncio.timeout(_TICK_TIMEOUT_S):
                 await self._connect()
                 await self._tick()
+                self._last_tick = _now()
         except (psycopg.Error, OSError, TimeoutError) as exc:
             await self._drop_connection()
             raise OwnershipError(
@@ -223,17 +246,48 @@ class AccountOwnership:
                 async with asyncio.timeout(_TICK_TIMEOUT_S):
                     if self._conn is None:
                         await self._connect()
+                        await self._relock()
                     await self._tick()
+                    self._last_tick = _now()
             except (psycopg.Error, OSError, TimeoutError, OwnershipError) as exc:
-                if self._conn is not None or self._owned:
-                    log.warning(
-                        "ownership %s: lock connection lost (%s); guarding nothing until it"
-                        " is back",
-                        self.instance_id,
-                        _first_line(exc),
-                    )
-                await self._drop_connection()
-                await self._set_owned(frozenset())
+                await self._lost(exc)
+
+    async def _lost(self, exc: BaseException) -> None:
+        """The lock connection failed: keep what we own for ``hold_s``, then let go."""
+        if self._conn is not None:
+            log.warning(
+                "ownership %s: lock connection lost (%s); still guarding %d accounts for up"
+                " to %g s while reconnecting",
+                self.instance_id,
+                _first_line(exc),
+                len(self._owned),
+                self._hold_s,
+            )
+            await self._drop_connection()
+        self._held_before |= self._owned
+        if self._owned and _now() - self._last_tick >= self._hold_s:
+            log.warning(
+                "ownership %s: no lock database for %.0f s: guarding nothing until it is back",
+                self.instance_id,
+                _now() - self._last_tick,
+            )
+            await self._set_owned(frozenset())
+
+    async def _relock(self) -> None:
+        """Right after reconnecting, take back the accounts we held before the loss (the new
+        session holds nothing). One taken by a peer meanwhile is simply not ours any more."""
+        conn = self._conn
+        assert conn is not None
+        regained = set()
+        for account in sorted(self._held_before):
+            cursor = await conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (self._accounts_ns, self._accounts[account])
+            )
+            row = await cursor.fetchone()
+            if row and row[0]:
+                regained.add(account)
+        self._held_before = frozenset()
+        await self._set_owned(frozenset(regained))
 
     async def _connect(self) -> None:
         conn = await psycopg.AsyncConnection.connect(
@@ -262,6 +316,7 @@ class AccountOwnership:
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         self._releasing.clear()  # the server releases them with the session
+        self._unheld_since.clear()  # what we saw on it says nothing about the next session
         if conn is not None:
             with contextlib.suppress(psycopg.Error, OSError):
                 await conn.close()
@@ -298,6 +353,12 @@ class AccountOwnership:
                 len(self._owned),
             )
 
+        now = _now()
+        for account in self._accounts:
+            if account in held:
+                self._unheld_since.pop(account, None)
+            else:
+                self._unheld_since.setdefault(account, now)
         owned = set(held_by_me)
         quota = math.ceil(len(self._accounts) / live)
         by_preference = sorted(self._accounts, key=self._preference.__getitem__, reverse=True)
@@ -309,7 +370,8 @@ class AccountOwnership:
             for account in by_preference:
                 if len(owned) >= quota:
                     break
-                if account in held:
+                # Nobody has held it for a while: its last owner is gone, not reconnecting.
+                if account in held or now - self._unheld_since[account] < self._takeover_wait_s:
                     continue
                 cursor = await conn.execute(
                     "SELECT pg_try_advisory_lock(%s, %s)",
@@ -343,6 +405,10 @@ class AccountOwnership:
                     await result
             except Exception:
                 log.exception("ownership %s: on_change callback failed", self.instance_id)
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import PG_URL
+from faults.pgcluster import PgCluster
 
 from guardbot.ownership import AccountOwnership, OwnershipError
 
@@ -97,7 +98,8 @@ async def test_three_instances_divide_the_accounts_and_take_over_from_a_leaver()
     ns = namespace()
     async with AsyncExitStack() as stack:
         a = await stack.enter_async_context(pg_instance(ns, "a"))
-        assert a.owned() == frozenset(ACCOUNTS)  # alone: everything, from the first tick
+        assert a.owned() == frozenset()  # nothing until the accounts have been free a while
+        await until(lambda: a.owned() == frozenset(ACCOUNTS))  # alone: everything
         async with (
             pg_instance(ns, "b") as b,
             pg_instance(ns, "c") as c,
@@ -167,22 +169,82 @@ async def test_no_account_is_ever_owned_twice_under_churn() -> None:
     assert overlaps and not any(overlaps)
 
 
+def held_by(application_name: str, ns_accounts: int | None = None) -> int:
+    """How many advisory locks the sessions named ``application_name`` hold right now."""
+    with psycopg.connect(PG_URL.replace("+psycopg", ""), autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND a.application_name = %s",
+            (application_name,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 @pytest.mark.postgres
-async def test_lost_lock_connection_drops_everything_then_recovers() -> None:
-    """If the server ends our session (DB restart, admin kill), the locks are gone: the
-    instance must stop guarding at once, then reconnect and take the accounts back."""
+async def test_lost_lock_connection_keeps_the_accounts_and_relocks_them() -> None:
+    """The server ends our session (restart, admin kill): the locks are gone, but nobody can
+    take the accounts before we re-lock them on the next tick, so we never stop guarding."""
     ns = namespace()
     changes: list[frozenset[str]] = []
     async with pg_instance(ns, "victim", on_change=changes.append) as own:
-        assert own.owned() == frozenset(ACCOUNTS)
-        with psycopg.connect(PG_URL.replace("+psycopg", ""), autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = 'guardbot:victim'"
-            )
-        await until(lambda: frozenset() in changes)
         await until(lambda: own.owned() == frozenset(ACCOUNTS))
-    assert changes[:3] == [frozenset(ACCOUNTS), frozenset(), frozenset(ACCOUNTS)]
+        async with pg_instance(ns, "peer") as peer:
+            with psycopg.connect(PG_URL.replace("+psycopg", ""), autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = 'guardbot:victim'"
+                )
+            # Membership plus every account, on a new session.
+            await until(lambda: held_by("guardbot:victim") == 1 + len(ACCOUNTS))
+            # The peer gets its share by rebalancing, never by taking a lost lock.
+            await until(lambda: balanced([own, peer]))
+    assert changes[0] == frozenset(ACCOUNTS) and frozenset() not in changes[:-1]  # -1: exit
+
+
+@pytest.mark.postgres
+async def test_database_down_longer_than_hold_drops_then_relocks_at_once() -> None:
+    with PgCluster() as pg:
+        changes: list[frozenset[str]] = []
+        async with AccountOwnership(
+            pg.url, "solo", ACCOUNTS, interval_s=FAST, hold_s=0.5, on_change=changes.append
+        ) as own:
+            await until(lambda: own.owned() == frozenset(ACCOUNTS))
+            pg.stop()
+            await until(lambda: own.owned() == frozenset(), timeout_s=8)
+            pg.start()
+            # Back without waiting to see whether a previous owner returns: it was us.
+            took = await until(lambda: own.owned() == frozenset(ACCOUNTS))
+    assert took < 1.0
+    assert changes == [frozenset(ACCOUNTS), frozenset(), frozenset(ACCOUNTS), frozenset()]
+
+
+@pytest.mark.postgres
+async def test_database_down_shorter_than_hold_keeps_guarding() -> None:
+    with PgCluster() as pg:
+        changes: list[frozenset[str]] = []
+        async with AccountOwnership(
+            pg.url, "solo", ACCOUNTS, interval_s=FAST, hold_s=5.0, on_change=changes.append
+        ) as own:
+            await until(lambda: own.owned() == frozenset(ACCOUNTS))
+            pg.stop()
+            await asyncio.sleep(1.0)  # the outage itself: real time on a real server
+            assert own.owned() == frozenset(ACCOUNTS)
+            pg.start()
+            with psycopg.connect(pg.url.replace("+psycopg", ""), autocommit=True) as admin:
+
+                def relocked() -> bool:
+                    row = admin.execute(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                    ).fetchone()
+                    return bool(row) and row[0] == 1 + len(ACCOUNTS)
+
+                await until(relocked)
+    assert changes == [frozenset(ACCOUNTS), frozenset()]  # the last one is the exit
+
+
+def test_hold_longer_than_the_server_keeps_locks_is_refused() -> None:
+    with pytest.raises(ValueError, match="hold_s"):
+        AccountOwnership(PG_URL, "x", ACCOUNTS, hold_s=3600)
 
 
 # -- PostgreSQL, real processes killed with SIGKILL ---------------------------------------

@@ -382,9 +382,9 @@ class Daemon:
                 self._sampler.join(5)
 
     def wait_ready(self, timeout_s: float = 30) -> None:
-        """Until ``/readyz`` answers 200 (every account polled and guarded) or, while the
-        health endpoint is not served, until every account's streams have resynchronised
-        over REST since this start."""
+        """Until ``/readyz`` answers 200 listing every account (all owned and fresh) or,
+        while the health endpoint is not served, until every account's streams have
+        resynchronised over REST since this start."""
         assert self.metrics_url is not None
         url = self.metrics_url.replace("/metrics", "/readyz")
         logged_before = len(self.log_text())
@@ -394,7 +394,10 @@ class Daemon:
             if not self.alive():
                 raise AssertionError(f"the daemon exited:\n{self.log_text()[-3000:]}")
             try:
-                if httpx.get(url, timeout=1).status_code == 200:
+                answer = httpx.get(url, timeout=1)
+                # Ready, and guarding every account (ownership takes them a moment after
+                # start-up; /readyz lists the owned ones).
+                if answer.status_code == 200 and len(answer.json()["accounts"]) == accounts:
                     return
             except httpx.ConnectError:
                 since = self.log_text()[logged_before:]
