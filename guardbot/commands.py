@@ -83,7 +83,7 @@ def run(config_path: Path | None, dry_run: bool) -> None:
 @click.option("--speed", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Simulated seconds per wall-clock second.")
 @click.option("--scenario", default="crash", show_default=True,
-              help="Mark-price scenario of the simulated exchange.")
+              help="Mark-price scenario: calm, trend, crash, squeeze or csv:PATH.")
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path),
               default=Path("demo-output"), show_default=True,
@@ -103,7 +103,12 @@ def demo(duration: float, speed: float, scenario: str, seed: int, output: Path,
         handler.setLevel(logging.ERROR)
     options = DemoOptions(duration_s=duration, speed=speed, scenario=scenario, seed=seed,
                           output=output, live=not as_json and sys.stdout.isatty())
-    summary = asyncio.run(run_demo(options))
+    from guardbot.sim.prices import ScenarioError
+
+    try:
+        summary = asyncio.run(run_demo(options))
+    except ScenarioError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scenario") from None
     if as_json:
         click.echo(json.dumps(summary, default=_decimal_text))
     else:

@@ -173,6 +173,9 @@ def render_summary(summary: dict[str, Any]) -> str:
 
 async def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Run the demo and return its summary (see ``render_summary``)."""
+    # Built first: a bad scenario is refused before any file is touched.
+    server = SimServer(seed=options.seed, scenario=options.scenario, speed=options.speed,
+                       host="127.0.0.1", port=0)
     output = options.output
     output.mkdir(parents=True, exist_ok=True)
     db_path = output / "audit.db"
@@ -185,8 +188,7 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
     audit_url = f"sqlite:///{db_path}"
     await asyncio.to_thread(schema.upgrade, audit_url)
     stream = options.stream or sys.stdout
-    async with SimServer(seed=options.seed, scenario=options.scenario, speed=options.speed,
-                         host="127.0.0.1", port=0) as sim:
+    async with server as sim:
         guarded = await open_account(sim.rest_url, DEMO_USDC, DEMO_POSITIONS)
         unguarded = await open_account(sim.rest_url, DEMO_USDC, DEMO_POSITIONS)
         accounts = {"guarded": guarded.account_id, "unguarded": unguarded.account_id}
