@@ -7,14 +7,21 @@ from __future__ import annotations
 import configparser
 import json
 import logging
+import os
 import re
 import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -295,3 +302,140 @@ def test_the_compose_commands_run_against_postgresql(monkeypatch: pytest.MonkeyP
         with admin.connect() as connection:
             connection.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
         admin.dispose()
+
+
+# -- the paper setup, run without Docker ----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def answer(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=1)
+    except httpx.HTTPError:
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_paper_setup_runs_and_readyz_turns_not_ready_when_the_sim_stops_pushing(
+    tmp_path: Path,
+) -> None:
+    """Each compose service's own command as a process (loopback instead of the compose
+    network, a throwaway PostgreSQL schema, a short staleness bound): the guard becomes ready
+    on the sim's demo accounts, turns not-ready when the simulator freezes, recovers when it
+    resumes, logs JSON lines without secrets, and stops cleanly on SIGTERM."""
+    sim_port, health_port = free_port(), free_port()
+    sim_argv = argv_of(SERVICES["sim"])
+    sim_argv[sim_argv.index("--port") + 1] = str(sim_port)
+    sim_argv[sim_argv.index("--host") + 1] = "127.0.0.1"
+    schema_name = f"paper_test_{uuid.uuid4().hex[:12]}"
+    env = {
+        **os.environ,
+        "GUARDBOT_MIGRATIONS": str(ROOT / "migrations"),
+        "GUARDBOT__AUDIT__URL": f"{PG_URL}?options=-csearch_path%3D{schema_name}",
+        "GUARDBOT__EXCHANGE__REST_URL": f"http://127.0.0.1:{sim_port}",
+        "GUARDBOT__EXCHANGE__PUBLIC_WS_URL": f"ws://127.0.0.1:{sim_port}/ws/stream/{{account_id}}",
+        "GUARDBOT__EXCHANGE__PRIVATE_WS_URL":
+            f"ws://127.0.0.1:{sim_port}/v2/ws/private/stream/{{account_id}}",
+        "GUARDBOT__EXCHANGE__TIMEOUT_S": "1",
+        "GUARDBOT__HEALTH__HOST": "127.0.0.1",
+        "GUARDBOT__HEALTH__PORT": str(health_port),
+        "GUARDBOT__POLL__INTERVAL_S": "0.5",
+        "GUARDBOT__POLL__FAST_INTERVAL_S": "0.25",
+        "GUARDBOT__POLL__MAX_DATA_AGE_S": "2",
+        "GUARDBOT__GUARD__KILL_SWITCH_FILE": str(tmp_path / "STOP"),
+    }
+    (env_file,) = SERVICES["guardbot"]["env_file"]
+    secrets = []
+    for line in (ROOT / interpolate(env_file)).read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            env[name] = value
+            secrets.append(value.removeprefix("ed25519:"))
+    guardbot = str(Path(sys.executable).parent / "guardbot")
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema_name}"'))
+    sim_log, guard_log = tmp_path / "sim.log", tmp_path / "guardbot.log"
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        with sim_log.open("wb") as out:
+            sim = subprocess.Popen([guardbot, *sim_argv], stdout=out, stderr=subprocess.STDOUT,
+                                   cwd=tmp_path, env=env)
+        processes.append(sim)
+        system_info = f"http://127.0.0.1:{sim_port}/v1/public/system_info"
+        wait_until(lambda: (r := answer(system_info)) is not None and r.status_code == 200,
+                   "the simulator")
+
+        migrated = subprocess.run([guardbot, *argv_of(SERVICES["migrate"])], cwd=tmp_path,
+                                  env=env, capture_output=True, text=True, timeout=60)
+        assert migrated.returncode == 0, migrated.stderr
+
+        with guard_log.open("wb") as out:
+            guard = subprocess.Popen([guardbot, *argv_of(SERVICES["guardbot"])], stdout=out,
+                                     stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+        processes.append(guard)
+        base = f"http://127.0.0.1:{health_port}"
+
+        def readyz() -> httpx.Response | None:
+            assert guard.poll() is None, guard_log.read_text()[-3000:]
+            return answer(f"{base}/readyz")
+
+        def ready_with_both() -> bool:
+            r = readyz()
+            return r is not None and r.status_code == 200 and len(r.json()["accounts"]) == 2
+
+        wait_until(ready_with_both, "/readyz 200 with both demo accounts")
+        assert [a["account"] for a in readyz().json()["accounts"]] == ["demo1", "demo2"]  # type: ignore[union-attr]
+        scraped = httpx.get(f"{base}/metrics").text
+        assert "guardbot_ready 1.0" in scraped
+        assert re.search(r'guardbot_snapshots_total\{account="0x21adeee5[0-9a-f]+",source="REST"\} '
+                         r"[1-9]", scraped)
+
+        sim.send_signal(signal.SIGSTOP)  # the exchange freezes: no pushes, no answers
+        try:
+            wait_until(lambda: (r := readyz()) is not None and r.status_code == 503,
+                       "/readyz 503 after the simulator stopped", timeout_s=15)
+            problems = readyz().json()["problems"]  # type: ignore[union-attr]
+            assert any(re.fullmatch(r"account demo1: data is \d+\.\d s old \(bound 2 s\)", p)
+                       for p in problems), problems
+            assert "guardbot_ready 0.0" in httpx.get(f"{base}/metrics").text
+        finally:
+            sim.send_signal(signal.SIGCONT)
+        wait_until(ready_with_both, "/readyz 200 again after the simulator resumed")
+
+        guard.send_signal(signal.SIGTERM)
+        assert guard.wait(30) == 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema_name}" CASCADE'))
+        admin.dispose()
+
+    logged = guard_log.read_text()
+    # Every log record is one JSON line. The CLI's start-up warning about the config file's
+    # mode is a plain click.echo, not a log record (the mounted example holds no secret).
+    lines = [line for line in logged.splitlines() if not line.startswith("warning: ")]
+    entries = [json.loads(line) for line in lines]
+    assert len(entries) > 5
+    assert all({"ts", "level", "logger", "message"} <= set(entry) for entry in entries)
+    assert {"guardbot.daemon", "guardbot.health"} <= {entry["logger"] for entry in entries}
+    for secret in secrets:
+        assert secret not in logged
