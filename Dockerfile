@@ -15,11 +15,11 @@ COPY guardbot ./guardbot
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
+# GUARDBOT_MIGRATIONS: where `guardbot db upgrade` finds Alembic (guardbot/audit/schema.py).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    # `guardbot db upgrade` finds the Alembic migrations here (guardbot/audit/schema.py).
     GUARDBOT_MIGRATIONS=/opt/guardbot/migrations
 RUN groupadd --system --gid 10001 guardbot \
     && useradd --system --uid 10001 --gid guardbot --home-dir /var/lib/guardbot \
