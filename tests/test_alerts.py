@@ -275,3 +275,15 @@ async def test_notify_outside_the_context_only_logs(caplog: pytest.LogCaptureFix
     caplog.set_level(logging.DEBUG, logger="guardbot.alerts")
     Alerter([]).notify(ACTION)
     assert "alert action_taken: added 120.50 USDC" in caplog.text
+
+
+async def test_the_digest_goes_out_when_the_window_closes_without_further_alerts(
+    receiver: Receiver,
+) -> None:
+    async with Alerter([receiver.hook("/ok/json", min_interval_s=0.2)]) as alerter:
+        for n in range(5):
+            alerter.notify(stale(n=n))
+        first, digest = await receiver.wait_for(2)  # the sender's own timer sends the digest
+    assert "digest" not in first
+    assert digest["digest"] == {"count": 4, "window_s": 0.2}
+    assert len(receiver.received) == 2
