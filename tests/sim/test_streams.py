@@ -15,10 +15,12 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from guardbot.sim.admin import SimAccount
+from guardbot.sim.admin import SimAccount, open_account
 from guardbot.sim.client import SimClient
 from guardbot.sim.keys import generate_key, sign
 from guardbot.sim.server import SimServer
+
+ETH = "PERP_ETH_USDC"
 
 
 async def receive(ws: ClientConnection) -> dict[str, Any]:
@@ -209,3 +211,46 @@ async def test_mark_moves_and_liquidation_are_pushed(
     assert closed[0]["margin"] == 0.0
     cross = sim.engine.accounts[sim_account.account_id].positions[("PERP_ETH_USDC", "CROSS")]
     assert cross.qty == Decimal("0.5")  # the cross position is untouched
+
+
+async def test_pushes_reach_only_the_accounts_own_connections(
+    sim: SimServer, sim_account: SimAccount, private: ClientConnection
+) -> None:
+    other = await open_account(sim.rest_url, usdc="1000", positions=[(ETH, "ISOLATED", "0.1", 10)])
+    async with connect(sim.private_ws_url.format(account_id=other.account_id)) as stranger:
+        await stranger.send(auth_message(other))
+        assert (await receive(stranger))["success"] is True
+        for ws in (private, stranger):
+            await ws.send(json.dumps({"id": "p", "topic": "position", "event": "subscribe"}))
+            await ws.send(json.dumps({"id": "a", "topic": "account", "event": "subscribe"}))
+            await receive(ws)
+            await receive(ws)
+        sim.engine.adjust_margin(sim_account.account_id, ETH, "ADD", "3")
+        sim.engine.set_leverage(sim_account.account_id, 20, "PERP_BTC_USDC", "CROSS")
+        sim.flush()
+        push = await until_topic(private, "position")
+        assert push["data"]["positions"][0]["margin"] == 304.8
+        detail = (await until_topic(private, "account"))["data"]["accountDetail"]
+        assert {"symbol": "PERP_BTC_USDC", "marginMode": "CROSS", "leverage": 20} in detail[
+            "symbolLeverage"
+        ]
+        sim.engine.adjust_margin(other.account_id, ETH, "ADD", "1")
+        sim.flush()
+        seen: list[dict[str, Any]] = []  # all the stranger got, up to its own ADD's push
+        while True:
+            seen.append(await receive(stranger))
+            message = seen[-1]
+            # 0.1 * 3000 * (1/10 + 0.0006) + 1
+            if (
+                message.get("topic") == "position"
+                and message["data"]["positions"][0]["margin"] == 31.18
+            ):
+                break
+        assert [m for m in seen if m.get("topic") == "account"] == []
+        margins = [
+            p["margin"]
+            for m in seen
+            if m.get("topic") == "position"
+            for p in m["data"]["positions"]
+        ]
+        assert 304.8 not in margins and 301.8 not in margins
