@@ -49,6 +49,14 @@ def auth_message(account: SimAccount, timestamp_ms: int | None = None) -> str:
 
 
 @pytest.fixture
+async def sim() -> AsyncIterator[SimServer]:
+    """Paused marks (speed 0): these tests make every change themselves, so no tick push
+    can arrive between an action and the push it causes."""
+    async with SimServer(seed=7, scenario="calm", speed=0) as server:
+        yield server
+
+
+@pytest.fixture
 async def private(sim: SimServer, sim_account: SimAccount) -> AsyncIterator[ClientConnection]:
     async with connect(sim.private_ws_url.format(account_id=sim_account.account_id)) as ws:
         await ws.send(auth_message(sim_account))
