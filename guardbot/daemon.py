@@ -173,8 +173,8 @@ class Guard:
         self._locks = {account_id: asyncio.Lock() for account_id in self.exchanges}
         self._urgent: set[str] = set()
         self._acting = False  # only between start-up reconcile and stop
-        # This run's last action per position (the audit log answers for earlier runs).
-        self._last_action: dict[PositionKey, LastAction] = {}
+        # Last applied action per position, for cooldowns (seeded from the audit log).
+        self._last_action: dict[PositionKey, LastAction | None] = {}
         self._said: dict[tuple[str, ...], int] = {}
         self._max_age_ms = int(settings.poll.max_data_age_s * 1000)
         self._watch = URGENT_FACTOR * _smallest_trigger(self.policies)
@@ -433,6 +433,8 @@ class Guard:
         )
 
     def _applied(self, intent: Intent) -> None:
+        """The executor saw an action applied (succeeded, or reconciled as applied)."""
+        self._last_action[intent.key] = LastAction(self.clock_ms(), intent.kind)
         if intent.key in self._net_added:
             sign = 1 if intent.kind is ActionKind.ADD else -1
             self._net_added[intent.key] += sign * intent.amount
@@ -446,12 +448,15 @@ class Guard:
         last_action = {}
         for key in keys:
             added_by_position[key] = await self.audit.added_since(account_id, day, symbol=key[1])
-            last = self._last_action.get(key)
-            if last is None:
+            if key not in self._last_action:
+                # First sight in this run: the audit log knows when the last action was
+                # (not its outcome or kind: assume an applied ADD, which keeps the
+                # cooldown, the conservative side). From then on only applied actions
+                # count: a failed call must not delay the retry of a position at risk.
                 at_ms = await self.audit.last_action_ms(account_id, key[1])
-                # The kind is not known from before this run: assume ADD, which keeps the
-                # cooldown (the conservative side).
-                last = None if at_ms is None else LastAction(at_ms, ActionKind.ADD)
+                self._last_action[key] = (
+                    None if at_ms is None else LastAction(at_ms, ActionKind.ADD))
+            last = self._last_action[key]
             if last is not None:
                 last_action[key] = last
         kill_switch = self.settings.guard.kill_switch_file
@@ -477,7 +482,9 @@ class Guard:
                   liquidation_price=view.liquidation_price, distance=view.distance,
                   dry_run=decision.dry_run)
         if decision.approved:
-            if await self.executor.submit(job) is not None:
+            submitted = await self.executor.submit(job)
+            if submitted is not None and job.dry_run:
+                # Nothing will be applied; pace dry-run decisions as if it had been.
                 self._last_action[intent.key] = LastAction(now, intent.kind)
             return
         # Refusals are audited as SKIPPED actions, once a minute per position and reason;

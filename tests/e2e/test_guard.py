@@ -8,6 +8,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from e2e.helpers import ETH, AuditReader, eventually, guard_settings, guarding, pin_mark
@@ -253,3 +254,32 @@ async def crash_mid_call(
     sim.engine.adjust_margin(account.account_id, ETH, "ADD", str(amount))
     sim.flush()
     return action_id
+
+
+async def test_a_call_that_was_not_applied_does_not_start_a_cooldown(
+    sqlite_url: str, tmp_path: Path, reader_for: Callable[[str], AuditReader],
+) -> None:
+    """Cooldowns pace applied actions. A top-up answered by a 5xx may or may not have been
+    applied: it is reconciled from the position first, and once found not applied the
+    position is topped up again at once, not after the 30 s cooldown."""
+    async with SimServer(seed=7, scenario="calm", speed=0) as sim:
+        account = await open_account(sim.rest_url, "20000", BOOK)
+        settings = guard_settings(sim, account, sqlite_url, tmp_path / "spool",
+                                  budgets={"cooldown_s": 30})
+        margin_before = margin_of(sim, account.account_id)
+        audit = reader_for(sqlite_url)
+        async with guarding(settings), httpx.AsyncClient(base_url=sim.rest_url) as admin:
+            # started: the streams open once start-up (rules, reconcile, first polls) is done
+            await eventually(lambda: sim.counters["ws_private_connections"] > 0)
+            (await admin.post("/sim/faults", json={"error_rate": 1.0})).raise_for_status()
+            await pin_mark(sim, ETH, BELOW_TRIGGER)
+            await eventually(lambda: bool(audit.events("UNCERTAIN")))
+            (await admin.post("/sim/faults", json={"error_rate": 0.0})).raise_for_status()
+            await eventually(lambda: margin_of(sim, account.account_id) > margin_before,
+                             timeout_s=8)
+        margin_after = margin_of(sim, account.account_id)
+    events = [(e.kind, (e.detail or {}).get("applied")) for e in audit.events()
+              if e.kind in ("UNCERTAIN", "RECONCILED", "SUCCEEDED")]
+    assert events[:2] == [("UNCERTAIN", None), ("RECONCILED", "false")]
+    assert events[-1] == ("SUCCEEDED", None)
+    assert margin_after - margin_before == audit.applied("ADD")
