@@ -410,6 +410,15 @@ class Daemon:
             f"the daemon was not ready in {timeout_s} s:\n{self.log_text()[-3000:]}"
         )
 
+    def owned(self) -> set[str]:
+        """The names of the accounts this daemon guards (``/readyz`` lists them)."""
+        assert self.metrics_url is not None
+        try:
+            answer = httpx.get(self.metrics_url.replace("/metrics", "/readyz"), timeout=1)
+            return {a["account"] for a in answer.json()["accounts"]}
+        except (httpx.HTTPError, ValueError, KeyError):
+            return set()
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

@@ -124,7 +124,7 @@ def distances(state: dict[str, object]) -> list[Decimal]:
 def wait_all_safe(sim: Sim, trigger: Decimal = Decimal("0.08"), timeout_s: float = 15) -> None:
     """With faults off, the guard must bring every position back out of the trigger band."""
     deadline = time.monotonic() + timeout_s
-    while min(distances(sim.state())) < trigger:
+    while min(distances(sim.state()), default=Decimal(-1)) < trigger:
         assert time.monotonic() < deadline, f"positions left at risk: {distances(sim.state())}"
         time.sleep(0.3)
 
@@ -265,3 +265,55 @@ def test_sigkill_at_random_points_then_restart(tmp_path: Path, audit_url: str) -
     assert all(total <= budget for total in added.values()), added
     assert max(added.values()) > budget / 2, f"the budget was never approached: {added}"
     assert_clean(row, min_actions=15)
+
+
+def partition(daemons: list[Daemon], names: set[str]) -> bool:
+    """Every account guarded by exactly one of ``daemons``."""
+    owned = [d.owned() for d in daemons]
+    return set().union(*owned) == names and sum(map(len, owned)) == len(names)
+
+
+def test_three_daemons_share_the_accounts_and_take_over_from_a_killed_one(
+    tmp_path: Path,
+) -> None:
+    """Scale-out on PostgreSQL: three ``guardbot run`` on the same six accounts divide them;
+    one is SIGKILLed mid-activity and the two others take its accounts over."""
+    with PgCluster() as pg:
+        migrate(pg.url)
+        with Sim(tmp_path, accounts=6, symbols="PERP_ETH_USDC") as sim:
+            names = {f"acct{i}" for i in range(6)}
+            daemons = []
+            for i in range(3):
+                home = tmp_path / f"daemon{i}"
+                home.mkdir()
+                daemons.append(Daemon(write_config(home, sim, pg.url), home))
+            try:
+                for daemon in daemons:
+                    daemon.start()
+                deadline = time.monotonic() + 30
+                while not (partition(daemons, names) and all(d.owned() for d in daemons)):
+                    assert time.monotonic() < deadline, [d.owned() for d in daemons]
+                    time.sleep(0.2)
+                drive_down(sim, steps=5)
+                victim = max(daemons, key=lambda d: len(d.owned()))
+                survivors = [d for d in daemons if d is not victim]
+                victim.kill()
+                killed = time.monotonic()
+                # The marks keep falling (0.5 % every 0.5 s) while nobody guards the orphans.
+                while not partition(survivors, names):
+                    assert time.monotonic() - killed < 15, [d.owned() for d in survivors]
+                    drive_down(sim, steps=1, every_s=0.5, factor=Decimal("0.995"))
+                failover_s = time.monotonic() - killed
+                drive_down(sim, steps=5)
+                wait_all_safe(sim)
+                actions = settle(pg.url, survivors[0])
+            finally:
+                for daemon in daemons:
+                    daemon.__exit__()
+            state = sim.state()
+    row = record(
+        compare(f"3 daemons, 1 killed (failover {failover_s:.1f} s)", state, actions, None)
+    )
+    assert failover_s < 10
+    assert state["liquidations"] == []
+    assert_clean(row, min_actions=20)
