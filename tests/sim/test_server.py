@@ -249,7 +249,6 @@ async def test_body_that_is_not_json(
     sim: SimServer, sim_account: SimAccount, http: httpx.AsyncClient
 ) -> None:
 
-
     headers = signed_headers(
         sim_account.orderly_secret,
         sim_account.orderly_key,
