@@ -279,3 +279,39 @@ def test_margin_moves_conserve_money_and_keep_initial_margin(
         if kind == "REDUCE" and position.margin != before:
             upnl = position.qty * mark - position.cost_position
             assert position.margin + min(upnl, D(0)) >= mark * D("0.1")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    trades=st.lists(
+        st.tuples(
+            st.sampled_from(["CROSS", "ISOLATED"]),
+            st.decimals(min_value="-3", max_value="3", places=2).filter(lambda q: q != 0),
+            st.decimals(min_value="2900", max_value="3100", places=2),
+        ),
+        max_size=20,
+    )
+)
+def test_fills_account_for_every_usdc(trades: list[tuple[str, Decimal, Decimal]]) -> None:
+    """Over any sequence of opens, adds, partial closes and flips (no liquidation in this
+    price band at 2x), the account's USDC (holding + isolated margin) is the deposit plus
+    realized PnL minus fees, to the micro-USDC, and closed isolated positions hold nothing."""
+    engine = Engine(clock=lambda: 1_700_000_000_000)
+    account_id = new_account(engine, "100000")
+    engine.set_leverage(account_id, 2, ETH, "ISOLATED")
+    engine.set_leverage(account_id, 2, ETH, "CROSS")
+    account = engine.accounts[account_id]
+    for mode, qty, mark in trades:
+        engine.pin_mark(ETH, mark)
+        try:
+            engine.open_position(account_id, ETH, mode, qty)
+        except EngineError as refused:
+            assert refused.code in (-1101, -1102)
+        positions = account.positions.values()
+        usdc = account.holding + sum((p.margin for p in positions), D(0))
+        assert usdc == D(100000) + sum((p.pnl_24h for p in positions), D(0))
+        for position in positions:
+            assert position.margin >= 0
+            if position.qty == 0:
+                assert position.margin == 0 and position.cost_position == 0
+    assert engine.liquidations == []
