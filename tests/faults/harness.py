@@ -162,6 +162,13 @@ class Sim:
         self._admin("POST", "/sim/marks",
                     {"symbol": symbol, "price": None if price is None else str(price)})  # fmt: skip
 
+    def inject(self, account_id: str, text: str) -> int:
+        """Push ``text`` as is down the account's private streams; returns how many."""
+        sent: int = self._admin("POST", "/sim/inject", {"account_id": account_id, "text": text})[
+            "sent"
+        ]
+        return sent
+
     def mark(self, symbol: str) -> Decimal:
         return Decimal(self.state()["marks"][symbol])
 
@@ -449,6 +456,7 @@ class Audited:
     events: tuple[str, ...]
     applied: bool | None  # None: no outcome recorded
     data_age_ms: int = 0
+    margin: Decimal = Decimal(0)  # the margin of the snapshot the decision saw
 
     @property
     def key(self) -> tuple[str, str, str, Decimal]:
@@ -486,6 +494,7 @@ def audit_actions(url: str) -> list[Audited]:
                 events=tuple(kind for kind, _ in lifecycle),
                 applied=_outcome(lifecycle),
                 data_age_ms=int(action.data_age_ms),
+                margin=Decimal(action.margin),
             )
         )
     return result

@@ -7,7 +7,8 @@ long per symbol, and prints one JSON line (``rest_url`` and each account's id, k
 secret) once it is ready. It adds one thing to the simulator: a ledger of every
 ``position_margin`` change the engine *applied*, shown as ``margin_changes`` in
 ``GET /sim/state``, including those whose response was then lost. That is the exchange's own
-record, which the suite compares with the audit log.
+record, which the suite compares with the audit log. And ``POST /sim/inject`` sends raw
+text down an account's private streams, for the bad-input tests.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import signal
 import sys
 from decimal import Decimal
 from typing import Any
+
+from aiohttp import web
 
 from guardbot.sim.admin import open_account
 from guardbot.sim.engine import parse_decimal
@@ -46,6 +49,18 @@ class LedgerSim(SimServer):
             )
 
         self.engine.adjust_margin = recorded  # type: ignore[method-assign]
+        self.app.router.add_post("/sim/inject", self._inject)
+
+    async def _inject(self, request: web.Request) -> web.Response:
+        """Send raw text, as is, to the account's private streams subscribed to ``position``
+        (the bad-input tests' hostile pushes)."""
+        body = await request.json()
+        sent = 0
+        for connection in self._private.get(body["account_id"], set()):
+            if "position" in connection.topics:
+                connection.queue.put_nowait(body["text"])
+                sent += 1
+        return web.json_response({"sent": sent})
 
     def state(self) -> dict[str, Any]:
         state = super().state()

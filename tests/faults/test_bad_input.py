@@ -17,7 +17,8 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -33,6 +34,8 @@ from guardbot.exchange import wire
 from guardbot.exchange.errors import MalformedResponse
 from guardbot.exchange.port import PositionsPushed, StreamEvent, StreamGap
 from guardbot.exchange.ws import Stream, StreamTiming
+
+from .harness import Daemon, Sim, audit_actions, migrate, write_config
 
 pytestmark = pytest.mark.faults
 
@@ -87,7 +90,9 @@ TEXT = {"symbol", "marginMode"}
 JUNK = st.one_of(
     st.none(),
     st.booleans(),
-    st.sampled_from(["", "abc", "NaN", "Infinity", "-Infinity", "0x10", "1,5"]),
+    st.sampled_from(
+        ["", "abc", "NaN", "Infinity", "-Infinity", "1e999999", "-1e41", "0x10", "1,5"]
+    ),
     st.lists(st.integers(), max_size=2),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
@@ -106,8 +111,9 @@ OUT_OF_RANGE = st.sampled_from(
 
 @st.composite
 def malformed_push(draw: st.DrawFn, seq: int) -> str:
-    """One push that the wire must refuse, text and all."""
-    good = entry("PERP_BAD_USDC", seq)
+    """One push that the wire must refuse, text and all. Were it accepted, it would say the
+    ETH position has 1 USDC of margin left (newer than anything else): a top-up at once."""
+    good = entry("PERP_ETH_USDC", seq, margin="1")
     how = draw(st.sampled_from(["missing", "junk", "range", "truncated", "shape", "garbage"]))
     if how == "missing":
         del good[draw(st.sampled_from(REQUIRED))]
@@ -236,7 +242,7 @@ async def test_malformed_pushes_are_counted_logged_and_never_reach_the_book(
         book = await consume(hostile, frames, expected_pushes=len(good))
     assert malformed_count() - before == len(bad)
     assert sum("malformed" in r.getMessage() for r in caplog.records) == len(bad)
-    # Only the good pushes' position is known, at its newest version.
+    # Only the good pushes' version is known, the newest of them.
     assert [p.symbol for p in book.positions()] == ["PERP_ETH_USDC"]
     newest = book.get((ACCOUNT, "PERP_ETH_USDC", MarginMode.ISOLATED))
     assert newest is not None and newest.margin == Decimal("302") and newest.seq == SEQ0 + 2
@@ -254,3 +260,61 @@ async def test_reordered_and_repeated_pushes_leave_the_newest_version(
     book = await consume(hostile, [push(versions[i]) for i in arrivals], len(arrivals))
     held = book.get((ACCOUNT, "PERP_ETH_USDC", MarginMode.ISOLATED))
     assert held is not None and held.seq == SEQ0 + 5 and held.margin == Decimal("105")
+
+
+# -- the same pushes into a running guardbot ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sim, Daemon, str, str]]:
+    """``guardbot run`` guarding one account of the simulator, private stream subscribed."""
+    tmp = tmp_path_factory.mktemp("bad_input")
+    url = f"sqlite:///{tmp / 'audit.db'}"
+    migrate(url)
+    with Sim(tmp, accounts=1) as sim:
+        account_id = sim.accounts[0]["account_id"]
+        with Daemon(write_config(tmp, sim, url), tmp) as daemon:
+            daemon.wait_ready()
+            deadline = time.monotonic() + 10
+            while sim.inject(account_id, '{"event":"pong"}') == 0:
+                assert time.monotonic() < deadline, "the private stream never subscribed"
+                time.sleep(0.1)
+            yield sim, daemon, url, account_id
+    assert not [a for a in audit_actions(url) if a.margin == Decimal(1)]
+
+
+def skipped(daemon: Daemon) -> int:
+    return daemon.log_text().count("skipped a malformed message")
+
+
+@settings(max_examples=15, derandomize=True, deadline=None)
+@given(bad=st.lists(malformed_push(SEQ0 + 5), min_size=1, max_size=4))
+def test_the_running_guard_counts_skips_and_never_acts_on_malformed_pushes(
+    guarded: tuple[Sim, Daemon, str, str], bad: list[str]
+) -> None:
+    sim, daemon, url, account_id = guarded
+    before = skipped(daemon)
+    for frame in bad:
+        assert sim.inject(account_id, frame) == 1
+    deadline = time.monotonic() + 5
+    while skipped(daemon) < before + len(bad):
+        assert time.monotonic() < deadline, daemon.log_text()[-2000:]
+        time.sleep(0.05)
+    assert skipped(daemon) == before + len(bad)
+    assert daemon.alive()
+    assert not [a for a in audit_actions(url) if a.margin == Decimal(1)]
+
+
+def test_the_running_guard_ignores_an_old_version_pushed_late(
+    guarded: tuple[Sim, Daemon, str, str],
+) -> None:
+    """A well-formed push with an old ``seq`` (reordered in transit) claims 1 USDC margin: the
+    book drops it as older than what it holds, so nothing is decided on it."""
+    sim, daemon, url, account_id = guarded
+    stale = entry("PERP_ETH_USDC", 1, margin="1")
+    stale["updated_time"] = stale["timestamp"] = 1
+    assert sim.inject(account_id, push(stale)) == 1
+    # Then a fresh poll and evaluation: the guard runs once a second.
+    time.sleep(2)
+    assert daemon.alive()
+    assert not [a for a in audit_actions(url) if a.margin == Decimal(1)]
