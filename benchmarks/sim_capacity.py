@@ -1,7 +1,7 @@
 """Capacity of the simulated exchange on this machine; prints its figures.
 
     .venv/bin/python benchmarks/sim_capacity.py [--seconds 10] [--concurrency 32]
-        [--connections 500] [--speed 40]
+        [--connections 500] [--speed 30]
 
 1. REST: signed ``GET /v1/positions`` from ``--concurrency`` concurrent keep-alive clients
    spread over 50 accounts (rate limits off, the server's only difference from production
@@ -208,7 +208,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--connections", type=int, default=500)
-    parser.add_argument("--speed", type=float, default=40)
+    parser.add_argument("--speed", type=float, default=30)
     parser.add_argument("--only", choices=("rest", "ws"), help="run one of the two benchmarks")
     args = parser.parse_args()
     if args.only != "ws":
