@@ -261,6 +261,7 @@ class SimServer:
         response = await self._orderly(request, handler)
         if response.status >= 400:
             self.counters["rejections"] += 1
+        log.debug("%s %s -> %s", request.method, request.path_qs, response.status)
         if self.dice.lose_response():
             # The change is applied; the client never learns it (design.md, no double top-up).
             self.counters["fault_lost_response"] += 1
