@@ -13,7 +13,7 @@ import pytest
 from guardbot.sim.admin import SimAccount, open_account
 from guardbot.sim.auth import AuthFailure, decode_signature, verify
 from guardbot.sim.client import SimClient
-from guardbot.sim.keys import generate_key, key_for_seed, sign, signed_headers
+from guardbot.sim.keys import generate_key, sign, signed_headers
 from guardbot.sim.server import SimServer
 
 ADD = {"symbol": "PERP_ETH_USDC", "amount": "10", "type": "ADD"}
@@ -27,20 +27,6 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 def margin_of(sim: SimServer, account: SimAccount) -> object:
     return sim.engine.accounts[account.account_id].positions[("PERP_ETH_USDC", "ISOLATED")].margin
-
-
-def test_documented_test_vector() -> None:
-    key, secret = key_for_seed(bytes(range(1, 33)))
-    assert key == "ed25519:9C6hybhQ6Aycep9jaUnP6uL9ZYvDjUp1aSkFWPUFJtpj"
-    message = (
-        '1700000000000POST/v1/position_margin{"symbol":"PERP_ETH_USDC","amount":"100","type":"ADD"}'
-    )
-    expected = (
-        "i95ACdXar-J8IEMXzwuB2kgsmiToWN6jOC3Qjqcb1IzLAudFd_fUhuQpFANbH1IGCpK-_vejy5Ix8rUR-nTuBQ=="
-    )
-    assert sign(secret, message) == expected
-    assert sign(secret.removeprefix("ed25519:"), message) == expected
-    verify(key, expected, message.encode())
 
 
 @pytest.mark.parametrize(
