@@ -243,6 +243,7 @@ class SimServer:
         app.router.add_post("/sim/keys", self._admin_keys)
         app.router.add_post("/sim/positions", self._admin_positions)
         app.router.add_post("/sim/marks", self._admin_marks)
+        app.router.add_post("/sim/tick", self._admin_tick)
         app.router.add_post("/sim/faults", self._admin_faults)
         app.router.add_get("/sim/faults", self._admin_faults)
         app.router.add_get("/sim/state", self._admin_state)
@@ -594,6 +595,15 @@ class SimServer:
         self.engine.pin_mark(symbol, None if price is None else parse_decimal(price, "price"))
         self._push_marks()
         return _json({"symbol": symbol, "price": str(self.engine.marks[symbol])})
+
+    async def _admin_tick(self, request: web.Request) -> web.StreamResponse:
+        """Run N simulated seconds now (drives a paused ``speed=0`` simulator)."""
+        body = await self._body(request, {"seconds"})
+        seconds = body.get("seconds", 1)
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= 86400:
+            raise bad_param("seconds must be an integer from 1 to 86400")
+        self.advance(seconds)
+        return _json({"sim_second": self.prices.second})
 
     async def _admin_faults(self, request: web.Request) -> web.StreamResponse:
         if request.method == "POST":

@@ -7,6 +7,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from guardbot.sim.margin import MARKETS
@@ -96,3 +97,8 @@ async def test_speed_accelerates_the_clock() -> None:
         assert paused.prices.second == 0
         paused.advance(5)
         assert paused.prices.second == 5
+        async with httpx.AsyncClient(base_url=paused.rest_url) as http:
+            ticked = await http.post("/sim/tick", json={"seconds": 10})
+            assert ticked.json() == {"sim_second": 15}
+            refused = await http.post("/sim/tick", json={"seconds": 0})
+            assert refused.status_code == 400 and "seconds" in refused.json()["message"]
