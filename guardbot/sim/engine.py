@@ -638,6 +638,10 @@ class Engine:
         order.status = "CANCELLED"
         order.frozen = ZERO
         order.updated_ms = self.clock()
+        position = account.positions.get((order.symbol, order.margin_mode))
+        if position is not None and position.qty != 0:  # its pending quantities changed
+            position.seq = self._next_seq()
+            self._touched(account.account_id, position)
         self._balance_changed(account)
         return order
 
