@@ -315,3 +315,34 @@ def test_fills_account_for_every_usdc(trades: list[tuple[str, Decimal, Decimal]]
             if position.qty == 0:
                 assert position.margin == 0 and position.cost_position == 0
     assert engine.liquidations == []
+
+
+def test_lowering_cross_leverage_needs_free_collateral(engine: Engine) -> None:
+    account_id = new_account(engine, "1000")
+    engine.open_position(account_id, ETH, "CROSS", D(2), 10)  # IM 600 of ~996 collateral
+    with pytest.raises(EngineError) as refused:  # 2x would need 3000
+        engine.set_leverage(account_id, 2, ETH, "CROSS")
+    assert refused.value.code == -1101
+    assert engine.leverage(engine.accounts[account_id], ETH, "CROSS") == 10
+    engine.set_leverage(account_id, 8, ETH, "CROSS")  # 750: affordable
+    assert engine.position_view(engine.accounts[account_id], ETH, "CROSS").leverage == 8
+
+
+def test_resting_reduce_only_order_is_cancelled_if_nothing_is_left_to_reduce(
+    engine: Engine,
+) -> None:
+    account_id = new_account(engine)
+    engine.open_position(account_id, ETH, "CROSS", D(1), 10)
+    order = engine.place_order(account_id, ETH, "LIMIT", "SELL", "1", "3200", "CROSS", True)
+    engine.open_position(account_id, ETH, "CROSS", D(-1))  # closed by other means
+    engine.pin_mark(ETH, D(3200))
+    assert order.status == "CANCELLED"
+    assert engine.position_view(engine.accounts[account_id], ETH, "CROSS").qty == 0
+
+
+def test_isolated_limit_order_needs_the_margin_it_freezes(engine: Engine) -> None:
+    account_id = new_account(engine, "100")
+    with pytest.raises(EngineError) as refused:  # 3 ETH at 2900, 10x: 875.22 to freeze
+        engine.place_order(account_id, ETH, "LIMIT", "BUY", "3", "2900", "ISOLATED")
+    assert refused.value.code == -1101
+    assert engine.accounts[account_id].orders == {}
