@@ -204,6 +204,7 @@ class _Channel:
         self.queue_size = queue_size
         # Unbounded underneath so the shutdown sentinel always fits; ``put`` enforces the bound.
         self.queue: asyncio.Queue[_Message | None] = asyncio.Queue()
+        self.dropped = 0
 
     def put(self, message: _Message) -> None:
         if self.queue.qsize() >= self.queue_size:
@@ -211,7 +212,10 @@ class _Channel:
             dropped = self.queue.get_nowait()
             if dropped is not None:
                 ALERTS.labels(self.name, dropped.alert.kind, "dropped").inc()
-                log.warning("alert queue of webhook %s is full; dropped one", self.name)
+                self.dropped += 1
+                if self.dropped % 100 == 1:  # a warning per drop would be a storm of its own
+                    log.warning("alert queue of webhook %s is full: %d alerts dropped so far",
+                                self.name, self.dropped)
         self.queue.put_nowait(message)
 
     def flush(self, now: float, at_ms: int, *, everything: bool = False) -> None:

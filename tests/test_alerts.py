@@ -236,6 +236,8 @@ async def test_shutdown_is_bounded_and_a_full_queue_drops_the_oldest(
             alerter.notify(Alert(AlertKind.REJECTED, "main", f"PERP_{n}_USDC", "code -1101"))
     assert time.perf_counter() - started < 2
     assert counted("json#0", "rejected", "dropped") - dropped_before == 8
+    assert caplog.text.count("alert queue of webhook json#0 is full: 1 alerts dropped") == 1
+    assert "dropped so far" not in caplog.text.replace("1 alerts dropped so far", "")
     assert "did not drain in time" in caplog.text
 
 
