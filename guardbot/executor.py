@@ -8,9 +8,11 @@ second per account (orderly-api.md §5). For every action it writes the audit re
 
 - success: ``SUCCEEDED``, then ``VERIFIED`` once a later snapshot shows the new margin;
 - ``Rejected``: ``REJECTED`` with the exchange's code and message, never retried;
-- ``Uncertain`` (the request may have been applied): ``UNCERTAIN``, then the position is
-  re-read and its margin compared with the margin the decision saw: ``RECONCILED`` says
-  applied or not. Never a blind retry (design.md, "No double top-up");
+- ``Uncertain``, or any other unexpected answer (the request may have been applied):
+  ``UNCERTAIN``, then the position is re-read and its margin compared with the margin the
+  decision saw: ``RECONCILED`` says applied or not. Never a blind retry (design.md, "No
+  double top-up");
+- ``AuthError``: ``FAILED`` (nothing was applied; the operator must fix the key or clock);
 - ``RetryLater``/``RateLimited``: ``FAILED``, back off, re-read the position and hand it back
   so the guard re-decides on fresh data;
 - dry-run: the decision is audited and nothing is sent.
@@ -263,10 +265,14 @@ class Executor:
                 self._busy.discard(job.key)
                 return
             await self._execute(job, action_id)
-        except Exception:
+        except Exception as exc:
             # A bug here must not stop the account's worker. The position stays busy (no
-            # further action on it) until the start-up reconcile looks at it.
+            # further action on it: its state is unknown) until the start-up reconcile
+            # looks at it, so the operator is told.
             log.exception("executor failed on %s", job.key)
+            self._notify(Alert(AlertKind.UNCERTAIN, job.intent.account_id, job.intent.symbol,
+                               f"internal error, position no longer guarded until restart: "
+                               f"{type(exc).__name__}"))
         finally:
             slots.release()
             self._running -= 1
