@@ -553,12 +553,23 @@ def _signed(key: tuple[str, str, str, Decimal]) -> Decimal:
 
 def scan_for_secrets(secrets: list[str], texts: dict[str, str]) -> list[str]:
     """Where any secret (or a long piece of it) appears: ``["daemon.log", ...]``."""
-    found = []
-    for name, text in texts.items():
-        for secret in secrets:
-            if secret in text or secret[:16] in text or secret[-16:] in text:
-                found.append(name)
-    return found
+    return [
+        name
+        for name, text in texts.items()
+        if any(piece in text for secret in secrets for piece in (secret[:16], secret[-16:]))
+    ]
+
+
+def leak_sources(tmp: Path, daemon: Daemon, audit_url: str) -> dict[str, str]:
+    """Everything a run left behind that must not hold a secret: the daemon's log, every
+    audit row, and the local spool files (the config file is the one place it belongs)."""
+    texts = {"daemon log": daemon.log_text(), "audit database": audit_dump(audit_url)}
+    spool = tmp / "spool"
+    if spool.exists():
+        for path in sorted(spool.rglob("*")):
+            if path.is_file():
+                texts[f"spool {path.name}"] = path.read_bytes().decode(errors="replace")
+    return texts
 
 
 def audit_dump(url: str) -> str:
