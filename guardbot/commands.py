@@ -103,12 +103,15 @@ def demo(duration: float, speed: float, scenario: str, seed: int, output: Path,
         handler.setLevel(logging.ERROR)
     options = DemoOptions(duration_s=duration, speed=speed, scenario=scenario, seed=seed,
                           output=output, live=not as_json and sys.stdout.isatty())
+    from guardbot.daemon import StartupError
     from guardbot.sim.prices import ScenarioError
 
     try:
         summary = asyncio.run(run_demo(options))
     except ScenarioError as exc:
         raise click.BadParameter(str(exc), param_hint="--scenario") from None
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(summary, default=_decimal_text))
     else:
