@@ -287,6 +287,7 @@ def skipped(daemon: Daemon) -> int:
     return daemon.log_text().count("skipped a malformed message")
 
 
+@pytest.mark.slow
 @settings(max_examples=15, derandomize=True, deadline=None)
 @given(bad=st.lists(malformed_push(SEQ0 + 5), min_size=1, max_size=4))
 def test_the_running_guard_counts_skips_and_never_acts_on_malformed_pushes(
@@ -305,6 +306,7 @@ def test_the_running_guard_counts_skips_and_never_acts_on_malformed_pushes(
     assert not [a for a in audit_actions(url) if a.margin == Decimal(1)]
 
 
+@pytest.mark.slow
 def test_the_running_guard_ignores_an_old_version_pushed_late(
     guarded: tuple[Sim, Daemon, str, str],
 ) -> None:

@@ -12,10 +12,14 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from .harness import Daemon, Sim, compare, write_config
 from .test_faults import SYMBOLS, assert_clean, drive_down, record, settle, wait_all_safe
 
 HERE = Path(__file__).parent
+
+pytestmark = pytest.mark.slow
 
 
 def test_clock_skew_beyond_the_window_is_a_clear_error_then_recovers(

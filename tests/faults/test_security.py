@@ -44,6 +44,7 @@ def test_sim_admin_api_refuses_non_loopback_clients(tmp_path: Path) -> None:
         assert sim.state()["faults"]["error_rate"] == 0  # the refused request changed nothing
 
 
+@pytest.mark.slow
 def test_config_readable_by_others_is_warned_and_the_secret_never_echoed(tmp_path: Path) -> None:
     with Sim(tmp_path, accounts=1) as sim:
         config = write_config(tmp_path, sim, f"sqlite:///{tmp_path / 'audit.db'}")
