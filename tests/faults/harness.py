@@ -51,7 +51,7 @@ from .pgcluster import free_port
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
-APPLIED_EVENTS = {"SUCCEEDED"}
+APPLIED_EVENTS = {"SUCCEEDED", "VERIFIED"}
 NOT_APPLIED_EVENTS = {"REJECTED", "FAILED", "SKIPPED", "DRY_RUN"}
 
 
@@ -480,8 +480,7 @@ def audit_actions(url: str) -> list[Audited]:
     for action_id, kind, detail in events:
         by_action.setdefault(action_id, []).append((kind, detail))
     result = []
-    for row in actions:
-        action = row[0] if isinstance(row[0], Action) else row
+    for action in actions:
         lifecycle = by_action.get(action.id, [])
         result.append(
             Audited(
@@ -501,8 +500,9 @@ def audit_actions(url: str) -> list[Audited]:
 
 
 def _outcome(lifecycle: list[tuple[str, dict[str, str] | None]]) -> bool | None:
+    """Applied, not applied, or unknown, from the last event that says."""
     for kind, detail in reversed(lifecycle):
-        if kind in APPLIED_EVENTS or kind == "VERIFIED":
+        if kind in APPLIED_EVENTS:
             return True
         if kind == "RECONCILED":
             return (detail or {}).get("applied") == "true"
