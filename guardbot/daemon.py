@@ -155,9 +155,10 @@ class Guard:
         self.clock_ms = clock_ms
         self.book = PositionBook()
         self.arbiter = Arbiter(settings.budgets, dry_run=settings.guard.dry_run)
-        self.executor = Executor(self.exchanges, audit, on_reread=self._on_reread,
-                                 notify=self.notify, on_applied=self._applied,
-                                 clock_ms=clock_ms)
+        self.executor = Executor(
+            self.exchanges, audit, on_reread=self._on_reread, notify=self.notify,
+            on_applied=self._applied, clock_ms=clock_ms,
+            read_timeout_ms=int(settings.exchange.timeout_s * 1000) + 1000)
         self.poller = Poller(
             self.exchanges,
             self.on_snapshot,
@@ -313,8 +314,8 @@ class Guard:
         self._last_snapshot_ms[account_id] = snapshot.received_ms
         self.free_balance[account_id] = snapshot.free_collateral
         before = {p.key for p in self.book.isolated_positions(account_id)}
-        self.book.apply_snapshot(snapshot)
-        for position in snapshot.positions:
+        # Only what the book took: a version older than one it holds proves nothing.
+        for position in self.book.apply_snapshot(snapshot):
             await self.executor.observe(position)
         after = {p.key for p in self.book.isolated_positions(account_id)}
         for key in before - after:

@@ -27,7 +27,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -58,6 +58,8 @@ CONCURRENCY = 4
 VERIFY_WINDOW_MS = 30_000
 # Margin within this of the expected value counts as "the change is there".
 MARGIN_TOLERANCE = Decimal("0.01")
+# The exchange client's read timeout (plus slack): see ``Executor.observe``.
+READ_TIMEOUT_MS = 11_000
 # Re-read attempts (and their delays) when reconciling an uncertain outcome.
 REREAD_DELAYS_S = (0.0, 0.5, 1.0, 2.0, 5.0)
 
@@ -126,6 +128,8 @@ class Executor:
         calls_per_second: int = CALLS_PER_SECOND,
         concurrency: int = CONCURRENCY,
         verify_window_ms: int = VERIFY_WINDOW_MS,
+        read_timeout_ms: int = READ_TIMEOUT_MS,
+        reread_delays_s: Sequence[float] = REREAD_DELAYS_S,
         clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self._exchanges = dict(exchanges)
@@ -135,6 +139,8 @@ class Executor:
         self._on_applied = on_applied or (lambda _intent: None)
         self._concurrency = concurrency
         self._verify_window_ms = verify_window_ms
+        self._read_timeout_ms = read_timeout_ms
+        self._reread_delays_s = tuple(reread_delays_s)
         self._clock_ms = clock_ms
         self._queues: dict[str, asyncio.PriorityQueue[tuple[Decimal, int, Job, str]]] = {
             account_id: asyncio.PriorityQueue() for account_id in self._exchanges
@@ -194,8 +200,9 @@ class Executor:
             return
         job = pending.job
         if pending.reconcile:
-            # Only a snapshot taken after the outcome became unknown can settle it.
-            if position.received_ms > pending.done_ms:
+            # Only a read *requested* after the outcome became unknown can settle it; one
+            # received a full read timeout later cannot have been requested before.
+            if position.received_ms > pending.done_ms + self._read_timeout_ms:
                 await self._record_reconciled(pending, position)
             return
         if position.received_ms < pending.sent_ms:
@@ -357,7 +364,7 @@ class Executor:
         pending = _Pending(job, action_id, self._clock_ms(), True)
         self._pending[job.key] = pending
         exchange = self._exchanges[account_id]
-        for delay in REREAD_DELAYS_S:
+        for delay in self._reread_delays_s:
             await asyncio.sleep(delay)
             try:
                 position = await exchange.get_position(job.intent.symbol, job.key[2])

@@ -290,3 +290,39 @@ async def test_a_push_that_overtakes_the_answer_verifies_the_action(audit: Audit
     await running(executor, lambda: not executor.busy() and pusher.done())
     kinds = [kind for kind, _, _ in await events(audit)]
     assert kinds == ["INTENT", "SENT", "SUCCEEDED", "VERIFIED"]
+
+
+async def test_only_a_read_requested_after_an_uncertain_outcome_reconciles_it(
+    audit: AuditLog,
+) -> None:
+    exchange = ScriptedExchange(["lost"])
+    now = [1000]
+
+    attempts: list[str] = []
+    gave_up = asyncio.Event()
+
+    async def unreadable(symbol: str, margin_mode: MarginMode) -> Position:
+        attempts.append(symbol)
+        if len(attempts) == 2:
+            gave_up.set()
+        raise RateLimited("still limited")
+
+    exchange.get_position = unreadable  # type: ignore[method-assign]
+    executor = Executor({ACCOUNT: exchange}, audit, clock_ms=lambda: now[0],  # type: ignore[dict-item]
+                        read_timeout_ms=10_000, reread_delays_s=(0.0, 0.01))
+    await executor.submit(job())
+    task = asyncio.create_task(executor.run())
+    await asyncio.wait_for(gave_up.wait(), 5)
+    await asyncio.sleep(0.05)  # both re-reads failed: the position waits for a snapshot
+    # A poll that may have been requested before the call failed shows the old margin...
+    await executor.observe(position(margin="100", received_ms=1000 + 9_000))
+    assert executor.busy(), "a read possibly older than the outcome settles nothing"
+    # ...one received a full read timeout later was requested after it: it settles it.
+    await executor.observe(position(margin="150", received_ms=1000 + 10_001))
+    assert executor.busy() == frozenset()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    recorded = await events(audit)
+    assert recorded[-1][0] == "RECONCILED"
+    assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "true"
