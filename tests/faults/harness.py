@@ -382,11 +382,14 @@ class Daemon:
 
     def __exit__(self, *_: object) -> None:
         self._sampling.clear()
+        running = self.alive()  # not one the test killed
         try:
-            self.stop()
+            code = self.stop()
         finally:
             if self._sampler is not None:
                 self._sampler.join(5)
+        if running:
+            assert code == 0, f"exit code {code} after SIGTERM:\n{self.log_text()[-3000:]}"
 
     def wait_ready(self, timeout_s: float = 30) -> None:
         """Until ``/readyz`` answers 200 listing every account (all owned and fresh) or,
