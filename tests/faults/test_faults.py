@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,15 +41,11 @@ SYMBOLS = ("PERP_ETH_USDC", "PERP_BTC_USDC")
 STEP = Decimal("0.99")
 
 
-def drive_down(sim: Sim, steps: int, every_s: float = 0.4, factor: Decimal = STEP,
-               during: Callable[[int], None] | None = None) -> None:  # fmt: skip
-    """Multiply every symbol's mark by ``factor`` (1 % down) per step; ``during(step)`` runs
-    after each step."""
-    for step in range(steps):
+def drive_down(sim: Sim, steps: int, every_s: float = 0.4, factor: Decimal = STEP) -> None:
+    """Multiply every symbol's mark by ``factor`` (1 % down) per step."""
+    for _ in range(steps):
         for symbol in SYMBOLS:
             sim.pin(symbol, (sim.mark(symbol) * factor).quantize(Decimal("0.1")))
-        if during is not None:
-            during(step)
         time.sleep(every_s)
 
 
@@ -110,10 +106,10 @@ def test_lost_responses_are_reconciled_never_applied_twice(tmp_path: Path, audit
     assert scan_for_secrets(sim.secrets(), {"config": config.read_text()}) == ["config"]
 
 
-def distances(state: dict[str, object]) -> list[Decimal]:
+def distances(state: dict[str, Any]) -> list[Decimal]:
     """Every open isolated position's distance to liquidation, as a fraction of the mark."""
     found = []
-    for account in state["accounts"]:  # type: ignore[attr-defined]
+    for account in state["accounts"]:
         for p in account["positions"]:
             if p["margin_mode"] == "ISOLATED" and Decimal(p["qty"]) and p["liquidation_price"]:
                 mark = Decimal(p["mark_price"])
