@@ -19,9 +19,10 @@ How (no home-made consensus; PostgreSQL's lock manager does the work):
 * Every ``interval_s`` the instance reads ``pg_locks`` once: the live instances are the
   membership locks, the owners are the account locks. It then balances: it owns at most
   ``ceil(accounts / live instances)``, releases its extras when a peer appears and takes
-  accounts nobody has held for ``2 * interval_s`` (a dead peer's) with
-  ``pg_try_advisory_lock``, which cannot succeed for two sessions at once. Failover after a
-  process dies therefore takes two to three ``interval_s`` (``benchmarks/failover.py``).
+  accounts a live peer released, or that nobody has held for ``2 * interval_s`` (a dead
+  peer's), with ``pg_try_advisory_lock``, which cannot succeed for two sessions at once.
+  Failover after a process dies therefore takes two to three ``interval_s``
+  (``benchmarks/failover.py``); a rebalance, one or two.
 * An account being given away is first removed from ``owned()`` (and ``on_change`` awaited),
   and only unlocked on the next tick, so the caller has stopped guarding it before a peer
   can start.
@@ -75,7 +76,7 @@ DEFAULT_HOLD_S = 40.0
 
 # Advisory locks taken with two int4 keys appear in pg_locks as (classid, objid, objsubid=2).
 _SNAPSHOT_SQL = """
-SELECT classid::bigint, objid::bigint, pid = pg_backend_pid()
+SELECT classid::bigint, objid::bigint, pid, pid = pg_backend_pid()
 FROM pg_locks
 WHERE locktype = 'advisory' AND objsubid = 2 AND granted
   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -163,6 +164,7 @@ class AccountOwnership:
         # Accounts we held when the connection was lost: re-locked first when it is back.
         self._held_before: frozenset[str] = frozenset()
         self._unheld_since: dict[str, float] = {}
+        self._last_holder: dict[str, int] = {}  # account -> backend pid last seen holding it
         self._last_tick = 0.0
         self._releasing: set[str] = set()
         self._live_instances = 0
@@ -316,7 +318,9 @@ class AccountOwnership:
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         self._releasing.clear()  # the server releases them with the session
-        self._unheld_since.clear()  # what we saw on it says nothing about the next session
+        # What we saw on that session says nothing about the next one.
+        self._unheld_since.clear()
+        self._last_holder.clear()
         if conn is not None:
             with contextlib.suppress(psycopg.Error, OSError):
                 await conn.close()
@@ -334,14 +338,16 @@ class AccountOwnership:
         cursor = await conn.execute(_SNAPSHOT_SQL, (self._accounts_ns, self._members_ns))
         held_by_me: set[str] = set()
         held: set[str] = set()
-        live = 0
-        for classid, objid, mine in await cursor.fetchall():
+        live_pids: set[int] = set()
+        for classid, objid, pid, mine in await cursor.fetchall():
             if classid == self._members_ns:
-                live += 1
+                live_pids.add(pid)
             elif (locked := self._account_of_key.get(objid)) is not None:
                 held.add(locked)
+                self._last_holder[locked] = pid
                 if mine:
                     held_by_me.add(locked)
+        live = len(live_pids)
         if live == 0:
             raise OwnershipError("our membership lock is gone")
         self._live_instances = live
@@ -370,8 +376,7 @@ class AccountOwnership:
             for account in by_preference:
                 if len(owned) >= quota:
                     break
-                # Nobody has held it for a while: its last owner is gone, not reconnecting.
-                if account in held or now - self._unheld_since[account] < self._takeover_wait_s:
+                if account in held or not self._free(account, now, live_pids):
                     continue
                 cursor = await conn.execute(
                     "SELECT pg_try_advisory_lock(%s, %s)",
@@ -381,6 +386,12 @@ class AccountOwnership:
                 if row and row[0]:
                     owned.add(account)
         await self._set_owned(frozenset(owned))
+
+    def _free(self, account: str, now: float, live_pids: set[int]) -> bool:
+        """May we take this unheld account? Yes if a live peer let it go (a rebalance), or
+        if nobody has held it for a while: its last owner is gone, not reconnecting."""
+        released_by_peer = self._last_holder.get(account) in live_pids
+        return released_by_peer or now - self._unheld_since[account] >= self._takeover_wait_s
 
     async def _set_owned(self, owned: frozenset[str]) -> None:
         if owned == self._owned:
