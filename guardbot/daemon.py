@@ -36,7 +36,13 @@ from sqlalchemy import Engine, func, or_, select
 from guardbot import __version__, metrics
 from guardbot.alerts import Alert, Alerter, AlertKind
 from guardbot.arbiter import Arbiter, ArbiterState, Decision, LastAction
-from guardbot.audit.store import ActionRecord, AuditLog, EventKind, SchemaOutOfDate
+from guardbot.audit.store import (
+    ActionRecord,
+    AuditError,
+    AuditLog,
+    EventKind,
+    SchemaOutOfDate,
+)
 from guardbot.audit.tables import Action, ActionEvent, Observation
 from guardbot.book import PositionBook
 from guardbot.config import ConfigError, Settings
@@ -650,7 +656,16 @@ async def run_daemon(
 
             async def follow_ownership() -> None:
                 while True:
-                    await guard.set_owned(await ownership.wait_changed())
+                    target = ownership.owned()
+                    if target == guard.owned:
+                        await ownership.wait_changed()
+                        continue
+                    try:
+                        await guard.set_owned(target)
+                    except (AuditError, ExchangeError) as exc:
+                        # The taken accounts stay unguarded until their reconcile works.
+                        log.error("cannot take over accounts yet: %s; retrying", exc)
+                        await asyncio.sleep(1.0)
 
             follower = asyncio.create_task(follow_ownership(), name="ownership")
             try:
