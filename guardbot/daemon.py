@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import Engine, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from guardbot import __version__, metrics
 from guardbot.alerts import Alert, Alerter, AlertKind
@@ -380,7 +381,11 @@ class Guard:
         if not self._acting or account_id not in self.owned:
             return
         async with self._locks[account_id]:
-            await self._evaluate(account_id)
+            try:
+                await self._evaluate(account_id)
+            except (AuditError, ExchangeError) as exc:
+                # One failed round must not stop the guard: the next update tries again.
+                log.error("evaluation of %s failed: %s", account_id, exc)
 
     async def _evaluate(self, account_id: str) -> None:
         now = self.clock_ms()
@@ -411,8 +416,14 @@ class Guard:
                 continue
             views[position.key] = view
             if position.key not in self._net_added:
-                self._net_added[position.key] = await asyncio.to_thread(
-                    net_added_from_audit, self.audit.engine, position.key)
+                try:
+                    self._net_added[position.key] = await asyncio.to_thread(
+                        net_added_from_audit, self.audit.engine, position.key)
+                except SQLAlchemyError as exc:
+                    # The database may be down (records wait in the spool): guard anyway;
+                    # policies see no history until it can be read.
+                    log.warning("cannot read %s history from the audit log: %s",
+                                position.symbol, str(exc).splitlines()[0])
             evaluation = evaluate_policies(
                 self.policies, view, self._context(position, now),
                 self.account_names.get(account_id))
@@ -430,13 +441,13 @@ class Guard:
         await asyncio.gather(*(self._act(d, views, now) for d in decisions))
 
     def _context(self, position: Position, now: int) -> PolicyContext:
-        net_added = self._net_added.get(position.key, Decimal(0))
+        net_added = self._net_added.get(position.key)
         return PolicyContext(
             now_ms=now,
             free_balance=self.free_balance.get(position.account_id),
             recent_marks=tuple(self.marks.get(position.symbol, ())),
-            original_margin=position.margin - net_added,
-            net_added=net_added,
+            original_margin=None if net_added is None else position.margin - net_added,
+            net_added=net_added or Decimal(0),
         )
 
     def _applied(self, intent: Intent) -> None:
