@@ -272,7 +272,8 @@ def test_three_daemons_share_the_accounts_and_take_over_from_a_killed_one(
     tmp_path: Path,
 ) -> None:
     """Scale-out on PostgreSQL: three ``guardbot run`` on the same six accounts divide them;
-    one is SIGKILLed mid-activity and the two others take its accounts over."""
+    one is SIGKILLed mid-activity and the two others take its accounts over; restarted, it
+    gets a share back."""
     with PgCluster() as pg:
         migrate(pg.url)
         with Sim(tmp_path, accounts=6, symbols="PERP_ETH_USDC") as sim:
@@ -300,6 +301,13 @@ def test_three_daemons_share_the_accounts_and_take_over_from_a_killed_one(
                     drive_down(sim, steps=1, every_s=0.5, factor=Decimal("0.995"))
                 failover_s = time.monotonic() - killed
                 drive_down(sim, steps=5)
+                # It comes back: the others hand it a share while the marks keep falling.
+                victim.start()
+                deadline = time.monotonic() + 20
+                while not (partition(daemons, names) and victim.owned()):
+                    assert time.monotonic() < deadline, [d.owned() for d in daemons]
+                    drive_down(sim, steps=1, every_s=0.5, factor=Decimal("0.995"))
+                drive_down(sim, steps=5)
                 wait_all_safe(sim)
                 actions = settle(pg.url, survivors[0])
             finally:
@@ -307,7 +315,7 @@ def test_three_daemons_share_the_accounts_and_take_over_from_a_killed_one(
                     daemon.__exit__()
             state = sim.state()
     row = record(
-        compare(f"3 daemons, 1 killed (failover {failover_s:.1f} s)", state, actions, None)
+        compare(f"3 daemons: 1 killed, rejoins (failover {failover_s:.1f} s)", state, actions, None)
     )
     assert failover_s < 10
     assert state["liquidations"] == []
