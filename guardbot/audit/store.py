@@ -225,6 +225,7 @@ class AuditLog:
         self._ledger_from: dict[str, int] = {}
         self._old_last_ms: dict[tuple[str, str], int | None] = {}
         self._db_down_since: float | None = None
+        self._last_database_error: str | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
 
@@ -291,6 +292,20 @@ class AuditLog:
     def spool_depth(self) -> int:
         """Records waiting for the database (in the spool, not yet committed)."""
         return len(self._pending) + len(self._incoming)
+
+    @property
+    def database_ok(self) -> bool:
+        """Whether the writer's latest database write succeeded (``True`` from ``open``, which
+        reached the database). While it is ``False`` records wait in the spool. Only writes
+        update it: an idle log notices an outage with its next record."""
+        return self._db_down_since is None
+
+    @property
+    def last_database_error(self) -> str | None:
+        """The first line of the latest failed database write's error (no SQL, no
+        parameters), kept after the database returns for diagnosis; ``None`` if no write
+        has failed since ``open``."""
+        return self._last_database_error
 
     @property
     def run_id(self) -> str | None:
@@ -715,6 +730,7 @@ class AuditLog:
                 await asyncio.to_thread(self._spool.release, number)
 
     def _report_down(self, exc: Exception) -> None:
+        self._last_database_error = _first_line(exc)
         if self._db_down_since is None:
             self._db_down_since = time.monotonic()
             log.warning("audit: database unavailable, spooling locally: %s", _first_line(exc))

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -140,6 +141,30 @@ async def test_spool_left_by_an_outage_is_replayed_at_the_next_start(
     assert sorted(row["id"] for row in rows) == sorted(ids)
     await again.aclose()
     assert not segments(spool_dir)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Wait for the background writer to get somewhere (bounded; no fixed sleep)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 - a state of the log under test, no event
+            await asyncio.sleep(0.005)
+
+
+async def test_database_ok_follows_the_writer(url: str, spool_dir: Path, clock: Clock) -> None:
+    log = await open_log(url, spool_dir, clock)
+    assert (log.database_ok, log.last_database_error) == (True, None)
+    outage = Outage(log.engine)
+    outage.down = True
+    await log.record_action(action())
+    await until(lambda: not log.database_ok)
+    assert log.last_database_error is not None
+    assert "test outage" in log.last_database_error
+    assert "SQL" not in log.last_database_error, "one line, without the statement"
+    outage.down = False
+    await log.flush(10)
+    assert log.database_ok
+    assert "test outage" in (log.last_database_error or ""), "kept for diagnosis"
+    await log.aclose()
 
 
 async def test_replay_of_records_already_written_inserts_nothing_twice(
@@ -365,8 +390,10 @@ async def test_postgresql_network_outage_loses_nothing(
         with pytest.raises(AuditUnavailable):
             await log.flush(0.3)  # the writer meets the outage; nothing is lost
         assert log.spool_depth == 20
+        await until(lambda: not log.database_ok)
         proxy.restore()
         await log.flush(30)
+        assert log.database_ok
         rows = events_in_db(log, ACCOUNT)
         assert [a for _, _, a in rows] == before + during
         assert queries.verify_chains(log.engine).intact
