@@ -420,6 +420,18 @@ class Daemon:
             f"the daemon was not ready in {timeout_s} s:\n{self.log_text()[-3000:]}"
         )
 
+    def metric(self, name: str) -> float | None:
+        """The value of an unlabelled metric from ``/metrics`` (``None`` if unavailable)."""
+        assert self.metrics_url is not None
+        try:
+            text = httpx.get(self.metrics_url, timeout=1).text
+        except httpx.HTTPError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+        return None
+
     def owned(self) -> set[str]:
         """The names of the accounts this daemon guards (``/readyz`` lists them)."""
         assert self.metrics_url is not None

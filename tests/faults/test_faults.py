@@ -49,12 +49,17 @@ def drive_down(sim: Sim, steps: int, every_s: float = 0.4, factor: Decimal = STE
         time.sleep(every_s)
 
 
-def settle(audit_url: str, daemon: Daemon, timeout_s: float = 20) -> list[Audited]:
-    """Wait (faults off) until every action has an outcome; return the actions."""
+def settle(audit_url: str, daemon: Daemon, timeout_s: float = 40) -> list[Audited]:
+    """Wait (faults off) until the audit spool is empty and every action in the database has
+    an outcome; return the actions. (After an outage the spool is replayed on the store's
+    retry backoff, up to half a minute later.)"""
     deadline = time.monotonic() + timeout_s
     while True:
         actions = audit_actions(audit_url)
-        if all(a.applied is not None for a in actions) or time.monotonic() > deadline:
+        settled = daemon.metric("guardbot_audit_spool_depth") == 0 and all(
+            a.applied is not None for a in actions
+        )
+        if settled or time.monotonic() > deadline:
             return actions
         assert daemon.alive(), daemon.log_text()[-3000:]
         time.sleep(0.3)
@@ -309,7 +314,7 @@ def test_three_daemons_share_the_accounts_and_take_over_from_a_killed_one(
                     drive_down(sim, steps=1, every_s=0.5, factor=Decimal("0.995"))
                 drive_down(sim, steps=5)
                 wait_all_safe(sim)
-                actions = settle(pg.url, survivors[0])
+                actions = [settle(pg.url, daemon) for daemon in daemons][-1]
             finally:
                 for daemon in daemons:
                     daemon.__exit__()
