@@ -1,4 +1,5 @@
-"""Bad exchange input through the pipeline: wire -> WebSocket stream -> PositionBook.
+"""Bad exchange input through the pipeline: wire -> WebSocket stream -> PositionBook, then
+the same pushes into a running ``guardbot run`` (stream -> book -> policies -> executor).
 
 A hostile WebSocket server on loopback sends Orderly ``position`` pushes that hypothesis has
 malformed (fields missing, of the wrong type, non-finite, out of range, the text truncated or
@@ -8,7 +9,7 @@ not JSON at all) between well-formed ones, and re-orders well-formed versions. P
 * every malformed push is counted (``guardbot_malformed_messages_total``) and logged;
 * nothing built from a bad push reaches the book, so nothing can be acted on: the book holds
   exactly what the good pushes said, the newest version of each position winning whatever
-  the order of arrival.
+  the order of arrival; and the running guard's audit log shows no action taken on one.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from guardbot.book import PositionBook
 from guardbot.domain import MarginMode
 from guardbot.exchange import wire
+from guardbot.exchange.client import private_parser
 from guardbot.exchange.errors import MalformedResponse
-from guardbot.exchange.port import PositionsPushed, StreamEvent, StreamGap
+from guardbot.exchange.port import PositionsPushed, StreamGap
 from guardbot.exchange.ws import Stream, StreamTiming
 
 from .harness import Daemon, Sim, audit_actions, migrate, write_config
@@ -177,12 +179,6 @@ async def hostile() -> AsyncIterator[HostileServer]:
         yield server
 
 
-def parse(topic: str, data: Any, ts_ms: int) -> StreamEvent | None:
-    if topic != "position":
-        return None
-    return PositionsPushed(wire.pushed_positions(data, account_id=ACCOUNT, received_ms=ts_ms))
-
-
 def malformed_count() -> float:
     value = REGISTRY.get_sample_value("guardbot_malformed_messages_total", {"source": "ws_hostile"})
     return value or 0.0
@@ -195,7 +191,7 @@ async def consume(server: HostileServer, frames: list[str], expected_pushes: int
         "hostile",
         server.url,
         ("position",),
-        parse,
+        private_parser(ACCOUNT, clock_ms=lambda: 0),  # the real client's parser
         timing=StreamTiming(silence_s=5.0),
         clock_ms=lambda: 0,
     )
