@@ -138,6 +138,14 @@ def integer(data: JsonObject, name: str, where: str, default: int | None = None)
     return int(value)
 
 
+def positive(data: JsonObject, name: str, where: str) -> Decimal:
+    """A Decimal that must be above 0 (a price, a tick, a margin rate)."""
+    value = dec(data, name, where)
+    if value <= 0:
+        raise MalformedResponse(f"{where}.{name}: expected a positive number, got {value}")
+    return value
+
+
 def text(data: JsonObject, name: str, where: str) -> str:
     value = _field(data, name, where)
     if not isinstance(value, str) or not value:
@@ -227,7 +235,12 @@ def position(
         name: _READERS.get(name, dec)(item, names[ws], where)
         for name, names in _POSITION_FIELDS.items()
     }
-    if values["margin"] < 0 or values["leverage"] < 0 or values["mark_price"] < 0:
+    # margin is 0 for CROSS and est_liq_price 0 means no risk (optional_price), but an open
+    # position always has a positive mark and a leverage of at least 1: anything else would
+    # only fail later, in the risk arithmetic, for the whole account.
+    if values["margin"] < 0 or (
+        values["qty"] != 0 and (values["leverage"] < 1 or values["mark_price"] <= 0)
+    ):
         raise MalformedResponse(
             f"{where}: impossible values (margin {values['margin']}, leverage"
             f" {values['leverage']}, mark {values['mark_price']})"
@@ -289,13 +302,18 @@ def symbol_rules(data: Any) -> dict[str, SymbolRules]:
         where = f"info.rows[{i}]"
         rule = SymbolRules(
             symbol=text(item, "symbol", where),
-            base_imr=dec(item, "base_imr", where),
-            base_mmr=dec(item, "base_mmr", where),
+            base_imr=positive(item, "base_imr", where),
+            base_mmr=positive(item, "base_mmr", where),
             imr_factor=dec(item, "imr_factor", where),
-            base_tick=dec(item, "base_tick", where),
-            quote_tick=dec(item, "quote_tick", where),
+            base_tick=positive(item, "base_tick", where),
+            quote_tick=positive(item, "quote_tick", where),
             min_notional=dec(item, "min_notional", where, ZERO),
         )
+        if rule.base_mmr >= 1 or rule.base_imr > 1 or rule.imr_factor < 0:
+            raise MalformedResponse(
+                f"{where}: impossible margin rates (base_imr {rule.base_imr}, base_mmr"
+                f" {rule.base_mmr}, imr_factor {rule.imr_factor})"
+            )
         result[rule.symbol] = rule
     return result
 
@@ -305,7 +323,7 @@ def mark_prices(data: Any, timestamp_ms: int) -> dict[str, MarkPrice]:
     result: dict[str, MarkPrice] = {}
     for i, item in enumerate(rows(data, "futures")):
         where = f"futures.rows[{i}]"
-        mark = MarkPrice(text(item, "symbol", where), dec(item, "mark_price", where),
+        mark = MarkPrice(text(item, "symbol", where), positive(item, "mark_price", where),
                          timestamp_ms)
         result[mark.symbol] = mark
     return result
@@ -384,5 +402,7 @@ def pushed_marks(data: Any, ts_ms: int) -> tuple[MarkPrice, ...]:
     for i, raw in enumerate(data):
         where = f"markprices[{i}]"
         item = obj(raw, where)
-        marks.append(MarkPrice(text(item, "symbol", where), dec(item, "price", where), ts_ms))
+        marks.append(
+            MarkPrice(text(item, "symbol", where), positive(item, "price", where), ts_ms)
+        )
     return tuple(marks)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -9,11 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardbot.domain import MarginMode, Source
+from guardbot.domain import MarginMode, Source, SymbolRules
 from guardbot.exchange import wire
 from guardbot.exchange.errors import MalformedResponse
+from guardbot.policies.base import PositionView
 
 ACCOUNT = "0x" + "ab" * 32
+RULES = SymbolRules("PERP_ETH_USDC", base_imr=Decimal("0.01"), base_mmr=Decimal("0.006"),
+                    imr_factor=Decimal("0.0000002"), base_tick=Decimal("0.0001"),
+                    quote_tick=Decimal("0.01"))
 
 # orderly-api.md §4 Position, as the exchange sends it (JSON numbers, seq above 2**53).
 REST_ROW = (
@@ -140,12 +145,50 @@ def test_envelope_success_error_and_string_code() -> None:
         ({"seq": Decimal("1.5")}, r"seq: expected an integer"),
         ({"mark_price": Decimal("1e999999")}, r"mark_price: .* is out of range"),
         ({"margin": "1e-99"}, r"margin: .* is out of range"),
+        # an open position's mark and leverage are positive (risk arithmetic divides by them)
+        ({"mark_price": 0}, r"impossible values"),
+        ({"leverage": 0}, r"impossible values"),
     ],
 )
 def test_bad_fields_are_named(change: dict[str, Any], message: str) -> None:
     row = {**wire.loads(REST_ROW), **change}
     with pytest.raises(MalformedResponse, match=message):
         wire.position(row, account_id=ACCOUNT, received_ms=0, source=Source.REST)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"est_liq_price": 0},  # no liquidation risk
+        {"position_qty": 0, "mark_price": 0, "leverage": 0},  # a closed row
+        {"margin_mode": "CROSS", "margin": 0},
+    ],
+)
+def test_zeros_with_a_documented_meaning_parse(change: dict[str, Any]) -> None:
+    row = {**wire.loads(REST_ROW), **change}
+    wire.position(row, account_id=ACCOUNT, received_ms=0, source=Source.REST)
+
+
+@pytest.mark.parametrize(
+    ("parse", "body", "message"),
+    [
+        (lambda d: wire.pushed_marks(d, 0), '[{"symbol":"PERP_ETH_USDC","price":0}]',
+         r"markprices\[0\]\.price: expected a positive number"),
+        (lambda d: wire.mark_prices(d, 0), '{"rows":[{"symbol":"PERP_ETH_USDC","mark_price":-1}]}',
+         r"mark_price: expected a positive number"),
+        (wire.symbol_rules, '{"rows":[{"symbol":"S","base_imr":0,"base_mmr":0.006,'
+         '"imr_factor":0,"base_tick":0.1,"quote_tick":0.01}]}', r"base_imr: expected a positive"),
+        (wire.symbol_rules, '{"rows":[{"symbol":"S","base_imr":0.1,"base_mmr":1,'
+         '"imr_factor":0,"base_tick":0.1,"quote_tick":0.01}]}', r"impossible margin rates"),
+        (wire.symbol_rules, '{"rows":[{"symbol":"S","base_imr":0.1,"base_mmr":0.05,'
+         '"imr_factor":-1,"base_tick":0.1,"quote_tick":0.01}]}', r"impossible margin rates"),
+    ],
+)
+def test_zero_or_negative_prices_and_rates_are_malformed(
+    parse: Any, body: str, message: str
+) -> None:
+    with pytest.raises(MalformedResponse, match=message):
+        parse(wire.loads(body))
 
 
 def test_missing_field_is_named() -> None:
@@ -207,6 +250,9 @@ def test_mutated_positions_parse_or_raise_malformed(mutation: dict[str, Any]) ->
         return
     assert isinstance(pos.qty, Decimal) and isinstance(pos.leverage, int)
     assert pos.margin >= 0 and pos.mark_price.is_finite()
+    if pos.is_open and pos.margin_mode is MarginMode.ISOLATED:
+        # whatever parses is something the guard can do its arithmetic on
+        PositionView.of(pos, replace(RULES, symbol=pos.symbol))
 
 
 @given(st.binary(max_size=64) | st.text(max_size=64))
