@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
     Engine,
     Select,
+    Table,
     and_,
     case,
     exists,
@@ -24,14 +26,16 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
 )
 
 from guardbot.audit import chain
 from guardbot.audit.database import money_sum, utc_day
-from guardbot.audit.tables import OUTCOME_FILTER, Base
+from guardbot.audit.tables import OUTCOME_KINDS, Base, outcome_row
 
 ACTIONS = Base.metadata.tables["actions"]
 EVENTS = Base.metadata.tables["action_events"]
+OUTCOMES = Base.metadata.tables["action_outcomes"]
 OBSERVATIONS = Base.metadata.tables["observations"]
 
 GroupBy = Literal["account", "symbol", "policy", "day"]
@@ -166,67 +170,109 @@ class SummaryRow:
     latency_p99_ms: float | None
 
 
-def _group_key(by: GroupBy) -> ColumnElement[Any]:
-    if by == "day":
-        return utc_day(ACTIONS.c.time)
-    return {"account": ACTIONS.c.account_id, "symbol": ACTIONS.c.symbol,
-            "policy": ACTIONS.c.policy}[by]  # fmt: skip
+def _outcome_totals() -> list[ColumnElement[Any]]:
+    moved = and_(OUTCOMES.c.applied, OUTCOMES.c.dry_run.is_(False))
+
+    def moved_by(kind: str) -> ColumnElement[Any]:
+        return money_sum(case((and_(moved, OUTCOMES.c.action_kind == kind), OUTCOMES.c.amount)))
+
+    return [
+        func.count().label("events"),
+        moved_by("ADD").label("added"),
+        moved_by("REDUCE").label("reduced"),
+        func.count(case((OUTCOMES.c.kind.in_(["REJECTED", "FAILED"]), 1))).label("failures"),
+        func.count(case((OUTCOMES.c.kind == "UNCERTAIN", 1))).label("uncertain"),
+    ]
+
+
+def _grouped(by: GroupBy, since: datetime | None) -> tuple[Select[Any], Select[Any]]:
+    """(key, actions) and (key, latency, outcome totals), each grouped in one pass."""
+
+    def key(table: Table, time: str) -> ColumnElement[Any]:
+        if by == "day":
+            return utc_day(table.c[time]).label("key")
+        return table.c[{"account": "account_id", "symbol": "symbol", "policy": "policy"}[by]]
+
+    action_key, outcome_key = key(ACTIONS, "time"), key(OUTCOMES, "action_time")
+    counts = select(action_key, func.count()).group_by(action_key)
+    outcomes = select(outcome_key, OUTCOMES.c.latency_ms, *_outcome_totals()).group_by(
+        outcome_key, OUTCOMES.c.latency_ms
+    )
+    if since is not None:
+        counts = counts.where(ACTIONS.c.time >= since)
+        outcomes = outcomes.where(OUTCOMES.c.action_time >= since)
+    return counts, outcomes
+
+
+_DAY = timedelta(days=1)  # a UTC day is exactly 24 hours (PostgreSQL ignores leap seconds)
+
+
+def _by_day_ranges(since: datetime | None) -> tuple[Select[Any], Select[Any]]:
+    """The same two results by UTC day on PostgreSQL, one range scan of the time index per
+    day: no per-row day computation and a small aggregate per day instead of one large hash
+    over every row (1.4 s instead of 2.3 s on 10 million events)."""
+    span = select(func.min(ACTIONS.c.time).label("first"), func.max(ACTIONS.c.time).label("last"))
+    if since is not None:
+        span = span.where(ACTIONS.c.time >= since)
+    bounds = span.subquery("span")
+    start = func.date_trunc("day", bounds.c.first, "UTC")
+    day = func.generate_series(start, bounds.c.last, _DAY, type_=DateTime(timezone=True))
+    days = select(day.label("day")).select_from(bounds).cte("days")
+
+    def that_day(column: Any) -> list[ColumnElement[bool]]:
+        within = [column >= days.c.day, column < days.c.day + _DAY]
+        return within if since is None else [*within, column >= since]
+
+    key = utc_day(days.c.day).label("key")
+    count = select(func.count()).where(*that_day(ACTIONS.c.time)).scalar_subquery()
+    counts = select(key, count)
+    histogram = (
+        select(OUTCOMES.c.latency_ms, *_outcome_totals())
+        .where(*that_day(OUTCOMES.c.action_time))
+        .group_by(OUTCOMES.c.latency_ms)
+        .lateral("histogram")
+    )
+    outcomes = select(key, *histogram.c).select_from(days.join(histogram, true()))
+    return counts, outcomes
 
 
 def summarize(engine: Engine, since: datetime | None = None,
               by: GroupBy = "account") -> list[SummaryRow]:  # fmt: skip
     """Counts, margin moved, failures, uncertain outcomes and latency per group.
 
-    Outcome events are joined to their actions once, grouped by (key, latency): the latency
-    histogram gives exact mean and p99 in Python without an ordered-set aggregate, and the
-    join reads only the partial ``ix_action_events_outcomes`` index."""
+    Actions are counted from ``actions``; everything else comes from ``action_outcomes``
+    alone (one row per outcome event, no join), grouped by (key, latency): the latency
+    histogram gives exact mean and p99 in Python without an ordered-set aggregate. ``since``
+    selects actions decided since then, with all their outcomes."""
     if by not in GROUP_BY:
         raise ValueError(f"cannot group by {by!r}: use one of {', '.join(GROUP_BY)}")
-    key = _group_key(by).label("key")
-    applied = or_(
-        EVENTS.c.kind == "SUCCEEDED",
-        and_(EVENTS.c.kind == "RECONCILED", EVENTS.c.detail["applied"].as_string() == "true"),
-    )
-    moved = and_(applied, ACTIONS.c.dry_run.is_(False))
-
-    def moved_by(kind: str) -> Any:
-        return money_sum(case((and_(moved, ACTIONS.c.kind == kind), ACTIONS.c.amount)))
-
-    counts = select(key, func.count().label("actions")).group_by(key)
-    outcomes = (
-        select(
-            key,
-            EVENTS.c.latency_ms,
-            func.count().label("events"),
-            moved_by("ADD").label("added"),
-            moved_by("REDUCE").label("reduced"),
-            func.count(case((EVENTS.c.kind.in_(["REJECTED", "FAILED"]), 1))).label("failures"),
-            func.count(case((EVENTS.c.kind == "UNCERTAIN", 1))).label("uncertain"),
-        )
-        .select_from(EVENTS.join(ACTIONS, ACTIONS.c.id == EVENTS.c.action_id))
-        .where(text(f"action_events.{OUTCOME_FILTER}"))  # the index's own predicate
-        .group_by(key, EVENTS.c.latency_ms)
-    )
-    if since is not None:
-        counts = counts.where(ACTIONS.c.time >= since)
-        # An action's events never predate it.
-        outcomes = outcomes.where(ACTIONS.c.time >= since, EVENTS.c.time >= since)
-    groups: dict[str, _Group] = {}
+    groups: dict[Any, _Group] = {}
     with engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
+        postgresql = connection.dialect.name == "postgresql"
+        if postgresql:
             # The (key, latency) aggregate would otherwise spill to disk at 4 MB.
             connection.execute(text("SET LOCAL work_mem = '64MB'"))
-        for row in connection.execute(counts):
-            groups[str(row.key)] = _Group(actions=int(row.actions))
-        for row in connection.execute(outcomes):
-            group = groups.setdefault(str(row.key), _Group())
-            group.added += row.added or 0
-            group.reduced += row.reduced or 0
-            group.failures += int(row.failures)
-            group.uncertain += int(row.uncertain)
-            if row.latency_ms is not None:
-                group.latencies.append((int(row.latency_ms), int(row.events)))
-    return [groups[name].row(name) for name in sorted(groups)]
+        counts, outcomes = (
+            _by_day_ranges(since) if postgresql and by == "day" else _grouped(by, since)
+        )
+        for key, actions in connection.execute(counts).all():
+            if actions:
+                groups[key] = _Group(actions=actions)
+        histogram = connection.execute(outcomes).all()  # one fetch: 87,000 rows by day
+        for key, latency_ms, events, added, reduced, failures, uncertain in histogram:
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group()
+            if added is not None:
+                group.added += added
+            if reduced is not None:
+                group.reduced += reduced
+            group.failures += failures
+            group.uncertain += uncertain
+            if latency_ms is not None:
+                group.latencies.append((latency_ms, events))
+    rows = [group.row(str(key)) for key, group in groups.items()]
+    return sorted(rows, key=lambda row: row.key)
 
 
 @dataclass(slots=True)
@@ -297,7 +343,8 @@ class Verification:
 
 
 def verify_chains(engine: Engine, account: str | None = None) -> Verification:
-    """Recompute every account's hash chain and name the first broken link of each."""
+    """Recompute every account's hash chain and name the first broken link of each; then
+    check that ``action_outcomes`` (the summary's copy) still agrees with the chain."""
     result = Verification()
     action_columns = [ACTIONS.c[name].label(f"a_{name}") for name in chain.ACTION_FIELDS]
     query = (
@@ -342,7 +389,52 @@ def verify_chains(engine: Engine, account: str | None = None) -> Verification:
                 result.breaks.append(Break(
                     row.account_id, None, None, row.id,
                     "the action has no INTENT event (deleted?)"))  # fmt: skip
+        copies = _outcome_copies(account)
+        for row in connection.execution_options(yield_per=5000).execute(copies):
+            values = row._mapping
+            if values["account_id"] in broken:
+                continue
+            problem = _check_copy(values)
+            if problem is not None:
+                broken.add(values["account_id"])
+                result.breaks.append(Break(values["account_id"], values["seq"], values["id"],
+                                           values["action_id"], problem))  # fmt: skip
     return result
+
+
+_COPIED = ("id", "time", "account_id", "symbol", "policy", "kind", "amount", "dry_run")
+
+
+def _outcome_copies(account: str | None) -> Select[Any]:
+    """Outcome events, and any event with an outcome row, beside that row and the action."""
+    query = (
+        select(
+            EVENTS.c.id, EVENTS.c.account_id, EVENTS.c.seq, EVENTS.c.action_id, EVENTS.c.kind,
+            EVENTS.c.detail, EVENTS.c.latency_ms,
+            *(ACTIONS.c[name].label(f"a_{name}") for name in _COPIED),
+            *(column.label(f"o_{column.name}") for column in OUTCOMES.c),
+        )
+        .select_from(
+            EVENTS.join(ACTIONS, ACTIONS.c.id == EVENTS.c.action_id)
+            .outerjoin(OUTCOMES, OUTCOMES.c.event_id == EVENTS.c.id)
+        )
+        .where(or_(EVENTS.c.kind.in_(OUTCOME_KINDS), OUTCOMES.c.event_id.is_not(None)))
+        .order_by(EVENTS.c.account_id, EVENTS.c.seq)
+    )  # fmt: skip
+    return query if account is None else query.where(EVENTS.c.account_id == account)
+
+
+def _check_copy(values: Any) -> str | None:
+    if values["o_event_id"] is None:
+        return "this outcome event has no action_outcomes row (deleted?)"
+    expected = None
+    if values["kind"] in OUTCOME_KINDS:
+        action = {name: values[f"a_{name}"] for name in _COPIED}
+        expected = outcome_row(values, action)
+    stored = {column.name: values[f"o_{column.name}"] for column in OUTCOMES.c}
+    if stored != expected:
+        return "its action_outcomes row does not match the event and its action (edited?)"
+    return None
 
 
 def _check_link(values: Any, expected_seq: int, prev_hash: str) -> str | None:

@@ -45,7 +45,7 @@ from guardbot.audit.errors import (
 )
 from guardbot.audit.schema import check_schema
 from guardbot.audit.spool import SEGMENT_BYTES, Spool, SpoolInUse
-from guardbot.audit.tables import MONEY_SCALE, Base
+from guardbot.audit.tables import MONEY_SCALE, OUTCOME_KINDS, Base, outcome_row
 from guardbot.domain import ZERO, ActionKind, MarginMode, Source
 
 __all__ = [
@@ -70,6 +70,7 @@ MAX_RETRY_S = 30.0
 _QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
 _ACTIONS = Base.metadata.tables["actions"]
 _EVENTS = Base.metadata.tables["action_events"]
+_OUTCOMES = Base.metadata.tables["action_outcomes"]
 _OBSERVATIONS = Base.metadata.tables["observations"]
 _RUNS = Base.metadata.tables["runs"]
 _RUN_ENDS = Base.metadata.tables["run_ends"]
@@ -778,10 +779,12 @@ class AuditLog:
             _RUN_ENDS: [],
             _ACTIONS: [],
             _EVENTS: [],
+            _OUTCOMES: [],
             _OBSERVATIONS: [],
         }
         heads = dict(self._heads)
         actions: dict[str, dict[str, Any]] = {}
+        outcomes: list[dict[str, Any]] = []
         for record in records:
             kind = record["t"]
             if (kind, record["id"]) in present:
@@ -820,8 +823,11 @@ class AuditLog:
                     "code": record["code"], "message": record["message"],
                     "detail": record["detail"], "latency_ms": record["latency_ms"],
                 }, None))  # fmt: skip
+                if record["kind"] in OUTCOME_KINDS:
+                    outcomes.append(rows[_EVENTS][-1])
             else:
                 raise ValueError(f"unknown spool record type {kind!r}")
+        rows[_OUTCOMES] = _outcome_rows(connection, outcomes, actions)
         for table, values in rows.items():  # parents before children
             if values:
                 connection.execute(insert(table), values)
@@ -892,6 +898,20 @@ def _action_row(record: dict[str, Any], at: Any) -> dict[str, Any]:
         "data_age_ms": record["data_age_ms"], "source": record["source"],
         "details": record["details"] or {},
     }  # fmt: skip
+
+
+def _outcome_rows(
+    connection: Connection, events: list[dict[str, Any]], actions: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The ``action_outcomes`` rows of these outcome events; actions not in the batch are
+    read from the database (one query). An event whose action exists nowhere gets no row:
+    its own insert fails on the foreign key and it is quarantined."""
+    missing = {event["action_id"] for event in events} - actions.keys()
+    if missing:
+        found = connection.execute(select(_ACTIONS).where(_ACTIONS.c.id.in_(sorted(missing))))
+        actions = {**actions, **{row.id: dict(row._mapping) for row in found}}
+    return [outcome_row(event, actions[event["action_id"]])
+            for event in events if event["action_id"] in actions]  # fmt: skip
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import update
 
-from guardbot.audit import queries
+from guardbot.audit import queries, schema
 from guardbot.audit.database import create_audit_engine
 from guardbot.cli import main
 
@@ -155,8 +155,8 @@ def test_unusable_databases_get_one_line(empty_url: str, tmp_path: Path) -> None
 def test_db_commands(empty_url: str, tmp_path: Path) -> None:
     assert run("db", "current", "--db", empty_url).stdout.startswith("(empty) (needs")
     result = run("db", "upgrade", "--db", empty_url)
-    assert result.exit_code == 0 and result.stdout.strip().endswith("is at revision 0001")
-    assert run("db", "current", "--db", empty_url).stdout.strip() == "0001 (up to date)"
+    assert result.exit_code == 0 and result.stdout.strip().endswith(f"is at revision {schema.HEAD}")
+    assert run("db", "current", "--db", empty_url).stdout.strip() == f"{schema.HEAD} (up to date)"
     assert run("db", "downgrade", "base", "--db", empty_url).exit_code == 0
     missing = run("db", "upgrade", "--db", empty_url, "--migrations", str(tmp_path / "none"))
     assert missing.exit_code == 1

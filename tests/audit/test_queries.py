@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import random
+import statistics
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, update
+from sqlalchemy import Engine, delete, select, update
 
-from guardbot.audit import chain, queries
+from guardbot.audit import chain, queries, schema
 from guardbot.audit.database import create_audit_engine
 from guardbot.audit.queries import ActionFilter
+from guardbot.audit.store import AuditLog, EventKind
+from guardbot.audit.tables import OUTCOME_KINDS
+from guardbot.domain import ActionKind
 
-from .conftest import ACCOUNT, DAY, HOUR, OTHER, T0, THIRD
+from .conftest import ACCOUNT, DAY, HOUR, OTHER, T0, THIRD, Clock, action
 
 
 @pytest.fixture
@@ -116,6 +124,148 @@ def test_summary_by_symbol_and_policy(engine: Engine) -> None:
     assert by_policy["sweep"].reduced == Decimal(5)
 
 
+SHAPES: list[list[tuple[EventKind, dict[str, Any]]]] = [
+    [(EventKind.SENT, {}), (EventKind.SUCCEEDED, {"latency_ms": 1}), (EventKind.VERIFIED, {})],
+    [(EventKind.SENT, {}), (EventKind.SUCCEEDED, {})],  # no latency measured
+    [(EventKind.SENT, {}), (EventKind.REJECTED, {"latency_ms": 1, "code": -1, "message": "no"})],
+    [(EventKind.SENT, {}), (EventKind.FAILED, {"latency_ms": 1})],
+    [(EventKind.SENT, {}), (EventKind.UNCERTAIN, {"latency_ms": 1}),
+     (EventKind.RECONCILED, {"detail": {"applied": "true"}})],
+    [(EventKind.SENT, {}), (EventKind.UNCERTAIN, {"latency_ms": 1}),
+     (EventKind.RECONCILED, {"detail": {"applied": "false"}}), (EventKind.FAILED, {})],
+    [(EventKind.SENT, {}), (EventKind.UNCERTAIN, {"latency_ms": 1}), (EventKind.RECONCILED, {}),
+     (EventKind.UNCERTAIN, {"latency_ms": 1})],  # several outcomes of one action
+    [(EventKind.DRY_RUN, {})],
+    [(EventKind.SKIPPED, {"message": "budget"})],
+    [(EventKind.SENT, {})],  # still in flight
+]  # fmt: skip
+
+
+async def random_history(url: str, spool: Path, seed: int, actions: int = 80) -> None:
+    """Actions over four UTC days, three accounts, symbols and policies, every lifecycle
+    shape above with random latencies; half of the events are written in later batches
+    than their action, in shuffled order."""
+    rng = random.Random(seed)
+    clock = Clock()
+    log = await AuditLog.open(url, spool, clock_ms=clock)
+    await log.start_run("0.1.0", "cafe", "host-1")
+    later: list[tuple[str, str, list[tuple[EventKind, dict[str, Any]]]]] = []
+    for _ in range(actions):
+        clock.now_ms = T0 + rng.randrange(4 * DAY)
+        record = action(
+            account_id=rng.choice([ACCOUNT, OTHER, THIRD]),
+            symbol=rng.choice(["PERP_ETH_USDC", "PERP_BTC_USDC", "PERP_SOL_USDC"]),
+            policy=rng.choice(["topup", "sweep", "vol_target"]),
+            kind=rng.choice([ActionKind.ADD, ActionKind.REDUCE]),
+            amount=Decimal(rng.randrange(1, 100_000)) / 100,
+            dry_run=rng.random() < 0.1,
+        )
+        action_id = await log.record_action(record)
+        events = [(kind, {**extra, "latency_ms": rng.randrange(5000)} if "latency_ms" in extra
+                   else extra) for kind, extra in rng.choice(SHAPES)]  # fmt: skip
+        if rng.random() < 0.5:
+            later.append((action_id, record.account_id, events))
+            continue
+        for kind, extra in events:
+            await log.record_event(action_id, record.account_id, kind, **extra)
+    await log.flush(10)
+    rng.shuffle(later)
+    for action_id, account_id, events in later:
+        for kind, extra in events:
+            await log.record_event(action_id, account_id, kind, **extra)
+    await log.aclose()
+
+
+def reference_summary(
+    engine: Engine, since: datetime | None, by: queries.GroupBy
+) -> list[queries.SummaryRow]:
+    """``audit summary`` the straightforward way: every action and event, in Python."""
+    with engine.connect() as connection:
+        actions = {row.id: row for row in connection.execute(select(queries.ACTIONS))}
+        events = list(connection.execute(select(queries.EVENTS)))
+    chosen = {i: a for i, a in actions.items() if since is None or a.time >= since}
+
+    def key(a: Any) -> str:
+        return str({"account": a.account_id, "symbol": a.symbol, "policy": a.policy,
+                    "day": a.time.date().isoformat()}[by])  # fmt: skip
+
+    groups: dict[str, dict[str, Any]] = {}
+
+    def group(a: Any) -> dict[str, Any]:
+        zero = {"actions": 0, "added": Decimal(0), "reduced": Decimal(0), "failures": 0,
+                "uncertain": 0, "ms": []}  # fmt: skip
+        return groups.setdefault(key(a), zero)
+
+    for a in chosen.values():
+        group(a)["actions"] += 1
+    for e in events:
+        a = chosen.get(e.action_id)
+        if a is None or e.kind not in OUTCOME_KINDS:
+            continue
+        g = group(a)
+        applied = e.kind == "SUCCEEDED" or (
+            e.kind == "RECONCILED" and (e.detail or {}).get("applied") == "true"
+        )
+        if applied and not a.dry_run:
+            g["added" if a.kind == "ADD" else "reduced"] += a.amount
+        g["failures"] += e.kind in ("REJECTED", "FAILED")
+        g["uncertain"] += e.kind == "UNCERTAIN"
+        if e.latency_ms is not None:
+            g["ms"].append(e.latency_ms)
+    rows = []
+    for name in sorted(groups):
+        g = groups[name]
+        ms = sorted(g["ms"])
+        p99 = None
+        if ms:
+            position = 0.99 * (len(ms) - 1)
+            low = int(position)
+            high = min(low + 1, len(ms) - 1)
+            p99 = ms[low] + (ms[high] - ms[low]) * (position - low)
+        rows.append(queries.SummaryRow(
+            name, g["actions"], g["added"], g["reduced"], g["failures"], g["uncertain"],
+            statistics.fmean(ms) if ms else None, p99))  # fmt: skip
+    return rows
+
+
+def exact(row: queries.SummaryRow) -> tuple[object, ...]:
+    return (row.key, row.actions, row.added, row.reduced, row.failures, row.uncertain)
+
+
+@pytest.mark.parametrize("written_by", ["writer", "migration"])
+async def test_summary_equals_the_reference_on_every_grouping(
+    url: str, tmp_path: Path, written_by: str
+) -> None:
+    await random_history(url, tmp_path / "spool", seed=7)
+    if written_by == "migration":  # action_outcomes rebuilt from the events by 0002
+        schema.downgrade(url, "0001")
+        schema.upgrade(url)
+    engine = create_audit_engine(url)
+    try:
+        for by in queries.GROUP_BY:
+            for since in (None, chain.from_ms(T0 + DAY + DAY // 2)):
+                fast = queries.summarize(engine, since, by)
+                expected = reference_summary(engine, since, by)
+                assert [row.key for row in fast] == [row.key for row in expected], (by, since)
+                for got, want in zip(fast, expected, strict=True):
+                    assert exact(got) == exact(want), (by, since)
+                    assert got.latency_mean_ms == pytest.approx(want.latency_mean_ms)
+                    assert got.latency_p99_ms == pytest.approx(want.latency_p99_ms)
+        assert queries.verify_chains(engine).intact
+    finally:
+        engine.dispose()
+
+
+def test_summary_of_an_empty_log_is_empty(url: str) -> None:
+    engine = create_audit_engine(url)
+    try:
+        for by in queries.GROUP_BY:
+            assert queries.summarize(engine, by=by) == []
+            assert queries.summarize(engine, chain.from_ms(T0), by) == []
+    finally:
+        engine.dispose()
+
+
 def test_export_streams_every_column_oldest_first(engine: Engine, history: dict[str, str]) -> None:
     rows = list(queries.export_actions(engine, ActionFilter(account=OTHER)))
     assert names(rows, history) == ["a4", "a5"]
@@ -185,6 +335,29 @@ def test_verify_names_a_forged_chain_link(engine: Engine, history: dict[str, str
     (broken,) = queries.verify_chains(engine).breaks
     assert broken.seq == 8
     assert "prev_hash" in broken.problem
+
+
+def test_verify_names_an_edited_outcome_copy(engine: Engine, history: dict[str, str]) -> None:
+    # Doubling a2's amount and calling it applied would inflate the summary's margin added.
+    with engine.begin() as connection:
+        connection.execute(
+            update(queries.OUTCOMES)
+            .where(queries.OUTCOMES.c.action_id == history["a2"])
+            .values(applied=True)
+        )
+    (broken,) = queries.verify_chains(engine).breaks
+    assert (broken.account_id, broken.action_id, broken.seq) == (ACCOUNT, history["a2"], 7)
+    assert "action_outcomes row does not match" in broken.problem
+
+
+def test_verify_names_a_deleted_outcome_copy(engine: Engine, history: dict[str, str]) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            delete(queries.OUTCOMES).where(queries.OUTCOMES.c.action_id == history["a4"])
+        )
+    breaks = queries.verify_chains(engine).breaks
+    assert [(b.account_id, b.seq) for b in breaks] == [(OTHER, 3)]
+    assert "no action_outcomes row" in breaks[0].problem
 
 
 @given(st.lists(st.integers(0, 5000), min_size=1, max_size=300),

@@ -16,7 +16,7 @@ from guardbot.audit.database import create_audit_engine
 from guardbot.audit.errors import MigrationsNotFound, SchemaOutOfDate
 from guardbot.audit.tables import Base
 
-TABLES = {"runs", "run_ends", "actions", "action_events", "observations"}
+TABLES = {"runs", "run_ends", "actions", "action_events", "action_outcomes", "observations"}
 
 
 def tables(url: str) -> set[str]:
