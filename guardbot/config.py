@@ -311,7 +311,8 @@ def load_config(path: Path | str | None) -> Settings:
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
         try:
-            data = tomllib.loads(raw.decode("utf-8"))
+            # Money must never pass through a binary float; float fields take a Decimal.
+            data = tomllib.loads(raw.decode("utf-8"), parse_float=Decimal)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_config(data)

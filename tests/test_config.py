@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,24 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     settings = load_config(path)
     assert settings.audit.url == "sqlite:///b.db"
     assert settings.poll.interval_s == 3
+
+
+def test_toml_floats_are_exact_decimals_and_float_fields_still_validate(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "guardbot.toml"
+    path.write_text(
+        "[budgets]\nper_action = 123456789.123456789\nreserve = 0.1\ncooldown_s = 2.5\n"
+        "[poll]\ninterval_s = 1.5\nfast_interval_s = 0.25\n"
+        "[exchange]\ntimeout_s = 7.5\n"
+        '[[policies]]\nuse = "topup"\nparams = { trigger = 0.05, target = 0.1 }\n'
+    )
+    settings = load_config(path)
+    assert settings.budgets.per_action == Decimal("123456789.123456789")
+    assert settings.budgets.reserve == Decimal("0.1")
+    assert (settings.budgets.cooldown_s, settings.poll.interval_s) == (2.5, 1.5)
+    assert (settings.poll.fast_interval_s, settings.exchange.timeout_s) == (0.25, 7.5)
+    assert settings.policies[0].params == {"trigger": Decimal("0.05"), "target": Decimal("0.1")}
 
 
 def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
