@@ -240,7 +240,7 @@ class Alerter:
         for index, webhook in enumerate(webhooks):
             if webhook.format == "telegram" and not webhook.chat_id:
                 raise ConfigError(f"alerts.webhooks.{index}.chat_id: required by telegram")
-            if not webhook.url.startswith(("http://", "https://")):
+            if not webhook.url.get_secret_value().startswith(("http://", "https://")):
                 raise ConfigError(f"alerts.webhooks.{index}.url: must be an http(s) URL")
         self._webhooks = list(webhooks)
         self._timeout_s = timeout_s
@@ -316,7 +316,7 @@ class Alerter:
         kind = message.alert.kind
         try:
             response = await self._client.post(
-                channel.webhook.url, json=render(message, channel.webhook)
+                channel.webhook.url.get_secret_value(), json=render(message, channel.webhook)
             )
         except httpx.HTTPError as exc:
             # The exception text can contain the URL, which can contain a token: name the type.

@@ -222,7 +222,9 @@ class HealthSettings(_Section):
 
 
 class WebhookSettings(_Section):
-    url: str
+    # Slack and Telegram URLs embed their token: secret like an orderly key (alerts.py
+    # unwraps it only to post).
+    url: SecretStr
     format: Literal["json", "slack", "telegram"] = "json"
     # Telegram needs a chat id in the body.
     chat_id: str | None = None

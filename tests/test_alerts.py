@@ -263,6 +263,7 @@ async def test_failing_webhook_is_counted_and_its_url_never_logged(
     assert "webhook json#0 answered HTTP 500" in caplog.text
     assert "webhook telegram#1 failed: ConnectError" in caplog.text
     assert "SECRET-TOKEN" not in caplog.text
+    assert "SECRET-TOKEN" not in repr(hooks)
 
 
 def test_bad_webhook_settings_are_config_errors() -> None:

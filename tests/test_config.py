@@ -67,6 +67,22 @@ def test_secrets_never_in_repr_and_resolve_from_env_and_file(
         missing.accounts[0].secret()
 
 
+def test_webhook_urls_are_secret() -> None:
+    """Slack and Telegram webhook URLs carry their token: never in a repr, dump or error."""
+    token = "bot123456:SECRET-TOKEN"
+    hook = {"url": f"https://api.telegram.org/{token}/sendMessage", "format": "telegram",
+            "chat_id": "1"}
+    settings = parse_config({"alerts": {"webhooks": [hook]}})
+    url = settings.alerts.webhooks[0].url
+    assert url.get_secret_value() == hook["url"]
+    for shown in (repr(settings), str(settings), str(settings.model_dump()),
+                  settings.model_dump_json()):
+        assert token not in shown
+    with pytest.raises(ConfigError) as bad:
+        parse_config({"alerts": {"webhooks": [{**hook, "format": "sms"}]}})
+    assert "alerts.webhooks.0.format" in str(bad.value) and token not in str(bad.value)
+
+
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "guardbot.toml"
     path.write_text('[audit]\nurl = "sqlite:///a.db"\n[poll]\ninterval_s = 3\n')
