@@ -1,14 +1,15 @@
 """Audit log under load, on PostgreSQL. Prints its figures; asserts nothing.
 
-1. Creates a scratch database (``guardbot_bench`` by default) and migrates it.
+1. Creates a scratch database (``guardbot_bench`` by default) and migrates it to 0001.
 2. Fills it server-side (INSERT ... SELECT generate_series) with ``--events`` action events
    (4 per action, 50 accounts, ~6 months). The bulk rows carry placeholder hashes: they are
-   load, not a verifiable chain.
+   load, not a verifiable chain. Then migrates to head, timing what an operator's upgrade
+   of a full database costs (0002 copies every outcome event into ``action_outcomes``).
 3. Measures the real store path on top of that: ``--producers`` concurrent "accounts" call
    ``record_action`` + 3 x ``record_event`` through ``AuditLog`` (fsync'd spool, background
    writer, hash chain) and reports events/s into the database, how long a caller waits for
    its record to be durable, and how late the event loop ran meanwhile (decisions share it).
-4. Times ``audit list --account A --since T --limit 100`` and ``audit summary --by day``
+4. Times ``audit list --account A --since T --limit 100`` and ``audit summary --by ...``
    through ``guardbot.audit.queries`` (the CLI's own code; the CLI process start is extra).
 5. Drops the database unless ``--keep``.
 
@@ -185,7 +186,8 @@ def query_times(url: str, events: int) -> None:
         "audit list --account A --limit 100 (no --since)",
         lambda: queries.list_actions(engine, queries.ActionFilter(account=account), 100),
     )
-    timed("audit summary --by day", lambda: queries.summarize(engine, by="day"), repeat=3)
+    for by in queries.GROUP_BY:
+        timed(f"audit summary --by {by}", lambda by=by: queries.summarize(engine, by=by), repeat=3)
     engine.dispose()
 
 
@@ -207,8 +209,12 @@ def main() -> None:
     print(f"database {make_url(args.url).render_as_string(hide_password=True)}")
     database(args.url, create=True)
     try:
-        schema.upgrade(args.url)
+        schema.upgrade(args.url, "0001")
         fill(args.url, args.events)
+        started = time.perf_counter()
+        schema.upgrade(args.url)
+        print(f"migrate to {schema.HEAD} on the filled database: "
+              f"{time.perf_counter() - started:.1f} s")  # fmt: skip
         asyncio.run(store_throughput(args.url, args.producers, args.actions_each))
         query_times(args.url, args.events)
     finally:

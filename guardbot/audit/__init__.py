@@ -31,6 +31,7 @@ The daemon's API (``guardbot.audit.store``)::
         # waits for the spool to reach the database; reloads the budget ledger
     await log.flush(timeout_s);  await log.aclose()
     log.spool_depth -> int
+    log.database_ok -> bool;  log.last_database_error -> str | None   # readiness
 
 Every ``record_*`` is durable on return and never waits on the database; it raises
 ``NotRecorded`` if even the local spool cannot be written (then do not act).
