@@ -6,19 +6,24 @@ position first (``Intent.urgency``: lower is more urgent), and calls
 second per account (orderly-api.md §5). For every action it writes the audit record
 *before* the call and the outcome *after* (design.md, audit log):
 
-- success: ``SUCCEEDED``, then ``VERIFIED`` once a later snapshot shows the new margin;
-- ``Rejected``: ``REJECTED`` with the exchange's code and message, never retried;
+- success: ``SUCCEEDED``, then ``VERIFIED`` once a later snapshot shows the margin moved at
+  least halfway toward the expected margin (``applied``);
+- ``Rejected``: ``REJECTED`` with the exchange's code and message, never retried at once: the
+  position is held back, longer on every repeat of the same code (exponential, capped);
 - ``Uncertain``, or any other unexpected answer (the request may have been applied):
-  ``UNCERTAIN``, then the position is re-read and its margin compared with the margin the
-  decision saw: ``RECONCILED`` says applied or not. Never a blind retry (design.md, "No
-  double top-up");
+  ``UNCERTAIN``, then ``RECONCILED`` (applied or not) from a read of the position received
+  at least a full read timeout after the outcome became unknown: the exchange may still be
+  applying a request whose answer we gave up on. Never a blind retry (design.md, "No double
+  top-up");
 - ``AuthError``: ``FAILED`` (nothing was applied; the operator must fix the key or clock);
 - ``RetryLater``/``RateLimited``: ``FAILED``, back off, re-read the position and hand it back
   so the guard re-decides on fresh data;
+- data older than ``max_data_age_ms`` when the action is dequeued: ``FAILED``, not sent;
 - dry-run: the decision is audited and nothing is sent.
 
 A position stays *busy* (no new action for it) from submission until its outcome is known:
-verified, rejected, reconciled, or the verification window has passed.
+verified, rejected (and its hold-back passed), reconciled, or the verification window has
+passed. Waiting (reconcile delays, back-offs) happens outside the worker's concurrency slots.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from asyncio_throttle.throttler import Throttler
 
@@ -45,6 +51,7 @@ from guardbot.exchange.errors import (
     RetryLater,
 )
 from guardbot.exchange.port import Exchange
+from guardbot.logs import log_context
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +63,16 @@ CALLS_PER_SECOND = 8
 CONCURRENCY = 4
 # How long a successful action waits for a snapshot showing its effect.
 VERIFY_WINDOW_MS = 30_000
-# Margin within this of the expected value counts as "the change is there".
-MARGIN_TOLERANCE = Decimal("0.01")
-# The exchange client's read timeout (plus slack): see ``Executor.observe``.
+# The exchange client's read timeout (plus slack): a request we gave up on may still be
+# applied until then, so only a read received this long after settles an uncertain action.
 READ_TIMEOUT_MS = 11_000
-# Re-read attempts (and their delays) when reconciling an uncertain outcome.
+# Re-read attempts (and their delays) once that read timeout has passed.
 REREAD_DELAYS_S = (0.0, 0.5, 1.0, 2.0, 5.0)
+# A rejected position is held back this long, doubled on every repeat of the same code.
+REJECT_BACKOFF_MS = 30_000
+REJECT_BACKOFF_MAX_MS = 15 * 60_000
+
+Sleep = Callable[[float], Awaitable[None]]
 
 
 def now_ms() -> int:
@@ -102,9 +113,12 @@ def applied(job: Job, margin_now: Decimal) -> bool:
 class _Pending:
     job: Job
     action_id: str
-    done_ms: int
-    reconcile: bool  # True: outcome unknown (Uncertain, re-read failed); False: verify
+    done_ms: int  # when the call ended (reconcile: when the outcome became unknown)
+    reconcile: bool  # True: outcome unknown; False: succeeded, to verify
     sent_ms: int = 0
+    # Older unfinished actions on the same position (handed over at start-up): the read
+    # that settles this one settles them too.
+    earlier: list[tuple[Job, str]] = field(default_factory=list)
 
 
 PositionHandler = Callable[[Position | None, PositionKey], Awaitable[None]]
@@ -114,7 +128,8 @@ class Executor:
     """Per-account priority queues, throttled workers, audit of every step.
 
     ``on_reread(position, key)`` receives positions the executor re-read (after a transient
-    failure or while reconciling) so the guard updates its book and re-decides.
+    failure or while reconciling) so the guard updates its book and re-decides. ``clock_ms``
+    and ``sleep`` are injectable so tests run on simulated time.
     """
 
     def __init__(
@@ -130,7 +145,11 @@ class Executor:
         verify_window_ms: int = VERIFY_WINDOW_MS,
         read_timeout_ms: int = READ_TIMEOUT_MS,
         reread_delays_s: Sequence[float] = REREAD_DELAYS_S,
+        max_data_age_ms: int | None = None,
+        reject_backoff_ms: int = REJECT_BACKOFF_MS,
+        reject_backoff_max_ms: int = REJECT_BACKOFF_MAX_MS,
         clock_ms: Callable[[], int] = now_ms,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._exchanges = dict(exchanges)
         self._audit = audit
@@ -141,8 +160,12 @@ class Executor:
         self._verify_window_ms = verify_window_ms
         self._read_timeout_ms = read_timeout_ms
         self._reread_delays_s = tuple(reread_delays_s)
+        self._max_data_age_ms = max_data_age_ms
+        self._reject_backoff_ms = reject_backoff_ms
+        self._reject_backoff_max_ms = reject_backoff_max_ms
         self._clock_ms = clock_ms
-        self._queues: dict[str, asyncio.PriorityQueue[tuple[Decimal, int, Job, str]]] = {
+        self._sleep = sleep
+        self._queues: dict[str, asyncio.PriorityQueue[tuple[Decimal, int, Job, str, int]]] = {
             account_id: asyncio.PriorityQueue() for account_id in self._exchanges
         }
         self._throttlers = {
@@ -154,8 +177,13 @@ class Executor:
         self._send_order = {account_id: asyncio.Lock() for account_id in self._exchanges}
         self._order = itertools.count()
         self._busy: set[PositionKey] = set()
+        self._held: dict[PositionKey, int] = {}  # rejected: no new action before this time
+        self._rejections: dict[tuple[PositionKey, int | None], int] = {}
         self._seen: dict[PositionKey, Position] = {}
         self._pending: dict[PositionKey, _Pending] = {}
+        # Per account: calls on the wire, reconciles and back-offs (``release`` awaits them).
+        self._tasks: dict[str, set[asyncio.Task[None]]] = {a: set() for a in self._exchanges}
+        self._waits: set[asyncio.Task[None]] = set()  # the reconciles and back-offs alone
         self.calls = 0
         self._running = 0
         self._idle = asyncio.Event()
@@ -165,8 +193,12 @@ class Executor:
     # -- what the guard sees ------------------------------------------------------------
 
     def busy(self) -> frozenset[PositionKey]:
-        """Positions with an action queued, in flight, or waiting to be verified/reconciled."""
-        return frozenset(self._busy)
+        """Positions with an action queued, in flight, waiting to be verified/reconciled,
+        or held back after a rejection."""
+        now = self._clock_ms()
+        for key in [k for k, until in self._held.items() if until <= now]:
+            del self._held[key]
+        return frozenset(self._busy | self._held.keys())
 
     async def submit(self, job: Job) -> str | None:
         """Record the action (its durable intent, which budgets count from now on) and queue
@@ -176,7 +208,7 @@ class Executor:
         Raises what ``AuditLog.record_action`` raises (``NotRecorded``...): an action that
         could not be recorded is not performed.
         """
-        if self._closing or job.key in self._busy:
+        if self._closing or job.key in self.busy():
             return None
         self._busy.add(job.key)
         try:
@@ -185,9 +217,25 @@ class Executor:
             self._busy.discard(job.key)
             raise
         self._queues[job.intent.account_id].put_nowait(
-            (job.intent.urgency, next(self._order), job, action_id)
+            (job.intent.urgency, next(self._order), job, action_id, self._clock_ms())
         )
         return action_id
+
+    def reconcile(self, job: Job, action_id: str, unknown_since_ms: int) -> None:
+        """Take over an action whose outcome is unknown (a previous run or instance sent it
+        and stopped): the position is busy until a read received a full read timeout after
+        ``unknown_since_ms`` says whether it was applied, exactly as for our own uncertain
+        calls. Call it before ``run``'s workers may act on the position."""
+        pending = self._pending.get(job.key)
+        if pending is not None and pending.reconcile:
+            pending.earlier.append((pending.job, pending.action_id))
+            pending.job, pending.action_id = job, action_id
+            pending.done_ms = max(pending.done_ms, unknown_since_ms)
+            return
+        pending = _Pending(job, action_id, unknown_since_ms, True)
+        self._busy.add(job.key)
+        self._pending[job.key] = pending
+        self._wait(job, action_id, self._reconcile_later(pending))
 
     async def observe(self, position: Position) -> None:
         """Feed a fresh REST/WS snapshot: verifies or reconciles a pending action on it."""
@@ -207,7 +255,9 @@ class Executor:
             return
         if position.received_ms < pending.sent_ms:
             return
-        if abs(position.margin - job.expected_margin()) <= MARGIN_TOLERANCE:
+        # Halfway, not exact: a fill or funding may move the margin too, and must not keep
+        # the position blocked for the whole window.
+        if applied(job, position.margin):
             await self._settle(pending, EventKind.VERIFIED, "margin shows the change",
                                position.margin)
         elif position.received_ms - pending.done_ms > self._verify_window_ms:
@@ -229,29 +279,58 @@ class Executor:
             await self._settle(pending, EventKind.VERIFIED, "position closed", None,
                                verified=False)
 
+    async def release(self, account_id: str) -> None:
+        """Stop all work on an account handed to another instance, before it is unlocked:
+        queued actions are recorded as not sent; calls on the wire, reconciles and
+        back-offs finish and record their outcome before this returns, so the next holder
+        sees every action settled or unfinished in the audit log, never one still moving."""
+        await self._drop_queued(account_id, "not sent: account handed to another instance")
+        while tasks := self._tasks[account_id]:
+            await asyncio.wait(set(tasks))
+        for key in [k for k in self._pending if k[0] == account_id]:
+            # Unsettled ones are the next holder's to reconcile (it reads them as unfinished).
+            del self._pending[key]
+        for keys in (self._busy, self._seen, self._held):
+            for key in [k for k in keys if k[0] == account_id]:
+                if isinstance(keys, set):
+                    keys.discard(key)
+                else:
+                    del keys[key]
+
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Stop sending: queued actions are recorded as not sent, and calls already on the
         wire get up to ``timeout_s`` to finish and record their outcome. Whatever is still
-        open after that is settled by the start-up reconcile of the next run."""
+        open after that (reconciles waiting out the read timeout too) is settled by the
+        start-up reconcile of the next run."""
         self._closing = True
-        for queue in self._queues.values():
-            while not queue.empty():
-                _, _, job, action_id = queue.get_nowait()
-                await self._audit.record_event(action_id, job.intent.account_id,
-                                               EventKind.FAILED, message="not sent: stopping")
-                self._busy.discard(job.key)
+        for account_id in self._queues:
+            await self._drop_queued(account_id, "not sent: stopping")
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
             log.warning("stopping with %d margin calls still open", self._running)
+        for task in list(self._waits):
+            task.cancel()
+
+    async def _drop_queued(self, account_id: str, message: str) -> None:
+        queue = self._queues[account_id]
+        while not queue.empty():
+            _, _, job, action_id, _ = queue.get_nowait()
+            await self._audit.record_event(action_id, account_id, EventKind.FAILED,
+                                           message=message)
+            self._busy.discard(job.key)
 
     # -- workers ------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run every account's worker until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            for account_id in self._exchanges:
-                group.create_task(self._work(account_id))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for account_id in self._exchanges:
+                    group.create_task(self._work(account_id))
+        finally:
+            for task in list(self._waits):
+                task.cancel()
 
     async def _work(self, account_id: str) -> None:
         queue = self._queues[account_id]
@@ -259,32 +338,71 @@ class Executor:
         async with asyncio.TaskGroup() as group:
             while True:
                 await slots.acquire()
-                _, _, job, action_id = await queue.get()
-                group.create_task(self._run_one(job, action_id, slots))
+                _, _, job, action_id, queued_ms = await queue.get()
+                task = group.create_task(self._run_one(job, action_id, queued_ms, slots))
+                self._track(account_id, task)
 
-    async def _run_one(self, job: Job, action_id: str, slots: asyncio.Semaphore) -> None:
+    def _track(self, account_id: str, task: asyncio.Task[None]) -> None:
+        tasks = self._tasks[account_id]
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def _wait(self, job: Job, action_id: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run a reconcile or back-off outside the worker's slots."""
+        task = asyncio.get_running_loop().create_task(self._guarded(job, action_id, work))
+        self._track(job.intent.account_id, task)
+        self._waits.add(task)
+        task.add_done_callback(self._waits.discard)
+
+    async def _guarded(self, job: Job, action_id: str,
+                       work: Coroutine[Any, Any, None]) -> None:
+        # Every log line of this action names its account, symbol and action id.
+        with log_context(account=job.intent.account_id, symbol=job.intent.symbol,
+                         action_id=action_id):
+            try:
+                await work
+            except Exception as exc:
+                # A bug here must not stop the account's worker. The position stays busy
+                # (no further action on it: its state is unknown) until the start-up
+                # reconcile looks at it, so the operator is told.
+                log.exception("executor failed on %s", job.key)
+                self._notify(Alert(AlertKind.UNCERTAIN, job.intent.account_id,
+                                   job.intent.symbol,
+                                   f"internal error, position no longer guarded until "
+                                   f"restart: {type(exc).__name__}"))
+
+    async def _run_one(
+        self, job: Job, action_id: str, queued_ms: int, slots: asyncio.Semaphore
+    ) -> None:
         self._running += 1
         self._idle.clear()
         try:
-            if self._closing:
-                await self._audit.record_event(action_id, job.intent.account_id,
-                                               EventKind.FAILED, message="not sent: stopping")
-                self._busy.discard(job.key)
-                return
-            await self._execute(job, action_id)
-        except Exception as exc:
-            # A bug here must not stop the account's worker. The position stays busy (no
-            # further action on it: its state is unknown) until the start-up reconcile
-            # looks at it, so the operator is told.
-            log.exception("executor failed on %s", job.key)
-            self._notify(Alert(AlertKind.UNCERTAIN, job.intent.account_id, job.intent.symbol,
-                               f"internal error, position no longer guarded until restart: "
-                               f"{type(exc).__name__}"))
+            await self._guarded(job, action_id, self._dequeued(job, action_id, queued_ms))
         finally:
             slots.release()
             self._running -= 1
             if self._running == 0:
                 self._idle.set()
+
+    async def _dequeued(self, job: Job, action_id: str, queued_ms: int) -> None:
+        account_id = job.intent.account_id
+        if self._closing:
+            await self._audit.record_event(action_id, account_id, EventKind.FAILED,
+                                           message="not sent: stopping")
+            self._busy.discard(job.key)
+            return
+        age_ms = job.data_age_ms + self._clock_ms() - queued_ms
+        if self._max_data_age_ms is not None and age_ms > self._max_data_age_ms:
+            # Never act on stale data (design.md): the guard re-decides on fresh data.
+            await self._audit.record_event(
+                action_id, account_id, EventKind.FAILED,
+                message=f"not sent: its data is {age_ms} ms old, above the "
+                        f"{self._max_data_age_ms} ms limit")  # fmt: skip
+            log.warning("%s %s on %s not sent: data %d ms old", job.intent.kind,
+                        job.intent.amount, job.intent.symbol, age_ms)
+            self._busy.discard(job.key)
+            return
+        await self._execute(job, action_id)
 
     async def _execute(self, job: Job, action_id: str) -> None:
         intent = job.intent
@@ -312,16 +430,7 @@ class Executor:
             await self._retry_later(job, action_id, exc, _ms_since(started))
         except Rejected as exc:
             outcome = "rejected"
-            await self._audit.record_event(
-                action_id, intent.account_id, EventKind.REJECTED, code=exc.code,
-                message=exc.message, latency_ms=_ms_since(started))
-            log.warning("%s %s %s on %s rejected: %s %s", intent.policy, intent.kind,
-                        intent.amount, intent.symbol, exc.code, exc.message)
-            self._notify(Alert(AlertKind.REJECTED, intent.account_id, intent.symbol,
-                               f"{intent.kind} {intent.amount} rejected: {exc.message}",
-                               {"amount": intent.amount, "code": exc.code,
-                                "reason": intent.reason}))
-            self._busy.discard(job.key)
+            await self._rejected(job, action_id, exc, _ms_since(started))
         except AuthError as exc:
             outcome = "failed"
             await self._audit.record_event(
@@ -345,7 +454,7 @@ class Executor:
             self._notify(Alert(AlertKind.ACTION_TAKEN, intent.account_id, intent.symbol,
                                f"{intent.kind} {intent.amount} USDC by {intent.policy}",
                                {"amount": intent.amount, "reason": intent.reason}))
-            self._on_applied(intent)
+            self._was_applied(intent)
             self._pending[job.key] = _Pending(job, action_id, self._clock_ms(), False, sent_ms)
             seen = self._seen.pop(job.key, None)
             if seen is not None:
@@ -353,6 +462,32 @@ class Executor:
         finally:
             metrics.ACTIONS.labels(account=intent.account_id, policy=intent.policy,
                                    kind=intent.kind.value, outcome=outcome).inc()
+
+    def _was_applied(self, intent: Intent) -> None:
+        for key in [k for k in self._rejections if k[0] == intent.key]:
+            del self._rejections[key]
+        self._on_applied(intent)
+
+    async def _rejected(self, job: Job, action_id: str, exc: Rejected, latency: int) -> None:
+        intent = job.intent
+        # The same intent would be rejected again on the next mark: hold the position back,
+        # longer each time the exchange gives the same reason.
+        repeats = self._rejections.get((job.key, exc.code), 0)
+        self._rejections[(job.key, exc.code)] = repeats + 1
+        hold_ms = min(self._reject_backoff_ms * 2**repeats, self._reject_backoff_max_ms)
+        await self._audit.record_event(
+            action_id, intent.account_id, EventKind.REJECTED, code=exc.code,
+            message=f"{exc.message} (no new action on this position for {hold_ms // 1000} s)",
+            latency_ms=latency)
+        log.warning("%s %s %s on %s rejected: %s %s; holding back %d s", intent.policy,
+                    intent.kind, intent.amount, intent.symbol, exc.code, exc.message,
+                    hold_ms // 1000)
+        self._notify(Alert(AlertKind.REJECTED, intent.account_id, intent.symbol,
+                           f"{intent.kind} {intent.amount} rejected: {exc.message}",
+                           {"amount": intent.amount, "code": exc.code,
+                            "reason": intent.reason}))
+        self._held[job.key] = self._clock_ms() + hold_ms
+        self._busy.discard(job.key)
 
     async def _uncertain(self, job: Job, action_id: str, message: str, latency: int) -> None:
         account_id = job.intent.account_id
@@ -363,23 +498,39 @@ class Executor:
                            "re-reading the position", {"amount": job.intent.amount}))
         pending = _Pending(job, action_id, self._clock_ms(), True)
         self._pending[job.key] = pending
-        exchange = self._exchanges[account_id]
+        self._wait(job, action_id, self._reconcile_later(pending))
+
+    async def _reconcile_later(self, pending: _Pending) -> None:
+        """Re-read the position once the exchange cannot still be applying the call."""
+        while (wait_ms := pending.done_ms + self._read_timeout_ms - self._clock_ms()) >= 0:
+            await self._sleep(wait_ms / 1000 + 0.001)
+        key = pending.job.key
+        exchange = self._exchanges[key[0]]
         for delay in self._reread_delays_s:
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
+            if self._pending.get(key) is not pending:
+                return  # a snapshot settled it meanwhile
             try:
-                position = await exchange.get_position(job.intent.symbol, job.key[2])
+                position = await exchange.get_position(key[1], key[2])
             except ExchangeError as exc:
-                log.warning("re-read of %s failed: %s", job.key, exc)
+                log.warning("re-read of %s failed: %s", key, exc)
                 continue
-            if self._pending.get(job.key) is pending:  # a snapshot may have settled it
+            if self._pending.get(key) is pending:
                 await self._record_reconciled(pending, position)
             if self._on_reread is not None:
-                await self._on_reread(position, job.key)
+                await self._on_reread(position, key)
             return
         # Still unknown: the position stays busy; the next snapshot reconciles it.
-        log.error("could not re-read %s to reconcile action %s", job.key, action_id)
+        log.error("could not re-read %s to reconcile action %s", key, pending.action_id)
 
     async def _record_reconciled(self, pending: _Pending, position: Position | None) -> None:
+        seen = position.margin if position is not None and position.is_open else None
+        for job, action_id in pending.earlier:
+            was = seen is not None and applied(job, seen)
+            await self._audit.record_event(
+                action_id, job.intent.account_id, EventKind.RECONCILED,
+                message="applied" if was else "not applied",
+                detail=_detail(job, seen, applied=was))
         job = pending.job
         if position is None or not position.is_open:
             was_applied = False
@@ -390,25 +541,27 @@ class Executor:
             was_applied = applied(job, margin)
             reason = "applied" if was_applied else "not applied"
         if was_applied:
-            self._on_applied(job.intent)
+            self._was_applied(job.intent)
         await self._settle(pending, EventKind.RECONCILED, reason, margin, applied=was_applied)
 
     async def _retry_later(
         self, job: Job, action_id: str, exc: RetryLater, latency: int
     ) -> None:
-        account_id = job.intent.account_id
         await self._audit.record_event(
-            action_id, account_id, EventKind.FAILED,
+            action_id, job.intent.account_id, EventKind.FAILED,
             code=-1003 if isinstance(exc, RateLimited) else None,
             message=f"not applied, will re-decide: {exc}", latency_ms=latency)
         backoff = exc.retry_after_s if isinstance(exc, RateLimited) else 1.0
-        await asyncio.sleep(backoff)
+        self._wait(job, action_id, self._back_off(job, backoff))
+
+    async def _back_off(self, job: Job, backoff_s: float) -> None:
+        await self._sleep(backoff_s)
         self._busy.discard(job.key)
         try:
-            position = await self._exchanges[account_id].get_position(
+            position = await self._exchanges[job.intent.account_id].get_position(
                 job.intent.symbol, job.key[2])
-        except ExchangeError as exc2:
-            log.warning("re-read of %s failed: %s", job.key, exc2)
+        except ExchangeError as exc:
+            log.warning("re-read of %s failed: %s", job.key, exc)
             return
         if self._on_reread is not None:
             await self._on_reread(position, job.key)
@@ -425,19 +578,16 @@ class Executor:
         if self._pending.get(job.key) is not pending:
             return
         del self._pending[job.key]
-        detail = {name: str(value).lower() for name, value in flags.items()}
-        detail["margin_before"] = str(job.position.margin)
-        detail["margin_expected"] = str(job.expected_margin())
-        if margin is not None:
-            detail["margin_seen"] = str(margin)
         try:
             await self._audit.record_event(pending.action_id, job.intent.account_id, kind,
-                                           message=message, detail=detail)
+                                           message=message, detail=_detail(job, margin, **flags))
         finally:
             # Free the position only once its outcome is on record.
             self._busy.discard(job.key)
         log.info("%s %s on %s: %s %s", job.intent.kind, job.intent.amount, job.intent.symbol,
-                 kind, message, extra={"action_id": pending.action_id})
+                 kind, message, extra={"action_id": pending.action_id,
+                                       "account": job.intent.account_id,
+                                       "symbol": job.intent.symbol})
 
     def _action_record(self, job: Job) -> ActionRecord:
         intent, position = job.intent, job.position
@@ -459,6 +609,15 @@ class Executor:
             dry_run=job.dry_run,
             details=intent.details,
         )
+
+
+def _detail(job: Job, margin: Decimal | None, **flags: bool) -> dict[str, str]:
+    detail = {name: str(value).lower() for name, value in flags.items()}
+    detail["margin_before"] = str(job.position.margin)
+    detail["margin_expected"] = str(job.expected_margin())
+    if margin is not None:
+        detail["margin_seen"] = str(margin)
+    return detail
 
 
 def _ms_since(started: float) -> int:
