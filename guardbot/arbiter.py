@@ -12,16 +12,21 @@ Rules, in the order they are applied to each position:
 2. Kill switch: everything is refused.
 3. In flight: a position with an action still unresolved gets nothing more (no double
    top-up while the outcome of the last one is unknown).
-4. Cooldown (``budgets.cooldown_s``) since the position's last action. An ADD right after
+4. REDUCE floor: a REDUCE that would leave the position closer to liquidation than the
+   highest ``add_target`` of the policies on it (``Intent.add_floor`` and
+   ``distance_after``, set by the policy runner) is refused: a top-up would add the margin
+   straight back. Clipping (rule 6) only shrinks a REDUCE, so checking the asked amount is
+   enough.
+5. Cooldown (``budgets.cooldown_s``) since the position's last action. An ADD right after
    a REDUCE is exempt: a sweep must never stand in the way of a rescue.
-5. Amount. Both kinds are clipped to ``per_action``. An ADD is further clipped to what is
+6. Amount. Both kinds are clipped to ``per_action``. An ADD is further clipped to what is
    left of ``per_position_per_day`` and ``per_account_per_day`` and to the free balance
    above ``reserve`` (counting what this same round already approved, most endangered
    first). Every clip is named in the reason. A clipped ADD is rounded down to 0.01
    (never above a cap); an unclipped one is rounded up (never below what the policy
    asked); a REDUCE is rounded down. Below ``min_amount`` the intent is refused, naming
    the limit that left too little.
-6. Dry run: approved, but marked ``dry_run`` so the executor audits it and calls nothing.
+7. Dry run: approved, but marked ``dry_run`` so the executor audits it and calls nothing.
 
 Approved decisions come first, most endangered first (the executor's queue order); refusals
 follow.
@@ -35,7 +40,7 @@ from decimal import Decimal
 
 from guardbot.config import BudgetSettings
 from guardbot.domain import ZERO, ActionKind, Intent, PositionKey
-from guardbot.risk import round_down, round_up
+from guardbot.risk import DISTANCE_TOLERANCE, round_down, round_up
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,18 @@ class Arbiter:
             return _refuse(intent, "an action on this position is still in flight")
         if intent.amount <= 0:
             return _refuse(intent, f"amount {intent.amount} is not positive")
+        floor, after = intent.add_floor, intent.distance_after
+        if (
+            intent.kind is ActionKind.REDUCE
+            and floor is not None
+            and after is not None
+            and after < floor - DISTANCE_TOLERANCE
+        ):
+            return _refuse(
+                intent,
+                f"a REDUCE of {intent.amount} would leave distance {after:.4f}, below the "
+                f"top-up target {floor}: it would be added straight back",
+            )
         last = state.last_action.get(intent.key)
         cooldown_ms = int(budgets.cooldown_s * 1000)
         rescue_after_sweep = (

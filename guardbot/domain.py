@@ -135,6 +135,11 @@ class Intent:
     # Lower is more urgent: the executor serves the most endangered position first.
     urgency: Decimal = ZERO
     details: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    # Set by the policy runner on a REDUCE (policies leave them alone): the highest distance
+    # the ADD policies on this position restore, and the distance the REDUCE would leave
+    # (None: no liquidation price). The arbiter refuses a REDUCE that lands below the floor.
+    add_floor: Decimal | None = None
+    distance_after: Decimal | None = None
 
     @property
     def key(self) -> PositionKey:

@@ -38,6 +38,9 @@ _SOLVER_STEPS = 200
 # Liquidation prices are solved to 1e-12 of their value (a 1e-7 USDC step at 100k),
 # far below any tick; margins come from the explicit inverse, never from this tolerance.
 _RELATIVE_TOLERANCE = Decimal("1e-12")
+DISTANCE_TOLERANCE = _RELATIVE_TOLERANCE
+"""Distances from solved liquidation prices are exact to about this: allow it when checking
+a computed distance against a bound (a sweep to exactly ``safe``, a REDUCE floor)."""
 
 
 def imr(notional: Decimal, leverage: int, rules: SymbolRules) -> Decimal:

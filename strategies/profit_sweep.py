@@ -16,40 +16,28 @@ amount), which it reuses. When the original allocation is unknown it does nothin
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from guardbot import risk
 from guardbot.domain import ActionKind, Intent
 from guardbot.policies import PolicyContext, PositionView
-from guardbot.policies.base import Number
 from guardbot.policies.sweep import Sweep
 
 
-class ProfitSweep:
-    """Reduce margin by no more than the profit above the original allocation."""
+class ProfitSweep(Sweep):
+    """Reduce margin by no more than the profit above the original allocation. Takes
+    ``Sweep``'s parameters (and its ``reduce_floor``, ``safe``)."""
 
     name = "profit_sweep"
-
-    def __init__(
-        self,
-        *,
-        safe: Number = Decimal("0.20"),
-        min_amount: Number = Decimal(10),
-        trigger: Number = Decimal("0.05"),
-        target: Number = Decimal("0.10"),
-    ) -> None:
-        self._sweep = Sweep(safe=safe, min_amount=min_amount, trigger=trigger, target=target)
 
     def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
         if ctx.original_margin is None:
             return []
-        proposed = self._sweep.evaluate(view, ctx)
+        proposed = super().evaluate(view, ctx)
         if not proposed:
             return []
         position = view.position
         profit = position.margin + position.unsettled_pnl - ctx.original_margin
         amount = risk.round_down(min(proposed[0].amount, profit))
-        if amount < self._sweep.min_amount:
+        if amount < self.min_amount:
             return []
         return [
             view.intent(

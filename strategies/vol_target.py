@@ -14,6 +14,9 @@ deviations of a ``horizon_s`` move away: ``target = clamp(k * sigma * sqrt(horiz
 min_target, max_target)``. It tops up when the distance falls below ``trigger_ratio *
 target``. With too few marks it falls back to ``min_target``.
 
+It declares ``add_target`` = ``max_target``, so the loader refuses a sweep whose ``safe`` is
+closer than that (it would ping-pong with this policy in a storm).
+
 Like every policy it is pure: no I/O, no clock (marks after ``ctx.now_ms`` are ignored).
 """
 
@@ -65,6 +68,11 @@ class VolTarget:
         if count != count.to_integral_value():
             raise PolicyParamError("min_marks", f"must be a whole number, got {count}")
         self.min_marks = int(count)
+
+    @property
+    def add_target(self) -> Decimal:
+        """The farthest distance this policy's ADDs restore: no REDUCE may go below it."""
+        return self.max_target
 
     def target(self, marks: Sequence[MarkPrice], now_ms: int) -> Decimal:
         """The target distance for these marks (oldest first)."""

@@ -270,3 +270,26 @@ def test_budgets_always_hold(intents: list[Intent], spent: D, balance: D) -> Non
     ranks = [(d.kind is not ADD, d.intent.urgency) for d in approved]
     assert ranks == sorted(ranks)
     assert all(d.approved for d in decisions[: len(approved)])
+
+
+@pytest.mark.parametrize(
+    ("floor", "after", "approved"),
+    [
+        (D("0.10"), D("0.05"), False),  # into the top-up's band: it would be added back
+        (D("0.10"), D("0.10") - D("1e-13"), True),  # exactly at the floor, solver precision
+        (D("0.10"), D("0.25"), True),
+        (D("0.10"), None, True),  # no liquidation price left at all
+        (None, D("0.05"), True),  # no ADD policy on this position
+    ],
+)
+def test_a_reduce_never_lands_below_the_add_floor(
+    floor: D | None, after: D | None, approved: bool
+) -> None:
+    reduce = replace(intent(REDUCE, policy="sweep"), add_floor=floor, distance_after=after)
+    decision = only(decide(reduce))
+    assert decision.approved is approved
+    if not approved:
+        assert decision.reason == (
+            "a REDUCE of 50 would leave distance 0.0500, below the top-up target 0.10: it "
+            "would be added straight back"
+        )

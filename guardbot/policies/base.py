@@ -20,6 +20,14 @@ validates them (raise ``PolicyParamError`` naming the parameter): start-up then 
 clear message instead of the policy failing at 3 a.m. Amounts are ``Decimal`` USDC. The
 arbiter decides what is actually done (budgets, cooldowns, conflicts), so a policy simply
 asks for what the position needs.
+
+Hysteresis: a policy that ADDs up to some distance from liquidation declares the farthest
+one as ``add_target``; one that REDUCEs declares the closest distance it leaves as
+``reduce_floor`` (fractions of the mark, ``Decimal``, attributes or properties). Start-up
+refuses a ``reduce_floor`` below the ``add_target`` of a policy on the same positions, which
+would move margin back and forth at the rate limit until the day's budget is gone; and the
+arbiter refuses any REDUCE that would land below the highest ``add_target`` on its
+position, declared or not by the reducing policy.
 """
 
 from __future__ import annotations
@@ -170,3 +178,14 @@ def decimal_param(
         bound = "<=" if high_inclusive else "<"
         raise PolicyParamError(name, f"must be {bound} {high}, got {number}")
     return number
+
+
+def declared_distance(policy: object, attribute: str) -> Decimal | None:
+    """A policy's ``add_target`` or ``reduce_floor``, or ``None`` if it declares none.
+    Raises ``PolicyParamError`` for a declaration that is not a ``Decimal`` in [0, 1)."""
+    value = getattr(policy, attribute, None)
+    if value is None:
+        return None
+    if not isinstance(value, Decimal) or not Decimal(0) <= value < Decimal(1):
+        raise PolicyParamError(attribute, f"must be a Decimal in [0, 1), got {value!r}")
+    return value

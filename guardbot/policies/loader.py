@@ -27,12 +27,13 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from guardbot.config import ConfigError, PolicySettings
-from guardbot.policies.base import Policy, PolicyParamError
+from guardbot.policies.base import Policy, PolicyParamError, declared_distance
 from guardbot.policies.sweep import Sweep
 from guardbot.policies.topup import TopUp
 
@@ -52,6 +53,9 @@ class LoadedPolicy:
     accounts: tuple[str, ...] = ("*",)
     symbols: tuple[str, ...] = ("*",)
     params: Mapping[str, Any] = field(default_factory=dict)
+    # the policy's declared hysteresis distances (base.py), validated at load
+    add_target: Decimal | None = None
+    reduce_floor: Decimal | None = None
 
     def applies_to(self, account_id: str, symbol: str, account_name: str | None = None) -> bool:
         """Whether this policy guards that position; ``accounts`` may list account names or
@@ -68,7 +72,8 @@ def load_policies(
     """Build every configured policy, or ``[topup with defaults]`` if none is configured.
     Raises ``ConfigError`` with every problem found."""
     if not configured:
-        return [LoadedPolicy(label=TopUp.name, policy=TopUp())]
+        default = TopUp()
+        return [LoadedPolicy(label=TopUp.name, policy=default, add_target=default.add_target)]
     loaded: list[LoadedPolicy] = []
     problems: list[str] = []
     for index, settings in enumerate(configured):
@@ -144,12 +149,19 @@ def _load_one(index: int, settings: PolicySettings, strategies_dir: Path) -> Loa
             f"{where}.use: {settings.use!r} made a {type(policy).__name__}, which is not a "
             "policy (it needs a str 'name' and an evaluate(view, ctx) method)"
         )
+    try:
+        add_target = declared_distance(policy, "add_target")
+        reduce_floor = declared_distance(policy, "reduce_floor")
+    except PolicyParamError as exc:
+        raise ConfigError(f"{where}: policy {settings.label!r} declares {exc}") from None
     return LoadedPolicy(
         label=settings.label,
         policy=policy,
         accounts=tuple(settings.accounts),
         symbols=tuple(settings.symbols),
         params=MappingProxyType(params),
+        add_target=add_target,
+        reduce_floor=reduce_floor,
     )
 
 
@@ -203,14 +215,28 @@ def _describe(exc: BaseException) -> str:
 
 
 def _hysteresis_problems(loaded: Sequence[LoadedPolicy]) -> list[str]:
-    """A sweep whose safe distance is inside a top-up's target would undo that top-up's
-    work, and the top-up would add it back: margin ping-pong at the exchange's rate limit."""
-    tops = [(p.label, p.policy) for p in loaded if isinstance(p.policy, TopUp)]
-    sweeps = [(p.label, p.policy) for p in loaded if isinstance(p.policy, Sweep)]
+    """A REDUCE policy whose floor is inside an ADD policy's target on the same positions
+    would undo that policy's work, and it would add the margin back: ping-pong at the
+    exchange's rate limit until the day's budget is gone (base.py, hysteresis)."""
     return [
-        f"policies: sweep {sweep_label!r} safe ({sweep.safe}) must be at least "
-        f"topup {top_label!r} target ({top.target})"
-        for top_label, top in tops
-        for sweep_label, sweep in sweeps
-        if sweep.safe < top.target
+        f"policies: {reducer.label!r} reduce_floor ({reducer.reduce_floor}) must be at least "
+        f"{adder.label!r} add_target ({adder.add_target}): on the positions both guard, the "
+        "first would remove margin the second adds straight back"
+        for adder in loaded
+        for reducer in loaded
+        if adder.add_target is not None
+        and reducer.reduce_floor is not None
+        and reducer.reduce_floor < adder.add_target
+        and _overlap(adder.accounts, reducer.accounts, fold_case=True)
+        and _overlap(adder.symbols, reducer.symbols, fold_case=False)
     ]
+
+
+def _overlap(first: Sequence[str], second: Sequence[str], *, fold_case: bool) -> bool:
+    """Whether two ``accounts`` (or ``symbols``) filters can match the same thing. An account
+    listed by name in one and by id in the other is not seen here: the arbiter's REDUCE
+    floor still covers it."""
+    if "*" in first or "*" in second:
+        return True
+    norm = str.lower if fold_case else str
+    return not {norm(a) for a in first}.isdisjoint(norm(b) for b in second)

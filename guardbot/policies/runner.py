@@ -2,9 +2,11 @@
 
 A policy that raises, or returns something that is not a list of valid intents for the
 position it was shown, does not stop the others: its failure is returned so the daemon can
-audit it (design.md: a policy that raises is isolated and audited). Each evaluation is
-counted in ``guardbot_policy_evaluations_total{policy, outcome}`` with outcome ``intent``,
-``none`` or ``error``.
+audit it (design.md: a policy that raises is isolated and audited). A REDUCE leaves with
+the distance it would leave and the highest ``add_target`` of the policies applying to the
+position, for the arbiter's floor check. Each evaluation is counted in
+``guardbot_policy_evaluations_total{policy, outcome}`` with outcome ``intent``, ``none`` or
+``error``.
 """
 
 from __future__ import annotations
@@ -46,14 +48,16 @@ def evaluate_policies(
     """Run each policy that applies to ``view``'s position. Intents are relabelled with
     the configured policy label, so audit rows name the instance, not the class."""
     position = view.position
+    applicable = [
+        p for p in policies if p.applies_to(position.account_id, position.symbol, account_name)
+    ]
+    floor = max((p.add_target for p in applicable if p.add_target is not None), default=None)
     intents: list[Intent] = []
     failures: list[PolicyFailure] = []
-    for loaded in policies:
-        if not loaded.applies_to(position.account_id, position.symbol, account_name):
-            continue
+    for loaded in applicable:
         try:
             result = loaded.policy.evaluate(view, replace(ctx, params=loaded.params))
-            checked = [_checked(intent, view) for intent in _as_list(result)]
+            checked = [_checked(intent, view, floor) for intent in _as_list(result)]
         except Exception as exc:  # isolation is the point: any failure of a plugin
             POLICY_EVALUATIONS.labels(loaded.label, "error").inc()
             failures.append(
@@ -80,7 +84,7 @@ def _as_list(result: object) -> list[object]:
     return list(result)
 
 
-def _checked(intent: object, view: PositionView) -> Intent:
+def _checked(intent: object, view: PositionView, floor: Decimal | None) -> Intent:
     if not isinstance(intent, Intent):
         raise InvalidIntent(f"expected an Intent, got {type(intent).__name__}")
     position = view.position
@@ -101,4 +105,8 @@ def _checked(intent: object, view: PositionView) -> Intent:
         raise InvalidIntent(
             f"REDUCE {amount} exceeds the removable maximum {view.max_removable}"
         )
-    return intent
+    if intent.kind is ActionKind.REDUCE:
+        # What the arbiter needs to keep every REDUCE out of the top-ups' band.
+        after = view.distance_with_margin(position.margin - amount)
+        return replace(intent, add_floor=floor, distance_after=after)
+    return replace(intent, add_floor=None, distance_after=None)

@@ -7,8 +7,8 @@ that it sits exactly ``safe`` away, never more than the exchange lets go
 
 Hysteresis: ``trigger < target <= safe`` is checked at construction, with ``trigger`` and
 ``target`` being the top-up's, so a sweep never pushes a position into the band where the
-top-up would add the margin straight back. The loader also checks that a configured
-``topup``'s target is not above ``safe``.
+top-up would add the margin straight back. ``reduce_floor`` (= ``safe``) declares this to
+the loader, which checks it against every ADD policy's ``add_target`` (base.py).
 
 Parameters: ``safe`` (0.20), ``min_amount`` (10 USDC), ``trigger`` (0.05), ``target`` (0.10).
 """
@@ -28,8 +28,6 @@ from guardbot.policies.base import (
 )
 
 ZERO, ONE = Decimal(0), Decimal(1)
-# liquidation_price bisects to ~1e-20 of the notional; a check against safe allows that.
-_TOLERANCE = Decimal("1e-12")
 
 
 class Sweep:
@@ -58,6 +56,11 @@ class Sweep:
                 "safe", f"must be at least target ({self.target}), got {self.safe}"
             )
 
+    @property
+    def reduce_floor(self) -> Decimal:
+        """No REDUCE leaves the position closer to liquidation than this."""
+        return self.safe
+
     def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
         distance = view.distance
         if distance is not None and distance <= self.safe:
@@ -68,7 +71,7 @@ class Sweep:
         if amount < self.min_amount:
             return []
         after = view.distance_with_margin(margin - amount)
-        if after is not None and after < self.safe - _TOLERANCE:
+        if after is not None and after < self.safe - risk.DISTANCE_TOLERANCE:
             return []  # never reached with consistent math; refuse rather than risk it
         shown = "none" if distance is None else f"{distance:.4f}"
         return [

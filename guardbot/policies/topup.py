@@ -54,6 +54,11 @@ class TopUp:
             else decimal_param("margin_ratio", margin_ratio, low=ONE, low_inclusive=False)
         )
 
+    @property
+    def add_target(self) -> Decimal:
+        """The distance this policy's ADDs restore: no REDUCE may go below it."""
+        return self.target
+
     def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
         distance = view.distance
         if distance is None:

@@ -129,7 +129,36 @@ def test_sweep_safe_must_clear_the_topup_target() -> None:
         {"use": "topup", "params": {"target": "0.3"}},
         {"use": "sweep", "params": {"safe": "0.2"}},
     )
-    assert text == "policies: sweep 'sweep' safe (0.2) must be at least topup 'topup' target (0.3)"
+    assert text.startswith("policies: 'sweep' reduce_floor (0.2) must be at least 'topup' "
+                           "add_target (0.3)")
+
+
+@pytest.mark.parametrize("sweep", ["sweep", "file:profit_sweep"])
+def test_any_reducer_below_any_adders_target_is_refused(sweep: str) -> None:
+    """Review #8: vol_target tops up to as far as max_target (0.50); a sweep down to 0.2
+    would take that margin straight back, over and over."""
+    text = fails({"use": "file:vol_target"}, {"use": sweep, "params": {"safe": "0.2"}})
+    assert f"{sweep!r} reduce_floor (0.2) must be at least 'file:vol_target' add_target" in text
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [{"symbols": ["PERP_BTC_USDC"]}, {"accounts": ["other"]}],
+)
+def test_reducer_and_adder_on_different_positions_load(scope: dict[str, Any]) -> None:
+    vol, sweep = load(
+        {"use": "file:vol_target", "symbols": ["PERP_ETH_USDC"], "accounts": ["main"]},
+        {"use": "sweep", "params": {"safe": "0.2"}, **scope},
+    )
+    assert (vol.add_target, sweep.reduce_floor) == (D("0.50"), D("0.2"))
+
+
+def test_a_bad_hysteresis_declaration_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "floaty.py").write_text(PLUGIN.replace('name = "fixed"',
+                                                       'name = "fixed"\n    add_target = 0.5'))
+    text = fails({"use": "file:floaty"}, folder=tmp_path)
+    assert text == ("policies.0: policy 'file:floaty' declares add_target: must be a Decimal "
+                    "in [0, 1), got 0.5")
 
 
 def test_file_plugin(plugins: Path) -> None:
@@ -188,9 +217,11 @@ def test_built_ins_are_also_entry_points() -> None:
 def test_the_shipped_strategies_load() -> None:
     vol, profit = load(
         {"use": "file:vol_target", "params": {"k": 2}},
-        {"use": "file:profit_sweep", "params": {"safe": "0.3"}},
+        {"use": "file:profit_sweep", "params": {"safe": "0.5"}},
     )
     assert (vol.policy.name, profit.policy.name) == ("vol_target", "profit_sweep")
+    assert (vol.add_target, vol.reduce_floor) == (D("0.50"), None)
+    assert (profit.add_target, profit.reduce_floor) == (None, D("0.5"))
 
 
 @pytest.mark.parametrize(

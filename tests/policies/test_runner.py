@@ -109,8 +109,31 @@ def test_misbehaving_output_is_a_failure(make_view: ViewMaker, result: object, e
 
 def test_a_good_intent_passes(make_view: ViewMaker) -> None:
     reduce = replace(GOOD, kind=ActionKind.REDUCE, amount=D(100))
-    outcome = evaluate_policies([LoadedPolicy("ok", Returns((GOOD, reduce)))], make_view(), CTX)
-    assert outcome.intents == (replace(GOOD, policy="ok"), replace(reduce, policy="ok"))
+    view = make_view()
+    outcome = evaluate_policies([LoadedPolicy("ok", Returns((GOOD, reduce)))], view, CTX)
+    after = view.distance_with_margin(D(100))
+    assert outcome.intents == (
+        replace(GOOD, policy="ok"), replace(reduce, policy="ok", distance_after=after)
+    )
+
+
+def test_a_reduce_carries_the_distance_it_leaves_and_the_highest_applicable_add_target(
+    make_view: ViewMaker,
+) -> None:
+    view = make_view()  # distance 0.158; reducing 100 of its 200 margin leaves 0.0526
+    spoofed = replace(GOOD, kind=ActionKind.REDUCE, amount=D(100), add_floor=D(0),
+                      distance_after=D(1))
+    policies = [
+        LoadedPolicy("sweeper", Returns([spoofed])),
+        LoadedPolicy("topup", TopUp(), add_target=D("0.10")),
+        LoadedPolicy("far", TopUp(trigger="0.06", target="0.2"), add_target=D("0.2")),
+        LoadedPolicy("elsewhere", TopUp(trigger="0.1", target="0.3"), add_target=D("0.3"),
+                     symbols=("PERP_BTC_USDC",)),
+    ]
+    [reduce] = evaluate_policies(policies, view, CTX).intents
+    assert reduce.add_floor == D("0.2")
+    assert reduce.distance_after == view.distance_with_margin(D(100))
+    assert D("0.0526") < reduce.distance_after < D("0.0527")  # type: ignore[operator]
 
 
 def test_scope_and_params(make_view: ViewMaker) -> None:
