@@ -37,7 +37,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from guardbot import __version__, metrics
 from guardbot.alerts import Alert, Alerter, AlertKind
 from guardbot.arbiter import Arbiter, ArbiterState, Decision, LastAction
+from guardbot.audit import chain
 from guardbot.audit.store import (
+    NOT_APPLIED,
     ActionRecord,
     AuditError,
     AuditLog,
@@ -57,7 +59,13 @@ from guardbot.domain import (
     Source,
     SymbolRules,
 )
-from guardbot.exchange.errors import AuthError, ExchangeError
+from guardbot.exchange.errors import (
+    AuthError,
+    ExchangeError,
+    MalformedResponse,
+    Rejected,
+    RetryLater,
+)
 from guardbot.exchange.port import (
     Exchange,
     HoldingsPushed,
@@ -65,7 +73,7 @@ from guardbot.exchange.port import (
     PositionsPushed,
     StreamEvent,
 )
-from guardbot.executor import Executor, Job, applied
+from guardbot.executor import REJECT_BACKOFF_MS, Executor, Job
 from guardbot.feeds.poller import Poller
 from guardbot.feeds.streams import Streams
 from guardbot.health import AccountReadiness, HealthServer, Readiness
@@ -162,10 +170,13 @@ class Guard:
         self.clock_ms = clock_ms
         self.book = PositionBook()
         self.arbiter = Arbiter(settings.budgets, dry_run=settings.guard.dry_run)
+        self._max_age_ms = int(settings.poll.max_data_age_s * 1000)
+        self._read_timeout_ms = int(settings.exchange.timeout_s * 1000) + 1000
         self.executor = Executor(
             self.exchanges, audit, on_reread=self._on_reread, notify=self.notify,
-            on_applied=self._applied, clock_ms=clock_ms,
-            read_timeout_ms=int(settings.exchange.timeout_s * 1000) + 1000)
+            on_applied=self._applied, clock_ms=clock_ms, read_timeout_ms=self._read_timeout_ms,
+            max_data_age_ms=self._max_age_ms,
+            reject_backoff_ms=max(int(settings.budgets.cooldown_s * 1000), REJECT_BACKOFF_MS))
         self.poller = Poller(
             self.exchanges,
             self.on_snapshot,
@@ -184,7 +195,7 @@ class Guard:
         # Last applied action per position, for cooldowns (seeded from the audit log).
         self._last_action: dict[PositionKey, LastAction | None] = {}
         self._said: dict[tuple[str, ...], int] = {}
-        self._max_age_ms = int(settings.poll.max_data_age_s * 1000)
+        self._balance_ms: dict[str, int] = {}  # when each free balance was read
         self._watch = URGENT_FACTOR * _smallest_trigger(self.policies)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -229,17 +240,24 @@ class Guard:
         self.rules = await first.get_symbol_rules()
 
     async def set_owned(self, owned: frozenset[str]) -> None:
-        """Follow ``AccountOwnership``: stop acting on accounts given away at once; settle a
-        newly taken account's unfinished actions (its last guard may have died mid-call)
-        before acting on it."""
-        gained = owned - self.owned
+        """Follow ``AccountOwnership``: stop acting on accounts given away at once, and stop
+        the executor's work on them (queued actions are recorded as not sent, calls on the
+        wire and reconciles finish) before returning; hand a newly taken account's
+        unfinished actions (its last guard may have died mid-call) to the executor to
+        reconcile before acting on it."""
+        gained, lost = owned - self.owned, self.owned - owned
         self.owned = self.owned & owned
+        await asyncio.gather(*(self._release(account_id) for account_id in lost))
         if gained:
             await self.reconcile_unfinished(gained)
             self.owned = owned
             for account_id in gained:
                 await self.evaluate(account_id)
         log.info("guarding %d of %d accounts", len(self.owned), len(self.exchanges))
+
+    async def _release(self, account_id: str) -> None:
+        async with self._locks[account_id]:  # an evaluation of it may be deciding right now
+            await self.executor.release(account_id)
 
     def readiness(self) -> Readiness:
         """What ``/readyz`` reports: per owned account, how old its data is."""
@@ -258,18 +276,19 @@ class Guard:
                 polling_covering=since_poll is not None
                 and since_poll <= self.settings.poll.max_data_age_s,
             ))
-        # AuditLog reports no reachability of its own; records wait safely in the spool.
-        return Readiness(database_reachable=True, accounts=tuple(accounts),
+        return Readiness(database_reachable=self.audit.database_ok, accounts=tuple(accounts),
                          spool_depth=self.audit.spool_depth)
 
     async def reconcile_unfinished(self, accounts: Iterable[str]) -> None:
-        """Settle actions with no known outcome (a crash between intent and outcome): read
-        each position and decide from its margin whether the change happened."""
+        """Settle actions with no known outcome (a crash between intent and outcome). Never
+        sent: recorded as such. Sent: handed to the executor, which keeps the position busy
+        until a read received a full read timeout from now (the dead process's call may
+        still be landing) says whether it was applied, as for its own uncertain calls."""
         unfinished = await self.audit.unfinished_actions(accounts)
+        now = self.clock_ms()
         for action in unfinished:
             record = action.record
-            exchange = self.exchanges.get(record.account_id)
-            if exchange is None:
+            if record.account_id not in self.exchanges:
                 continue
             if action.last_event is EventKind.INTENT:
                 # Recorded, never sent: nothing can have happened.
@@ -277,23 +296,9 @@ class Guard:
                     action.action_id, record.account_id, EventKind.FAILED,
                     message="not sent before the previous run stopped")
                 continue
-            try:
-                position = await exchange.get_position(record.symbol, record.margin_mode)
-            except ExchangeError as exc:
-                log.error("cannot reconcile action %s: %s", action.action_id, exc)
-                continue
-            detail = {"margin_before": str(record.margin)}
-            if position is None:
-                detail["applied"] = "false"
-                message = "position gone; outcome cannot be read from it"
-            else:
-                was = applied(_job_of(record), position.margin)
-                detail.update(applied=str(was).lower(), margin_seen=str(position.margin))
-                message = "applied" if was else "not applied"
-            await self.audit.record_event(action.action_id, record.account_id,
-                                          EventKind.RECONCILED, message=message, detail=detail)
-            log.info("reconciled unfinished action %s on %s %s: %s", action.action_id,
-                     record.account_id, record.symbol, message)
+            log.info("reconciling unfinished action %s on %s %s", action.action_id,
+                     record.account_id, record.symbol)
+            self.executor.reconcile(_job_of(record), action.action_id, now)
 
     async def _housekeeping(self) -> None:
         ticks = 0
@@ -320,6 +325,7 @@ class Guard:
         account_id = snapshot.account_id
         self._last_snapshot_ms[account_id] = snapshot.received_ms
         self.free_balance[account_id] = snapshot.free_collateral
+        self._balance_ms[account_id] = snapshot.received_ms
         before = {p.key for p in self.book.isolated_positions(account_id)}
         # Only what the book took: a version older than one it holds proves nothing.
         for position in self.book.apply_snapshot(snapshot):
@@ -394,51 +400,90 @@ class Guard:
         intents: list[Intent] = []
         urgent = False
         for position in self.book.isolated_positions(account_id):
-            rules = self.rules.get(position.symbol)
-            age = self.book.age_ms(position.key, now)
-            if rules is None or age is None:
-                self._say_once(("no rules", position.symbol), now,
-                               "no symbol rules for %s: not guarded", position.symbol)
+            try:
+                view, found = await self._evaluate_position(position, busy, now)
+            except (AuditError, ExchangeError):
+                raise  # the whole round: nothing of this account can be trusted now
+            except Exception as exc:
+                # One bad position (a mark of 0, a bug) must never leave the others
+                # unguarded: it is skipped this round and reported.
+                await self._position_failed(position, exc, now)
                 continue
-            view = PositionView.of(position, rules, age)
+            if view is None:
+                continue
             if view.distance is not None and view.distance < self._watch:
                 urgent = True
-            if position.key in busy:
-                continue
-            if age > self._max_age_ms:
-                # Never act on stale data (design.md): wait for the poller to refresh it.
-                if self._say_once(("stale", *position.key), now,
-                                  "%s %s: data %d ms old, not acting", account_id,
-                                  position.symbol, age):
-                    self.notify(Alert(AlertKind.DATA_STALE,
-                                      self.account_names.get(account_id, account_id),
-                                      position.symbol, f"data {age / 1000:.1f} s old: not acting"))
-                continue
-            views[position.key] = view
-            if position.key not in self._net_added:
-                try:
-                    self._net_added[position.key] = await asyncio.to_thread(
-                        net_added_from_audit, self.audit.engine, position.key)
-                except SQLAlchemyError as exc:
-                    # The database may be down (records wait in the spool): guard anyway;
-                    # policies see no history until it can be read.
-                    log.warning("cannot read %s history from the audit log: %s",
-                                position.symbol, str(exc).splitlines()[0])
-            evaluation = evaluate_policies(
-                self.policies, view, self._context(position, now),
-                self.account_names.get(account_id))
-            for failure in evaluation.failures:
-                await self._policy_failed(failure.policy, position, failure.error, now)
-            intents.extend(evaluation.intents)
+            if found:
+                views[position.key] = view
+                intents.extend(found)
         if urgent:
             self._urgent.add(account_id)
         else:
             self._urgent.discard(account_id)
         if not intents:
             return
-        state = await self._arbiter_state(account_id, now, busy)
+        state, unknown = await self._arbiter_state(account_id, now, busy)
+        for intent in [i for i in intents if i.key in unknown and i.kind is ActionKind.REDUCE]:
+            # Its last action cannot be read: a sweep could undo a recent top-up. ADDs go on,
+            # within the budgets, which the ledger knows.
+            self._say_once(("unknown", *intent.key), now,
+                           "%s %s: last action unknown (audit database down), no REDUCE",
+                           intent.account_id, intent.symbol)
+            intents.remove(intent)
         decisions = self.arbiter.decide(intents, state)
         await asyncio.gather(*(self._act(d, views, now) for d in decisions))
+
+    async def _evaluate_position(
+        self, position: Position, busy: frozenset[PositionKey], now: int
+    ) -> tuple[PositionView | None, list[Intent]]:
+        """The position's view (``None``: not guarded now) and its policies' intents (none
+        while it is busy or its data is stale)."""
+        account_id = position.account_id
+        rules = self.rules.get(position.symbol)
+        age = self.book.age_ms(position.key, now)
+        if rules is None or age is None:
+            self._say_once(("no rules", position.symbol), now,
+                           "no symbol rules for %s: not guarded", position.symbol)
+            return None, []
+        view = PositionView.of(position, rules, age)
+        if position.key in busy:
+            return view, []
+        if age > self._max_age_ms:
+            # Never act on stale data (design.md): wait for the poller to refresh it.
+            if self._say_once(("stale", *position.key), now,
+                              "%s %s: data %d ms old, not acting", account_id,
+                              position.symbol, age):
+                self.notify(Alert(AlertKind.DATA_STALE,
+                                  self.account_names.get(account_id, account_id),
+                                  position.symbol, f"data {age / 1000:.1f} s old: not acting"))
+            return view, []
+        if position.key not in self._net_added:
+            try:
+                self._net_added[position.key] = await asyncio.to_thread(
+                    net_added_from_audit, self.audit.engine, position.key)
+            except SQLAlchemyError as exc:
+                # The database may be down (records wait in the spool): guard anyway;
+                # policies see no history until it can be read.
+                log.warning("cannot read %s history from the audit log: %s",
+                            position.symbol, str(exc).splitlines()[0])
+        evaluation = evaluate_policies(
+            self.policies, view, self._context(position, now),
+            self.account_names.get(account_id))
+        for failure in evaluation.failures:
+            await self._policy_failed(failure.policy, position, failure.error, now)
+        return view, list(evaluation.intents)
+
+    async def _position_failed(self, position: Position, exc: Exception, now: int) -> None:
+        metrics.EVALUATION_FAILURES.labels(account=position.account_id).inc()
+        error = f"{type(exc).__name__}: {exc}"
+        if self._say_once(("failed", *position.key), now,
+                          "evaluating %s %s failed, skipped: %s", position.account_id,
+                          position.symbol, error):
+            log.debug("evaluation failure", exc_info=exc)
+            with contextlib.suppress(AuditError):
+                await self.audit.record_observation(
+                    position.account_id, position.symbol, "evaluation_failed",
+                    {"error": error[:500]})
 
     def _context(self, position: Position, now: int) -> PolicyContext:
         net_added = self._net_added.get(position.key)
@@ -459,35 +504,50 @@ class Guard:
 
     async def _arbiter_state(
         self, account_id: str, now: int, busy: frozenset[PositionKey]
-    ) -> ArbiterState:
+    ) -> tuple[ArbiterState, frozenset[PositionKey]]:
+        """What the arbiter needs, and the positions whose last action is unknown (first
+        seen while the audit database cannot be read): no cooldown is known for them."""
         day = utc_day_start_ms(now)
         keys = [p.key for p in self.book.isolated_positions(account_id)]
         added_by_position = {}
         last_action = {}
+        unknown = set()
         for key in keys:
             added_by_position[key] = await self.audit.added_since(account_id, day, symbol=key[1])
             if key not in self._last_action:
-                # First sight in this run: the audit log knows when the last action was
-                # (not its outcome or kind: assume an applied ADD, which keeps the
-                # cooldown, the conservative side). From then on only applied actions
-                # count: a failed call must not delay the retry of a position at risk.
-                at_ms = await self.audit.last_action_ms(account_id, key[1])
-                self._last_action[key] = (
-                    None if at_ms is None else LastAction(at_ms, ActionKind.ADD))
+                # First sight in this run: the audit log knows the last action that may
+                # have moved money. From then on only applied actions count: a failed call
+                # must not delay the retry of a position at risk.
+                since = now - int(self.settings.budgets.cooldown_s * 1000)
+                try:
+                    self._last_action[key] = await asyncio.to_thread(
+                        last_moved_from_audit, self.audit.engine, key, since,
+                        self.settings.guard.dry_run)
+                except SQLAlchemyError:
+                    unknown.add(key)
+                    continue
             last = self._last_action[key]
             if last is not None:
                 last_action[key] = last
+        added_today = await self.audit.added_since(account_id, day)
+        metrics.BUDGET_LEFT.labels(account=account_id).set(
+            float(max(self.settings.budgets.per_account_per_day - added_today, Decimal(0))))
         kill_switch = self.settings.guard.kill_switch_file
         balance = self.free_balance.get(account_id)
+        if balance is not None:
+            # The balance is only re-read on polls: ADDs decided since (or in flight when
+            # it was read) are not in it yet, and must not spend the reserve twice.
+            balance -= await self.audit.added_since(
+                account_id, self._balance_ms[account_id] - self._read_timeout_ms)
         return ArbiterState(
             now_ms=now,
             free_balance={} if balance is None else {account_id: balance},
             in_flight=busy,
             last_action=last_action,
             added_today_by_position=added_by_position,
-            added_today_by_account={account_id: await self.audit.added_since(account_id, day)},
+            added_today_by_account={account_id: added_today},
             kill_switch=kill_switch is not None and kill_switch.exists(),
-        )
+        ), frozenset(unknown)
 
     async def _act(
         self, decision: Decision, views: Mapping[PositionKey, PositionView], now: int
@@ -566,6 +626,47 @@ def net_added_from_audit(engine: Engine, key: PositionKey) -> Decimal:
             if row.event == "SUCCEEDED" or (row.detail or {}).get("applied") == "true":
                 moved[row.id] = row.amount if row.kind == "ADD" else -row.amount
     return sum(moved.values(), Decimal(0))
+
+
+def last_moved_from_audit(
+    engine: Engine, key: PositionKey, since_ms: int, dry_run: bool
+) -> LastAction | None:
+    """The newest action on this position since ``since_ms`` that may have moved money
+    (not rejected, skipped, failed or reconciled as not applied; dry-run ones only when
+    ``dry_run``, for pacing): what a cooldown counts from after a restart."""
+    account_id, symbol, mode = key
+    query = (
+        select(Action.id, Action.time, Action.kind, ActionEvent.kind.label("event"),
+               ActionEvent.detail)
+        .outerjoin(ActionEvent, ActionEvent.action_id == Action.id)
+        .where(Action.account_id == account_id, Action.symbol == symbol,
+               Action.margin_mode == mode.value, Action.dry_run.is_(dry_run),
+               Action.time >= chain.from_ms(since_ms))
+    )
+    moved: dict[str, LastAction] = {}
+    refuted: set[str] = set()
+    with engine.connect() as connection:
+        for row in connection.execute(query):
+            moved[row.id] = LastAction(chain.to_ms(row.time), ActionKind(row.kind))
+            not_applied = row.event in NOT_APPLIED - {EventKind.DRY_RUN} or (
+                row.event == EventKind.RECONCILED
+                and (row.detail or {}).get("applied") == "false")
+            if not_applied:
+                refuted.add(row.id)
+    found = [last for action_id, last in moved.items() if action_id not in refuted]
+    return max(found, key=lambda last: last.at_ms, default=None)
+
+
+def _exchange_failure(error: BaseException, url: str) -> str:
+    """What went wrong with the exchange, in the operator's terms."""
+    if isinstance(error, MalformedResponse):
+        return (f"the exchange at {url} sent an answer guardbot cannot read ({error}): check "
+                "that exchange.rest_url points at Orderly's REST API")
+    if isinstance(error, Rejected):
+        return f"the exchange at {url} refused a request guardbot needs: {error}"
+    if isinstance(error, RetryLater):
+        return f"cannot reach the exchange at {url}: {error}"
+    return f"the exchange at {url} failed ({type(error).__name__}): {error}"
 
 
 def _smallest_trigger(policies: Sequence[LoadedPolicy]) -> Decimal:
@@ -686,9 +787,8 @@ async def run_daemon(
                     f"the exchange refused our key: {group.exceptions[0]}; check the "
                     "account's orderly_key, secret and scopes") from None
             except* ExchangeError as group:
-                raise StartupError(
-                    f"cannot reach the exchange at {settings.exchange.urls()['rest_url']}: "
-                    f"{group.exceptions[0]}") from None
+                raise StartupError(_exchange_failure(
+                    group.exceptions[0], settings.exchange.urls()["rest_url"])) from None
             finally:
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -27,6 +27,11 @@ ACTIONS = Counter(
 MARGIN_MOVED = Counter(
     "guardbot_margin_usdc_total", "Margin added or reduced (USDC)", ["account", "kind"]
 )
+EVALUATION_FAILURES = Counter(
+    "guardbot_evaluation_failures_total",
+    "Positions skipped in an evaluation round because evaluating them failed",
+    ["account"],
+)
 BUDGET_LEFT = Gauge(
     "guardbot_budget_left_usdc", "Top-up budget left today (USDC)", ["account"]
 )

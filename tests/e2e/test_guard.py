@@ -250,7 +250,9 @@ async def test_a_restart_keeps_the_budget_and_reconciles_the_unfinished(
 
         async with guarding(settings):
             audit = reader_for(sqlite_url)
-            await eventually(lambda: bool(audit.events("RECONCILED")))
+            # Settled by a read a full read timeout (exchange.timeout_s + 1 s) after the
+            # take-over: the dead run's call may still have been landing.
+            await eventually(lambda: bool(audit.events("RECONCILED")), timeout_s=25)
             await pin_mark(sim, ETH, "2600")  # 480.39 margin: liquidated near 2535
             await eventually(lambda: bool(audit.events("SKIPPED")))
         margin_end = margin_of(sim, account.account_id)
@@ -304,8 +306,9 @@ async def test_a_call_that_was_not_applied_does_not_start_a_cooldown(
             await pin_mark(sim, ETH, BELOW_TRIGGER)
             await eventually(lambda: bool(audit.events("UNCERTAIN")))
             (await admin.post("/sim/faults", json={"error_rate": 0.0})).raise_for_status()
+            # reconciled by a read a full read timeout (timeout_s + 1 s) after the 5xx
             await eventually(lambda: margin_of(sim, account.account_id) > margin_before,
-                             timeout_s=8)
+                             timeout_s=25)
         margin_after = margin_of(sim, account.account_id)
     events = [(e.kind, (e.detail or {}).get("applied")) for e in audit.events()
               if e.kind in ("UNCERTAIN", "RECONCILED", "SUCCEEDED")]
