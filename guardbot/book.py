@@ -126,10 +126,6 @@ class PositionBook:
             repriced.append(position)
         return repriced
 
-    def last_mark(self, symbol: str) -> tuple[Decimal, int] | None:
-        """The last mark applied for ``symbol`` as ``(price, exchange_ms)``."""
-        return self._marks.get(symbol)
-
     def remove(self, key: PositionKey) -> Position | None:
         """Forget a position (closed, or no longer guarded); returns what was held."""
         entry = self._entries.pop(key, None)
@@ -146,15 +142,6 @@ class PositionBook:
         """Milliseconds since the exchange last confirmed this position; ``None`` if unknown."""
         entry = self._entries.get(key)
         return now_ms - entry.confirmed_ms if entry is not None else None
-
-    def stale(self, now_ms: int, max_age_ms: int) -> list[PositionKey]:
-        """Positions not confirmed by the exchange within ``max_age_ms``: nothing acts on
-        them (design.md invariants) until a fresh snapshot arrives."""
-        return [
-            key
-            for key, entry in self._entries.items()
-            if now_ms - entry.confirmed_ms > max_age_ms
-        ]
 
     def isolated_positions(self, account_id: str) -> list[Position]:
         """Open isolated positions of one account, by symbol. Cross positions on the same

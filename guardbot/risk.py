@@ -101,6 +101,9 @@ def liquidation_price(position: Position, rules: SymbolRules) -> Decimal | None:
         growth = ratio * Decimal("1.8") if ratio > rules.base_mmr else ratio
         return k + sign * notional - notional * ratio, sign - growth
 
+    # The same curve in floats, only to pick the solver's starting point (``_solve``): every
+    # branch and every result is decided in Decimal, so float error can cost a Newton step,
+    # never a wrong price.
     k_f, sign_f, slope_f = float(k), float(sign), float(_mmr_slope(rules))
     base_f = float(rules.base_mmr)
 
@@ -119,9 +122,7 @@ def liquidation_price(position: Position, rules: SymbolRules) -> Decimal | None:
         # Beyond the flat part the surplus rises until mmr reaches 1/1.8, then falls.
         peak = _growth_start(ONE / Decimal("1.8"), _mmr_slope(rules))
         assert peak is not None  # flat_end is not None: mmr grows
-        # Floats settle the (practically always) clear case; Decimal decides a close one.
-        clearly_positive = surplus_hint(float(peak))[0] > 1e-9 * abs(k_f)
-        if not clearly_positive and surplus(peak)[0] <= 0:
+        if surplus(peak)[0] <= 0:
             return max(peak / size, position.mark_price)
         low = min(flat_end, peak)
         start = min(max(flat_root, low), peak)

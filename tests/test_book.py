@@ -1,4 +1,4 @@
-"""PositionBook: ordering, re-pricing, closing, age and staleness, with injected times."""
+"""PositionBook: ordering, re-pricing, closing and age, with injected times."""
 
 from __future__ import annotations
 
@@ -8,34 +8,28 @@ from random import Random
 from typing import Any
 
 import pytest
+from factories import ACCOUNT
+from factories import position as long_position
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guardbot.book import PositionBook
 from guardbot.domain import AccountSnapshot, MarginMode, Position, Source
 
-ACCOUNT = "0x" + "ab" * 32
 OTHER = "0x" + "cd" * 32
 
-ETH = Position(
-    account_id=ACCOUNT,
+ETH = long_position(
     symbol="PERP_ETH_USDC",
-    margin_mode=MarginMode.ISOLATED,
     qty=D(2),
     average_open_price=D(2000),
     cost_position=D(4000),
     mark_price=D(2000),
     margin=D(400),
-    leverage=10,
     unsettled_pnl=D(-3),  # funding owed 3
     est_liq_price=D(1815),
-    mmr=D("0.05"),
-    imr=D("0.1"),
-    last_sum_unitary_funding=D(0),
     seq=100,
     exchange_ms=10_000,
     received_ms=10_050,
-    source=Source.REST,
 )
 
 
@@ -117,7 +111,6 @@ def test_mark_reprices_between_pushes_keeping_funding() -> None:
     assert (held.seq, held.margin, held.qty) == (ETH.seq, ETH.margin, ETH.qty)
     untouched = book.get(btc.key)
     assert untouched is not None and untouched.mark_price == D(2000)
-    assert book.last_mark("PERP_ETH_USDC") == (D(1900), 10_500)
 
 
 def test_older_marks_are_ignored() -> None:
@@ -185,15 +178,14 @@ def test_snapshot_closes_what_it_no_longer_lists() -> None:
     assert book.get(elsewhere.key) == elsewhere
 
 
-def test_age_and_staleness() -> None:
+def test_age() -> None:
     book = PositionBook()
     book.apply(ETH)  # received at 10_050
     btc = replace(ETH, symbol="PERP_BTC_USDC", received_ms=14_000)
     book.apply(btc)
     assert book.age_ms(ETH.key, 12_050) == 2_000
     assert book.age_ms(("nobody", "PERP_ETH_USDC", MarginMode.ISOLATED), 1) is None
-    assert book.stale(now_ms=20_050, max_age_ms=8_000) == [ETH.key]
-    assert book.stale(now_ms=20_050, max_age_ms=10_000) == []
+    assert (book.age_ms(ETH.key, 20_050), book.age_ms(btc.key, 20_050)) == (10_000, 6_050)
     # a mark does not make the position fresher ...
     book.apply_mark("PERP_ETH_USDC", D(1900), 20_000)
     assert book.age_ms(ETH.key, 20_050) == 10_000

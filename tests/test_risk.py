@@ -6,42 +6,20 @@ from dataclasses import replace
 from decimal import Decimal as D
 
 import pytest
+from factories import ALT_RULES as FLAT
+from factories import LONG, SHORT
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from guardbot import risk
-from guardbot.domain import MarginMode, Position, Source, SymbolRules
+from guardbot.domain import MarginMode, Position, SymbolRules
 from guardbot.sim import margin as sim_margin
 
-# Alts in the docs: base_imr 0.10, base_mmr 0.05; no notional growth here.
-FLAT = SymbolRules("PERP_ALT_USDC", base_imr=D("0.1"), base_mmr=D("0.05"), imr_factor=D(0))
+# Alts in the docs: base_imr 0.10, base_mmr 0.05; no notional growth here (factories.py).
 # MMR = max(0.005, 0.5 * 2e-6 * N^0.8): 0.01 at N = 1e5 (N^0.8 = 1e4); flat up to N ≈ 42045.
 GROWING = SymbolRules(
     "PERP_ETH_USDC", base_imr=D("0.01"), base_mmr=D("0.005"), imr_factor=D("0.000002")
 )
-
-LONG = Position(
-    account_id="0x" + "ab" * 32,
-    symbol="PERP_ALT_USDC",
-    margin_mode=MarginMode.ISOLATED,
-    qty=D(10),
-    average_open_price=D(100),
-    cost_position=D(1000),
-    mark_price=D(100),
-    margin=D(200),
-    leverage=10,
-    unsettled_pnl=D(0),
-    est_liq_price=None,
-    mmr=D("0.05"),
-    imr=D("0.1"),
-    last_sum_unitary_funding=D(0),
-    seq=1,
-    exchange_ms=1_000,
-    received_ms=1_000,
-    source=Source.REST,
-)
-SHORT = replace(LONG, qty=D(-10), cost_position=D(-1000))
-
 
 def test_rates() -> None:
     assert risk.imr(D(100_000), 10, GROWING) == D("0.1")

@@ -6,37 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from decimal import Decimal as D
 from typing import Any
 
 import pytest
+from factories import ACCOUNT, LONG, SHORT
+from factories import ALT_RULES as RULES
 
-from guardbot.domain import MarginMode, Position, Source, SymbolRules
 from guardbot.policies.base import PositionView
 
-ACCOUNT = "0x" + "ab" * 32
-RULES = SymbolRules("PERP_ALT_USDC", base_imr=D("0.1"), base_mmr=D("0.05"), imr_factor=D(0))
-LONG = Position(
-    account_id=ACCOUNT,
-    symbol="PERP_ALT_USDC",
-    margin_mode=MarginMode.ISOLATED,
-    qty=D(10),
-    average_open_price=D(100),
-    cost_position=D(1000),
-    mark_price=D(100),
-    margin=D(200),
-    leverage=10,
-    unsettled_pnl=D(0),
-    est_liq_price=None,
-    mmr=D("0.05"),
-    imr=D("0.1"),
-    last_sum_unitary_funding=D(0),
-    seq=1,
-    exchange_ms=1_000,
-    received_ms=1_000,
-    source=Source.REST,
-)
-SHORT = replace(LONG, qty=D(-10), cost_position=D(-1000))
+# re-exported for the policy tests
+__all__ = ["ACCOUNT", "LONG", "RULES", "SHORT", "ViewMaker", "view_of"]
 
 ViewMaker = Callable[..., PositionView]
 
