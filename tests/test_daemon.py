@@ -4,10 +4,13 @@ and a real SQLite audit log. The full scenarios are in tests/e2e."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from guardbot import metrics
 from guardbot.audit import schema
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
 from guardbot.config import parse_config
@@ -22,6 +26,7 @@ from guardbot.daemon import (
     Guard,
     StartupError,
     config_hash,
+    last_moved_from_audit,
     net_added_from_audit,
     run_daemon,
     utc_day_start_ms,
@@ -230,3 +235,170 @@ async def test_an_unreachable_exchange_is_a_clear_start_up_error(tmp_path: Path)
     })  # fmt: skip
     with pytest.raises(StartupError, match=r"cannot reach the exchange at http://127\.0\.0\.1:9"):
         await asyncio.wait_for(run_daemon(settings), 30)
+
+
+@contextlib.asynccontextmanager
+async def started_guard(
+    sim: SimServer, account: SimAccount, tmp: Path, **sections: object
+) -> AsyncIterator[tuple[Guard, AuditLog, OrderlyExchange]]:
+    """A started guard (not running its loops) over the sim account and a fresh SQLite log."""
+    url = f"sqlite:///{tmp / 'audit.db'}"
+    schema.upgrade(url)
+    settings = parse_config(settings_for(sim, account, url, tmp, **sections))
+    audit = await AuditLog.open(url, tmp / "spool")
+    await audit.start_run("test", "h", "host")
+    try:
+        async with OrderlyExchange.from_settings(settings.accounts[0], settings.exchange) as ex:
+            guard = Guard(settings, {ex.account_id: ex}, audit,
+                          load_policies(settings.policies, Path("strategies")))
+            await guard.start()
+            yield guard, audit, ex
+    finally:
+        await audit.aclose()
+
+
+async def record_sent(audit: AuditLog, account_id: str, margin: Decimal, amount: str) -> str:
+    """An ADD a previous run sent and never saw the answer to."""
+    action_id = await audit.record_action(ActionRecord(
+        account_id=account_id, symbol=ETH, margin_mode=MarginMode.ISOLATED, policy="topup",
+        kind=ActionKind.ADD, amount=Decimal(amount), reason="test", dry_run=False,
+        mark_price=Decimal(3000), margin=margin, qty=Decimal(1), data_age_ms=0,
+        source=Source.REST))
+    await audit.record_event(action_id, account_id, EventKind.SENT)
+    await audit.flush(5)
+    return action_id
+
+
+def event_kinds(audit: AuditLog, action_id: str) -> list[tuple[str, str | None]]:
+    with audit.engine.connect() as connection:
+        rows = connection.execute(text(
+            "SELECT kind, message FROM action_events WHERE action_id = :id ORDER BY seq"),
+            {"id": action_id})
+        return [(row.kind, row.message) for row in rows]
+
+
+async def test_an_unfinished_action_keeps_its_position_busy_until_a_late_enough_read(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
+        key = (ex.account_id, ETH, MarginMode.ISOLATED)
+        margin = guard.book.isolated_positions(ex.account_id)[0].margin
+        lost = await record_sent(audit, ex.account_id, margin, "30")
+        # The dead run's call lands after the take-over started.
+        await guard.reconcile_unfinished([ex.account_id])
+        sim.engine.adjust_margin(ex.account_id, ETH, "ADD", "30")
+        sim.flush()
+        assert key in guard.executor.busy(), "no new action while its outcome is unknown"
+        assert [k for k, _ in event_kinds(audit, lost)] == ["INTENT", "SENT"]
+    # exchange.timeout_s is 10 s: settled only by a read 11 s later, never at once
+    assert [k for k, _ in event_kinds(audit, lost)] == ["INTENT", "SENT"]
+
+
+async def test_a_late_read_settles_a_handed_over_action_as_applied(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    exchange = {"preset": "sim", "rest_url": sim.rest_url, "timeout_s": 0.5,
+                "public_ws_url": sim.public_ws_url, "private_ws_url": sim.private_ws_url}
+    async with started_guard(sim, sim_account, tmp_path, exchange=exchange) as (guard, audit, ex):
+        key = (ex.account_id, ETH, MarginMode.ISOLATED)
+        margin = guard.book.isolated_positions(ex.account_id)[0].margin
+        lost = await record_sent(audit, ex.account_id, margin, "30")
+        await guard.reconcile_unfinished([ex.account_id])
+        sim.engine.adjust_margin(ex.account_id, ETH, "ADD", "30")  # lands 0.1 s later
+        sim.flush()
+        deadline = time.monotonic() + 10
+        while key in guard.executor.busy():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await audit.flush(5)
+        assert event_kinds(audit, lost)[-1] == ("RECONCILED", "applied")
+
+
+async def test_giving_an_account_away_records_its_queued_actions_as_not_sent(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
+        async with httpx.AsyncClient(base_url=sim.rest_url) as admin:
+            (await admin.post("/sim/marks", json={"symbol": ETH, "price": "2850"})
+             ).raise_for_status()
+        await guard.on_snapshot(await ex.get_positions())
+        assert guard.executor.busy(), "an ADD is queued (the workers are not running)"
+        await guard.set_owned(frozenset())
+        assert guard.executor.busy() == frozenset()
+        await audit.flush(5)
+        with audit.engine.connect() as connection:
+            action_id = connection.execute(text("SELECT id FROM actions")).scalar_one()
+        assert event_kinds(audit, action_id)[-1] == (
+            "FAILED", "not sent: account handed to another instance")
+        await guard.on_snapshot(await ex.get_positions())
+        assert guard.executor.busy() == frozenset(), "no action on an account given away"
+
+
+async def test_one_position_that_cannot_be_evaluated_does_not_stop_the_others(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
+        async with httpx.AsyncClient(base_url=sim.rest_url) as admin:
+            (await admin.post("/sim/marks", json={"symbol": ETH, "price": "2850"})
+             ).raise_for_status()
+        snapshot = await ex.get_positions()
+        eth = next(p for p in snapshot.positions if p.margin_mode is MarginMode.ISOLATED)
+        other = next(symbol for symbol in guard.rules if symbol != ETH)
+        broken = replace(eth, symbol=other, leverage=0)  # the margin maths refuses it
+        failures = metrics.EVALUATION_FAILURES.labels(account=ex.account_id)
+        before = failures._value.get()
+        await guard.on_snapshot(replace(snapshot, positions=(broken, *snapshot.positions)))
+        assert guard.executor.busy() == {(ex.account_id, ETH, MarginMode.ISOLATED)}
+        assert failures._value.get() == before + 1
+        await audit.flush(5)
+        with audit.engine.connect() as connection:
+            kinds = connection.execute(text(
+                "SELECT kind FROM observations WHERE symbol = :s"), {"s": other}).scalars()
+            assert list(kinds) == ["evaluation_failed"]
+
+
+async def test_the_reserve_counts_adds_decided_since_the_balance_was_read(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
+        balance = guard.free_balance[ex.account_id]
+        margin = guard.book.isolated_positions(ex.account_id)[0].margin
+        await record_sent(audit, ex.account_id, margin, "700")  # decided after the poll
+        state, _ = await guard._arbiter_state(ex.account_id, guard.clock_ms(), frozenset())
+        assert state.free_balance[ex.account_id] == balance - 700
+
+
+async def test_only_actions_that_may_have_moved_money_start_a_cooldown(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    schema.upgrade(url)
+    audit = await AuditLog.open(url, tmp_path / "spool")
+    await audit.start_run("test", "h", "host")
+    account = "0x" + "cd" * 32
+    key = (account, ETH, MarginMode.ISOLATED)
+    start = time.time_ns() // 1_000_000 - 1000
+
+    async def action(kind: str, *events: tuple[EventKind, dict[str, str]]) -> None:
+        action_id = await audit.record_action(ActionRecord(
+            account_id=account, symbol=ETH, margin_mode=MarginMode.ISOLATED, policy="p",
+            kind=ActionKind(kind), amount=Decimal(5), reason="r", dry_run=False,
+            mark_price=Decimal(1), margin=Decimal(1), qty=Decimal(1), data_age_ms=0,
+            source=Source.REST))
+        for event, detail in events:
+            await audit.record_event(action_id, account, event, detail=detail)
+
+    await action("REDUCE", (EventKind.SUCCEEDED, {}))
+    await audit.flush(5)
+    moved = last_moved_from_audit(audit.engine, key, start, dry_run=False)
+    assert moved is not None and moved.kind is ActionKind.REDUCE
+    await action("ADD", (EventKind.SKIPPED, {}))
+    await action("ADD", (EventKind.SENT, {}), (EventKind.FAILED, {}))
+    await action("ADD", (EventKind.SENT, {}), (EventKind.REJECTED, {}))
+    await action("ADD", (EventKind.UNCERTAIN, {}), (EventKind.RECONCILED, {"applied": "false"}))
+    await audit.flush(5)
+    assert last_moved_from_audit(audit.engine, key, start, dry_run=False) == moved
+    await action("ADD", (EventKind.SENT, {}))  # outcome unknown: it may have moved money
+    await audit.flush(5)
+    latest = last_moved_from_audit(audit.engine, key, start, dry_run=False)
+    assert latest is not None and latest.kind is ActionKind.ADD
+    assert last_moved_from_audit(audit.engine, key, start + 60_000, dry_run=False) is None
+    await audit.aclose()
