@@ -17,6 +17,8 @@ import click
 
 from guardbot.config import ConfigError, Settings, load_config, permission_warning
 
+log = logging.getLogger(__name__)
+
 CONFIG_OPTION = click.option(
     "--config",
     "config_path",
@@ -33,11 +35,14 @@ def _load(config_path: Path | None) -> Settings:
             account.secret()  # an unset variable or unreadable file is a config error too
     except ConfigError as exc:
         raise click.ClickException(f"invalid configuration:\n{exc}") from None
-    if config_path is not None:
-        warning = permission_warning(config_path)
-        if warning:
-            click.echo(f"warning: {warning}", err=True)
     return settings
+
+
+def _warn_if_readable(config_path: Path | None) -> None:
+    """A log WARNING (so JSON log output stays JSON) if others may read the config."""
+    warning = None if config_path is None else permission_warning(config_path)
+    if warning:
+        log.warning("%s", warning)
 
 
 @click.command("check-config")
@@ -47,6 +52,7 @@ def check_config(config_path: Path | None) -> None:
     from guardbot.daemon import describe_settings, load_policies
 
     settings = _load(config_path)
+    _warn_if_readable(config_path)
     try:
         load_policies(settings)
     except ConfigError as exc:
@@ -67,6 +73,7 @@ def run(config_path: Path | None, dry_run: bool) -> None:
     # The config's [log] section, unless --log-level/--log-format (or their env) said otherwise.
     setup_logging(os.environ.get(LEVEL_ENV, settings.log.level),
                   os.environ.get(FORMAT_ENV, settings.log.format))
+    _warn_if_readable(config_path)
     if dry_run:
         settings = settings.model_copy(
             update={"guard": settings.guard.model_copy(update={"dry_run": True})}

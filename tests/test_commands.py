@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -59,3 +60,15 @@ def test_run_refuses_to_start_without_accounts(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code != 0
     assert "no [[accounts]] configured" in result.output
+
+
+def test_a_readable_config_warning_is_a_json_log_line_when_logging_json(tmp_path: Path) -> None:
+    config = tmp_path / "guardbot.toml"
+    config.write_text("[health]\nenabled = false\n")  # no accounts: run stops right after
+    config.chmod(0o644)
+    result = CliRunner().invoke(main, ["--log-format", "json", "run", "--config", str(config)])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if "readable by group" in line]
+    assert len(lines) == 1, result.output
+    record = json.loads(lines[0])
+    assert record["level"] == "WARNING" and record["logger"] == "guardbot.commands"
