@@ -25,6 +25,7 @@ from guardbot.config import parse_config
 from guardbot.daemon import (
     Guard,
     StartupError,
+    _exchange_failure,
     config_hash,
     last_moved_from_audit,
     net_added_from_audit,
@@ -33,6 +34,7 @@ from guardbot.daemon import (
 )
 from guardbot.domain import ActionKind, MarginMode, Source
 from guardbot.exchange.client import OrderlyExchange
+from guardbot.exchange.errors import MalformedResponse, Rejected, RetryLater
 from guardbot.policies.loader import load_policies
 from guardbot.sim.admin import SimAccount
 from guardbot.sim.server import SimServer
@@ -402,3 +404,47 @@ async def test_only_actions_that_may_have_moved_money_start_a_cooldown(tmp_path:
     assert latest is not None and latest.kind is ActionKind.ADD
     assert last_moved_from_audit(audit.engine, key, start + 60_000, dry_run=False) is None
     await audit.aclose()
+
+
+async def test_with_the_audit_database_gone_a_new_position_is_still_topped_up(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
+        assert guard.readiness().database_reachable
+        # The database file disappears (new connections find an empty one): its history,
+        # and so the position's last action, cannot be read; the budgets are in memory.
+        (tmp_path / "audit.db").rename(tmp_path / "audit.away")
+        audit.engine.dispose()
+        async with httpx.AsyncClient(base_url=sim.rest_url) as admin:
+            (await admin.post("/sim/marks", json={"symbol": ETH, "price": "2850"})
+             ).raise_for_status()
+        await guard.on_snapshot(await ex.get_positions())
+        assert guard.executor.busy() == {(ex.account_id, ETH, MarginMode.ISOLATED)}, (
+            "an ADD within the known budgets goes ahead")
+        deadline = time.monotonic() + 10
+        while audit.database_ok:  # the writer notices on its next write
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert not guard.readiness().database_reachable
+        (tmp_path / "audit.away").rename(tmp_path / "audit.db")
+        audit.engine.dispose()
+
+
+def test_exchange_start_up_errors_say_what_happened() -> None:
+    url = "http://x"
+    assert "cannot reach" in _exchange_failure(RetryLater("connection refused"), url)
+    unreadable = _exchange_failure(MalformedResponse("not JSON"), url)
+    assert "cannot read" in unreadable and "cannot reach" not in unreadable
+    refused = _exchange_failure(Rejected(-1102, "bad symbol"), url)
+    assert "refused" in refused and "-1102" in refused
+
+
+async def test_the_budget_left_today_is_published(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
+        margin = guard.book.isolated_positions(ex.account_id)[0].margin
+        await record_sent(audit, ex.account_id, margin, "700")
+        await guard._arbiter_state(ex.account_id, guard.clock_ms(), frozenset())
+        gauge = metrics.BUDGET_LEFT.labels(account=ex.account_id)
+        assert gauge._value.get() == float(guard.settings.budgets.per_account_per_day - 700)
