@@ -559,6 +559,12 @@ def compare(fault: str, state: dict[str, Any], actions: list[Audited],
         row.notes.append(f"exchange applied {applied_sum} USDC, audit says {recorded_sum}")
     if unfinished:
         row.notes.append(f"{len(unfinished)} actions without an outcome: {unfinished[:3]}")
+    for key in sorted(set(ledger) | set(intended), key=str):
+        if ledger[key] != recorded[key] or ledger[key] > intended[key]:
+            row.notes.append(
+                f"{key}: applied {ledger[key]}x, decided {intended[key]}x, "
+                f"recorded applied {recorded[key]}x"
+            )
     return row
 
 
