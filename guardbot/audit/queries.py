@@ -208,9 +208,9 @@ _DAY = timedelta(days=1)  # a UTC day is exactly 24 hours (PostgreSQL ignores le
 
 
 def _by_day_ranges(since: datetime | None) -> tuple[Select[Any], Select[Any]]:
-    """The same two results by UTC day on PostgreSQL, one range scan of the time index per
-    day: no per-row day computation and a small aggregate per day instead of one large hash
-    over every row (1.4 s instead of 2.3 s on 10 million events)."""
+    """The same two results by UTC day on PostgreSQL, one range scan of the time indexes
+    per day (index-only for outcomes): no per-row day computation and a small aggregate per
+    day instead of one large hash over every row (about 1.5x faster on 10 million events)."""
     span = select(func.min(ACTIONS.c.time).label("first"), func.max(ACTIONS.c.time).label("last"))
     if since is not None:
         span = span.where(ACTIONS.c.time >= since)

@@ -199,6 +199,10 @@ class ActionEvent(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+# What the summary reads besides the time and the group keys.
+SUMMED = ["latency_ms", "kind", "applied", "dry_run", "action_kind", "amount"]
+
+
 class ActionOutcome(Base):
     """One row per outcome event (``OUTCOME_KINDS``) with the action fields ``audit summary``
     groups and sums by, written by the writer in the same transaction as the event.
@@ -213,7 +217,8 @@ class ActionOutcome(Base):
     __table_args__ = (
         CheckConstraint("action_kind IN ('ADD', 'REDUCE')", name="action_kind"),
         CheckConstraint(OUTCOME_FILTER, name="kind"),
-        Index(None, "action_time"),
+        # --since, and summary by day on PostgreSQL from the index alone, one day at a time.
+        Index(None, "action_time", postgresql_include=SUMMED),
     )
 
     event_id: Mapped[str] = mapped_column(ForeignKey("action_events.id"), primary_key=True)

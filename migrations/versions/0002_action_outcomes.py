@@ -91,7 +91,12 @@ def upgrade() -> None:
         )
     )  # fmt: skip
     # Indexed after the bulk fill: one sorted build instead of millions of insertions.
-    op.create_index(op.f("ix_action_outcomes_action_time"), "action_outcomes", ["action_time"])
+    op.create_index(
+        op.f("ix_action_outcomes_action_time"),
+        "action_outcomes",
+        ["action_time"],
+        postgresql_include=["latency_ms", "kind", "applied", "dry_run", "action_kind", "amount"],
+    )
     op.drop_index("ix_action_events_outcomes", table_name="action_events")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("ANALYZE action_outcomes")  # plan the first summary on real statistics
