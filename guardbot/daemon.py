@@ -245,15 +245,19 @@ class Guard:
         wire and reconciles finish) before returning; hand a newly taken account's
         unfinished actions (its last guard may have died mid-call) to the executor to
         reconcile before acting on it."""
-        gained, lost = owned - self.owned, self.owned - owned
-        self.owned = self.owned & owned
-        await asyncio.gather(*(self._release(account_id) for account_id in lost))
+        gained = owned - self.owned
+        await self.release(self.owned - owned)
         if gained:
             await self.reconcile_unfinished(gained)
             self.owned = owned
             for account_id in gained:
                 await self.evaluate(account_id)
         log.info("guarding %d of %d accounts", len(self.owned), len(self.exchanges))
+
+    async def release(self, accounts: frozenset[str]) -> None:
+        """Stop acting on ``accounts`` and finish the executor's work on them."""
+        self.owned = self.owned - accounts
+        await asyncio.gather(*(self._release(account_id) for account_id in accounts))
 
     async def _release(self, account_id: str) -> None:
         async with self._locks[account_id]:  # an evaluation of it may be deciding right now
@@ -750,10 +754,20 @@ async def run_daemon(
         for account in settings.accounts:
             exchanges[account.account_id] = factory(account, settings.exchange)
         async with contextlib.AsyncExitStack() as stack:
+            guards: list[Guard] = []
+
+            async def release_given_away(owned: frozenset[str]) -> None:
+                # AccountOwnership awaits this before it unlocks what it gave away, so our
+                # queued actions, calls on the wire and reconciles on those accounts are
+                # over before a peer can take them (a reconcile may wait a read timeout).
+                for guard in guards:
+                    await guard.release(guard.owned - owned)
+
             try:
                 ownership = await stack.enter_async_context(
                     AccountOwnership(settings.audit.url, instance_id, exchanges,
-                                     interval_s=ownership_interval_s))
+                                     interval_s=ownership_interval_s,
+                                     on_change=release_given_away))
             except OwnershipError as exc:
                 raise StartupError(f"cannot share the accounts with other instances: {exc}"
                                    ) from None
@@ -762,6 +776,7 @@ async def run_daemon(
             guard = Guard(settings, exchanges, audit, policies,
                           account_names={a.account_id: a.name for a in settings.accounts},
                           owned=ownership.owned(), notify=alerter.notify)
+            guards.append(guard)
             if settings.health.enabled:
                 await stack.enter_async_context(
                     HealthServer(settings.health.host, settings.health.port, guard.readiness))

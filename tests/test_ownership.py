@@ -305,3 +305,36 @@ async def test_sigkilled_process_accounts_are_taken_over_within_seconds() -> Non
         for child in children:
             child.process.kill()
             child.process.wait()
+
+
+@pytest.mark.postgres
+async def test_a_peer_takes_an_account_only_after_the_giver_finished_releasing_it() -> None:
+    """The daemon finishes its work on a given-away account (queued actions, calls on the
+    wire, reconciles that wait a read timeout) inside ``on_change``; the lock must outlive
+    that work, however long it takes, or two guards could act on one position."""
+    ns = namespace()
+    released_at: dict[str, float] = {}
+    slow_s = 10 * FAST  # many ticks: a peer would have taken the account long before
+
+    async def slow_release(owned: frozenset[str]) -> None:
+        given_away = [a for a in ACCOUNTS if a not in owned and a not in released_at]
+        if given_away and len(owned) < len(ACCOUNTS):
+            await asyncio.sleep(slow_s)
+            for account in given_away:
+                released_at[account] = time.monotonic()
+
+    async with pg_instance(ns, "giver", on_change=slow_release) as giver:
+        await until(lambda: giver.owned() == frozenset(ACCOUNTS))
+        taken_at: dict[str, float] = {}
+        async with pg_instance(ns, "taker") as taker:
+            deadline = time.monotonic() + 10
+            while not balanced([giver, taker]):
+                for account in taker.owned():
+                    taken_at.setdefault(account, time.monotonic())
+                await asyncio.sleep(FAST / 5)
+                assert time.monotonic() < deadline, "the accounts were never rebalanced"
+            for account in taker.owned():
+                taken_at.setdefault(account, time.monotonic())
+    assert taken_at, "the taker got its share"
+    for account, at in taken_at.items():
+        assert account in released_at and released_at[account] <= at, account
