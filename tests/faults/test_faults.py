@@ -10,6 +10,7 @@ target 9 % of the mark) so nearly every 1 % step triggers one.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from decimal import Decimal
@@ -301,8 +302,10 @@ def test_three_daemons_share_the_accounts_and_take_over_from_a_killed_one(
                 home = tmp_path / f"daemon{i}"
                 home.mkdir()
                 daemons.append(Daemon(write_config(home, sim, pg.url), home))
-            try:
+            with contextlib.ExitStack() as stopping:
                 for daemon in daemons:
+                    # Every daemon is stopped at the end, even if stopping another fails.
+                    stopping.callback(daemon.__exit__)
                     daemon.start()
                 deadline = time.monotonic() + 30
                 while not (partition(daemons, names) and all(d.owned() for d in daemons)):
@@ -328,9 +331,6 @@ def test_three_daemons_share_the_accounts_and_take_over_from_a_killed_one(
                 drive_down(sim, steps=5)
                 wait_all_safe(sim)
                 actions = [settle(pg.url, daemon) for daemon in daemons][-1]
-            finally:
-                for daemon in daemons:
-                    daemon.__exit__()
             state = sim.state()
     row = record(
         compare(
