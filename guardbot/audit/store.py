@@ -66,7 +66,10 @@ log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 # Budgets look back at most a day; keep two in memory so a window never straddles a gap.
 LEDGER_MS = 2 * DAY_MS
-MAX_RETRY_S = 30.0
+# Back-off cap while the database is down. One connection attempt every few seconds costs
+# the database nothing, and it bounds how long after its return the spool is replayed (the
+# budgets and /readyz follow the replay).
+MAX_RETRY_S = 5.0
 _QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
 _ACTIONS = Base.metadata.tables["actions"]
 _EVENTS = Base.metadata.tables["action_events"]

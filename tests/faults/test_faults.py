@@ -53,7 +53,7 @@ def drive_down(sim: Sim, steps: int, every_s: float = 0.4, factor: Decimal = STE
 def settle(audit_url: str, daemon: Daemon, timeout_s: float = 40) -> list[Audited]:
     """Wait (faults off) until the audit spool is empty and every action in the database has
     an outcome; return the actions. (After an outage the spool is replayed on the store's
-    retry backoff, up to half a minute later.)"""
+    retry backoff, capped at audit.store.MAX_RETRY_S.)"""
     deadline = time.monotonic() + timeout_s
     while True:
         actions = audit_actions(audit_url)
