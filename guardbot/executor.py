@@ -533,16 +533,20 @@ class Executor:
                 detail=_detail(job, seen, applied=was))
         job = pending.job
         if position is None or not position.is_open:
-            was_applied = False
-            reason = "position gone; outcome cannot be read from it"
-            margin = None
-        else:
-            margin = position.margin
-            was_applied = applied(job, margin)
-            reason = "applied" if was_applied else "not applied"
+            # Closed or liquidated meanwhile: its margin no longer says whether the call
+            # landed. Recorded as unknown, never as "not applied": the budget keeps counting
+            # it (only FAILED/REJECTED/SKIPPED release budget) and no report claims it failed.
+            await self._settle(pending, EventKind.RECONCILED,
+                               "outcome unknown: position gone before it could be read",
+                               None, applied="unknown")
+            return
+        margin = position.margin
+        was_applied = applied(job, margin)
         if was_applied:
             self._was_applied(job.intent)
-        await self._settle(pending, EventKind.RECONCILED, reason, margin, applied=was_applied)
+        await self._settle(pending, EventKind.RECONCILED,
+                           "applied" if was_applied else "not applied", margin,
+                           applied=was_applied)
 
     async def _retry_later(
         self, job: Job, action_id: str, exc: RetryLater, latency: int
@@ -572,7 +576,7 @@ class Executor:
         kind: EventKind,
         message: str,
         margin: Decimal | None,
-        **flags: bool,
+        **flags: bool | str,
     ) -> None:
         job = pending.job
         if self._pending.get(job.key) is not pending:
@@ -611,7 +615,7 @@ class Executor:
         )
 
 
-def _detail(job: Job, margin: Decimal | None, **flags: bool) -> dict[str, str]:
+def _detail(job: Job, margin: Decimal | None, **flags: bool | str) -> dict[str, str]:
     detail = {name: str(value).lower() for name, value in flags.items()}
     detail["margin_before"] = str(job.position.margin)
     detail["margin_expected"] = str(job.expected_margin())

@@ -79,6 +79,7 @@ class ScriptedExchange:
         self.time = time
         self.late_ms = late_ms
         self.late: list[tuple[int, str, Decimal]] = []
+        self.closed: set[str] = set()  # symbols whose position is gone (read as None)
 
     def _now(self) -> int:
         return 10**13 if self.time is None else self.time.now()
@@ -101,9 +102,11 @@ class ScriptedExchange:
         if outcome == "ratelimit":
             raise RateLimited("too many requests", retry_after_s=0.01)
 
-    async def get_position(self, symbol: str, margin_mode: MarginMode) -> Position:
+    async def get_position(self, symbol: str, margin_mode: MarginMode) -> Position | None:
         now = self._now()
         self.reads.append(now)
+        if symbol in self.closed:
+            return None
         for due in [entry for entry in self.late if entry[0] <= now]:
             self.late.remove(due)
             self.margins[due[1]] = self.margins.get(due[1], Decimal(100)) + due[2]
@@ -197,6 +200,25 @@ async def test_an_uncertain_call_that_did_not_apply_is_reconciled_as_not_applied
     recorded = await events(audit)
     assert recorded[-1][0] == "RECONCILED"
     assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "false"
+    assert len(exchange.calls) == 1
+
+
+async def test_an_uncertain_call_on_a_position_gone_by_the_reread_stays_unknown(
+    audit: AuditLog,
+) -> None:
+    """Liquidated or closed before the re-read: its margin cannot say whether the top-up
+    landed, so the record says unknown (never "not applied") and the budget keeps it."""
+    exchange = ScriptedExchange(["lost"])
+    exchange.closed.add("PERP_ETH_USDC")
+    clock = SimTime()
+    executor = Executor({ACCOUNT: exchange}, audit,  # type: ignore[dict-item]
+                        clock_ms=clock.now, sleep=clock.sleep)
+    await executor.submit(job(amount="50"))
+    await running(executor, lambda: len(exchange.reads) == 1 and not executor.busy())
+    recorded = await events(audit)
+    assert recorded[-1][0] == "RECONCILED"
+    assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "unknown"
+    assert await audit.added_since(ACCOUNT, 0) == Decimal(50)
     assert len(exchange.calls) == 1
 
 
