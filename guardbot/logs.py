@@ -52,7 +52,9 @@ _KEY_SHAPED = re.compile(
     rf"(?<![0-9A-Za-z])(?:ed25519:)?(?:[{_BASE58}]{{87,88}}|[{_BASE58}]{{43,44}})(?![0-9A-Za-z])"
 )
 _SECRET_PAIR = re.compile(
-    r"(?i)(\b[\w-]*(?:secret|private_key|password)[\w-]*\b[\"']?\s*[:=]\s*[\"']?)"
+    # A key naming a secret (orderly_secret, secret_key, db_password), not prose such as
+    # "it may hold secrets: chmod 600 it".
+    r"(?i)(\b[\w-]*(?:secret|private_key|password)(?:[_-][\w-]*)?\b[\"']?\s*[:=]\s*[\"']?)"
     r"([^\s\"',}]+)"
 )
 

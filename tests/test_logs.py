@@ -128,6 +128,17 @@ def test_secrets_are_redacted_everywhere(fmt: str) -> None:
     assert text.count(logs.REDACTED) >= 7
 
 
+def test_prose_about_secrets_is_not_redacted() -> None:
+    out = io.StringIO()
+    setup_logging("INFO", "text", stream=out)
+    logging.getLogger("guardbot.config").warning(
+        "guardbot.toml is readable by others; it may hold secrets: chmod 600 it")
+    logging.getLogger("guardbot.config").warning("secret_key=abcdef123 db_password: hunter2x")
+    text = out.getvalue()
+    assert "secrets: chmod 600 it" in text
+    assert "abcdef123" not in text and "hunter2x" not in text
+
+
 def test_setup_again_replaces_the_handler_and_rejects_bad_values() -> None:
     first, second = io.StringIO(), io.StringIO()
     setup_logging("INFO", "text", stream=first)

@@ -60,6 +60,7 @@ def test_config_readable_by_others_is_warned_and_the_secret_never_echoed(tmp_pat
     assert "readable by group or others" not in private.stderr
     assert shared.returncode == 0
     assert "readable by group or others" in shared.stderr
+    assert "chmod 600" in shared.stderr  # the advice survives the log redaction
     assert refused.returncode != 0 and "account_id" in refused.stderr
     for run in (private, shared, refused):
         assert secret not in run.stdout + run.stderr
