@@ -22,6 +22,7 @@ on ``RetryLater`` (including 429, waiting at least ``Retry-After``).
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
 import random
@@ -171,6 +172,8 @@ class RestClient:
         outcome = interpret(method, what, response.status_code, response.content,
                             _retry_after(response))
         if isinstance(outcome, Failure):
+            if isinstance(outcome.error, AuthError):
+                outcome = _with_clock_hint(outcome, response, self._clock_ms())
             if isinstance(outcome.error, RateLimited):
                 metrics.RATE_LIMITED.labels(endpoint).inc()
             if isinstance(outcome.error, MalformedResponse):
@@ -188,6 +191,33 @@ class RestClient:
         text = str(error)
         log.warning("%s", text if text.startswith(what) else f"{what}: {text}")
         return error
+
+
+# The exchange refuses timestamps more than 300 s from its clock (orderly-api.md §2); a
+# refusal with our clock this far off its ``Date`` header is most likely that.
+CLOCK_SKEW_HINT_S = 60.0
+
+
+def clock_skew_s(date_header: str | None, now_ms: int) -> float | None:
+    """How far our clock is ahead of the server's (seconds), from its HTTP ``Date``
+    header (1 s resolution); ``None`` without a readable header."""
+    if not date_header:
+        return None
+    try:
+        server = email.utils.parsedate_to_datetime(date_header)
+    except (TypeError, ValueError):
+        return None
+    return now_ms / 1000 - server.timestamp()
+
+
+def _with_clock_hint(failure: Failure, response: httpx.Response, now_ms: int) -> Failure:
+    skew = clock_skew_s(response.headers.get("date"), now_ms)
+    error = failure.error
+    if skew is None or abs(skew) < CLOCK_SKEW_HINT_S or not isinstance(error, AuthError):
+        return failure
+    return Failure(failure.label, AuthError(error.code, (
+        f"{error.message}; this host's clock is {skew:+.0f} s off the exchange's (it allows"
+        " 300 s): fix the clock (NTP)")))
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,6 +170,9 @@ async def test_signature_from_a_skewed_clock_is_rejected(venue: SimServer, funde
             await skewed.adjust_margin(ETH, ActionKind.ADD, Decimal(1))
     assert info.value.code == -1001
     assert venue.counters["auth_-1001"] == 1
+    # The refusal names the likely cause, read from the exchange's Date header (whole
+    # seconds, hence 599 or 600).
+    assert re.search(r"this host's clock is -(599|600|601) s off the exchange's", str(info.value))
 
 
 async def test_read_only_key_cannot_move_margin(venue: SimServer) -> None:

@@ -21,7 +21,7 @@ from guardbot.exchange.errors import (
     RetryLater,
     Uncertain,
 )
-from guardbot.exchange.rest import Failure, interpret, path_with_query
+from guardbot.exchange.rest import Failure, clock_skew_s, interpret, path_with_query
 from guardbot.exchange.wire import Envelope
 
 OK = b'{"success":true,"timestamp":1702989203989}'
@@ -147,3 +147,18 @@ def test_any_answer_becomes_a_value_or_an_exchange_error(
     assert outcome.success and status < 300
     with contextlib.suppress(MalformedResponse):
         parse(outcome.data)
+
+
+@pytest.mark.parametrize(
+    ("header", "now_ms", "expected"),
+    [
+        ("Sun, 22 Nov 2026 03:00:00 GMT", 1_795_316_400_000 + 400_000, 400.0),
+        ("Sun, 22 Nov 2026 03:00:00 GMT", 1_795_316_400_000 - 5_000, -5.0),
+        (None, 0, None),
+        ("not a date", 0, None),
+    ],
+)
+def test_clock_skew_from_the_date_header(
+    header: str | None, now_ms: int, expected: float | None
+) -> None:
+    assert clock_skew_s(header, now_ms) == expected
