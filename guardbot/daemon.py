@@ -88,6 +88,8 @@ log = logging.getLogger(__name__)
 
 # How often symbol rules (margin parameters, listings) are re-read, in seconds.
 RULES_REFRESH_S = 600
+# How long start-up keeps retrying an exchange that answers with transient failures.
+STARTUP_PATIENCE_S = 60.0
 # Recent marks kept per symbol for policies that look at volatility.
 RECENT_MARKS = 120
 # A failing policy or a refused decision is audited once per this many ms per position, not
@@ -203,7 +205,7 @@ class Guard:
     async def start(self) -> None:
         """Load symbol rules, take a first snapshot of every account and reconcile what a
         previous run left unfinished. The same path after a crash and a clean stop."""
-        await self.refresh_rules()
+        await self._load_rules_patiently()
         # Settle the past before deciding anything new, so no new action is mistaken for
         # an unfinished one.
         await self.reconcile_unfinished(self.owned)
@@ -233,6 +235,25 @@ class Guard:
             await self.executor.drain()
             for task in tasks:
                 task.cancel()
+
+    async def _load_rules_patiently(self) -> None:
+        """The first symbol rules, retrying transient failures (lost answers, 5xx, 429,
+        maintenance) for up to ``STARTUP_PATIENCE_S``: a flaky exchange must not stop a
+        daemon that is about to guard positions. Authentication and other errors stop
+        start-up at once."""
+        deadline = time.monotonic() + STARTUP_PATIENCE_S
+        delay = 0.5
+        while True:
+            try:
+                await self.refresh_rules()
+                return
+            except RetryLater as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("start-up: symbol rules not loaded (%s); retrying in %.1f s",
+                            exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
 
     async def refresh_rules(self) -> None:
         """Load every symbol's margin parameters (``GET /v1/public/info``)."""

@@ -448,3 +448,35 @@ async def test_the_budget_left_today_is_published(
         await guard._arbiter_state(ex.account_id, guard.clock_ms(), frozenset())
         gauge = metrics.BUDGET_LEFT.labels(account=ex.account_id)
         assert gauge._value.get() == float(guard.settings.budgets.per_account_per_day - 700)
+
+
+async def test_start_up_waits_out_a_flaky_exchange(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    """Every answer a 5xx at first: start-up retries (it does not give up on the first
+    transient failure, as a daemon about to guard positions must not) and completes once the
+    exchange recovers."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    schema.upgrade(url)
+    settings = parse_config(settings_for(sim, sim_account, url, tmp_path))
+    audit = await AuditLog.open(url, tmp_path / "spool")
+    await audit.start_run("test", "h", "host")
+    async with httpx.AsyncClient(base_url=sim.rest_url) as admin:
+        (await admin.post("/sim/faults", json={"error_rate": 1.0})).raise_for_status()
+        try:
+            async with OrderlyExchange.from_settings(settings.accounts[0],
+                                                     settings.exchange) as ex:
+                guard = Guard(settings, {ex.account_id: ex}, audit,
+                              load_policies(settings.policies, Path("strategies")))
+                starting = asyncio.create_task(guard.start())
+                deadline = time.monotonic() + 10
+                while sim.counters.get("fault_5xx", 0) < 4:
+                    assert time.monotonic() < deadline, sim.counters
+                    assert not starting.done(), starting
+                    await asyncio.sleep(0.05)
+                (await admin.post("/sim/faults", json={"error_rate": 0})).raise_for_status()
+                await asyncio.wait_for(starting, 20)
+                assert guard.rules, "symbol rules loaded after the exchange recovered"
+                assert guard.book.isolated_positions(ex.account_id)
+        finally:
+            await audit.aclose()
