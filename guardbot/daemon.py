@@ -65,6 +65,7 @@ from guardbot.exchange.errors import (
     MalformedResponse,
     Rejected,
     RetryLater,
+    Unreachable,
 )
 from guardbot.exchange.port import (
     Exchange,
@@ -239,8 +240,9 @@ class Guard:
     async def _load_rules_patiently(self) -> None:
         """The first symbol rules, retrying transient failures (lost answers, 5xx, 429,
         maintenance) for up to ``STARTUP_PATIENCE_S``: a flaky exchange must not stop a
-        daemon that is about to guard positions. Authentication and other errors stop
-        start-up at once."""
+        daemon that is about to guard positions. An exchange that cannot be connected to at
+        all (a wrong URL, no network), bad keys and other errors stop start-up at once, with
+        the reason (the service manager restarts it)."""
         deadline = time.monotonic() + STARTUP_PATIENCE_S
         delay = 0.5
         while True:
@@ -248,7 +250,7 @@ class Guard:
                 await self.refresh_rules()
                 return
             except RetryLater as exc:
-                if time.monotonic() + delay > deadline:
+                if isinstance(exc, Unreachable) or time.monotonic() + delay > deadline:
                     raise
                 log.warning("start-up: symbol rules not loaded (%s); retrying in %.1f s",
                             exc, delay)

@@ -6,7 +6,8 @@ exception.
 
     ExchangeError
     ├── RetryLater          transient: 5xx, -1011 maintenance, network error *before* sending
-    │   └── RateLimited     HTTP 429 / -1003; ``retry_after_s`` says when
+    │   ├── RateLimited     HTTP 429 / -1003; ``retry_after_s`` says when
+    │   └── Unreachable     no connection at all (refused, DNS, connect timeout)
     ├── Rejected            the exchange refused (documented code + message); never retried
     ├── AuthError           bad key, signature, scope or clock: stop and tell the operator
     ├── Uncertain           the request may have been applied (timeout / connection lost
@@ -31,6 +32,11 @@ class RateLimited(RetryLater):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Unreachable(RetryLater):
+    """Nothing was sent: the exchange could not be connected to. Transient while running;
+    at start-up more likely a wrong URL or a network problem the operator must see."""
 
 
 class Rejected(ExchangeError):

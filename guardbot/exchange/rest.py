@@ -3,7 +3,7 @@ exceptions and Orderly error envelopes become ``guardbot.exchange.errors`` (styl
 
 Mapping (orderly-api.md §3, §5):
 
-    connect error / connect or pool timeout   -> RetryLater   (nothing was sent)
+    connect error / connect or pool timeout   -> Unreachable  (a RetryLater; nothing was sent)
     timeout / connection lost after sending   -> GET: RetryLater, POST: Uncertain
     HTTP 429 or code -1003                    -> RateLimited  (retry_after_s from Retry-After)
     code -1001 / -1002, HTTP 401 / 403        -> AuthError
@@ -43,6 +43,7 @@ from guardbot.exchange.errors import (
     Rejected,
     RetryLater,
     Uncertain,
+    Unreachable,
 )
 from guardbot.exchange.limits import SHARED_LIMITER, Priority, RateLimiter, backoff, retry_delay
 from guardbot.exchange.signing import Signer
@@ -153,7 +154,7 @@ class RestClient:
                 method, target, content=body.encode() if body else None, headers=headers
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise self._failed(endpoint, "network", RetryLater(
+            raise self._failed(endpoint, "network", Unreachable(
                 f"{what}: cannot reach the exchange at {self.base_url} ({type(exc).__name__});"
                 " nothing was sent"
             ), what) from None
