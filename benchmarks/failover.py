@@ -10,55 +10,24 @@ survivors guard every account again. Repeats, then prints the figures.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
-import select
 import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
-PG_URL = os.environ.get("GUARDBOT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-class Instance:
-    def __init__(self, name: str, accounts: list[str], interval_s: float, ns: str) -> None:
-        env = dict(
-            os.environ,
-            GUARDBOT_OWNERSHIP_NAMESPACE=ns,
-            GUARDBOT_OWNERSHIP_INTERVAL_S=str(interval_s),
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "guardbot.ownership", PG_URL, name, *accounts],
-            stdout=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-        self.owned: frozenset[str] = frozenset()
-        self.changed_at = 0.0
-
-    def read(self) -> None:
-        assert self.process.stdout is not None
-        while select.select([self.process.stdout], [], [], 0)[0]:
-            line = self.process.stdout.readline()
-            if not line:
-                return
-            change = json.loads(line)
-            self.owned, self.changed_at = frozenset(change["owned"]), change["t"]
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
+# The same subprocess wrapper the ownership tests kill (tests/test_ownership.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_ownership import Child
 
 
-def wait_covered(group: list[Instance], accounts: list[str], timeout_s: float) -> None:
+def wait_covered(group: list[Child], accounts: list[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for instance in group:
-            instance.read()
+            instance.poll()
         sets = [i.owned for i in group]
         if set().union(*sets) == set(accounts) and sum(map(len, sets)) == len(accounts):
             return
@@ -68,7 +37,7 @@ def wait_covered(group: list[Instance], accounts: list[str], timeout_s: float) -
 
 def one_round(accounts: list[str], interval_s: float) -> float:
     ns = f"bench-{uuid.uuid4().hex}"
-    group = [Instance(f"i{n}", accounts, interval_s, ns) for n in range(3)]
+    group = [Child(ns, f"i{n}", interval_s, accounts) for n in range(3)]
     try:
         wait_covered(group, accounts, 10 * interval_s + 10)
         # Kill at a random phase of the survivors' tick cycle.
@@ -81,7 +50,8 @@ def one_round(accounts: list[str], interval_s: float) -> float:
         return max(s.changed_at for s in survivors) - killed_at
     finally:
         for instance in group:
-            instance.stop()
+            instance.process.kill()
+            instance.process.wait()
 
 
 def main() -> None:

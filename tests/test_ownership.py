@@ -253,14 +253,16 @@ def test_hold_longer_than_the_server_keeps_locks_is_refused() -> None:
 class Child:
     """``python -m guardbot.ownership`` in a subprocess; reads its JSON change lines."""
 
-    def __init__(self, ns: str, name: str, interval_s: float) -> None:
+    def __init__(
+        self, ns: str, name: str, interval_s: float, accounts: list[str] = ACCOUNTS
+    ) -> None:
         env = dict(
             os.environ,
             GUARDBOT_OWNERSHIP_NAMESPACE=ns,
             GUARDBOT_OWNERSHIP_INTERVAL_S=str(interval_s),
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "guardbot.ownership", PG_URL, name, *ACCOUNTS],
+            [sys.executable, "-m", "guardbot.ownership", PG_URL, name, *accounts],
             stdout=subprocess.PIPE,
             env=env,
             text=True,
