@@ -160,6 +160,7 @@ class AccountOwnership:
         self._takeover_wait_s = 2 * interval_s
         self._hold_s = hold_s
         self._on_change = on_change
+        self._notify_due = False
         self._owned: frozenset[str] = frozenset()
         # Accounts we held when the connection was lost: re-locked first when it is back.
         self._held_before: frozenset[str] = frozenset()
@@ -194,6 +195,7 @@ class AccountOwnership:
             self._lock_sqlite()
             self._live_instances = 1
             await self._set_owned(frozenset(self._accounts))
+            await self._notify()
             return self
         try:
             async with asyncio.timeout(_TICK_TIMEOUT_S):
@@ -205,6 +207,7 @@ class AccountOwnership:
             raise OwnershipError(
                 f"cannot reach the audit database for account ownership: {_first_line(exc)}"
             ) from None
+        await self._notify()
         self._task = asyncio.create_task(self._run(), name=f"ownership:{self.instance_id}")
         return self
 
@@ -220,6 +223,7 @@ class AccountOwnership:
                 await self._task
             self._task = None
         await self._set_owned(frozenset())
+        await self._notify()
         await self._drop_connection()  # closing the session releases every lock at once
         if self._sqlite_lock is not None:
             self._sqlite_lock.close()
@@ -253,6 +257,10 @@ class AccountOwnership:
                     self._last_tick = _now()
             except (psycopg.Error, OSError, TimeoutError, OwnershipError) as exc:
                 await self._lost(exc)
+            # Outside the tick's time limit: the caller's release of what we gave away may
+            # take as long as it takes (calls on the wire, reconciles), and the next tick,
+            # which unlocks those accounts, starts only after it.
+            await self._notify()
 
     async def _lost(self, exc: BaseException) -> None:
         """The lock connection failed: keep what we own for ``hold_s``, then let go."""
@@ -409,13 +417,20 @@ class AccountOwnership:
         )
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-        if self._on_change is not None:
-            try:
-                result = self._on_change(owned)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("ownership %s: on_change callback failed", self.instance_id)
+        self._notify_due = True  # on_change is awaited by _notify, outside any time limit
+
+    async def _notify(self) -> None:
+        """Await ``on_change`` with the current set, once per change. Never called under
+        the tick's time limit (a cancelled release would drop the lock connection)."""
+        if not self._notify_due or self._on_change is None:
+            return
+        self._notify_due = False
+        try:
+            result = self._on_change(self._owned)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("ownership %s: on_change callback failed", self.instance_id)
 
 
 def _now() -> float:

@@ -25,6 +25,7 @@ import pytest
 from conftest import PG_URL
 from faults.pgcluster import PgCluster
 
+from guardbot import ownership
 from guardbot.ownership import AccountOwnership, OwnershipError
 
 ACCOUNTS = [f"0x{i:064x}" for i in range(1, 11)]
@@ -310,13 +311,17 @@ async def test_sigkilled_process_accounts_are_taken_over_within_seconds() -> Non
 
 
 @pytest.mark.postgres
-async def test_a_peer_takes_an_account_only_after_the_giver_finished_releasing_it() -> None:
+async def test_a_peer_takes_an_account_only_after_the_giver_finished_releasing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The daemon finishes its work on a given-away account (queued actions, calls on the
     wire, reconciles that wait a read timeout) inside ``on_change``; the lock must outlive
-    that work, however long it takes, or two guards could act on one position."""
+    that work, however long it takes, or two guards could act on one position. The release
+    here outlasts many ticks and the tick's own time limit (shortened to keep this fast)."""
+    monkeypatch.setattr(ownership, "_TICK_TIMEOUT_S", 0.5)
     ns = namespace()
     released_at: dict[str, float] = {}
-    slow_s = 10 * FAST  # many ticks: a peer would have taken the account long before
+    slow_s = 10 * FAST + 0.5  # past the tick limit: a cancelled release would drop the locks
 
     async def slow_release(owned: frozenset[str]) -> None:
         given_away = [a for a in ACCOUNTS if a not in owned and a not in released_at]
