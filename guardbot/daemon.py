@@ -193,6 +193,9 @@ class Guard:
         self.ws_connected: dict[str, bool] = dict.fromkeys(self.exchanges, False)
         self._public_stream = public_stream
         self._locks = {account_id: asyncio.Lock() for account_id in self.exchanges}
+        # Taking and giving away accounts never interleave (a take-over's reconcile must not
+        # re-add an account given away meanwhile).
+        self._ownership_lock = asyncio.Lock()
         self._urgent: set[str] = set()
         self._acting = False  # only between start-up reconcile and stop
         # Last applied action per position, for cooldowns (seeded from the audit log).
@@ -268,21 +271,32 @@ class Guard:
         wire and reconciles finish) before returning; hand a newly taken account's
         unfinished actions (its last guard may have died mid-call) to the executor to
         reconcile before acting on it."""
-        gained = owned - self.owned
-        await self.release(self.owned - owned)
-        if gained:
-            await self.reconcile_unfinished(gained)
-            self.owned = owned
-            for account_id in gained:
-                await self.evaluate(account_id)
+        await self.follow(lambda: owned)
+
+    async def follow(self, current: Callable[[], frozenset[str]]) -> None:
+        """``set_owned`` with the target read under the ownership lock, so a target that
+        changed while we waited for the lock is never applied stale."""
+        async with self._ownership_lock:
+            owned = current()
+            gained = owned - self.owned
+            await self._release(self.owned - owned)
+            if gained:
+                await self.reconcile_unfinished(gained)
+                self.owned = self.owned | gained
+                for account_id in gained:
+                    await self.evaluate(account_id)
         log.info("guarding %d of %d accounts", len(self.owned), len(self.exchanges))
 
     async def release(self, accounts: frozenset[str]) -> None:
         """Stop acting on ``accounts`` and finish the executor's work on them."""
-        self.owned = self.owned - accounts
-        await asyncio.gather(*(self._release(account_id) for account_id in accounts))
+        async with self._ownership_lock:
+            await self._release(accounts)
 
-    async def _release(self, account_id: str) -> None:
+    async def _release(self, accounts: frozenset[str]) -> None:
+        self.owned = self.owned - accounts
+        await asyncio.gather(*(self._release_account(account_id) for account_id in accounts))
+
+    async def _release_account(self, account_id: str) -> None:
         async with self._locks[account_id]:  # an evaluation of it may be deciding right now
             await self.executor.release(account_id)
 
@@ -784,7 +798,9 @@ async def run_daemon(
                 # queued actions, calls on the wire and reconciles on those accounts are
                 # over before a peer can take them (a reconcile may wait a read timeout).
                 for guard in guards:
-                    await guard.release(guard.owned - owned)
+                    # Every account not ours, not only those we think we own: a take-over's
+                    # reconcile may have handed one's actions to the executor already.
+                    await guard.release(frozenset(guard.exchanges) - owned)
 
             try:
                 ownership = await stack.enter_async_context(
@@ -811,10 +827,12 @@ async def run_daemon(
                         await ownership.wait_changed()
                         continue
                     try:
-                        await guard.set_owned(target)
-                    except (AuditError, ExchangeError) as exc:
-                        # The taken accounts stay unguarded until their reconcile works.
-                        log.error("cannot take over accounts yet: %s; retrying", exc)
+                        await guard.follow(ownership.owned)
+                    except Exception as exc:
+                        # The taken accounts stay unguarded until their take-over works: never
+                        # let this task die silently while it holds their locks.
+                        log.error("cannot take over accounts yet: %s; retrying", exc,
+                                  exc_info=not isinstance(exc, AuditError | ExchangeError))
                         await asyncio.sleep(1.0)
 
             follower = asyncio.create_task(follow_ownership(), name="ownership")

@@ -480,3 +480,22 @@ async def test_start_up_waits_out_a_flaky_exchange(
                 assert guard.book.isolated_positions(ex.account_id)
         finally:
             await audit.aclose()
+
+
+async def test_a_take_over_applies_the_ownership_target_current_when_it_runs(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    """A take-over waiting behind a release must not re-add an account that was given away
+    while it waited: the target is read under the ownership lock, not before it."""
+    async with started_guard(sim, sim_account, tmp_path) as (guard, _audit, ex):
+        await guard.set_owned(frozenset())
+        target = [frozenset({ex.account_id})]
+        async with guard._ownership_lock:  # a release in progress
+            taking = asyncio.create_task(guard.follow(lambda: target[0]))
+            await asyncio.sleep(0)
+            target[0] = frozenset()  # given away again before the take-over ran
+        await taking
+        assert guard.owned == frozenset()
+        target[0] = frozenset({ex.account_id})
+        await guard.follow(lambda: target[0])
+        assert guard.owned == frozenset({ex.account_id})
