@@ -346,7 +346,10 @@ class Guard:
         while True:
             await asyncio.sleep(1.0)
             ticks += 1
-            await self.executor.expire()
+            try:
+                await self.executor.expire()
+            except AuditError as exc:
+                log.error("could not record expired verifications: %s", exc)
             if ticks % RULES_REFRESH_S == 0:
                 # New listings and changed margin parameters, without a restart.
                 try:
@@ -377,7 +380,15 @@ class Guard:
         await self.evaluate(account_id)
 
     async def on_event(self, account_id: str, event: StreamEvent) -> None:
-        """A WebSocket push (streams)."""
+        """A WebSocket push (streams). An audit failure while handling it (recording a
+        verification, say) is logged and the push dropped: it must not stop the streams
+        and with them every account's guard. Nothing is sent without a recorded intent."""
+        try:
+            await self._on_event(account_id, event)
+        except AuditError as exc:
+            log.error("push for %s not fully handled: %s", account_id, exc)
+
+    async def _on_event(self, account_id: str, event: StreamEvent) -> None:
         if isinstance(event, PositionsPushed):
             self.ws_connected[account_id] = True
             for position in event.positions:

@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 
 from guardbot import metrics
 from guardbot.audit import schema
+from guardbot.audit.errors import NotRecorded
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
 from guardbot.config import parse_config
 from guardbot.daemon import (
@@ -35,6 +36,7 @@ from guardbot.daemon import (
 from guardbot.domain import ActionKind, MarginMode, Source
 from guardbot.exchange.client import OrderlyExchange
 from guardbot.exchange.errors import MalformedResponse, Rejected, RetryLater
+from guardbot.exchange.port import PositionsPushed
 from guardbot.policies.loader import load_policies
 from guardbot.sim.admin import SimAccount
 from guardbot.sim.server import SimServer
@@ -499,3 +501,21 @@ async def test_a_take_over_applies_the_ownership_target_current_when_it_runs(
         target[0] = frozenset({ex.account_id})
         await guard.follow(lambda: target[0])
         assert guard.owned == frozenset({ex.account_id})
+
+
+async def test_an_audit_failure_while_handling_a_push_does_not_stop_the_guard(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The spool cannot be written (disk full): the push is dropped with an error logged,
+    instead of the exception ending the streams task and with it the whole guard."""
+    async with started_guard(sim, sim_account, tmp_path) as (guard, _audit, ex):
+        position = guard.book.isolated_positions(ex.account_id)[0]
+        newer = replace(position, margin=position.margin + 1, seq=(position.seq or 0) + 1,
+                        exchange_ms=position.exchange_ms + 1)
+
+        async def disk_full(_: object) -> None:
+            raise NotRecorded("spool write failed: No space left on device")
+
+        monkeypatch.setattr(guard.executor, "observe", disk_full)
+        await guard.on_event(ex.account_id, PositionsPushed((newer,)))
+        assert guard.book.get(newer.key) == newer
