@@ -41,6 +41,7 @@ from asyncio_throttle.throttler import Throttler
 
 from guardbot import metrics
 from guardbot.alerts import Alert, AlertKind
+from guardbot.audit.errors import AuditError
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
 from guardbot.domain import ActionKind, Intent, Position, PositionKey
 from guardbot.exchange.errors import (
@@ -438,15 +439,27 @@ class Executor:
                 message=str(exc), latency_ms=_ms_since(started))
             log.error("%s on %s failed: %s", intent.kind, intent.symbol, exc)
             self._busy.discard(job.key)
-        except ExchangeError as exc:
-            # Uncertain, but also anything unexpected (an unparsable answer to a POST):
-            # it may have been applied, so it is reconciled, never retried blindly.
+        except Exception as exc:
+            # Uncertain, but also anything unexpected (an unparsable answer to a POST, a
+            # bug below us): it may have been applied, so it is reconciled, never retried
+            # blindly, and the position is not left blocked.
             outcome = "uncertain"
-            await self._uncertain(job, action_id, str(exc), _ms_since(started))
+            if not isinstance(exc, ExchangeError):
+                log.exception("unexpected error sending %s on %s", intent.kind, intent.symbol)
+            await self._uncertain(job, action_id, str(exc) or type(exc).__name__,
+                                  _ms_since(started))
         else:
             latency = _ms_since(started)
-            await self._audit.record_event(action_id, intent.account_id,
-                                           EventKind.SUCCEEDED, latency_ms=latency)
+            # Applied: wait for its verification first, so an audit failure below cannot
+            # leave the position blocked (the unrecorded outcome is reconciled at start-up).
+            self._was_applied(intent)
+            self._pending[job.key] = _Pending(job, action_id, self._clock_ms(), False, sent_ms)
+            try:
+                await self._audit.record_event(action_id, intent.account_id,
+                                               EventKind.SUCCEEDED, latency_ms=latency)
+            except AuditError as exc:
+                log.error("%s on %s succeeded but was not recorded: %s", intent.kind,
+                          intent.symbol, exc)
             log.info("%s %s USDC on %s by %s: done in %d ms", intent.kind, intent.amount,
                      intent.symbol, intent.policy, latency)
             metrics.MARGIN_MOVED.labels(account=intent.account_id,
@@ -454,8 +467,6 @@ class Executor:
             self._notify(Alert(AlertKind.ACTION_TAKEN, intent.account_id, intent.symbol,
                                f"{intent.kind} {intent.amount} USDC by {intent.policy}",
                                {"amount": intent.amount, "reason": intent.reason}))
-            self._was_applied(intent)
-            self._pending[job.key] = _Pending(job, action_id, self._clock_ms(), False, sent_ms)
             seen = self._seen.pop(job.key, None)
             if seen is not None:
                 await self.observe(seen)

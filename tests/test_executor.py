@@ -65,7 +65,7 @@ class SimTime:
 class ScriptedExchange:
     """Keeps isolated margins; each adjust_margin call follows the next scripted outcome:
     "ok", "lost" (applied, answer lost), "timeout" (not applied, Uncertain), "late" (Uncertain,
-    and the exchange applies it ``late_ms`` later), "reject", "ratelimit"."""
+    and the exchange applies it ``late_ms`` later), "reject", "ratelimit", "boom" (a bug)."""
 
     def __init__(self, script: list[str] | None = None, time: SimTime | None = None,
                  late_ms: int = 2_000) -> None:
@@ -101,6 +101,8 @@ class ScriptedExchange:
             raise Rejected(-1101, "Insufficient margin after the operation.", 400)
         if outcome == "ratelimit":
             raise RateLimited("too many requests", retry_after_s=0.01)
+        if outcome == "boom":
+            raise RuntimeError("a bug below the executor")
 
     async def get_position(self, symbol: str, margin_mode: MarginMode) -> Position | None:
         now = self._now()
@@ -219,6 +221,20 @@ async def test_an_uncertain_call_on_a_position_gone_by_the_reread_stays_unknown(
     assert recorded[-1][0] == "RECONCILED"
     assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "unknown"
     assert await audit.added_since(ACCOUNT, 0) == Decimal(50)
+    assert len(exchange.calls) == 1
+
+
+async def test_an_unexpected_error_from_the_call_is_reconciled_not_left_blocking(
+    audit: AuditLog,
+) -> None:
+    exchange = ScriptedExchange(["boom"])
+    clock = SimTime()
+    executor = Executor({ACCOUNT: exchange}, audit,  # type: ignore[dict-item]
+                        clock_ms=clock.now, sleep=clock.sleep)
+    await executor.submit(job())
+    await running(executor, lambda: len(exchange.reads) == 1 and not executor.busy())
+    kinds = [kind for kind, _, _ in await events(audit)]
+    assert kinds[-2:] == ["UNCERTAIN", "RECONCILED"]
     assert len(exchange.calls) == 1
 
 
