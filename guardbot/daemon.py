@@ -295,6 +295,11 @@ class Guard:
     async def _release(self, accounts: frozenset[str]) -> None:
         self.owned = self.owned - accounts
         await asyncio.gather(*(self._release_account(account_id) for account_id in accounts))
+        # A peer acts on them now: if they come back, cooldowns and net margin added are
+        # read again from the audit log (which the take-over reloads), not from our memory.
+        for cache in (self._last_action, self._net_added):
+            for key in [k for k in cache if k[0] in accounts]:
+                del cache[key]
 
     async def _release_account(self, account_id: str) -> None:
         async with self._locks[account_id]:  # an evaluation of it may be deciding right now

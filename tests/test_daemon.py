@@ -327,8 +327,11 @@ async def test_giving_an_account_away_records_its_queued_actions_as_not_sent(
              ).raise_for_status()
         await guard.on_snapshot(await ex.get_positions())
         assert guard.executor.busy(), "an ADD is queued (the workers are not running)"
+        assert any(key[0] == ex.account_id for key in guard._last_action)
         await guard.set_owned(frozenset())
         assert guard.executor.busy() == frozenset()
+        # If the account comes back, its cooldowns are read again from the audit log.
+        assert not any(key[0] == ex.account_id for key in guard._last_action)
         await audit.flush(5)
         with audit.engine.connect() as connection:
             action_id = connection.execute(text("SELECT id FROM actions")).scalar_one()
