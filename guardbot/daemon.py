@@ -615,7 +615,7 @@ class Guard:
             intent = replace(intent, amount=decision.amount)
         job = Job(intent, view.position, data_age_ms=view.age_ms,
                   liquidation_price=view.liquidation_price, distance=view.distance,
-                  dry_run=decision.dry_run)
+                  dry_run=decision.dry_run, measured_ms=now)
         if decision.approved:
             submitted = await self.executor.submit(job)
             if submitted is not None and job.dry_run:

@@ -90,6 +90,9 @@ class Job:
     liquidation_price: Decimal | None = None
     distance: Decimal | None = None
     dry_run: bool = False
+    # When ``data_age_ms`` was measured; the data keeps ageing through the rest of the
+    # evaluation, the audit write and the queue (default: from when it was queued).
+    measured_ms: int | None = None
 
     @property
     def key(self) -> PositionKey:
@@ -392,7 +395,8 @@ class Executor:
                                            message="not sent: stopping")
             self._busy.discard(job.key)
             return
-        age_ms = job.data_age_ms + self._clock_ms() - queued_ms
+        since = queued_ms if job.measured_ms is None else min(job.measured_ms, queued_ms)
+        age_ms = job.data_age_ms + self._clock_ms() - since
         if self._max_data_age_ms is not None and age_ms > self._max_data_age_ms:
             # Never act on stale data (design.md): the guard re-decides on fresh data.
             await self._audit.record_event(

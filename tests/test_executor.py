@@ -537,3 +537,19 @@ async def test_release_records_queued_actions_and_waits_for_calls_on_the_wire(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_time_spent_deciding_counts_towards_the_data_age(audit: AuditLog) -> None:
+    """Measured at the start of a slow evaluation (audit reads while the database is
+    gone), then queued: the data's age at dequeue includes the evaluation time."""
+    clock = SimTime()
+    exchange = ScriptedExchange()
+    executor = Executor({ACCOUNT: exchange}, audit, clock_ms=clock.now,  # type: ignore[dict-item]
+                        max_data_age_ms=1_000)
+    measured = clock.now()
+    clock.ms += 900  # the rest of the evaluation
+    await executor.submit(replace(job(), measured_ms=measured))
+    clock.ms += 200  # queued: 5 + 900 + 200 ms in all
+    await running(executor, lambda: not executor.busy())
+    assert exchange.calls == []
+    assert (await events(audit))[-1][0] == "FAILED"
