@@ -190,15 +190,20 @@ async def test_a_lost_answer_is_reconciled_as_applied_and_never_retried(audit: A
     assert executor.busy() == frozenset()
 
 
+async def reconciled(exchange: ScriptedExchange, audit: AuditLog, submitted: Job) -> None:
+    """Submit one job on simulated time and run until its outcome has been re-read."""
+    clock = SimTime()
+    executor = Executor({ACCOUNT: exchange}, audit,  # type: ignore[dict-item]
+                        clock_ms=clock.now, sleep=clock.sleep)
+    await executor.submit(submitted)
+    await running(executor, lambda: len(exchange.reads) == 1 and not executor.busy())
+
+
 async def test_an_uncertain_call_that_did_not_apply_is_reconciled_as_not_applied(
     audit: AuditLog,
 ) -> None:
     exchange = ScriptedExchange(["timeout"])
-    clock = SimTime()
-    executor = Executor({ACCOUNT: exchange}, audit,  # type: ignore[dict-item]
-                        clock_ms=clock.now, sleep=clock.sleep)
-    await executor.submit(job())
-    await running(executor, lambda: len(exchange.reads) == 1 and not executor.busy())
+    await reconciled(exchange, audit, job())
     recorded = await events(audit)
     assert recorded[-1][0] == "RECONCILED"
     assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "false"
@@ -212,11 +217,7 @@ async def test_an_uncertain_call_on_a_position_gone_by_the_reread_stays_unknown(
     landed, so the record says unknown (never "not applied") and the budget keeps it."""
     exchange = ScriptedExchange(["lost"])
     exchange.closed.add("PERP_ETH_USDC")
-    clock = SimTime()
-    executor = Executor({ACCOUNT: exchange}, audit,  # type: ignore[dict-item]
-                        clock_ms=clock.now, sleep=clock.sleep)
-    await executor.submit(job(amount="50"))
-    await running(executor, lambda: len(exchange.reads) == 1 and not executor.busy())
+    await reconciled(exchange, audit, job(amount="50"))
     recorded = await events(audit)
     assert recorded[-1][0] == "RECONCILED"
     assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "unknown"
@@ -228,11 +229,7 @@ async def test_an_unexpected_error_from_the_call_is_reconciled_not_left_blocking
     audit: AuditLog,
 ) -> None:
     exchange = ScriptedExchange(["boom"])
-    clock = SimTime()
-    executor = Executor({ACCOUNT: exchange}, audit,  # type: ignore[dict-item]
-                        clock_ms=clock.now, sleep=clock.sleep)
-    await executor.submit(job())
-    await running(executor, lambda: len(exchange.reads) == 1 and not executor.busy())
+    await reconciled(exchange, audit, job())
     kinds = [kind for kind, _, _ in await events(audit)]
     assert kinds[-2:] == ["UNCERTAIN", "RECONCILED"]
     assert len(exchange.calls) == 1
