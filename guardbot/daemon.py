@@ -265,17 +265,13 @@ class Guard:
         first = next(iter(self.exchanges.values()))
         self.rules = await first.get_symbol_rules()
 
-    async def set_owned(self, owned: frozenset[str]) -> None:
-        """Follow ``AccountOwnership``: stop acting on accounts given away at once, and stop
-        the executor's work on them (queued actions are recorded as not sent, calls on the
-        wire and reconciles finish) before returning; hand a newly taken account's
-        unfinished actions (its last guard may have died mid-call) to the executor to
-        reconcile before acting on it."""
-        await self.follow(lambda: owned)
-
     async def follow(self, current: Callable[[], frozenset[str]]) -> None:
-        """``set_owned`` with the target read under the ownership lock, so a target that
-        changed while we waited for the lock is never applied stale."""
+        """Follow ``AccountOwnership`` to the set ``current()`` returns, read under the
+        ownership lock so a target that changed while we waited is never applied stale.
+        Stop acting on accounts given away at once, and stop the executor's work on them
+        (queued actions are recorded as not sent, calls on the wire and reconciles finish)
+        before returning; hand a newly taken account's unfinished actions (its last guard
+        may have died mid-call) to the executor to reconcile before acting on it."""
         async with self._ownership_lock:
             owned = current()
             gained = owned - self.owned

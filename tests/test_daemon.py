@@ -328,7 +328,7 @@ async def test_giving_an_account_away_records_its_queued_actions_as_not_sent(
         await guard.on_snapshot(await ex.get_positions())
         assert guard.executor.busy(), "an ADD is queued (the workers are not running)"
         assert any(key[0] == ex.account_id for key in guard._last_action)
-        await guard.set_owned(frozenset())
+        await guard.follow(lambda: frozenset())  # give every account away
         assert guard.executor.busy() == frozenset()
         # If the account comes back, its cooldowns are read again from the audit log.
         assert not any(key[0] == ex.account_id for key in guard._last_action)
@@ -493,7 +493,7 @@ async def test_a_take_over_applies_the_ownership_target_current_when_it_runs(
     """A take-over waiting behind a release must not re-add an account that was given away
     while it waited: the target is read under the ownership lock, not before it."""
     async with started_guard(sim, sim_account, tmp_path) as (guard, _audit, ex):
-        await guard.set_owned(frozenset())
+        await guard.follow(lambda: frozenset())  # give every account away
         target = [frozenset({ex.account_id})]
         async with guard._ownership_lock:  # a release in progress
             taking = asyncio.create_task(guard.follow(lambda: target[0]))
