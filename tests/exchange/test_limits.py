@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from guardbot.clock import ManualClock
 from guardbot.exchange.limits import (
     DEFAULT_LIMIT,
     LIMITS,
@@ -113,3 +114,27 @@ def test_backoff_table() -> None:
 )
 def test_retry_delay(backoff_s: float, retry_after_s: float | None, expected: float) -> None:
     assert retry_delay(backoff_s, retry_after_s) == expected
+
+
+async def test_waiters_pass_in_arrival_order_on_the_injected_clock() -> None:
+    """The executor dispatches the most endangered position's call first; the limiter must
+    not reorder calls waiting for the same window (asyncio-throttle's polling did)."""
+    clock = ManualClock()
+    limiter = RateLimiter({"E": Limit(2, 1.0)}, clock=clock)
+    passed: list[int] = []
+
+    async def call(index: int) -> None:
+        await limiter.acquire("E", "k", Priority.URGENT)
+        passed.append(index)
+
+    tasks = [asyncio.create_task(call(i)) for i in range(6)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert passed == [0, 1], "two per window"
+    clock.advance(1.1)  # one window (with its slack)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert passed == [0, 1, 2, 3]
+    clock.advance(1.1)
+    await asyncio.gather(*tasks)
+    assert passed == [0, 1, 2, 3, 4, 5]
