@@ -1,8 +1,8 @@
 """The arbiter: turns policy intents into at most one action per position, or refusals.
 
-Pure: everything it knows comes in ``ArbiterState`` (built by the daemon, with the day's
-spending derived from the audit log so that restarts never reset a budget, design.md). Every
-intent gets a ``Decision``, approved or refused with a reason, and the executor audits both.
+Pure: everything it knows comes in ``ArbiterState`` (built by the guard from the budget
+ledger, which is derived from the audit log so that restarts never reset a budget). Every
+intent gets a ``Decision``, approved or refused with a ``Refusal`` and a reason.
 
 Rules, in the order they are applied to each position:
 
@@ -10,15 +10,22 @@ Rules, in the order they are applied to each position:
    beats a sweep), then by urgency (lower = more endangered), then larger amount first; the
    first intent of a position is considered and the others are refused.
 2. Kill switch: everything is refused.
-3. In flight: a position with an action still unresolved gets nothing more (no double
-   top-up while the outcome of the last one is unknown).
+3. Blocked: a position with an action queued or on the wire, or held back after a
+   rejection, gets nothing more. A position whose earlier calls are not settled yet (their
+   answer was lost, or no snapshot shows them yet) gets only a *rescue* ADD (one a policy
+   marks ``rescue``: the position is below its trigger), and at most ``MAX_UNSETTLED``
+   calls wait at once. The unsettled ADDs already count as spent in the budgets, so the
+   worst a lost answer costs is extra margin inside the budget, never a rescue
+   (docs/architecture.md, "Rescues").
 4. REDUCE floor: a REDUCE that would leave the position closer to liquidation than the
    highest ``add_target`` of the policies on it (``Intent.add_floor`` and
    ``distance_after``, set by the policy runner) is refused: a top-up would add the margin
    straight back. Clipping (rule 6) only shrinks a REDUCE, so checking the asked amount is
    enough.
-5. Cooldown (``budgets.cooldown_s``) since the position's last action. An ADD right after
-   a REDUCE is exempt: a sweep must never stand in the way of a rescue.
+5. Cooldown (``budgets.cooldown_s``) since the position's last action. It damps flapping,
+   sweeps and repeated actions above the trigger; it never refuses a rescue ADD, and an ADD
+   right after a REDUCE is exempt too (a sweep must never stand in the way of a top-up).
+   Below the trigger only the budgets and the free balance limit an ADD.
 6. Amount. Both kinds are clipped to ``per_action``. An ADD is further clipped to what is
    left of ``per_position_per_day`` and ``per_account_per_day`` and to the free balance
    above ``reserve`` (counting what this same round already approved, most endangered
@@ -34,6 +41,7 @@ follow.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -41,6 +49,31 @@ from decimal import Decimal
 from guardbot.config import BudgetSettings
 from guardbot.domain import ZERO, ActionKind, Intent, PositionKey
 from guardbot.risk import DISTANCE_TOLERANCE, round_down, round_up
+from guardbot.settlement import MAX_UNSETTLED
+
+
+class Refusal(enum.StrEnum):
+    """Why an intent was refused. ``routine`` ones are the normal pacing of the guard (not
+    audited, not alerted); the others are news."""
+
+    OUTRANKED = "outranked"  # another intent for the position ranks first
+    KILL_SWITCH = "kill_switch"
+    BLOCKED = "blocked"  # queued, on the wire, or held back after a rejection
+    UNSETTLED = "unsettled"  # earlier calls unsettled, and this is no rescue
+    NOT_POSITIVE = "not_positive"
+    REDUCE_FLOOR = "reduce_floor"
+    COOLDOWN = "cooldown"
+    BALANCE_UNKNOWN = "balance_unknown"
+    BUDGET = "budget"  # a daily budget left less than the minimum
+    BALANCE = "balance"  # the free balance above the reserve left less than the minimum
+    BELOW_MINIMUM = "below_minimum"
+
+    @property
+    def routine(self) -> bool:
+        return self in _ROUTINE
+
+
+_ROUTINE = frozenset({Refusal.OUTRANKED, Refusal.BLOCKED, Refusal.UNSETTLED, Refusal.COOLDOWN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +92,10 @@ class ArbiterState:
     now_ms: int
     # free USDC balance per account id; an account missing here has an unknown balance
     free_balance: Mapping[str, Decimal] = field(default_factory=dict)
-    in_flight: frozenset[PositionKey] = frozenset()
+    # queued, on the wire, or held back: nothing more for these
+    blocked: frozenset[PositionKey] = frozenset()
+    # how many calls on each position are not settled yet
+    unsettled: Mapping[PositionKey, int] = field(default_factory=dict)
     last_action: Mapping[PositionKey, LastAction] = field(default_factory=dict)
     added_today_by_position: Mapping[PositionKey, Decimal] = field(default_factory=dict)
     added_today_by_account: Mapping[str, Decimal] = field(default_factory=dict)
@@ -76,6 +112,7 @@ class Decision:
     amount: Decimal
     reason: str
     dry_run: bool = False
+    refusal: Refusal | None = None
 
     @property
     def key(self) -> PositionKey:
@@ -102,7 +139,8 @@ class Arbiter:
         refused: list[Decision] = []
         for intent in ranked:
             if intent.key in decided:
-                refused.append(_refuse(intent, "another intent for this position ranks first"))
+                refused.append(_refuse(intent, Refusal.OUTRANKED,
+                                       "another intent for this position ranks first"))
                 continue
             decided.add(intent.key)
             decision = self._decide_one(intent, state, spent_by_account)
@@ -121,12 +159,22 @@ class Arbiter:
         self, intent: Intent, state: ArbiterState, spent_by_account: Mapping[str, Decimal]
     ) -> Decision:
         budgets = self.budgets
+        rescue = intent.rescue and intent.kind is ActionKind.ADD
         if state.kill_switch:
-            return _refuse(intent, "kill switch engaged: no new actions")
-        if intent.key in state.in_flight:
-            return _refuse(intent, "an action on this position is still in flight")
+            return _refuse(intent, Refusal.KILL_SWITCH, "kill switch engaged: no new actions")
+        if intent.key in state.blocked:
+            return _refuse(intent, Refusal.BLOCKED,
+                           "an action on this position is queued, on the wire or held back")
+        unsettled = state.unsettled.get(intent.key, 0)
+        if unsettled and not rescue:
+            return _refuse(intent, Refusal.UNSETTLED,
+                           f"{unsettled} earlier call(s) on this position not settled yet")
+        if unsettled >= MAX_UNSETTLED:
+            return _refuse(intent, Refusal.UNSETTLED,
+                           f"{unsettled} earlier calls on this position not settled yet: "
+                           "no more until some are")
         if intent.amount <= 0:
-            return _refuse(intent, f"amount {intent.amount} is not positive")
+            return _refuse(intent, Refusal.NOT_POSITIVE, f"amount {intent.amount} is not positive")
         floor, after = intent.add_floor, intent.distance_after
         if (
             intent.kind is ActionKind.REDUCE
@@ -136,24 +184,28 @@ class Arbiter:
         ):
             return _refuse(
                 intent,
+                Refusal.REDUCE_FLOOR,
                 f"a REDUCE of {intent.amount} would leave distance {after:.4f}, below the "
                 f"top-up target {floor}: it would be added straight back",
             )
         last = state.last_action.get(intent.key)
         cooldown_ms = int(budgets.cooldown_s * 1000)
-        rescue_after_sweep = (
+        add_after_sweep = (
             last is not None and last.kind is ActionKind.REDUCE and intent.kind is ActionKind.ADD
         )
-        if last is not None and not rescue_after_sweep:
+        if last is not None and not rescue and not add_after_sweep:
             waited_ms = state.now_ms - last.at_ms
             if waited_ms < cooldown_ms:
                 return _refuse(
                     intent,
+                    Refusal.COOLDOWN,
                     f"cooldown: last {last.kind} {waited_ms / 1000:.1f} s ago, "
                     f"cooldown {budgets.cooldown_s:g} s",
                 )
 
-        limits = [(budgets.per_action, f"per-action cap {budgets.per_action}")]
+        limits: list[tuple[Decimal, str, Refusal | None]] = [
+            (budgets.per_action, f"per-action cap {budgets.per_action}", None)
+        ]
         if intent.kind is ActionKind.ADD:
             account = intent.account_id
             position_left = budgets.per_position_per_day - state.added_today_by_position.get(
@@ -164,35 +216,42 @@ class Arbiter:
                 - state.added_today_by_account.get(account, ZERO)
                 - spent_by_account.get(account, ZERO)
             )
-            limits.append((position_left, f"position daily budget left {position_left}"))
-            limits.append((account_left, f"account daily budget left {account_left}"))
+            limits.append((position_left, f"position daily budget left {position_left}",
+                           Refusal.BUDGET))
+            limits.append((account_left, f"account daily budget left {account_left}",
+                           Refusal.BUDGET))
             balance = state.free_balance.get(account)
             if balance is None:
                 if budgets.reserve > 0:
                     return _refuse(
-                        intent, f"free balance unknown: cannot keep the reserve {budgets.reserve}"
+                        intent, Refusal.BALANCE_UNKNOWN,
+                        f"free balance unknown: cannot keep the reserve {budgets.reserve}"
                     )
             else:
                 spendable = balance - budgets.reserve - spent_by_account.get(account, ZERO)
                 limits.append(
-                    (spendable, f"free balance above reserve {budgets.reserve} is {spendable}")
+                    (spendable, f"free balance above reserve {budgets.reserve} is {spendable}",
+                     Refusal.BALANCE)
                 )
 
         amount = intent.amount
         clips = []
-        for limit, description in limits:
+        binding = Refusal.BELOW_MINIMUM
+        for limit, description, refusal in limits:
             if amount > limit:
                 amount = max(limit, ZERO)
                 clips.append(description)
+                binding = refusal or binding
         if intent.kind is ActionKind.ADD and not clips:
             rounded = round_up(amount)
-            amount = rounded if all(rounded <= limit for limit, _ in limits) else round_down(amount)
+            amount = rounded if all(rounded <= lim for lim, _, _ in limits) else round_down(amount)
         else:
             amount = round_down(amount)
         if amount < budgets.min_amount:
             because = f" ({'; '.join(clips)})" if clips else ""
             return _refuse(
-                intent, f"amount {amount} is below the minimum {budgets.min_amount}{because}"
+                intent, binding,
+                f"amount {amount} is below the minimum {budgets.min_amount}{because}"
             )
         notes = [f"clipped from {intent.amount} to {amount}: {'; '.join(clips)}"] if clips else []
         if self.dry_run:
@@ -206,5 +265,5 @@ def _rank(intent: Intent) -> tuple[bool, Decimal, Decimal]:
     return (intent.kind is not ActionKind.ADD, intent.urgency, -intent.amount)
 
 
-def _refuse(intent: Intent, reason: str) -> Decision:
-    return Decision(intent, approved=False, amount=ZERO, reason=reason)
+def _refuse(intent: Intent, refusal: Refusal, reason: str) -> Decision:
+    return Decision(intent, approved=False, amount=ZERO, reason=reason, refusal=refusal)

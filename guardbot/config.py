@@ -92,6 +92,11 @@ class ExchangeSettings(_Section):
     public_ws_url: str | None = None
     private_ws_url: str | None = None
     timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # POST /v1/position_margin answers in well under a second when the exchange is healthy;
+    # waiting the general timeout for it delays the next rescue of a position in danger
+    # (docs/architecture.md, "Rescues"). A call that times out is uncertain and is settled
+    # from evidence, never retried blindly.
+    margin_timeout_s: float = Field(default=2.0, gt=0, le=60)
 
     def urls(self) -> dict[str, str]:
         """The preset's URLs with any explicit override applied. WS URLs keep the

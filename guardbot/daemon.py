@@ -30,17 +30,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from guardbot import __version__, metrics
 from guardbot.alerts import Alert, Alerter, AlertKind
-from guardbot.arbiter import Arbiter, ArbiterState, Decision, LastAction
+from guardbot.arbiter import Arbiter, ArbiterState, Decision, LastAction, Refusal
 from guardbot.audit import chain
 from guardbot.audit.store import (
     NOT_APPLIED,
-    ActionRecord,
     AuditError,
     AuditLog,
     EventKind,
@@ -48,6 +48,7 @@ from guardbot.audit.store import (
 )
 from guardbot.audit.tables import Action, ActionEvent, Observation
 from guardbot.book import PositionBook
+from guardbot.clock import SYSTEM_CLOCK, Clock
 from guardbot.config import ConfigError, Settings
 from guardbot.domain import (
     AccountSnapshot,
@@ -56,7 +57,6 @@ from guardbot.domain import (
     MarkPrice,
     Position,
     PositionKey,
-    Source,
     SymbolRules,
 )
 from guardbot.exchange.errors import (
@@ -84,6 +84,7 @@ from guardbot.policies.base import PolicyContext, PositionView
 from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.loader import load_policies as _load_policies
 from guardbot.policies.runner import evaluate_policies
+from guardbot.settlement import Settlement
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,6 @@ REPEAT_AUDIT_MS = 60_000
 # A position is "near its trigger" (polled fast) within this factor of the smallest trigger.
 URGENT_FACTOR = Decimal(2)
 DEFAULT_TRIGGER = Decimal("0.05")
-# Arbiter refusals that are part of normal pacing, not news (guardbot.arbiter reasons).
-ROUTINE_REFUSALS = ("cooldown", "another intent", "an action on this position")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class StartupError(Exception):
     """The guard cannot start; the message says what the operator must do."""
 
@@ -155,7 +148,7 @@ class Guard:
         account_names: Mapping[str, str] | None = None,
         owned: frozenset[str] | None = None,
         notify: Callable[[Alert], None] | None = None,
-        clock_ms: Callable[[], int] = now_ms,
+        clock: Clock = SYSTEM_CLOCK,
         public_stream: bool = True,
     ) -> None:
         self.settings = settings
@@ -170,14 +163,18 @@ class Guard:
         # Margin the guard added minus margin it swept, per position (audit log, then kept
         # current here); policies see it as ctx.net_added / ctx.original_margin.
         self._net_added: dict[PositionKey, Decimal] = {}
-        self.clock_ms = clock_ms
+        self.clock = clock
         self.book = PositionBook()
         self.arbiter = Arbiter(settings.budgets, dry_run=settings.guard.dry_run)
         self._max_age_ms = int(settings.poll.max_data_age_s * 1000)
-        self._read_timeout_ms = int(settings.exchange.timeout_s * 1000) + 1000
+        # A call whose answer we gave up on may land until the client's longest timeout
+        # (plus slack) has passed.
+        self._read_timeout_ms = int(
+            max(settings.exchange.timeout_s, settings.exchange.margin_timeout_s) * 1000) + 1000
         self.executor = Executor(
-            self.exchanges, audit, on_reread=self._on_reread, notify=self.notify,
-            on_applied=self._applied, clock_ms=clock_ms, read_timeout_ms=self._read_timeout_ms,
+            self.exchanges, audit, clock=clock,
+            settlement=Settlement(settle_window_ms=self._read_timeout_ms),
+            on_reread=self._on_reread, notify=self.notify, on_applied=self._applied,
             max_data_age_ms=self._max_age_ms,
             reject_backoff_ms=max(int(settings.budgets.cooldown_s * 1000), REJECT_BACKOFF_MS))
         self.poller = Poller(
@@ -303,7 +300,7 @@ class Guard:
 
     def readiness(self) -> Readiness:
         """What ``/readyz`` reports: per owned account, how old its data is."""
-        now = self.clock_ms()
+        now = self.clock.now_ms()
         accounts = []
         for account_id in sorted(self.owned):
             ages = [self.book.age_ms(p.key, now) or 0
@@ -327,7 +324,7 @@ class Guard:
         until a read received a full read timeout from now (the dead process's call may
         still be landing) says whether it was applied, as for its own uncertain calls."""
         unfinished = await self.audit.unfinished_actions(accounts)
-        now = self.clock_ms()
+        now = self.clock.now_ms()
         for action in unfinished:
             record = action.record
             if record.account_id not in self.exchanges:
@@ -340,7 +337,7 @@ class Guard:
                 continue
             log.info("reconciling unfinished action %s on %s %s", action.action_id,
                      record.account_id, record.symbol)
-            self.executor.reconcile(_job_of(record), action.action_id, now)
+            self.executor.adopt(action.action_id, record, now)
 
     async def _housekeeping(self) -> None:
         ticks = 0
@@ -357,7 +354,7 @@ class Guard:
                     await self.refresh_rules()
                 except ExchangeError as exc:
                     log.warning("could not refresh symbol rules: %s", exc)
-            now = self.clock_ms()
+            now = self.clock.now_ms()
             for account_id in self.exchanges:
                 ages = [self.book.age_ms(p.key, now) or 0
                         for p in self.book.isolated_positions(account_id)]
@@ -421,8 +418,11 @@ class Guard:
 
     async def _closed(self, key: PositionKey) -> None:
         """An isolated position left the book: closed by its owner or liquidated."""
-        await self.executor.forget(key)
-        self._net_added.pop(key, None)
+        # A new position on the symbol starts with nothing of this one: no cooldown, no
+        # hold-back, no unsettled call, no net margin added.
+        await self.executor.closed(key)
+        self._net_added[key] = Decimal(0)
+        self._last_action[key] = None
         await self.audit.record_observation(key[0], key[1], "position_closed",
                                             {"margin_mode": key[2].value})
         self.notify(Alert(AlertKind.LIQUIDATION, self.account_names.get(key[0], key[0]), key[1],
@@ -447,14 +447,14 @@ class Guard:
                 log.error("evaluation of %s failed: %s", account_id, exc)
 
     async def _evaluate(self, account_id: str) -> None:
-        now = self.clock_ms()
-        busy = self.executor.busy()
+        now = self.clock.now_ms()
+        blocked = self.executor.blocked()
         views: dict[PositionKey, PositionView] = {}
         intents: list[Intent] = []
         urgent = False
         for position in self.book.isolated_positions(account_id):
             try:
-                view, found = await self._evaluate_position(position, busy, now)
+                view, found = await self._evaluate_position(position, blocked, now)
             except (AuditError, ExchangeError):
                 raise  # the whole round: nothing of this account can be trusted now
             except Exception as exc:
@@ -475,7 +475,7 @@ class Guard:
             self._urgent.discard(account_id)
         if not intents:
             return
-        state, unknown = await self._arbiter_state(account_id, now, busy)
+        state, unknown = await self._arbiter_state(account_id, now, blocked)
         for intent in [i for i in intents if i.key in unknown and i.kind is ActionKind.REDUCE]:
             # Its last action cannot be read: a sweep could undo a recent top-up. ADDs go on,
             # within the budgets, which the ledger knows.
@@ -487,10 +487,10 @@ class Guard:
         await asyncio.gather(*(self._act(d, views, now) for d in decisions))
 
     async def _evaluate_position(
-        self, position: Position, busy: frozenset[PositionKey], now: int
+        self, position: Position, blocked: frozenset[PositionKey], now: int
     ) -> tuple[PositionView | None, list[Intent]]:
         """The position's view (``None``: not guarded now) and its policies' intents (none
-        while it is busy or its data is stale)."""
+        while it is blocked or its data is stale or not yet fresh enough)."""
         account_id = position.account_id
         rules = self.rules.get(position.symbol)
         age = self.book.age_ms(position.key, now)
@@ -498,8 +498,19 @@ class Guard:
             self._say_once(("no rules", position.symbol), now,
                            "no symbol rules for %s: not guarded", position.symbol)
             return None, []
+        settlement = self.executor.settlement
+        known = settlement.known_effect(position.key)
+        if known:
+            # Calls the exchange confirmed that no snapshot shows yet: deciding on the
+            # snapshot's margin alone would add what is already there.
+            position = replace(position, margin=position.margin + known)
         view = PositionView.of(position, rules, age)
-        if position.key in busy:
+        if position.key in blocked:
+            return view, []
+        evidence_after = settlement.evidence_after(position.key)
+        if evidence_after is not None and now - age <= evidence_after:
+            # A call's answer was lost: only data the exchange confirmed since can show it
+            # did not land yet. The executor reads it at once; decide on that.
             return view, []
         if age > self._max_age_ms:
             # Never act on stale data (design.md): wait for the poller to refresh it.
@@ -548,15 +559,14 @@ class Guard:
             net_added=net_added or Decimal(0),
         )
 
-    def _applied(self, intent: Intent) -> None:
-        """The executor saw an action applied (succeeded, or reconciled as applied)."""
-        self._last_action[intent.key] = LastAction(self.clock_ms(), intent.kind)
-        if intent.key in self._net_added:
-            sign = 1 if intent.kind is ActionKind.ADD else -1
-            self._net_added[intent.key] += sign * intent.amount
+    def _applied(self, key: PositionKey, kind: ActionKind, amount: Decimal) -> None:
+        """The executor saw a call applied (succeeded, or reconciled as applied)."""
+        self._last_action[key] = LastAction(self.clock.now_ms(), kind)
+        if key in self._net_added:
+            self._net_added[key] += amount if kind is ActionKind.ADD else -amount
 
     async def _arbiter_state(
-        self, account_id: str, now: int, busy: frozenset[PositionKey]
+        self, account_id: str, now: int, blocked: frozenset[PositionKey]
     ) -> tuple[ArbiterState, frozenset[PositionKey]]:
         """What the arbiter needs, and the positions whose last action is unknown (first
         seen while the audit database cannot be read): no cooldown is known for them."""
@@ -595,7 +605,8 @@ class Guard:
         return ArbiterState(
             now_ms=now,
             free_balance={} if balance is None else {account_id: balance},
-            in_flight=busy,
+            blocked=blocked,
+            unsettled={key: n for key in keys if (n := self.executor.settlement.unsettled(key))},
             last_action=last_action,
             added_today_by_position=added_by_position,
             added_today_by_account={account_id: added_today},
@@ -620,17 +631,17 @@ class Guard:
             return
         # Refusals are audited as SKIPPED actions, once a minute per position and reason;
         # routine ones (cooldown, ranking) are not, or they would restart the cooldown.
-        if decision.reason.startswith(ROUTINE_REFUSALS):
+        refusal = decision.refusal
+        if refusal is None or refusal.routine:
             return
-        topic = decision.reason.split(":")[0]
-        if not self._say_once(("refused", *intent.key, topic), now,
+        if not self._say_once(("refused", *intent.key, refusal.value), now,
                               "%s %s %s refused: %s", intent.kind, intent.amount,
                               intent.symbol, decision.reason):
             return
-        action_id = await self.audit.record_action(_record_of(job))
+        action_id = await self.audit.record_action(job.record())
         await self.audit.record_event(action_id, intent.account_id, EventKind.SKIPPED,
                                       message=decision.reason)
-        if "budget" in decision.reason:
+        if refusal is Refusal.BUDGET:
             self.notify(Alert(AlertKind.BUDGET_EXHAUSTED,
                               self.account_names.get(intent.account_id, intent.account_id),
                               intent.symbol, f"{intent.kind} refused: {decision.reason}",
@@ -654,16 +665,23 @@ class Guard:
         return True
 
 
-def net_added_from_audit(engine: Engine, key: PositionKey) -> Decimal:
-    """Margin the guard added minus margin it swept on this position (applied, not dry-run)
-    since the guard last saw it closed: a reopened position starts from zero."""
-    account_id, symbol, mode = key
-    closed = (
+def _closed_since(key: PositionKey) -> Any:
+    """When the guard last saw this position closed (``NULL``: never): a position opened
+    since is a new one, and nothing before counts for it."""
+    account_id, symbol, _ = key
+    return (
         select(func.max(Observation.time))
         .where(Observation.account_id == account_id, Observation.symbol == symbol,
                Observation.kind == "position_closed")
         .scalar_subquery()
     )
+
+
+def net_added_from_audit(engine: Engine, key: PositionKey) -> Decimal:
+    """Margin the guard added minus margin it swept on this position (applied, not dry-run)
+    since the guard last saw it closed: a reopened position starts from zero."""
+    account_id, symbol, mode = key
+    closed = _closed_since(key)
     query = (
         select(Action.id, Action.kind, Action.amount, ActionEvent.kind.label("event"),
                ActionEvent.detail)
@@ -686,15 +704,18 @@ def last_moved_from_audit(
 ) -> LastAction | None:
     """The newest action on this position since ``since_ms`` that may have moved money
     (not rejected, skipped, failed or reconciled as not applied; dry-run ones only when
-    ``dry_run``, for pacing): what a cooldown counts from after a restart."""
+    ``dry_run``, for pacing), and since the position was last seen closed (a new position
+    inherits no cooldown): what a cooldown counts from after a restart."""
     account_id, symbol, mode = key
+    closed = _closed_since(key)
     query = (
         select(Action.id, Action.time, Action.kind, ActionEvent.kind.label("event"),
                ActionEvent.detail)
         .outerjoin(ActionEvent, ActionEvent.action_id == Action.id)
         .where(Action.account_id == account_id, Action.symbol == symbol,
                Action.margin_mode == mode.value, Action.dry_run.is_(dry_run),
-               Action.time >= chain.from_ms(since_ms))
+               Action.time >= chain.from_ms(since_ms),
+               or_(closed.is_(None), Action.time > closed))
     )
     moved: dict[str, LastAction] = {}
     refuted: set[str] = set()
@@ -729,33 +750,6 @@ def _smallest_trigger(policies: Sequence[LoadedPolicy]) -> Decimal:
         if isinstance(trigger := getattr(loaded.policy, "trigger", None), Decimal)
     ]
     return min(triggers, default=DEFAULT_TRIGGER)
-
-
-def _record_of(job: Job) -> ActionRecord:
-    intent, position = job.intent, job.position
-    return ActionRecord(
-        account_id=intent.account_id, symbol=intent.symbol,
-        margin_mode=position.margin_mode, policy=intent.policy, kind=intent.kind,
-        amount=intent.amount, reason=intent.reason, dry_run=job.dry_run,
-        mark_price=position.mark_price, margin=position.margin, qty=position.qty,
-        liquidation_price=job.liquidation_price, distance=job.distance,
-        data_age_ms=job.data_age_ms, source=position.source, details=intent.details,
-    )
-
-
-def _job_of(record: ActionRecord) -> Job:
-    """Enough of a ``Job`` to compare margins when reconciling an old action."""
-    intent = Intent(record.account_id, record.symbol, record.kind, record.amount,
-                    record.policy, record.reason)
-    position = Position(
-        account_id=record.account_id, symbol=record.symbol, margin_mode=record.margin_mode,
-        qty=record.qty, average_open_price=record.mark_price, cost_position=Decimal(0),
-        mark_price=record.mark_price, margin=record.margin, leverage=1,
-        unsettled_pnl=Decimal(0), est_liq_price=None, mmr=Decimal(0), imr=Decimal(0),
-        last_sum_unitary_funding=Decimal(0), seq=None, exchange_ms=0, received_ms=0,
-        source=Source(record.source),
-    )
-    return Job(intent, position, data_age_ms=record.data_age_ms)
 
 
 async def run_daemon(

@@ -134,6 +134,9 @@ class Intent:
     reason: str
     # Lower is more urgent: the executor serves the most endangered position first.
     urgency: Decimal = ZERO
+    # An ADD answering danger (the position is below the policy's trigger): no cooldown
+    # holds it back, and it may go out while earlier calls are unsettled (arbiter rule 3).
+    rescue: bool = False
     details: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     # Set by the policy runner on a REDUCE (policies leave them alone): the highest distance
     # the ADD policies on this position restore, and the distance the REDUCE would leave

@@ -105,6 +105,7 @@ class VolTarget:
                 self.name,
                 f"distance {distance:.4f} below {trigger:.4f} (volatility target "
                 f"{target:.4f}): add {amount}",
+                rescue=True,
                 target=f"{target:.6f}",
             )
         ]

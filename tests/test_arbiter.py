@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardbot.arbiter import Arbiter, ArbiterState, Decision, LastAction
+from guardbot.arbiter import Arbiter, ArbiterState, Decision, LastAction, Refusal
 from guardbot.config import BudgetSettings
 from guardbot.domain import ActionKind, Intent, MarginMode
+from guardbot.settlement import MAX_UNSETTLED
 
 A = "0x" + "aa" * 32
 B = "0x" + "bb" * 32
@@ -120,7 +121,7 @@ def test_an_unclipped_add_is_never_rounded_up_past_a_cap() -> None:
     [
         (intent(), {"kill_switch": True}, "kill switch engaged: no new actions"),
         (intent(REDUCE), {"kill_switch": True}, "kill switch engaged"),
-        (intent(), {"in_flight": frozenset({key()})}, "an action on this position is still in"),
+        (intent(), {"blocked": frozenset({key()})}, "an action on this position is queued"),
         (
             intent(),
             {"last_action": {key(): LastAction(NOW - 12_000, ADD)}},
@@ -161,6 +162,50 @@ def test_refusals(the_intent: Intent, changes: dict[str, Any], reason: str) -> N
     assert not decision.approved
     assert decision.amount == 0
     assert decision.reason.startswith(reason), decision.reason
+    assert decision.refusal is not None
+
+
+def rescue(amount: str = "50", **changes: Any) -> Intent:
+    return replace(intent(amount=amount, **changes), rescue=True)
+
+
+@pytest.mark.parametrize("last", [LastAction(NOW - 1, ADD), LastAction(NOW - 1, REDUCE)])
+def test_a_cooldown_never_refuses_a_rescue(last: LastAction) -> None:
+    """Below its trigger a position gets its top-up however recent the last action was:
+    only the budgets and the free balance limit it."""
+    decision = only(decide(rescue(), last_action={key(): last}))
+    assert decision.approved, decision.reason
+
+
+def test_a_rescue_is_still_bound_by_the_budgets_and_the_balance() -> None:
+    spent = only(decide(rescue(), last_action={key(): LastAction(NOW - 1, ADD)},
+                        added_today_by_position={key(): D(3000)}))
+    assert (spent.approved, spent.refusal) == (False, Refusal.BUDGET)
+    poor = only(decide(rescue(), free_balance={A: D("100.5")}))
+    assert (poor.approved, poor.refusal) == (False, Refusal.BALANCE)
+
+
+def test_unsettled_calls_let_only_a_rescue_through() -> None:
+    """An earlier call's answer was lost (or no snapshot shows it yet): a rescue may still
+    go out, counting that call as spent; anything else waits for it to settle."""
+    unsettled = {key(): 1}
+    assert only(decide(rescue(), unsettled=unsettled)).approved
+    for other in (intent(), intent(REDUCE, urgency="1.5", policy="sweep")):
+        decision = only(decide(other, unsettled=unsettled))
+        assert (decision.approved, decision.refusal) == (False, Refusal.UNSETTLED)
+        assert decision.refusal.routine
+    many = only(decide(rescue(), unsettled={key(): MAX_UNSETTLED}))
+    assert (many.approved, many.refusal) == (False, Refusal.UNSETTLED)
+
+
+def test_a_rescue_is_refused_while_the_position_is_blocked() -> None:
+    decision = only(decide(rescue(), blocked=frozenset({key()})))
+    assert (decision.approved, decision.refusal) == (False, Refusal.BLOCKED)
+
+
+def test_routine_refusals_are_pacing_the_rest_are_news() -> None:
+    assert {r for r in Refusal if r.routine} == {
+        Refusal.OUTRANKED, Refusal.BLOCKED, Refusal.UNSETTLED, Refusal.COOLDOWN}
 
 
 def test_unknown_balance_without_a_reserve_is_left_to_the_exchange() -> None:
@@ -183,7 +228,7 @@ def test_one_action_per_position_and_topup_beats_sweep() -> None:
 
 def test_a_refused_topup_still_blocks_the_sweep() -> None:
     sweep = intent(REDUCE, amount="200", urgency="1.5", policy="sweep")
-    decisions = decide(sweep, intent(amount="50"), in_flight=frozenset({key()}))
+    decisions = decide(sweep, intent(amount="50"), blocked=frozenset({key()}))
     assert [d.approved for d in decisions] == [False, False]
 
 

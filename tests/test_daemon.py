@@ -114,25 +114,24 @@ async def test_stale_data_is_never_acted_on_and_cross_never_evaluated(
     settings = parse_config(settings_for(sim, sim_account, url, tmp_path))
     audit = await AuditLog.open(url, tmp_path / "spool")
     await audit.start_run("test", "h", "host")
-    offset = [0]
     async with OrderlyExchange.from_settings(settings.accounts[0], settings.exchange) as ex:
         guard = Guard(settings, {ex.account_id: ex}, audit, load_policies(settings.policies,
-                                                                        Path("strategies")),
-                      clock_ms=lambda: time.time_ns() // 1_000_000 + offset[0])
+                                                                        Path("strategies")))
         await guard.start()
         assert [p.margin_mode.value for p in guard.book.isolated_positions(ex.account_id)] == [
             "ISOLATED"], "the cross position on the same symbol is not the guard's"
         async with httpx.AsyncClient(base_url=sim.rest_url) as admin:
             (await admin.post("/sim/marks", json={"symbol": ETH, "price": "2850"})
              ).raise_for_status()
-        snapshot = await ex.get_positions()
-        offset[0] = 6_000  # the guard's clock says the snapshot is 6 s old (bound: 5 s)
-        await guard.on_snapshot(snapshot)
+        fresh = await ex.get_positions()
+        # the same snapshot, received 6 s ago (bound: 5 s)
+        stale = replace(fresh, received_ms=fresh.received_ms - 6_000, positions=tuple(
+            replace(p, received_ms=p.received_ms - 6_000) for p in fresh.positions))
+        await guard.on_snapshot(stale)
         assert guard.book.isolated_positions(ex.account_id)[0].mark_price == Decimal(2850)
-        assert guard.executor.busy() == frozenset(), "no action on stale data"
-        offset[0] = 0
-        await guard.evaluate(ex.account_id)
-        assert guard.executor.busy() == {(ex.account_id, ETH, guard.book.isolated_positions(
+        assert guard.executor.blocked() == frozenset(), "no action on stale data"
+        await guard.on_snapshot(fresh)
+        assert guard.executor.blocked() == {(ex.account_id, ETH, guard.book.isolated_positions(
             ex.account_id)[0].margin_mode)}, "the same data, fresh, is acted on"
     await audit.aclose()
 
@@ -281,20 +280,25 @@ def event_kinds(audit: AuditLog, action_id: str) -> list[tuple[str, str | None]]
         return [(row.kind, row.message) for row in rows]
 
 
-async def test_an_unfinished_action_keeps_its_position_busy_until_a_late_enough_read(
+async def test_an_unfinished_action_no_read_shows_stays_unsettled_for_the_window(
     sim: SimServer, sim_account: SimAccount, tmp_path: Path,
 ) -> None:
     async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
         key = (ex.account_id, ETH, MarginMode.ISOLATED)
         margin = guard.book.isolated_positions(ex.account_id)[0].margin
         lost = await record_sent(audit, ex.account_id, margin, "30")
-        # The dead run's call lands after the take-over started.
+        reads = sim.counters.get("requests", 0)
         await guard.reconcile_unfinished([ex.account_id])
-        sim.engine.adjust_margin(ex.account_id, ETH, "ADD", "30")
-        sim.flush()
-        assert key in guard.executor.busy(), "no new action while its outcome is unknown"
+        deadline = time.monotonic() + 5
+        while sim.counters.get("requests", 0) == reads:  # the read for evidence
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert guard.executor.settlement.unsettled(key) == 1, (
+            "a read showing nothing cannot say the dead run's call will not still land")
+        assert key not in guard.executor.blocked(), "a rescue may still go out meanwhile"
         assert [k for k, _ in event_kinds(audit, lost)] == ["INTENT", "SENT"]
-    # exchange.timeout_s is 10 s: settled only by a read 11 s later, never at once
+    # exchange.timeout_s is 10 s: "not applied" only from a read 11 s later, never at once
     assert [k for k, _ in event_kinds(audit, lost)] == ["INTENT", "SENT"]
 
 
@@ -311,7 +315,7 @@ async def test_a_late_read_settles_a_handed_over_action_as_applied(
         sim.engine.adjust_margin(ex.account_id, ETH, "ADD", "30")  # lands 0.1 s later
         sim.flush()
         deadline = time.monotonic() + 10
-        while key in guard.executor.busy():
+        while guard.executor.settlement.unsettled(key):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         await audit.flush(5)
@@ -326,10 +330,10 @@ async def test_giving_an_account_away_records_its_queued_actions_as_not_sent(
             (await admin.post("/sim/marks", json={"symbol": ETH, "price": "2850"})
              ).raise_for_status()
         await guard.on_snapshot(await ex.get_positions())
-        assert guard.executor.busy(), "an ADD is queued (the workers are not running)"
+        assert guard.executor.blocked(), "an ADD is queued (the workers are not running)"
         assert any(key[0] == ex.account_id for key in guard._last_action)
         await guard.follow(lambda: frozenset())  # give every account away
-        assert guard.executor.busy() == frozenset()
+        assert guard.executor.blocked() == frozenset()
         # If the account comes back, its cooldowns are read again from the audit log.
         assert not any(key[0] == ex.account_id for key in guard._last_action)
         await audit.flush(5)
@@ -338,7 +342,7 @@ async def test_giving_an_account_away_records_its_queued_actions_as_not_sent(
         assert event_kinds(audit, action_id)[-1] == (
             "FAILED", "not sent: account handed to another instance")
         await guard.on_snapshot(await ex.get_positions())
-        assert guard.executor.busy() == frozenset(), "no action on an account given away"
+        assert guard.executor.blocked() == frozenset(), "no action on an account given away"
 
 
 async def test_one_position_that_cannot_be_evaluated_does_not_stop_the_others(
@@ -355,7 +359,7 @@ async def test_one_position_that_cannot_be_evaluated_does_not_stop_the_others(
         failures = metrics.EVALUATION_FAILURES.labels(account=ex.account_id)
         before = failures._value.get()
         await guard.on_snapshot(replace(snapshot, positions=(broken, *snapshot.positions)))
-        assert guard.executor.busy() == {(ex.account_id, ETH, MarginMode.ISOLATED)}
+        assert guard.executor.blocked() == {(ex.account_id, ETH, MarginMode.ISOLATED)}
         assert failures._value.get() == before + 1
         await audit.flush(5)
         with audit.engine.connect() as connection:
@@ -371,7 +375,7 @@ async def test_the_reserve_counts_adds_decided_since_the_balance_was_read(
         balance = guard.free_balance[ex.account_id]
         margin = guard.book.isolated_positions(ex.account_id)[0].margin
         await record_sent(audit, ex.account_id, margin, "700")  # decided after the poll
-        state, _ = await guard._arbiter_state(ex.account_id, guard.clock_ms(), frozenset())
+        state, _ = await guard._arbiter_state(ex.account_id, guard.clock.now_ms(), frozenset())
         assert state.free_balance[ex.account_id] == balance - 700
 
 
@@ -424,7 +428,7 @@ async def test_with_the_audit_database_gone_a_new_position_is_still_topped_up(
             (await admin.post("/sim/marks", json={"symbol": ETH, "price": "2850"})
              ).raise_for_status()
         await guard.on_snapshot(await ex.get_positions())
-        assert guard.executor.busy() == {(ex.account_id, ETH, MarginMode.ISOLATED)}, (
+        assert guard.executor.blocked() == {(ex.account_id, ETH, MarginMode.ISOLATED)}, (
             "an ADD within the known budgets goes ahead")
         deadline = time.monotonic() + 10
         while audit.database_ok:  # the writer notices on its next write
@@ -450,7 +454,7 @@ async def test_the_budget_left_today_is_published(
     async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
         margin = guard.book.isolated_positions(ex.account_id)[0].margin
         await record_sent(audit, ex.account_id, margin, "700")
-        await guard._arbiter_state(ex.account_id, guard.clock_ms(), frozenset())
+        await guard._arbiter_state(ex.account_id, guard.clock.now_ms(), frozenset())
         gauge = metrics.BUDGET_LEFT.labels(account=ex.account_id)
         assert gauge._value.get() == float(guard.settings.budgets.per_account_per_day - 700)
 

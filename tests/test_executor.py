@@ -7,11 +7,13 @@ The simulated exchange covers the same paths end to end (tests/e2e); here each o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -19,9 +21,11 @@ from sqlalchemy import select
 from guardbot.audit import schema
 from guardbot.audit.store import AuditLog
 from guardbot.audit.tables import ActionEvent
+from guardbot.clock import ManualClock
 from guardbot.domain import ActionKind, Intent, MarginMode, Position, PositionKey, Source
 from guardbot.exchange.errors import RateLimited, Rejected, Uncertain
-from guardbot.executor import Executor, Job, applied
+from guardbot.executor import Executor, Job
+from guardbot.settlement import Settlement
 
 ACCOUNT = "0x" + "ab" * 32
 
@@ -45,29 +49,12 @@ def job(symbol: str = "PERP_ETH_USDC", kind: ActionKind = ActionKind.ADD, amount
                dry_run=dry_run)
 
 
-class SimTime:
-    """Simulated time: ``sleep`` moves the clock instead of waiting."""
-
-    def __init__(self, start_ms: int = 1000) -> None:
-        self.ms = start_ms
-        self.frozen: asyncio.Event | None = None  # when set: time stands still until it fires
-
-    def now(self) -> int:
-        return self.ms
-
-    async def sleep(self, seconds: float) -> None:
-        if self.frozen is not None:
-            await self.frozen.wait()
-        self.ms += int(seconds * 1000)
-        await asyncio.sleep(0)
-
-
 class ScriptedExchange:
     """Keeps isolated margins; each adjust_margin call follows the next scripted outcome:
     "ok", "lost" (applied, answer lost), "timeout" (not applied, Uncertain), "late" (Uncertain,
     and the exchange applies it ``late_ms`` later), "reject", "ratelimit", "boom" (a bug)."""
 
-    def __init__(self, script: list[str] | None = None, time: SimTime | None = None,
+    def __init__(self, script: list[str] | None = None, time: ManualClock | None = None,
                  late_ms: int = 2_000) -> None:
         self.account_id = ACCOUNT
         self.script = list(script or [])
@@ -82,7 +69,7 @@ class ScriptedExchange:
         self.closed: set[str] = set()  # symbols whose position is gone (read as None)
 
     def _now(self) -> int:
-        return 10**13 if self.time is None else self.time.now()
+        return 10**13 if self.time is None else self.time.now_ms()
 
     async def adjust_margin(self, symbol: str, kind: ActionKind, amount: Decimal) -> None:
         self.entered.set()
@@ -136,88 +123,114 @@ async def events(audit: AuditLog) -> list[tuple[str, dict[str, str] | None, int 
         return [(row.kind, row.detail, row.code) for row in rows]
 
 
-async def running(executor: Executor, until: Callable[[], bool], timeout_s: float = 5) -> None:
+@contextlib.asynccontextmanager
+async def working(executor: Executor) -> AsyncIterator[None]:
+    """The executor's workers run inside the block (as in the daemon, for its lifetime)."""
     task = asyncio.create_task(executor.run())
     try:
-        deadline = time.monotonic() + timeout_s
-        while not until():
-            assert time.monotonic() < deadline, "timed out"
-            await asyncio.sleep(0.005)
+        yield
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+async def running(executor: Executor, condition: Callable[[], bool]) -> None:
+    async with working(executor):
+        await until(condition)
+
+
+
 KEY: PositionKey = (ACCOUNT, "PERP_ETH_USDC", MarginMode.ISOLATED)
 
 
+def executor_on(exchange: ScriptedExchange, audit: AuditLog, clock: ManualClock,
+                **options: Any) -> Executor:
+    return Executor({ACCOUNT: exchange}, audit, clock=clock, **options)  # type: ignore[dict-item]
+
+
+def kinds(recorded: list[tuple[str, dict[str, str] | None, int | None]]) -> list[str]:
+    return [kind for kind, _, _ in recorded]
+
+
 async def test_success_is_audited_then_verified_on_the_next_snapshot(audit: AuditLog) -> None:
+    clock = ManualClock(start_ms=1000)
     exchange = ScriptedExchange()
-    executor = Executor({ACCOUNT: exchange}, audit, clock_ms=lambda: 1000)  # type: ignore[dict-item]
+    executor = executor_on(exchange, audit, clock)
     assert await executor.submit(job())
     assert await executor.submit(job()) is None, "one action per position at a time"
-    await running(executor, lambda: len(exchange.calls) == 1 and KEY in executor._pending)
-    assert executor.busy() == {KEY}
-    # a snapshot from before the call finished proves nothing
+    await running(executor, lambda: len(exchange.calls) == 1 and KEY not in executor.blocked())
+    assert executor.settlement.unsettled(KEY) == 1
+    assert executor.settlement.known_effect(KEY) == Decimal(50)
+    # a snapshot from before the call proves nothing
     await executor.observe(position(margin="100", received_ms=900))
-    assert executor.busy() == {KEY}
+    assert executor.settlement.unsettled(KEY) == 1
     await executor.observe(position(margin="150", received_ms=1001))
-    assert executor.busy() == frozenset()
-    kinds = [kind for kind, _, _ in await events(audit)]
-    assert kinds == ["INTENT", "SENT", "SUCCEEDED", "VERIFIED"]
-    detail = (await events(audit))[-1][1]
+    assert executor.settlement.unsettled(KEY) == 0
+    recorded = await events(audit)
+    assert kinds(recorded) == ["INTENT", "SENT", "SUCCEEDED", "VERIFIED"]
+    detail = recorded[-1][1]
     assert detail is not None and detail["margin_seen"] == "150"
 
 
-async def test_a_lost_answer_is_reconciled_as_applied_and_never_retried(audit: AuditLog) -> None:
-    exchange = ScriptedExchange(["lost"])
-    reread: list[Position | None] = []
-
-    async def on_reread(found: Position | None, key: PositionKey) -> None:
-        reread.append(found)
-
-    clock = SimTime()
-    executor = Executor({ACCOUNT: exchange}, audit, on_reread=on_reread,  # type: ignore[dict-item]
-                        clock_ms=clock.now, sleep=clock.sleep)
-    await executor.submit(job())
-    await running(executor, lambda: bool(reread))
-    assert len(exchange.calls) == 1
-    assert exchange.margins["PERP_ETH_USDC"] == Decimal(150)
-    recorded = await events(audit)
-    assert [kind for kind, _, _ in recorded] == ["INTENT", "SENT", "UNCERTAIN", "RECONCILED"]
-    assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "true"
-    assert executor.busy() == frozenset()
-
-
-async def reconciled(exchange: ScriptedExchange, audit: AuditLog, submitted: Job) -> None:
-    """Submit one job on simulated time and run until its outcome has been re-read."""
-    clock = SimTime()
-    executor = Executor({ACCOUNT: exchange}, audit,  # type: ignore[dict-item]
-                        clock_ms=clock.now, sleep=clock.sleep)
-    await executor.submit(submitted)
-    await running(executor, lambda: len(exchange.reads) == 1 and not executor.busy())
-
-
-async def test_an_uncertain_call_that_did_not_apply_is_reconciled_as_not_applied(
+async def test_a_lost_answer_is_settled_applied_by_the_read_made_at_once(
     audit: AuditLog,
 ) -> None:
-    exchange = ScriptedExchange(["timeout"])
-    await reconciled(exchange, audit, job())
+    """The exchange applied the call and the answer was lost: the position is read at once,
+    and the read that shows the margin moved settles it; no settle window is waited out
+    and the call is never repeated."""
+    clock = ManualClock()
+    exchange = ScriptedExchange(["lost"], time=clock)
+    executor = executor_on(exchange, audit, clock)
+    await executor.submit(job())
+    await running(executor, lambda: not executor.settlement.unsettled(KEY) and exchange.calls)
+    assert len(exchange.calls) == 1
+    assert exchange.reads == [clock.now_ms()], "read at once, the clock never moved"
+    recorded = await events(audit)
+    assert kinds(recorded) == ["INTENT", "SENT", "UNCERTAIN", "RECONCILED"]
+    assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "true"
+
+
+async def test_an_uncertain_call_that_did_not_land_is_not_applied_only_after_the_window(
+    audit: AuditLog,
+) -> None:
+    clock = ManualClock()
+    exchange = ScriptedExchange(["timeout"], time=clock)
+    executor = executor_on(exchange, audit, clock,
+                           settlement=Settlement(settle_window_ms=11_000))
+    await executor.submit(job())
+    async with working(executor):
+        await until(lambda: len(exchange.reads) == 1)
+        assert executor.settlement.unsettled(KEY) == 1, "the first read can't say it won't land"
+        assert KEY not in executor.blocked(), "a rescue may go out meanwhile"
+        start = clock.now_ms()
+        clock.advance(11.001)
+        await until(lambda: not executor.settlement.unsettled(KEY))
+    assert exchange.reads[-1] > start + 11_000
     recorded = await events(audit)
     assert recorded[-1][0] == "RECONCILED"
     assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "false"
     assert len(exchange.calls) == 1
 
 
-async def test_an_uncertain_call_on_a_position_gone_by_the_reread_stays_unknown(
+async def test_an_uncertain_call_on_a_position_gone_by_the_read_stays_unknown(
     audit: AuditLog,
 ) -> None:
-    """Liquidated or closed before the re-read: its margin cannot say whether the top-up
+    """Liquidated or closed before the read: its margin cannot say whether the top-up
     landed, so the record says unknown (never "not applied") and the budget keeps it."""
-    exchange = ScriptedExchange(["lost"])
+    clock = ManualClock()
+    exchange = ScriptedExchange(["lost"], time=clock)
     exchange.closed.add("PERP_ETH_USDC")
-    await reconciled(exchange, audit, job(amount="50"))
+    executor = executor_on(exchange, audit, clock)
+    await executor.submit(job(amount="50"))
+    await running(executor, lambda: bool(exchange.reads) and not executor.settlement.unsettled(KEY))
     recorded = await events(audit)
     assert recorded[-1][0] == "RECONCILED"
     assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "unknown"
@@ -225,54 +238,65 @@ async def test_an_uncertain_call_on_a_position_gone_by_the_reread_stays_unknown(
     assert len(exchange.calls) == 1
 
 
-async def test_an_unexpected_error_from_the_call_is_reconciled_not_left_blocking(
+async def test_an_unexpected_error_from_the_call_is_settled_from_evidence(
     audit: AuditLog,
 ) -> None:
-    exchange = ScriptedExchange(["boom"])
-    await reconciled(exchange, audit, job())
-    kinds = [kind for kind, _, _ in await events(audit)]
-    assert kinds[-2:] == ["UNCERTAIN", "RECONCILED"]
+    clock = ManualClock()
+    exchange = ScriptedExchange(["boom"], time=clock)
+    executor = executor_on(exchange, audit, clock)
+    await executor.submit(job())
+    async with working(executor):
+        await until(lambda: len(exchange.reads) == 1)
+        clock.advance(12)
+        await until(lambda: not executor.settlement.unsettled(KEY))
+    assert kinds(await events(audit))[-2:] == ["UNCERTAIN", "RECONCILED"]
     assert len(exchange.calls) == 1
 
 
 async def test_rejected_is_recorded_with_the_exchange_code(audit: AuditLog) -> None:
     exchange = ScriptedExchange(["reject"])
-    executor = Executor({ACCOUNT: exchange}, audit)  # type: ignore[dict-item]
+    executor = executor_on(exchange, audit, ManualClock())
     await executor.submit(job())
-    await running(executor, lambda: KEY not in executor._busy)
+    await running(executor, lambda: bool(exchange.calls) and KEY not in executor._queued)
     recorded = await events(audit)
     assert [(kind, code) for kind, _, code in recorded][-1] == ("REJECTED", -1101)
     assert exchange.reads == []
+    assert executor.settlement.unsettled(KEY) == 0, "a rejected call moved no money"
 
 
 async def test_rate_limited_backs_off_rereads_and_hands_back(audit: AuditLog) -> None:
-    exchange = ScriptedExchange(["ratelimit"])
+    clock = ManualClock()
+    exchange = ScriptedExchange(["ratelimit"], time=clock)
     reread: list[Position | None] = []
 
     async def on_reread(found: Position | None, key: PositionKey) -> None:
         reread.append(found)
 
-    executor = Executor({ACCOUNT: exchange}, audit, on_reread=on_reread)  # type: ignore[dict-item]
+    executor = executor_on(exchange, audit, clock, on_reread=on_reread)
     await executor.submit(job())
-    await running(executor, lambda: bool(reread))
+    async with working(executor):
+        await until(lambda: bool(exchange.calls) and KEY not in executor._queued)
+        assert KEY in executor.blocked(), "held for the back-off the exchange asked for"
+        clock.advance(0.01)
+        await until(lambda: bool(reread))
     assert len(exchange.calls) == 1, "the guard re-decides; the executor never retries"
-    assert [kind for kind, _, _ in await events(audit)] == ["INTENT", "SENT", "FAILED"]
-    assert executor.busy() == frozenset()
+    assert kinds(await events(audit)) == ["INTENT", "SENT", "FAILED"]
+    assert executor.blocked() == frozenset()
 
 
 async def test_dry_run_audits_and_sends_nothing(audit: AuditLog) -> None:
     exchange = ScriptedExchange()
-    executor = Executor({ACCOUNT: exchange}, audit)  # type: ignore[dict-item]
+    executor = executor_on(exchange, audit, ManualClock())
     await executor.submit(job(dry_run=True))
-    await running(executor, lambda: not executor.busy())
+    await running(executor, lambda: not executor.blocked())
     assert exchange.calls == []
-    assert [kind for kind, _, _ in await events(audit)] == ["INTENT", "DRY_RUN"]
+    assert kinds(await events(audit)) == ["INTENT", "DRY_RUN"]
 
 
 async def test_the_most_endangered_position_is_served_first(audit: AuditLog) -> None:
     exchange = ScriptedExchange()
     exchange.gate = asyncio.Event()
-    executor = Executor({ACCOUNT: exchange}, audit, concurrency=1)  # type: ignore[dict-item]
+    executor = executor_on(exchange, audit, ManualClock(), concurrency=1)
     await executor.submit(job("PERP_A_USDC", urgency="0.04"))  # taken first, then held at the gate
 
     async def submit_the_rest_then_open() -> None:
@@ -290,42 +314,12 @@ async def test_the_most_endangered_position_is_served_first(audit: AuditLog) -> 
         "PERP_A_USDC", "PERP_C_USDC", "PERP_D_USDC", "PERP_B_USDC"]
 
 
-async def test_calls_stay_under_the_per_account_rate(audit: AuditLog) -> None:
-    exchange = ScriptedExchange()
-    executor = Executor({ACCOUNT: exchange}, audit, calls_per_second=8)  # type: ignore[dict-item]
-    for index in range(12):
-        await executor.submit(job(f"PERP_{index}_USDC"))
-    await running(executor, lambda: len(exchange.calls) == 12)
-    times = [at for at, _, _, _ in exchange.calls]
-    for index, start in enumerate(times):
-        assert sum(1 for at in times[index:] if at - start < 1.0) <= 8
-    assert times[-1] - times[0] >= 1.0
-
-
-@pytest.mark.parametrize(
-    ("kind", "margin_now", "expected"),
-    [
-        (ActionKind.ADD, "150", True),
-        (ActionKind.ADD, "125", True),
-        (ActionKind.ADD, "124.99", False),
-        (ActionKind.ADD, "100", False),
-        (ActionKind.REDUCE, "50", True),
-        (ActionKind.REDUCE, "100", False),
-        (ActionKind.REDUCE, "150", False),
-    ],
-)
-def test_applied_compares_with_the_margin_the_decision_saw(
-    kind: ActionKind, margin_now: str, expected: bool
-) -> None:
-    assert applied(replace(job(kind=kind)), Decimal(margin_now)) is expected
-
-
 async def test_drain_lets_calls_on_the_wire_finish_and_sends_nothing_more(
     audit: AuditLog,
 ) -> None:
     exchange = ScriptedExchange()
     exchange.gate = asyncio.Event()
-    executor = Executor({ACCOUNT: exchange}, audit, concurrency=1)  # type: ignore[dict-item]
+    executor = executor_on(exchange, audit, ManualClock(), concurrency=1)
     await executor.submit(job("PERP_A_USDC"))
     task = asyncio.create_task(executor.run())
     await exchange.entered.wait()  # A is on the wire (held at the gate)
@@ -340,15 +334,15 @@ async def test_drain_lets_calls_on_the_wire_finish_and_sends_nothing_more(
         await task
     assert [symbol for _, symbol, _, _ in exchange.calls] == ["PERP_A_USDC"]
     assert await executor.submit(job("PERP_C_USDC")) is None
-    kinds = [kind for kind, _, _ in await events(audit)]
-    assert kinds.count("SUCCEEDED") == 1 and kinds.count("FAILED") == 1
-    assert executor.busy() == {(ACCOUNT, "PERP_A_USDC", MarginMode.ISOLATED)}  # to verify
+    recorded = kinds(await events(audit))
+    assert recorded.count("SUCCEEDED") == 1 and recorded.count("FAILED") == 1
+    assert executor.settlement.unsettled_keys() == {(ACCOUNT, "PERP_A_USDC", MarginMode.ISOLATED)}
 
 
 async def test_a_push_that_overtakes_the_answer_verifies_the_action(audit: AuditLog) -> None:
     exchange = ScriptedExchange()
     exchange.gate = asyncio.Event()
-    executor = Executor({ACCOUNT: exchange}, audit, clock_ms=lambda: 1000)  # type: ignore[dict-item]
+    executor = executor_on(exchange, audit, ManualClock(start_ms=1000))
     await executor.submit(job())
 
     async def push_then_answer() -> None:
@@ -358,119 +352,105 @@ async def test_a_push_that_overtakes_the_answer_verifies_the_action(audit: Audit
         exchange.gate.set()
 
     pusher = asyncio.create_task(push_then_answer())
-    await running(executor, lambda: not executor.busy() and pusher.done())
-    kinds = [kind for kind, _, _ in await events(audit)]
-    assert kinds == ["INTENT", "SENT", "SUCCEEDED", "VERIFIED"]
+    await running(executor, lambda: pusher.done() and not executor.settlement.unsettled(KEY))
+    assert kinds(await events(audit)) == ["INTENT", "SENT", "SUCCEEDED", "VERIFIED"]
 
 
-async def test_only_a_read_requested_after_an_uncertain_outcome_reconciles_it(
+async def test_evidence_settles_an_uncertain_call_at_once_its_absence_only_after_the_window(
     audit: AuditLog,
 ) -> None:
-    exchange = ScriptedExchange(["lost"])
-    clock = SimTime()
-    attempts: list[int] = []
-    gave_up = asyncio.Event()
-
-    async def unreadable(symbol: str, margin_mode: MarginMode) -> Position:
-        attempts.append(clock.now())
-        if len(attempts) == 2:
-            gave_up.set()
-        raise RateLimited("still limited")
-
-    exchange.get_position = unreadable  # type: ignore[method-assign]
-    executor = Executor({ACCOUNT: exchange}, audit, clock_ms=clock.now, sleep=clock.sleep,  # type: ignore[dict-item]
-                        read_timeout_ms=10_000, reread_delays_s=(0.0, 0.01))
+    clock = ManualClock(start_ms=1000)
+    exchange = ScriptedExchange(["timeout"], time=clock)
+    exchange.get_position = unreadable = _unreadable()  # type: ignore[method-assign]
+    executor = executor_on(exchange, audit, clock, reread_delays_s=(0.0,),
+                           settlement=Settlement(settle_window_ms=10_000))
     await executor.submit(job())
-    task = asyncio.create_task(executor.run())
-    await asyncio.wait_for(gave_up.wait(), 5)
-    assert min(attempts) > 1000 + 10_000, "no re-read before the read timeout has passed"
-    # A poll that may have been requested before the call failed shows the old margin...
+    await running(executor, lambda: bool(unreadable.attempts))
+    # A poll received within the window shows the old margin: it may still land...
     await executor.observe(position(margin="100", received_ms=1000 + 9_000))
-    assert executor.busy(), "a read possibly older than the outcome settles nothing"
-    # ...one received a full read timeout later was requested after it: it settles it.
-    await executor.observe(position(margin="150", received_ms=1000 + 10_001))
-    assert executor.busy() == frozenset()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    assert executor.settlement.unsettled(KEY) == 1
+    # ...and a push that shows it landed settles it at once, window or not.
+    await executor.observe(position(margin="150", received_ms=1000 + 9_500))
+    assert executor.settlement.unsettled(KEY) == 0
     recorded = await events(audit)
     assert recorded[-1][0] == "RECONCILED"
     assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "true"
 
 
+def _unreadable() -> Any:
+    async def read(symbol: str, margin_mode: MarginMode) -> Position:
+        read.attempts.append(symbol)  # type: ignore[attr-defined]
+        raise RateLimited("still limited")
+
+    read.attempts = []  # type: ignore[attr-defined]
+    return read
+
+
 async def test_a_call_applied_after_its_timeout_is_reconciled_as_applied(
     audit: AuditLog,
 ) -> None:
-    # The answer times out, the exchange applies the call 2 s later: an immediate re-read
-    # would see the old margin, call it "not applied" and free the position for a second ADD.
-    clock = SimTime()
-    clock.frozen = asyncio.Event()
+    # The answer times out and the exchange applies the call 2 s later: the read made at
+    # once sees the old margin, which must not be taken for "not applied".
+    clock = ManualClock()
     exchange = ScriptedExchange(["late"], time=clock, late_ms=2_000)
-    executor = Executor({ACCOUNT: exchange}, audit, clock_ms=clock.now, sleep=clock.sleep,  # type: ignore[dict-item]
-                        read_timeout_ms=11_000)
+    executor = executor_on(exchange, audit, clock,
+                           settlement=Settlement(settle_window_ms=11_000))
     await executor.submit(job())
-    frozen = clock.frozen
-
-    def settled() -> bool:
-        if exchange.calls and not frozen.is_set():
-            assert executor.busy() == {KEY}, "busy until the outcome is known"
-            frozen.set()
-        return frozen.is_set() and not executor.busy()
-
-    await running(executor, settled)
-    assert exchange.reads and min(exchange.reads) > 1000 + 11_000
+    async with working(executor):
+        await until(lambda: len(exchange.reads) == 1)
+        await asyncio.sleep(0.05)
+        assert executor.settlement.unsettled(KEY) == 1
+        assert "RECONCILED" not in kinds(await events(audit))
+        clock.advance(11.001)
+        await until(lambda: not executor.settlement.unsettled(KEY))
     recorded = await events(audit)
     assert recorded[-1][0] == "RECONCILED"
     assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "true"
     assert len(exchange.calls) == 1
 
 
-async def test_an_action_handed_over_from_a_previous_run_is_reconciled_after_the_timeout(
+async def test_actions_handed_over_from_a_previous_run_are_settled_together(
     audit: AuditLog,
 ) -> None:
-    clock = SimTime()
+    clock = ManualClock()
     exchange = ScriptedExchange(time=clock)
-    exchange.late.append((clock.now() + 3_000, "PERP_ETH_USDC", Decimal(50)))  # still in flight
-    executor = Executor({ACCOUNT: exchange}, audit, clock_ms=clock.now, sleep=clock.sleep,  # type: ignore[dict-item]
-                        read_timeout_ms=11_000)
-    older = await audit.record_action(executor._action_record(job(amount="40")))
-    action_id = await audit.record_action(executor._action_record(job()))
-    executor.reconcile(job(amount="40"), older, clock.now())
-    executor.reconcile(job(), action_id, clock.now())
-    assert executor.busy() == {KEY}
-    assert await executor.submit(job()) is None, "no new action while the old one is open"
-    await running(executor, lambda: not executor.busy())
-    assert min(exchange.reads) > 1000 + 11_000
+    exchange.late.append((clock.now_ms() + 3_000, "PERP_ETH_USDC", Decimal(90)))  # both land
+    executor = executor_on(exchange, audit, clock,
+                           settlement=Settlement(settle_window_ms=11_000))
+    older = await audit.record_action(job(amount="40").record())
+    newer = await audit.record_action(job().record())
+    executor.adopt(older, job(amount="40").record(), clock.now_ms())
+    executor.adopt(newer, job().record(), clock.now_ms())
+    assert executor.settlement.unsettled(KEY) == 2
+    assert KEY not in executor.blocked(), "the guard may still rescue the position"
+    async with working(executor):
+        await until(lambda: len(exchange.reads) >= 1)
+        assert executor.settlement.unsettled(KEY) == 2, "the first read shows neither"
+        clock.advance(11.001)
+        await until(lambda: not executor.settlement.unsettled(KEY))
     reconciled = [detail for kind, detail, _ in await events(audit) if kind == "RECONCILED"]
     assert [d and d["applied"] for d in reconciled] == ["true", "true"]
     assert exchange.calls == []
 
 
 async def test_waits_happen_outside_the_worker_slots(audit: AuditLog) -> None:
-    # A reconcile waiting out the read timeout must not stall the account's other calls.
-    held = asyncio.Event()
-
-    async def hold(seconds: float) -> None:
-        await held.wait()
-
-    exchange = ScriptedExchange(["timeout", "ok"])
-    executor = Executor({ACCOUNT: exchange}, audit, concurrency=1, sleep=hold)  # type: ignore[dict-item]
+    # An uncertain call waiting out its settle window must not stall the account's others.
+    clock = ManualClock()
+    exchange = ScriptedExchange(["timeout", "ok"], time=clock)
+    executor = executor_on(exchange, audit, clock, concurrency=1)
     await executor.submit(job("PERP_A_USDC"))
     await executor.submit(job("PERP_B_USDC", urgency="0.03"))
     await running(executor, lambda: len(exchange.calls) == 2)
-    assert exchange.reads == [], "the first action's reconcile is still waiting"
-    assert (ACCOUNT, "PERP_A_USDC", MarginMode.ISOLATED) in executor.busy()
-    held.set()
+    assert executor.settlement.unsettled((ACCOUNT, "PERP_A_USDC", MarginMode.ISOLATED)) == 1
 
 
 async def test_a_job_whose_data_aged_in_the_queue_is_not_sent(audit: AuditLog) -> None:
-    clock = SimTime()
+    clock = ManualClock()
     exchange = ScriptedExchange()
-    executor = Executor({ACCOUNT: exchange}, audit, clock_ms=clock.now,  # type: ignore[dict-item]
-                        max_data_age_ms=1_000)
+    executor = executor_on(exchange, audit, clock, max_data_age_ms=1_000)
     await executor.submit(job())  # decided on 5 ms old data
-    clock.ms += 1_000  # ... and left waiting in the queue
-    await running(executor, lambda: not executor.busy())
+    clock.advance(1.0)  # ... and left waiting in the queue
+    await running(executor, lambda: not executor.blocked())
     assert exchange.calls == []
     kind, _, _ = (await events(audit))[-1]
     assert kind == "FAILED"
@@ -480,36 +460,58 @@ async def test_a_job_whose_data_aged_in_the_queue_is_not_sent(audit: AuditLog) -
     assert message is not None and "1005 ms old" in message
 
 
+async def test_an_action_queued_for_a_position_that_closed_is_not_sent(
+    audit: AuditLog,
+) -> None:
+    clock = ManualClock()
+    exchange = ScriptedExchange()
+    executor = executor_on(exchange, audit, clock)
+    await executor.submit(job())
+    await executor.closed(KEY)
+    await running(executor, lambda: not executor.blocked())
+    assert exchange.calls == []
+    assert kinds(await events(audit))[-1] == "FAILED"
+
+
 async def test_a_rejected_position_is_held_back_longer_on_each_repeat(audit: AuditLog) -> None:
-    clock = SimTime()
+    clock = ManualClock()
     exchange = ScriptedExchange(["reject", "reject", "ok"])
-    executor = Executor({ACCOUNT: exchange}, audit, clock_ms=clock.now,  # type: ignore[dict-item]
-                        reject_backoff_ms=30_000, reject_backoff_max_ms=45_000)
+    executor = executor_on(exchange, audit, clock,
+                           reject_backoff_ms=30_000, reject_backoff_max_ms=45_000)
     for hold_ms in (30_000, 45_000):  # doubled, then capped
         assert await executor.submit(job())
-        await running(executor, lambda: KEY not in executor._busy)
-        assert executor.busy() == {KEY}
+        await running(executor, lambda: KEY in executor._held)
         assert await executor.submit(job()) is None, "not re-sent on the next mark"
-        clock.ms += hold_ms - 1
-        assert executor.busy() == {KEY}
-        clock.ms += 1
-        assert executor.busy() == frozenset()
+        clock.advance((hold_ms - 1) / 1000)
+        assert KEY in executor.blocked()
+        clock.advance(0.001)
+        assert executor.blocked() == frozenset()
     assert await executor.submit(job())
     await running(executor, lambda: len(exchange.calls) == 3)
     assert executor._rejections == {}, "a success starts the back-off over"
-    messages = [kind for kind, _, _ in await events(audit)]
-    assert messages.count("REJECTED") == 2
+    assert kinds(await events(audit)).count("REJECTED") == 2
+
+
+async def test_a_new_position_inherits_no_hold_back(audit: AuditLog) -> None:
+    clock = ManualClock()
+    exchange = ScriptedExchange(["reject"])
+    executor = executor_on(exchange, audit, clock)
+    await executor.submit(job())
+    await running(executor, lambda: KEY in executor._held)
+    await executor.closed(KEY)  # closed (or liquidated); a new one opens on the symbol
+    assert executor.blocked() == frozenset()
+    assert executor._rejections == {}
 
 
 async def test_verification_needs_the_margin_halfway_not_exactly(audit: AuditLog) -> None:
     exchange = ScriptedExchange()
-    executor = Executor({ACCOUNT: exchange}, audit, clock_ms=lambda: 1000)  # type: ignore[dict-item]
+    executor = executor_on(exchange, audit, ManualClock(start_ms=1000))
     await executor.submit(job())
-    await running(executor, lambda: KEY in executor._pending)
+    await running(executor, lambda: bool(exchange.calls) and not executor.blocked())
     # a fill also took 10 USDC of margin: the ADD of 50 is still plainly there
     await executor.observe(position(margin="140", received_ms=1001))
-    assert executor.busy() == frozenset()
-    assert [kind for kind, _, _ in await events(audit)][-1] == "VERIFIED"
+    assert executor.settlement.unsettled(KEY) == 0
+    assert kinds(await events(audit))[-1] == "VERIFIED"
 
 
 async def test_release_records_queued_actions_and_waits_for_calls_on_the_wire(
@@ -517,7 +519,7 @@ async def test_release_records_queued_actions_and_waits_for_calls_on_the_wire(
 ) -> None:
     exchange = ScriptedExchange()
     exchange.gate = asyncio.Event()
-    executor = Executor({ACCOUNT: exchange}, audit, concurrency=1)  # type: ignore[dict-item]
+    executor = executor_on(exchange, audit, ManualClock(), concurrency=1)
     await executor.submit(job("PERP_A_USDC"))
     task = asyncio.create_task(executor.run())
     await exchange.entered.wait()  # A is on the wire
@@ -527,10 +529,11 @@ async def test_release_records_queued_actions_and_waits_for_calls_on_the_wire(
     assert not released.done(), "release waits for the call on the wire"
     exchange.gate.set()
     await released
-    kinds = [kind for kind, _, _ in await events(audit)]
-    assert kinds.count("SUCCEEDED") == 1 and kinds.count("FAILED") == 1
+    recorded = kinds(await events(audit))
+    assert recorded.count("SUCCEEDED") == 1 and recorded.count("FAILED") == 1
     assert [symbol for _, symbol, _, _ in exchange.calls] == ["PERP_A_USDC"]
-    assert executor.busy() == frozenset()
+    assert executor.blocked() == frozenset()
+    assert executor.settlement.unsettled_keys() == frozenset(), "the next holder's to settle"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -539,14 +542,13 @@ async def test_release_records_queued_actions_and_waits_for_calls_on_the_wire(
 async def test_time_spent_deciding_counts_towards_the_data_age(audit: AuditLog) -> None:
     """Measured at the start of a slow evaluation (audit reads while the database is
     gone), then queued: the data's age at dequeue includes the evaluation time."""
-    clock = SimTime()
+    clock = ManualClock()
     exchange = ScriptedExchange()
-    executor = Executor({ACCOUNT: exchange}, audit, clock_ms=clock.now,  # type: ignore[dict-item]
-                        max_data_age_ms=1_000)
-    measured = clock.now()
-    clock.ms += 900  # the rest of the evaluation
+    executor = executor_on(exchange, audit, clock, max_data_age_ms=1_000)
+    measured = clock.now_ms()
+    clock.advance(0.9)  # the rest of the evaluation
     await executor.submit(replace(job(), measured_ms=measured))
-    clock.ms += 200  # queued: 5 + 900 + 200 ms in all
-    await running(executor, lambda: not executor.busy())
+    clock.advance(0.2)  # queued: 5 + 900 + 200 ms in all
+    await running(executor, lambda: not executor.blocked())
     assert exchange.calls == []
     assert (await events(audit))[-1][0] == "FAILED"

@@ -96,6 +96,7 @@ class OrderlyExchange:
         timeout_s: float = 10.0,
         clock_ms: Callable[[], int] = wall_clock_ms,
         *,
+        margin_timeout_s: float | None = None,
         limiter: RateLimiter = SHARED_LIMITER,
         stream_timing: StreamTiming = DEFAULT_TIMING,
         max_attempts: int = 3,
@@ -112,6 +113,7 @@ class OrderlyExchange:
             for name in ("public_ws_url", "private_ws_url")
         }
         self._stream_timing = stream_timing
+        self._margin_timeout_s = margin_timeout_s
         self._rest = RestClient(
             rest_url.rstrip("/"),
             account_id,
@@ -135,6 +137,7 @@ class OrderlyExchange:
             account.secret(),
             exchange.urls(),
             timeout_s=exchange.timeout_s,
+            margin_timeout_s=exchange.margin_timeout_s,
             **kwargs,
         )
 
@@ -208,6 +211,7 @@ class OrderlyExchange:
             "/v1/position_margin",
             {"symbol": symbol, "amount": format(amount, "f"), "type": kind.value},
             priority=Priority.URGENT if kind is ActionKind.ADD else Priority.ROUTINE,
+            timeout_s=self._margin_timeout_s,
         )
 
     # -- account ------------------------------------------------------------------------------

@@ -132,15 +132,18 @@ class RestClient:
                 await self._sleep(delay)
 
     async def post(
-        self, endpoint: str, path: str, body: Mapping[str, str], *, priority: Priority
+        self, endpoint: str, path: str, body: Mapping[str, str], *, priority: Priority,
+        timeout_s: float | None = None,
     ) -> wire.Envelope:
-        """POST once. Raises ``Uncertain`` whenever the request may have been applied."""
+        """POST once (``timeout_s``: instead of the client's timeout). Raises
+        ``Uncertain`` whenever the request may have been applied."""
         text = json.dumps(body, separators=(",", ":"))
-        return await self._send("POST", endpoint, path, text, priority, signed=True)
+        return await self._send("POST", endpoint, path, text, priority, signed=True,
+                                timeout_s=timeout_s)
 
     async def _send(
         self, method: str, endpoint: str, target: str, body: str, priority: Priority,
-        signed: bool,
+        signed: bool, timeout_s: float | None = None,
     ) -> wire.Envelope:
         await self._limiter.acquire(endpoint, self._signer.orderly_key, priority, self.base_url)
         headers = (
@@ -151,7 +154,8 @@ class RestClient:
         start = time.perf_counter()
         try:
             response = await self._http.request(
-                method, target, content=body.encode() if body else None, headers=headers
+                method, target, content=body.encode() if body else None, headers=headers,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s,
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise self._failed(endpoint, "network", Unreachable(

@@ -91,6 +91,8 @@ class PositionView:
         policy: str,
         reason: str,
         urgency: Decimal | None = None,
+        *,
+        rescue: bool = False,
         **details: str,
     ) -> Intent:
         """An intent on this position. Urgency defaults to the distance to liquidation
@@ -105,6 +107,7 @@ class PositionView:
             policy=policy,
             reason=reason,
             urgency=urgency,
+            rescue=rescue,
             details=dict(details),
         )
 

@@ -75,6 +75,7 @@ class TopUp:
                 amount,
                 self.name,
                 f"{why}: add {amount} to restore {self.target}",
+                rescue=True,
                 target=str(self.target),
                 liquidation_price=str(view.liquidation_price),
             )

@@ -48,6 +48,7 @@ def test_topup(make_view: ViewMaker, side: str, changes: dict[str, D], amount: D
     [intent] = intents
     assert (intent.kind, intent.amount, intent.policy) == (ActionKind.ADD, amount, "topup")
     assert intent.urgency == view.distance
+    assert intent.rescue, "below the trigger: no cooldown may hold it back"
     assert "below trigger 0.05" in intent.reason
     restored = view.distance_with_margin(view.position.margin + amount)
     assert restored is not None and restored >= D("0.10")
@@ -68,6 +69,7 @@ def test_margin_ratio_trigger(make_view: ViewMaker) -> None:
     # ratio 4.5 triggers; the target decides how much: 0.2 means liquidation at 80, 240
     [intent] = TopUp(margin_ratio="4.5", target="0.2").evaluate(view, CTX)
     assert intent.amount == D(40)
+    assert intent.rescue
     assert intent.reason.startswith("equity 200.00 below 4.5 x maintenance margin 50.00")
     # already at the target distance: nothing to add even though the ratio trips
     assert TopUp(margin_ratio="4.5").evaluate(view, CTX) == []

@@ -1,0 +1,415 @@
+"""Settlement: what became of each margin call, decided from evidence. Sans-I/O.
+
+``POST /v1/position_margin`` carries no client id and answers with no data
+(docs/exchange.md), so the only proof of a call's effect is the position's margin in a
+later push or read. This module is a state machine over the calls of each position that
+are not settled yet. It is fed the calls' outcomes, the snapshots the guard applies and the
+time, and returns the events to record (``Settled``) and the reads to make (``Read``); the
+executor does the I/O. Invariants it keeps (docs/architecture.md, "Invariants"):
+
+- **Evidence settles at once.** A snapshot that shows the margin moved settles an uncertain
+  call "applied" the moment it arrives, and verifies a succeeded one.
+- **Nothing is concluded too early.** An uncertain call is "not applied" only from a
+  snapshot received a full ``settle_window_ms`` after its outcome became unknown (the
+  exchange may still have been applying it before that).
+- **Several calls at once are attributed together.** While one call is unsettled a rescue
+  ADD may go out (docs/architecture.md, "Rescues"), so a position can have several. A
+  snapshot's margin is explained by the subsets of those calls whose amounts add up to the
+  move (within half the smallest amount: fills and funding also move margin a little).
+  A call is concluded only when every such subset agrees on it; succeeded calls are known
+  to have landed, so subsets holding more of them are preferred. When calls of equal
+  amounts stay indistinguishable past their windows, one consistent choice is made: the
+  totals, which is what the budgets and the exchange's ledger compare, are right either way.
+- **A closed position takes its calls with it.** A call on a position that closed is settled
+  then (verified "position closed", or reconciled as outcome unknown: the budget keeps
+  counting it), so a new position on the same symbol inherits nothing.
+
+A call that never reached the exchange (rejected, refused, not sent) is dropped with
+``not_applied``.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from guardbot.domain import ZERO, ActionKind, PositionKey
+
+# How long a succeeded call waits for a snapshot that shows it.
+VERIFY_WINDOW_MS = 30_000
+# After an outcome became unknown, the exchange may still apply the call for this long (the
+# client's read timeout plus slack): only a snapshot received later can say "not applied".
+SETTLE_WINDOW_MS = 11_000
+# Unsettled calls one position may have; beyond it nothing more is sent (attribution would
+# grow exponentially and something is badly wrong).
+MAX_UNSETTLED = 6
+
+
+class CallState(enum.Enum):
+    SENDING = "sending"  # on the wire, answer not back
+    UNCERTAIN = "uncertain"  # no answer: may or may not have landed
+    SUCCEEDED = "succeeded"  # landed; not yet seen in a snapshot
+
+
+@dataclass(slots=True)
+class Call:
+    """One margin call whose effect is not settled yet."""
+
+    action_id: str
+    key: PositionKey
+    kind: ActionKind
+    amount: Decimal
+    margin_before: Decimal  # the margin the decision saw
+    state: CallState
+    sent_ms: int  # when it left (adopted from a previous run: when it was taken over)
+    done_ms: int = 0  # when its answer came back, or when it became uncertain
+
+    @property
+    def signed(self) -> Decimal:
+        return self.amount if self.kind is ActionKind.ADD else -self.amount
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """An outcome to record: ``event`` is ``"VERIFIED"`` (a succeeded call, seen or not)
+    or ``"RECONCILED"`` (an uncertain call: ``applied`` True, False or ``None`` for
+    unknown)."""
+
+    call: Call
+    event: str
+    message: str
+    applied: bool | None
+    margin_seen: Decimal | None
+
+    def detail(self) -> dict[str, str]:
+        detail = {
+            "margin_before": str(self.call.margin_before),
+            "margin_expected": str(self.call.margin_before + self.call.signed),
+        }
+        if self.margin_seen is not None:
+            detail["margin_seen"] = str(self.margin_seen)
+        if self.event == "RECONCILED":
+            detail["applied"] = "unknown" if self.applied is None else str(self.applied).lower()
+        else:
+            detail["verified"] = str(bool(self.applied)).lower()
+        return detail
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Read ``key``'s position at ``at_ms`` (or as soon after as the exchange allows)."""
+
+    key: PositionKey
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    margin: Decimal
+    received_ms: int
+
+
+@dataclass(slots=True)
+class _Chain:
+    """The unsettled calls of one position, in the order they were sent."""
+
+    base: Decimal  # the margin before any of them, plus those settled as applied since
+    calls: list[Call] = field(default_factory=list)
+    seen: _Seen | None = None  # the newest snapshot
+
+
+class Settlement:
+    """The unsettled calls of every position, and the evidence about them."""
+
+    def __init__(
+        self,
+        *,
+        verify_window_ms: int = VERIFY_WINDOW_MS,
+        settle_window_ms: int = SETTLE_WINDOW_MS,
+    ) -> None:
+        self.verify_window_ms = verify_window_ms
+        self.settle_window_ms = settle_window_ms
+        self._chains: dict[PositionKey, _Chain] = {}
+        self._calls: dict[str, Call] = {}
+        # Calls still on the wire when their position closed: settled when they answer.
+        self._orphans: set[str] = set()
+
+    # -- questions ------------------------------------------------------------------------
+
+    def sending(self, key: PositionKey) -> bool:
+        """A call on this position is on the wire (nothing more is decided for it)."""
+        chain = self._chains.get(key)
+        return chain is not None and any(c.state is CallState.SENDING for c in chain.calls)
+
+    def sending_keys(self) -> frozenset[PositionKey]:
+        return frozenset(
+            key for key, chain in self._chains.items()
+            if any(c.state is CallState.SENDING for c in chain.calls)
+        )
+
+    def unsettled(self, key: PositionKey) -> int:
+        """How many calls on this position are not settled."""
+        chain = self._chains.get(key)
+        return 0 if chain is None else len(chain.calls)
+
+    def unsettled_keys(self) -> frozenset[PositionKey]:
+        return frozenset(self._chains)
+
+    def known_effect(self, key: PositionKey) -> Decimal:
+        """Margin that succeeded calls moved but no snapshot shows yet: the guard adds it to
+        the book's margin, or it would decide on margin it knows is out of date."""
+        chain = self._chains.get(key)
+        if chain is None:
+            return ZERO
+        return sum((c.signed for c in chain.calls if c.state is CallState.SUCCEEDED), ZERO)
+
+    def evidence_after(self, key: PositionKey) -> int | None:
+        """While a call on this position is uncertain: only data received after this time
+        (ms) can say the call did not land yet, so a further rescue waits for such data."""
+        chain = self._chains.get(key)
+        if chain is None:
+            return None
+        times = [c.done_ms for c in chain.calls if c.state is CallState.UNCERTAIN]
+        return max(times, default=None)
+
+    def calls(self) -> Iterator[Call]:
+        for chain in self._chains.values():
+            yield from chain.calls
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def sent(
+        self,
+        action_id: str,
+        key: PositionKey,
+        kind: ActionKind,
+        amount: Decimal,
+        margin_before: Decimal,
+        now_ms: int,
+    ) -> None:
+        """A call goes on the wire."""
+        self._add(Call(action_id, key, kind, amount, margin_before, CallState.SENDING, now_ms))
+
+    def adopt(
+        self,
+        action_id: str,
+        key: PositionKey,
+        kind: ActionKind,
+        amount: Decimal,
+        margin_before: Decimal,
+        unknown_since_ms: int,
+    ) -> list[Read]:
+        """Take over a call a previous run or another instance sent and never settled: it is
+        uncertain from ``unknown_since_ms`` (it may still be landing)."""
+        call = Call(action_id, key, kind, amount, margin_before, CallState.UNCERTAIN,
+                    unknown_since_ms, unknown_since_ms)  # fmt: skip
+        self._add(call)
+        return self._reads(call)
+
+    def succeeded(self, action_id: str, now_ms: int) -> list[Settled]:
+        """The exchange confirmed the call. May verify it at once from a snapshot that
+        overtook the answer."""
+        call = self._calls.get(action_id)
+        if call is None:
+            return []
+        call.state, call.done_ms = CallState.SUCCEEDED, now_ms
+        if action_id in self._orphans:
+            return [self._settle(call, *_gone(call))]
+        return self._match(call.key, now_ms)
+
+    def uncertain(self, action_id: str, now_ms: int) -> tuple[list[Settled], list[Read]]:
+        """No answer: the call may have landed. Returns what a snapshot already received
+        proves, and the reads to make: one at once (evidence) and one once the settle window
+        has passed (the final word)."""
+        call = self._calls.get(action_id)
+        if call is None:
+            return [], []
+        call.state, call.done_ms = CallState.UNCERTAIN, now_ms
+        if action_id in self._orphans:
+            return [self._settle(call, *_gone(call))], []
+        return self._match(call.key, now_ms), self._reads(call)
+
+    def not_applied(self, action_id: str) -> None:
+        """The call never moved money (rejected, refused, not sent): forget it."""
+        call = self._calls.pop(action_id, None)
+        self._orphans.discard(action_id)
+        if call is not None:
+            self._remove(call)
+
+    def observe(
+        self, key: PositionKey, margin: Decimal | None, received_ms: int
+    ) -> list[Settled]:
+        """A snapshot of the position (``margin`` ``None``: it is closed or gone)."""
+        chain = self._chains.get(key)
+        if chain is None:
+            return []
+        if margin is None:
+            return self.closed(key, received_ms)
+        if chain.seen is None or received_ms >= chain.seen.received_ms:
+            chain.seen = _Seen(margin, received_ms)
+        return self._match(key, received_ms)
+
+    def expire(self, now_ms: int) -> list[Settled]:
+        """Succeeded calls no snapshot showed within the verify window are settled as not
+        seen (they did land: the exchange said so), and the evidence is weighed again."""
+        settled: list[Settled] = []
+        for key in list(self._chains):
+            settled.extend(self._match(key, now_ms))
+        return settled
+
+    def closed(self, key: PositionKey, now_ms: int) -> list[Settled]:
+        """The position closed or was liquidated: its calls are settled now (a call still on
+        the wire, when its answer comes), so a new position on the symbol inherits none."""
+        chain = self._chains.get(key)
+        if chain is None:
+            return []
+        settled = []
+        for call in list(chain.calls):
+            if call.state is CallState.SENDING:
+                continue
+            settled.append(self._settle(call, *_gone(call)))
+        if not chain.calls:
+            self._chains.pop(key, None)
+        else:
+            self._orphans.update(c.action_id for c in chain.calls)
+        return settled
+
+    def drop_account(self, account_id: str) -> None:
+        """Another instance guards the account now: it settles what is left (from the audit
+        log, as unfinished actions)."""
+        for key in [k for k in self._chains if k[0] == account_id]:
+            for call in self._chains.pop(key).calls:
+                self._calls.pop(call.action_id, None)
+                self._orphans.discard(call.action_id)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _add(self, call: Call) -> None:
+        chain = self._chains.get(call.key)
+        if chain is None:
+            chain = self._chains[call.key] = _Chain(base=call.margin_before)
+        chain.calls.append(call)
+        self._calls[call.action_id] = call
+
+    def _remove(self, call: Call) -> None:
+        chain = self._chains.get(call.key)
+        if chain is None:
+            return
+        chain.calls = [c for c in chain.calls if c is not call]
+        if not chain.calls:
+            del self._chains[call.key]
+
+    def _reads(self, call: Call) -> list[Read]:
+        final = call.done_ms + self.settle_window_ms + 1
+        return [Read(call.key, call.done_ms), Read(call.key, final)]
+
+    def _settle(
+        self, call: Call, event: str, message: str, applied: bool | None,
+        margin: Decimal | None = None,
+    ) -> Settled:
+        self._calls.pop(call.action_id, None)
+        self._orphans.discard(call.action_id)
+        chain = self._chains.get(call.key)
+        if chain is not None and (event == "VERIFIED" or applied):
+            chain.base += call.signed  # it landed (a succeeded call, seen or not)
+        self._remove(call)
+        return Settled(call, event, message, applied, margin)
+
+    def _match(self, key: PositionKey, now_ms: int) -> list[Settled]:
+        """Weigh the newest snapshot against the position's unsettled calls."""
+        settled: list[Settled] = []
+        chain = self._chains.get(key)
+        if chain is None:
+            return settled
+        # Succeeded calls past the verify window: settled, shown or not.
+        for call in list(chain.calls):
+            if call.state is CallState.SUCCEEDED and now_ms - call.done_ms > self.verify_window_ms:
+                margin = None if chain.seen is None else chain.seen.margin
+                settled.append(self._settle(call, "VERIFIED", "margin does not show the change",
+                                            False, margin))
+        chain = self._chains.get(key)
+        if chain is None or chain.seen is None:
+            return settled
+        seen = chain.seen
+        # Calls sent after the snapshot was received cannot be in it.
+        candidates = [c for c in chain.calls if c.sent_ms <= seen.received_ms]
+        if not candidates:
+            return settled
+        explanations = _explanations(chain.base, seen.margin, candidates)
+        if not explanations:
+            # Something else moved the margin too (the owner, a fill): past its window, a
+            # call is judged alone, as landed if the margin moved at least half its amount
+            # its way.
+            for call in candidates:
+                if _final(call, seen, self.settle_window_ms):
+                    applied = _moved_its_way(chain.base, seen.margin, call)
+                    settled.append(self._settle(
+                        call, "RECONCILED", "applied" if applied else "not applied", applied,
+                        seen.margin))
+            return settled
+        in_all = set.intersection(*explanations)
+        in_any = set.union(*explanations)
+        for call in candidates:
+            index = id(call)
+            final = _final(call, seen, self.settle_window_ms)
+            if call.state is CallState.SUCCEEDED and index in in_all:
+                settled.append(self._settle(call, "VERIFIED", "margin shows the change", True,
+                                            seen.margin))
+            elif call.state is CallState.UNCERTAIN and index in in_all:
+                settled.append(self._settle(call, "RECONCILED", "applied", True, seen.margin))
+            elif call.state is CallState.UNCERTAIN and final and index not in in_any:
+                settled.append(self._settle(call, "RECONCILED", "not applied", False,
+                                            seen.margin))
+        if settled:
+            return settled + self._match(key, now_ms)
+        # Indistinguishable calls (equal amounts) past their windows: one consistent choice.
+        finals = [c for c in candidates if _final(c, seen, self.settle_window_ms)]
+        if finals and all(c.state is not CallState.SENDING for c in candidates):
+            chosen = explanations[0]
+            for call in finals:
+                applied = id(call) in chosen
+                settled.append(self._settle(
+                    call, "RECONCILED", "applied" if applied else "not applied", applied,
+                    seen.margin))
+            return settled + self._match(key, now_ms)
+        return settled
+
+
+def _explanations(base: Decimal, margin: Decimal, calls: list[Call]) -> list[set[int]]:
+    """The subsets of ``calls`` (as sets of ``id``) whose amounts explain the move from
+    ``base`` to ``margin`` within half the smallest amount: those holding the most
+    succeeded calls first (they are known to have landed), then those holding the
+    earliest calls."""
+    tolerance = min(c.amount for c in calls) / 2
+    moved = margin - base
+    found: list[tuple[int, tuple[int, ...]]] = []
+    for size in range(len(calls) + 1):
+        for subset in itertools.combinations(range(len(calls)), size):
+            if abs(moved - sum((calls[i].signed for i in subset), ZERO)) < tolerance:
+                succeeded = sum(1 for i in subset if calls[i].state is CallState.SUCCEEDED)
+                found.append((-succeeded, subset))
+    if not found:
+        return []
+    best = min(rank for rank, _ in found)
+    preferred = sorted(subset for rank, subset in found if rank == best)
+    return [{id(calls[i]) for i in subset} for subset in preferred]
+
+
+def _final(call: Call, seen: _Seen, settle_window_ms: int) -> bool:
+    """An uncertain call that ``seen`` has the last word on (received after its window)."""
+    return call.state is CallState.UNCERTAIN and seen.received_ms > call.done_ms + settle_window_ms
+
+
+def _moved_its_way(base: Decimal, margin: Decimal, call: Call) -> bool:
+    """The margin moved at least half the call's amount in the call's direction."""
+    moved = margin - base if call.kind is ActionKind.ADD else base - margin
+    return moved * 2 >= call.amount
+
+
+def _gone(call: Call) -> tuple[str, str, bool | None]:
+    if call.state is CallState.SUCCEEDED:
+        return "VERIFIED", "position closed", False
+    return "RECONCILED", "outcome unknown: position gone before it could be read", None
