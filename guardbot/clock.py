@@ -106,6 +106,17 @@ class ManualClock:
             raise ValueError("time does not go back")
         self.advance_to(self._elapsed + seconds)
 
+    def set_ms(self, ms: int) -> None:
+        """Put the wall clock at ``ms``: forward like ``advance``; back only while nobody
+        sleeps (for writing history at chosen times in tests)."""
+        target = (ms - self._start_ms) / 1000
+        if target >= self._elapsed:
+            self.advance_to(target)
+        elif self.next_wakeup() is not None:
+            raise ValueError("time does not go back while tasks sleep on it")
+        else:
+            self._elapsed = target
+
     def advance_to(self, monotonic: float) -> None:
         """Move time to ``monotonic`` (seconds from the start), waking sleepers due."""
         if monotonic < self._elapsed:

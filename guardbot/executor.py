@@ -38,12 +38,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from guardbot import metrics
+from guardbot import backoff, metrics
 from guardbot.alerts import Alert, AlertKind
 from guardbot.audit.errors import AuditError
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
 from guardbot.clock import SYSTEM_CLOCK, Clock
-from guardbot.domain import ActionKind, Intent, Position, PositionKey
+from guardbot.domain import Intent, Position, PositionKey
 from guardbot.exchange.errors import (
     AuthError,
     ExchangeError,
@@ -99,7 +99,6 @@ class Job:
 
 
 PositionHandler = Callable[[Position | None, PositionKey], Awaitable[None]]
-AppliedHandler = Callable[[PositionKey, ActionKind, Decimal], None]
 
 
 class Executor:
@@ -107,8 +106,7 @@ class Executor:
 
     ``on_reread(position, key)`` receives positions the executor read (for evidence, or
     after a transient failure) so the guard updates its book, feeds them back through
-    ``observe`` and re-decides. ``on_applied(key, kind, amount)`` hears of every call known
-    to have moved money.
+    ``observe`` and re-decides.
     """
 
     def __init__(
@@ -120,7 +118,6 @@ class Executor:
         settlement: Settlement | None = None,
         on_reread: PositionHandler | None = None,
         notify: Callable[[Alert], None] | None = None,
-        on_applied: AppliedHandler | None = None,
         concurrency: int = CONCURRENCY,
         reread_delays_s: Sequence[float] = REREAD_DELAYS_S,
         max_data_age_ms: int | None = None,
@@ -133,7 +130,6 @@ class Executor:
         self.settlement = settlement or Settlement()
         self._on_reread = on_reread
         self._notify = notify or (lambda _alert: None)
-        self._on_applied = on_applied or (lambda _key, _kind, _amount: None)
         self._concurrency = concurrency
         self._reread_delays_s = tuple(reread_delays_s)
         self._max_data_age_ms = max_data_age_ms
@@ -186,6 +182,12 @@ class Executor:
             (job.intent.urgency, next(self._order), job, action_id, self._clock.now_ms())
         )
         return action_id
+
+    async def refused(self, job: Job, reason: str) -> None:
+        """Record an intent the arbiter refused (a ``SKIPPED`` action with the reason)."""
+        action_id = await self._audit.record_action(job.record())
+        await self._audit.record_event(action_id, job.intent.account_id, EventKind.SKIPPED,
+                                       message=reason)
 
     def adopt(self, action_id: str, record: ActionRecord, unknown_since_ms: int) -> None:
         """Take over an action whose outcome is unknown (a previous run or instance sent it
@@ -367,6 +369,8 @@ class Executor:
         except AuthError as exc:
             outcome = "failed"
             self.settlement.not_applied(action_id)
+            # The key or the clock must be fixed first: not again on every mark tick.
+            self._held[job.key] = self._clock.now_ms() + self._reject_backoff_ms
             await self._audit.record_event(
                 action_id, intent.account_id, EventKind.FAILED, code=exc.code,
                 message=str(exc), latency_ms=_ms_since(started))
@@ -390,7 +394,6 @@ class Executor:
         intent = job.intent
         for rejection in [r for r in self._rejections if r[0] == job.key]:
             del self._rejections[rejection]
-        self._on_applied(job.key, intent.kind, intent.amount)
         settled = self.settlement.succeeded(action_id, self._clock.now_ms())
         try:
             await self._audit.record_event(action_id, intent.account_id, EventKind.SUCCEEDED,
@@ -414,7 +417,9 @@ class Executor:
         # longer each time the exchange gives the same reason.
         repeats = self._rejections.get((job.key, exc.code), 0)
         self._rejections[(job.key, exc.code)] = repeats + 1
-        hold_ms = min(self._reject_backoff_ms * 2**repeats, self._reject_backoff_max_ms)
+        hold_ms = int(backoff.delay(repeats, self._reject_backoff_ms, self._reject_backoff_max_ms))
+        # Held before anything is awaited: no evaluation may slip the same call in meanwhile.
+        self._held[job.key] = self._clock.now_ms() + hold_ms
         await self._audit.record_event(
             action_id, intent.account_id, EventKind.REJECTED, code=exc.code,
             message=f"{exc.message} (no new action on this position for {hold_ms // 1000} s)",
@@ -426,7 +431,6 @@ class Executor:
                            f"{intent.kind} {intent.amount} rejected: {exc.message}",
                            {"amount": intent.amount, "code": exc.code,
                             "reason": intent.reason}))
-        self._held[job.key] = self._clock.now_ms() + hold_ms
 
     async def _uncertain(self, job: Job, action_id: str, message: str, latency: int) -> None:
         account_id = job.intent.account_id
@@ -474,8 +478,6 @@ class Executor:
     async def _record(self, settled: list[Settled]) -> None:
         for outcome in settled:
             call = outcome.call
-            if outcome.event == "RECONCILED" and outcome.applied:
-                self._on_applied(call.key, call.kind, call.amount)
             await self._audit.record_event(call.action_id, call.key[0],
                                            EventKind(outcome.event), message=outcome.message,
                                            detail=outcome.detail())
@@ -487,12 +489,12 @@ class Executor:
     async def _retry_later(
         self, job: Job, action_id: str, exc: RetryLater, latency: int
     ) -> None:
+        wait_s = exc.retry_after_s if isinstance(exc, RateLimited) else 1.0
+        self._held[job.key] = self._clock.now_ms() + int(wait_s * 1000)
         await self._audit.record_event(
             action_id, job.intent.account_id, EventKind.FAILED,
             code=-1003 if isinstance(exc, RateLimited) else None,
             message=f"not applied, will re-decide: {exc}", latency_ms=latency)
-        backoff = exc.retry_after_s if isinstance(exc, RateLimited) else 1.0
-        self._held[job.key] = self._clock.now_ms() + int(backoff * 1000)
         self._wait(job.key, action_id, self._back_off(job))
 
     async def _back_off(self, job: Job) -> None:

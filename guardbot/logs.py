@@ -240,3 +240,23 @@ def log_options(command: F) -> F:
         callback=_remember,
         help="DEBUG, INFO (default), WARNING or ERROR.",
     )(command)
+
+
+class Once:
+    """Says a thing at most once per ``every_ms`` per topic (a refusal, a stale position):
+    the guard re-evaluates on every mark tick and must not repeat itself each time."""
+
+    def __init__(self, every_ms: int, logger: logging.Logger) -> None:
+        self._every_ms = every_ms
+        self._logger = logger
+        self._said: dict[tuple[str, ...], int] = {}
+
+    def warn(self, topic: tuple[str, ...], now_ms: int, message: str, *args: object) -> bool:
+        """Log ``message`` as a warning unless ``topic`` was said within the interval;
+        returns whether it was said (callers audit or alert only then)."""
+        last = self._said.get(topic)
+        if last is not None and now_ms - last < self._every_ms:
+            return False
+        self._said[topic] = now_ms
+        self._logger.warning(message, *args)
+        return True

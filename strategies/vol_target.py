@@ -70,6 +70,11 @@ class VolTarget:
         self.min_marks = int(count)
 
     @property
+    def trigger(self) -> Decimal:
+        """The farthest distance at which this policy may act (with the largest target)."""
+        return self.max_target * self.trigger_ratio
+
+    @property
     def add_target(self) -> Decimal:
         """The farthest distance this policy's ADDs restore: no REDUCE may go below it."""
         return self.max_target

@@ -24,14 +24,11 @@ from guardbot.audit.errors import NotRecorded
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
 from guardbot.config import parse_config
 from guardbot.daemon import (
-    Guard,
+    Daemon,
     StartupError,
     _exchange_failure,
     config_hash,
-    last_moved_from_audit,
-    net_added_from_audit,
     run_daemon,
-    utc_day_start_ms,
 )
 from guardbot.domain import ActionKind, MarginMode, Source
 from guardbot.exchange.client import OrderlyExchange
@@ -59,23 +56,6 @@ def settings_for(sim: SimServer, account: SimAccount, url: str, tmp: Path,
     }  # fmt: skip
     data.update(sections)
     return data
-
-
-@pytest.mark.parametrize(
-    ("at", "midnight"),
-    [
-        ("2026-11-22T00:00:00+00:00", "2026-11-22T00:00:00+00:00"),
-        ("2026-11-22T23:59:59.999+00:00", "2026-11-22T00:00:00+00:00"),
-        ("2026-11-23T00:00:00.001+00:00", "2026-11-23T00:00:00+00:00"),
-    ],
-)
-def test_daily_budgets_count_from_utc_midnight(at: str, midnight: str) -> None:
-    from datetime import datetime
-
-    def ms(iso: str) -> int:
-        return int(datetime.fromisoformat(iso).timestamp() * 1000)
-
-    assert utc_day_start_ms(ms(at)) == ms(midnight)
 
 
 def test_the_config_hash_changes_with_the_config_and_never_shows_the_secret() -> None:
@@ -115,9 +95,10 @@ async def test_stale_data_is_never_acted_on_and_cross_never_evaluated(
     audit = await AuditLog.open(url, tmp_path / "spool")
     await audit.start_run("test", "h", "host")
     async with OrderlyExchange.from_settings(settings.accounts[0], settings.exchange) as ex:
-        guard = Guard(settings, {ex.account_id: ex}, audit, load_policies(settings.policies,
-                                                                        Path("strategies")))
-        await guard.start()
+        daemon = Daemon(settings, {ex.account_id: ex}, audit,
+                        load_policies(settings.policies, Path("strategies")))
+        await daemon.start()
+        guard = daemon.guard
         assert [p.margin_mode.value for p in guard.book.isolated_positions(ex.account_id)] == [
             "ISOLATED"], "the cross position on the same symbol is not the guard's"
         async with httpx.AsyncClient(base_url=sim.rest_url) as admin:
@@ -180,48 +161,6 @@ async def test_sigterm_stops_guardbot_run_cleanly(
         engine.dispose()
 
 
-async def test_net_added_counts_applied_actions_since_the_position_was_last_closed(
-    tmp_path: Path,
-) -> None:
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    schema.upgrade(url)
-    now = [1_800_000_000_000]
-
-    def clock() -> int:
-        now[0] += 1000
-        return now[0]
-
-    audit = await AuditLog.open(url, tmp_path / "spool", clock_ms=clock)
-    await audit.start_run("test", "h", "host")
-    account = "0x" + "cd" * 32
-    key = (account, ETH, MarginMode.ISOLATED)
-
-    async def action(kind: str, amount: str, *events: tuple[EventKind, dict[str, str]],
-                     dry_run: bool = False) -> None:
-        action_id = await audit.record_action(ActionRecord(
-            account_id=account, symbol=ETH, margin_mode=MarginMode.ISOLATED, policy="p",
-            kind=ActionKind(kind), amount=Decimal(amount), reason="r", dry_run=dry_run,
-            mark_price=Decimal(1), margin=Decimal(1), qty=Decimal(1), data_age_ms=0,
-            source=Source.REST))
-        for event, detail in events:
-            await audit.record_event(action_id, account, event, detail=detail)
-
-    await action("ADD", "999", (EventKind.SUCCEEDED, {}))
-    await audit.record_observation(account, ETH, "position_closed", {"margin_mode": "ISOLATED"})
-    await action("ADD", "100", (EventKind.SENT, {}), (EventKind.SUCCEEDED, {}),
-                 (EventKind.VERIFIED, {}))
-    await action("ADD", "30", (EventKind.UNCERTAIN, {}),
-                 (EventKind.RECONCILED, {"applied": "true"}))
-    await action("ADD", "7", (EventKind.UNCERTAIN, {}),
-                 (EventKind.RECONCILED, {"applied": "false"}))
-    await action("ADD", "50", (EventKind.REJECTED, {}))
-    await action("REDUCE", "20", (EventKind.SUCCEEDED, {}))
-    await action("ADD", "10", (EventKind.DRY_RUN, {}), dry_run=True)
-    await audit.flush(5)
-    assert net_added_from_audit(audit.engine, key) == Decimal(110)
-    await audit.aclose()
-
-
 async def test_an_unreachable_exchange_is_a_clear_start_up_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     schema.upgrade(url)
@@ -241,10 +180,11 @@ async def test_an_unreachable_exchange_is_a_clear_start_up_error(tmp_path: Path)
 
 
 @contextlib.asynccontextmanager
-async def started_guard(
+async def started_daemon(
     sim: SimServer, account: SimAccount, tmp: Path, **sections: object
-) -> AsyncIterator[tuple[Guard, AuditLog, OrderlyExchange]]:
-    """A started guard (not running its loops) over the sim account and a fresh SQLite log."""
+) -> AsyncIterator[tuple[Daemon, AuditLog, OrderlyExchange]]:
+    """A started daemon (not running its loops) over the sim account and a fresh SQLite
+    log."""
     url = f"sqlite:///{tmp / 'audit.db'}"
     schema.upgrade(url)
     settings = parse_config(settings_for(sim, account, url, tmp, **sections))
@@ -252,10 +192,10 @@ async def started_guard(
     await audit.start_run("test", "h", "host")
     try:
         async with OrderlyExchange.from_settings(settings.accounts[0], settings.exchange) as ex:
-            guard = Guard(settings, {ex.account_id: ex}, audit,
-                          load_policies(settings.policies, Path("strategies")))
-            await guard.start()
-            yield guard, audit, ex
+            daemon = Daemon(settings, {ex.account_id: ex}, audit,
+                            load_policies(settings.policies, Path("strategies")))
+            await daemon.start()
+            yield daemon, audit, ex
     finally:
         await audit.aclose()
 
@@ -283,7 +223,8 @@ def event_kinds(audit: AuditLog, action_id: str) -> list[tuple[str, str | None]]
 async def test_an_unfinished_action_no_read_shows_stays_unsettled_for_the_window(
     sim: SimServer, sim_account: SimAccount, tmp_path: Path,
 ) -> None:
-    async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
+    async with started_daemon(sim, sim_account, tmp_path) as (daemon, audit, ex):
+        guard = daemon.guard
         key = (ex.account_id, ETH, MarginMode.ISOLATED)
         margin = guard.book.isolated_positions(ex.account_id)[0].margin
         lost = await record_sent(audit, ex.account_id, margin, "30")
@@ -307,7 +248,8 @@ async def test_a_late_read_settles_a_handed_over_action_as_applied(
 ) -> None:
     exchange = {"preset": "sim", "rest_url": sim.rest_url, "timeout_s": 0.5,
                 "public_ws_url": sim.public_ws_url, "private_ws_url": sim.private_ws_url}
-    async with started_guard(sim, sim_account, tmp_path, exchange=exchange) as (guard, audit, ex):
+    async with started_daemon(sim, sim_account, tmp_path, exchange=exchange) as (daemon, audit, ex):
+        guard = daemon.guard
         key = (ex.account_id, ETH, MarginMode.ISOLATED)
         margin = guard.book.isolated_positions(ex.account_id)[0].margin
         lost = await record_sent(audit, ex.account_id, margin, "30")
@@ -325,17 +267,17 @@ async def test_a_late_read_settles_a_handed_over_action_as_applied(
 async def test_giving_an_account_away_records_its_queued_actions_as_not_sent(
     sim: SimServer, sim_account: SimAccount, tmp_path: Path,
 ) -> None:
-    async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
+    async with started_daemon(sim, sim_account, tmp_path) as (daemon, audit, ex):
+        guard = daemon.guard
         async with httpx.AsyncClient(base_url=sim.rest_url) as admin:
             (await admin.post("/sim/marks", json={"symbol": ETH, "price": "2850"})
              ).raise_for_status()
         await guard.on_snapshot(await ex.get_positions())
         assert guard.executor.blocked(), "an ADD is queued (the workers are not running)"
-        assert any(key[0] == ex.account_id for key in guard._last_action)
-        await guard.follow(lambda: frozenset())  # give every account away
+        await daemon.follow(lambda: frozenset())  # give every account away
         assert guard.executor.blocked() == frozenset()
-        # If the account comes back, its cooldowns are read again from the audit log.
-        assert not any(key[0] == ex.account_id for key in guard._last_action)
+        # If the account comes back, its history is read again from the audit log.
+        assert ex.account_id not in guard.ledger._loaded_from
         await audit.flush(5)
         with audit.engine.connect() as connection:
             action_id = connection.execute(text("SELECT id FROM actions")).scalar_one()
@@ -348,7 +290,8 @@ async def test_giving_an_account_away_records_its_queued_actions_as_not_sent(
 async def test_one_position_that_cannot_be_evaluated_does_not_stop_the_others(
     sim: SimServer, sim_account: SimAccount, tmp_path: Path,
 ) -> None:
-    async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
+    async with started_daemon(sim, sim_account, tmp_path) as (daemon, audit, ex):
+        guard = daemon.guard
         async with httpx.AsyncClient(base_url=sim.rest_url) as admin:
             (await admin.post("/sim/marks", json={"symbol": ETH, "price": "2850"})
              ).raise_for_status()
@@ -371,55 +314,23 @@ async def test_one_position_that_cannot_be_evaluated_does_not_stop_the_others(
 async def test_the_reserve_counts_adds_decided_since_the_balance_was_read(
     sim: SimServer, sim_account: SimAccount, tmp_path: Path,
 ) -> None:
-    async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
+    async with started_daemon(sim, sim_account, tmp_path) as (daemon, audit, ex):
+        guard = daemon.guard
         balance = guard.free_balance[ex.account_id]
         margin = guard.book.isolated_positions(ex.account_id)[0].margin
         await record_sent(audit, ex.account_id, margin, "700")  # decided after the poll
-        state, _ = await guard._arbiter_state(ex.account_id, guard.clock.now_ms(), frozenset())
+        state = await guard.ledger.arbiter_state(
+            ex.account_id, [], guard.clock.now_ms(), cooldown_s=0, free_balance=balance,
+            balance_read_ms=guard.balance_ms[ex.account_id] - guard.settle_window_ms)
         assert state.free_balance[ex.account_id] == balance - 700
-
-
-async def test_only_actions_that_may_have_moved_money_start_a_cooldown(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    schema.upgrade(url)
-    audit = await AuditLog.open(url, tmp_path / "spool")
-    await audit.start_run("test", "h", "host")
-    account = "0x" + "cd" * 32
-    key = (account, ETH, MarginMode.ISOLATED)
-    start = time.time_ns() // 1_000_000 - 1000
-
-    async def action(kind: str, *events: tuple[EventKind, dict[str, str]]) -> None:
-        action_id = await audit.record_action(ActionRecord(
-            account_id=account, symbol=ETH, margin_mode=MarginMode.ISOLATED, policy="p",
-            kind=ActionKind(kind), amount=Decimal(5), reason="r", dry_run=False,
-            mark_price=Decimal(1), margin=Decimal(1), qty=Decimal(1), data_age_ms=0,
-            source=Source.REST))
-        for event, detail in events:
-            await audit.record_event(action_id, account, event, detail=detail)
-
-    await action("REDUCE", (EventKind.SUCCEEDED, {}))
-    await audit.flush(5)
-    moved = last_moved_from_audit(audit.engine, key, start, dry_run=False)
-    assert moved is not None and moved.kind is ActionKind.REDUCE
-    await action("ADD", (EventKind.SKIPPED, {}))
-    await action("ADD", (EventKind.SENT, {}), (EventKind.FAILED, {}))
-    await action("ADD", (EventKind.SENT, {}), (EventKind.REJECTED, {}))
-    await action("ADD", (EventKind.UNCERTAIN, {}), (EventKind.RECONCILED, {"applied": "false"}))
-    await audit.flush(5)
-    assert last_moved_from_audit(audit.engine, key, start, dry_run=False) == moved
-    await action("ADD", (EventKind.SENT, {}))  # outcome unknown: it may have moved money
-    await audit.flush(5)
-    latest = last_moved_from_audit(audit.engine, key, start, dry_run=False)
-    assert latest is not None and latest.kind is ActionKind.ADD
-    assert last_moved_from_audit(audit.engine, key, start + 60_000, dry_run=False) is None
-    await audit.aclose()
 
 
 async def test_with_the_audit_database_gone_a_new_position_is_still_topped_up(
     sim: SimServer, sim_account: SimAccount, tmp_path: Path,
 ) -> None:
-    async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
-        assert guard.readiness().database_reachable
+    async with started_daemon(sim, sim_account, tmp_path) as (daemon, audit, ex):
+        guard = daemon.guard
+        assert daemon.readiness().database_reachable
         # The database file disappears (new connections find an empty one): its history,
         # and so the position's last action, cannot be read; the budgets are in memory.
         (tmp_path / "audit.db").rename(tmp_path / "audit.away")
@@ -434,7 +345,7 @@ async def test_with_the_audit_database_gone_a_new_position_is_still_topped_up(
         while audit.database_ok:  # the writer notices on its next write
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
-        assert not guard.readiness().database_reachable
+        assert not daemon.readiness().database_reachable
         (tmp_path / "audit.away").rename(tmp_path / "audit.db")
         audit.engine.dispose()
 
@@ -451,10 +362,11 @@ def test_exchange_start_up_errors_say_what_happened() -> None:
 async def test_the_budget_left_today_is_published(
     sim: SimServer, sim_account: SimAccount, tmp_path: Path,
 ) -> None:
-    async with started_guard(sim, sim_account, tmp_path) as (guard, audit, ex):
+    async with started_daemon(sim, sim_account, tmp_path) as (daemon, audit, ex):
+        guard = daemon.guard
         margin = guard.book.isolated_positions(ex.account_id)[0].margin
         await record_sent(audit, ex.account_id, margin, "700")
-        await guard._arbiter_state(ex.account_id, guard.clock.now_ms(), frozenset())
+        await daemon.publish_gauges()
         gauge = metrics.BUDGET_LEFT.labels(account=ex.account_id)
         assert gauge._value.get() == float(guard.settings.budgets.per_account_per_day - 700)
 
@@ -475,9 +387,10 @@ async def test_start_up_waits_out_a_flaky_exchange(
         try:
             async with OrderlyExchange.from_settings(settings.accounts[0],
                                                      settings.exchange) as ex:
-                guard = Guard(settings, {ex.account_id: ex}, audit,
-                              load_policies(settings.policies, Path("strategies")))
-                starting = asyncio.create_task(guard.start())
+                daemon = Daemon(settings, {ex.account_id: ex}, audit,
+                                load_policies(settings.policies, Path("strategies")))
+                guard = daemon.guard
+                starting = asyncio.create_task(daemon.start())
                 deadline = time.monotonic() + 10
                 while sim.counters.get("fault_5xx", 0) < 4:
                     assert time.monotonic() < deadline, sim.counters
@@ -496,17 +409,18 @@ async def test_a_take_over_applies_the_ownership_target_current_when_it_runs(
 ) -> None:
     """A take-over waiting behind a release must not re-add an account that was given away
     while it waited: the target is read under the ownership lock, not before it."""
-    async with started_guard(sim, sim_account, tmp_path) as (guard, _audit, ex):
-        await guard.follow(lambda: frozenset())  # give every account away
+    async with started_daemon(sim, sim_account, tmp_path) as (daemon, _audit, ex):
+        guard = daemon.guard
+        await daemon.follow(lambda: frozenset())  # give every account away
         target = [frozenset({ex.account_id})]
-        async with guard._ownership_lock:  # a release in progress
-            taking = asyncio.create_task(guard.follow(lambda: target[0]))
+        async with daemon._ownership_lock:  # a release in progress
+            taking = asyncio.create_task(daemon.follow(lambda: target[0]))
             await asyncio.sleep(0)
             target[0] = frozenset()  # given away again before the take-over ran
         await taking
         assert guard.owned == frozenset()
         target[0] = frozenset({ex.account_id})
-        await guard.follow(lambda: target[0])
+        await daemon.follow(lambda: target[0])
         assert guard.owned == frozenset({ex.account_id})
 
 
@@ -515,7 +429,8 @@ async def test_an_audit_failure_while_handling_a_push_does_not_stop_the_guard(
 ) -> None:
     """The spool cannot be written (disk full): the push is dropped with an error logged,
     instead of the exception ending the streams task and with it the whole guard."""
-    async with started_guard(sim, sim_account, tmp_path) as (guard, _audit, ex):
+    async with started_daemon(sim, sim_account, tmp_path) as (daemon, _audit, ex):
+        guard = daemon.guard
         position = guard.book.isolated_positions(ex.account_id)[0]
         newer = replace(position, margin=position.margin + 1, seq=(position.seq or 0) + 1,
                         exchange_ms=position.exchange_ms + 1)

@@ -234,7 +234,7 @@ async def test_an_uncertain_call_on_a_position_gone_by_the_read_stays_unknown(
     recorded = await events(audit)
     assert recorded[-1][0] == "RECONCILED"
     assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "unknown"
-    assert await audit.added_since(ACCOUNT, 0) == Decimal(50)
+    assert await audit.ledger.added_since(ACCOUNT, 0, clock.now_ms()) == Decimal(50)
     assert len(exchange.calls) == 1
 
 

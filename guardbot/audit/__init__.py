@@ -1,12 +1,13 @@
 """The audit log: what guardbot did to which position, when, why, and whether it worked.
 
 Modules: ``tables`` (schema), ``chain`` (hash chain), ``spool`` (local fsync'd journal),
-``store`` (``AuditLog``, the daemon's writer), ``queries`` (the read API behind
-``guardbot audit``), ``schema`` (Alembic: ``guardbot db``), ``database`` (engines).
+``store`` (``AuditLog``, the daemon's writer), ``ledger`` (the budgets, fed by the store),
+``queries`` (the read API behind ``guardbot audit``), ``schema`` (Alembic: ``guardbot db``),
+``database`` (engines).
 
 The daemon's API (``guardbot.audit.store``)::
 
-    log = await AuditLog.open(url, spool_dir, clock_ms=wall_clock_ms)
+    log = await AuditLog.open(url, spool_dir, clock=SYSTEM_CLOCK)
         # SchemaOutOfDate("... run `guardbot db upgrade`"), AuditUnavailable, SpoolInUse;
         # replays whatever a previous process left in the spool
     run_id = await log.start_run(version, config_hash, host);  await log.end_run()
@@ -21,11 +22,7 @@ The daemon's API (``guardbot.audit.store``)::
                            detail={str: str} | None, latency_ms=None)
         # SENT SUCCEEDED REJECTED UNCERTAIN RECONCILED VERIFIED SKIPPED FAILED DRY_RUN
     await log.record_observation(account_id, symbol | None, kind, detail)
-    await log.added_since(account_id, since_ms, symbol=None) -> Decimal
-        # ADDs not dry-run and without a REJECTED/SKIPPED/FAILED/DRY_RUN event, including
-        # uncertain, in-flight and spooled ones (a RECONCILED "not applied" still counts:
-        # record FAILED as well to give the budget back)
-    await log.last_action_ms(account_id, symbol) -> int | None       # cooldowns
+    log.ledger -> Ledger   # budgets: added_since, last_action, net_added, arbiter_state
     await log.unfinished_actions(account_ids) -> list[UnfinishedAction]
         # no SUCCEEDED/REJECTED/RECONCILED/VERIFIED/SKIPPED/FAILED/DRY_RUN event yet;
         # waits for the spool to reach the database; reloads the budget ledger
@@ -35,8 +32,8 @@ The daemon's API (``guardbot.audit.store``)::
 
 Every ``record_*`` is durable on return and never waits on the database; it raises
 ``NotRecorded`` if even the local spool cannot be written (then do not act).
-``added_since`` / ``last_action_ms`` answer from memory; only the first call for an account
-reads the database (``AuditUnavailable`` if it is down: treat the budget as exhausted).
+The ledger answers from memory; only its first question about an account reads the database
+(``AuditUnavailable`` if it is down: treat the budget as exhausted).
 """
 
 import logging

@@ -8,10 +8,9 @@ idempotent (ids are generated here, not by the database), so a record spooled tw
 replayed after a crash is inserted once. The writer also extends each account's hash chain
 (``chain.py``) in the same transaction as the insert.
 
-Budget and cooldown questions (``added_since``, ``last_action_ms``) are answered from an
-in-memory ledger of the accounts' recent actions, loaded from the database once per account
-and kept current by every record, so they never wait on the database and already count
-records still in the spool.
+Every record also goes to the budget ledger (``self.ledger``, ``guardbot.audit.ledger``)
+before it is durable, so budgets never wait on the database and already count records still
+in the spool.
 """
 
 from __future__ import annotations
@@ -22,9 +21,8 @@ import enum
 import json
 import logging
 import os
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -43,10 +41,13 @@ from guardbot.audit.errors import (
     NotRecorded,
     SchemaOutOfDate,
 )
+from guardbot.audit.ledger import Ledger, SqlHistory
 from guardbot.audit.schema import check_schema
 from guardbot.audit.spool import SEGMENT_BYTES, Spool, SpoolInUse
 from guardbot.audit.tables import MONEY_SCALE, OUTCOME_KINDS, Base, outcome_row
-from guardbot.domain import ZERO, ActionKind, MarginMode, Source
+from guardbot.backoff import backoff
+from guardbot.clock import SYSTEM_CLOCK, Clock
+from guardbot.domain import ActionKind, MarginMode, Source
 
 __all__ = [
     "ActionRecord",
@@ -63,9 +64,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DAY_MS = 86_400_000
-# Budgets look back at most a day; keep two in memory so a window never straddles a gap.
-LEDGER_MS = 2 * DAY_MS
 # Back-off cap while the database is down. One connection attempt every few seconds costs
 # the database nothing, and it bounds how long after its return the spool is replayed (the
 # budgets and /readyz follow the replay).
@@ -151,25 +149,9 @@ class UnfinishedAction:
 
 
 @dataclass(slots=True)
-class _Entry:
-    """One action in the budget ledger."""
-
-    symbol: str
-    kind: str
-    amount: Decimal
-    time_ms: int
-    dry_run: bool
-    not_applied: bool = False
-
-
-@dataclass(slots=True)
 class _Pending:
     record: dict[str, Any]
     segment: int
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _new_id(now_ms: int) -> str:
@@ -203,13 +185,13 @@ class AuditLog:
         self,
         engine: Engine,
         spool: Spool,
-        clock_ms: Callable[[], int],
+        clock: Clock,
         batch_size: int,
         retry_s: float,
     ) -> None:
         self._engine = engine
         self._spool = spool
-        self._clock_ms = clock_ms
+        self._clock = clock
         self._batch_size = batch_size
         self._retry_s = retry_s
         self._run_ids: set[str] = set()
@@ -225,9 +207,7 @@ class AuditLog:
         self._drained.set()
         self._closing = False
         self._heads: dict[str, tuple[int, str]] = {}
-        self._ledger: dict[str, dict[str, _Entry]] = {}
-        self._ledger_from: dict[str, int] = {}
-        self._old_last_ms: dict[tuple[str, str], int | None] = {}
+        self.ledger = Ledger(SqlHistory(engine))
         self._db_down_since: float | None = None
         self._last_database_error: str | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -241,7 +221,7 @@ class AuditLog:
         url: str,
         spool_dir: Path,
         *,
-        clock_ms: Callable[[], int] = wall_clock_ms,
+        clock: Clock = SYSTEM_CLOCK,
         batch_size: int = 1000,
         retry_s: float = 1.0,
         segment_bytes: int = SEGMENT_BYTES,
@@ -263,7 +243,7 @@ class AuditLog:
             engine.dispose()
             raise
         spool = await asyncio.to_thread(Spool, spool_dir, segment_bytes)
-        audit = cls(engine, spool, clock_ms, batch_size, retry_s)
+        audit = cls(engine, spool, clock, batch_size, retry_s)
         await audit._replay_spool()
         audit._flusher = asyncio.create_task(audit._flush_forever(), name="audit-spool")
         audit._writer = asyncio.create_task(audit._write_forever(), name="audit-writer")
@@ -281,7 +261,7 @@ class AuditLog:
         if replayed:
             log.warning("audit: replaying %d records left in the spool", len(replayed))
         for pending in replayed:
-            self._note(pending.record)
+            self.ledger.note(pending.record)
             if pending.record["t"] == "run":
                 self._run_ids.add(pending.record["id"])
         self._pending.extend(replayed)
@@ -364,7 +344,7 @@ class AuditLog:
 
     async def start_run(self, version: str, config_hash: str, host: str) -> str:
         """Record a daemon start; returns the run id actions default to."""
-        now = self._clock_ms()
+        now = self._clock.now_ms()
         run_id = _new_id(now)
         record = {
             "t": "run",
@@ -383,7 +363,7 @@ class AuditLog:
         """Record the orderly stop of the current run."""
         if self._run_id is None:
             raise AuditError("end_run without start_run")
-        await self._submit({"t": "run_end", "id": self._run_id, "time_ms": self._clock_ms()})
+        await self._submit({"t": "run_end", "id": self._run_id, "time_ms": self._clock.now_ms()})
         self._run_id = None
 
     async def record_action(self, action: ActionRecord) -> str:
@@ -395,7 +375,7 @@ class AuditLog:
         run_id = action.run_id or self._run_id
         if run_id is None or run_id not in self._run_ids:
             raise ValueError(f"unknown run_id {run_id!r}: call start_run first")
-        now = self._clock_ms()
+        now = self._clock.now_ms()
         action_id = _new_id(now)
         record = {
             "t": "action",
@@ -442,7 +422,7 @@ class AuditLog:
         kind = EventKind(kind)
         if kind is EventKind.INTENT:
             raise ValueError("INTENT is written by record_action")
-        now = self._clock_ms()
+        now = self._clock.now_ms()
         await self._submit({
             "t": "event", "id": _new_id(now), "action_id": action_id,
             "account_id": account_id, "time_ms": now, "kind": kind.value,
@@ -456,7 +436,7 @@ class AuditLog:
     ) -> None:
         """Record something the bot saw but did not cause (liquidation, margin changed by
         someone else, budget state)."""
-        now = self._clock_ms()
+        now = self._clock.now_ms()
         await self._submit({
             "t": "observation", "id": _new_id(now), "time_ms": now, "account_id": account_id,
             "symbol": symbol, "kind": kind, "detail": _strings("detail", detail) or {},
@@ -467,7 +447,7 @@ class AuditLog:
             raise AuditError("the audit log is closed")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Noted before it is durable: budgets count in-flight actions (conservative).
-        undo = self._note(record)
+        undo = self.ledger.note(record)
         self._incoming.append((record, future))
         self._flush_wakeup.set()
         try:
@@ -476,133 +456,6 @@ class AuditLog:
             if undo is not None:
                 undo()
             raise
-
-    # -- budgets and cooldowns -----------------------------------------------------------
-
-    def _note(self, record: dict[str, Any]) -> Callable[[], None] | None:
-        """Keep the ledger current; returns how to forget the record if it is not durable."""
-        if record["t"] == "action":
-            account, action_id = record["account_id"], record["id"]
-            entries = self._ledger.setdefault(account, {})
-            entries[action_id] = _Entry(
-                record["symbol"], record["kind"], Decimal(record["amount"]),
-                record["time_ms"], record["dry_run"])  # fmt: skip
-
-            def forget() -> None:
-                entries.pop(action_id, None)
-
-            return forget
-        if record["t"] == "event" and record["kind"] in NOT_APPLIED:
-            entry = self._ledger.get(record["account_id"], {}).get(record["action_id"])
-            if entry is not None and not entry.not_applied:
-                entry.not_applied = True
-
-                def undo() -> None:
-                    entry.not_applied = False
-
-                return undo
-        return None
-
-    async def _ledger_for(self, account_id: str, since_ms: int) -> dict[str, _Entry]:
-        loaded_from = self._ledger_from.get(account_id)
-        if loaded_from is None or since_ms < loaded_from:
-            start = min(since_ms, self._clock_ms() - LEDGER_MS)
-            try:
-                rows = await asyncio.to_thread(self._load_ledger, account_id, start)
-            except SQLAlchemyError as exc:
-                raise AuditUnavailable(
-                    f"cannot read the audit log for account {account_id}: {_first_line(exc)}"
-                ) from None
-            entries = self._ledger.setdefault(account_id, {})
-            for action_id, entry in rows.items():
-                known = entries.setdefault(action_id, entry)
-                known.not_applied = known.not_applied or entry.not_applied
-            self._ledger_from[account_id] = start
-        return self._ledger.setdefault(account_id, {})
-
-    def _load_ledger(self, account_id: str, since_ms: int) -> dict[str, _Entry]:
-        not_applied = exists().where(
-            _EVENTS.c.action_id == _ACTIONS.c.id,
-            _EVENTS.c.kind.in_([kind.value for kind in NOT_APPLIED]),
-        )
-        query = select(
-            _ACTIONS.c.id, _ACTIONS.c.symbol, _ACTIONS.c.kind, _ACTIONS.c.amount,
-            _ACTIONS.c.time, _ACTIONS.c.dry_run, not_applied.label("not_applied"),
-        ).where(
-            _ACTIONS.c.account_id == account_id, _ACTIONS.c.time >= chain.from_ms(since_ms)
-        )  # fmt: skip
-        with self._engine.connect() as connection:
-            return {
-                row.id: _Entry(row.symbol, row.kind, row.amount, chain.to_ms(row.time),
-                               row.dry_run, bool(row.not_applied))
-                for row in connection.execute(query)
-            }  # fmt: skip
-
-    async def added_since(
-        self, account_id: str, since_ms: int, symbol: str | None = None
-    ) -> Decimal:
-        """Margin added to ``account_id`` (optionally one ``symbol``) since ``since_ms``:
-        every ADD that is not dry-run and not known to be unapplied (REJECTED, SKIPPED,
-        FAILED), including uncertain, in-flight and still-spooled ones. Conservative, so
-        budgets hold under any failure. Answered from memory after the first call per
-        account; that first call raises ``AuditUnavailable`` if the database is down."""
-        self._prune(account_id)
-        entries = await self._ledger_for(account_id, since_ms)
-        return sum(
-            (
-                entry.amount
-                for entry in entries.values()
-                if entry.kind == "ADD"
-                and not entry.dry_run
-                and not entry.not_applied
-                and entry.time_ms >= since_ms
-                and (symbol is None or entry.symbol == symbol)
-            ),
-            ZERO,
-        )
-
-    async def last_action_ms(self, account_id: str, symbol: str) -> int | None:
-        """When the newest action (any kind, dry-run included) on this position was decided,
-        for cooldowns; ``None`` if there never was one."""
-        self._prune(account_id)
-        entries = await self._ledger_for(account_id, self._clock_ms() - LEDGER_MS)
-        times = [e.time_ms for e in entries.values() if e.symbol == symbol]
-        if times:
-            return max(times)
-        key = (account_id, symbol)
-        if key not in self._old_last_ms:
-            try:
-                self._old_last_ms[key] = await asyncio.to_thread(
-                    self._load_last_ms, account_id, symbol)  # fmt: skip
-            except SQLAlchemyError as exc:
-                raise AuditUnavailable(
-                    f"cannot read the audit log for account {account_id}: {_first_line(exc)}"
-                ) from None
-        return self._old_last_ms[key]
-
-    def _load_last_ms(self, account_id: str, symbol: str) -> int | None:
-        query = (
-            select(_ACTIONS.c.time)
-            .where(_ACTIONS.c.account_id == account_id, _ACTIONS.c.symbol == symbol)
-            .order_by(_ACTIONS.c.time.desc())
-            .limit(1)
-        )
-        with self._engine.connect() as connection:
-            found = connection.execute(query).scalar()
-        return None if found is None else chain.to_ms(found)
-
-    def _prune(self, account_id: str) -> None:
-        horizon = self._clock_ms() - 2 * LEDGER_MS
-        if self._ledger_from.get(account_id, horizon) >= horizon:
-            return
-        keep_from = self._clock_ms() - LEDGER_MS
-        entries = self._ledger[account_id]
-        for action_id in [a for a, e in entries.items() if e.time_ms < keep_from]:
-            del entries[action_id]
-        self._ledger_from[account_id] = keep_from
-        # A pruned action may be a position's newest: ask the database again.
-        for key in [k for k in self._old_last_ms if k[0] == account_id]:
-            del self._old_last_ms[key]
 
     # -- start-up reconcile --------------------------------------------------------------
 
@@ -621,8 +474,7 @@ class AuditLog:
         except SQLAlchemyError as exc:
             raise AuditUnavailable(f"cannot read unfinished actions: {_first_line(exc)}") from None
         for account in accounts:
-            self._ledger_from.pop(account, None)
-            await self._ledger_for(account, self._clock_ms() - LEDGER_MS)
+            await self.ledger.load(account, self._clock.now_ms(), again=True)
         return found
 
     def _load_unfinished(self, accounts: list[str]) -> list[UnfinishedAction]:
@@ -693,7 +545,7 @@ class AuditLog:
     # -- database writer -----------------------------------------------------------------
 
     async def _write_forever(self) -> None:
-        delay = self._retry_s
+        delays = backoff(self._retry_s, MAX_RETRY_S)
         while True:
             if not self._pending:
                 if not self._incoming:
@@ -708,21 +560,29 @@ class AuditLog:
             except Exception as exc:  # any failure: keep the records, retry
                 self._heads.clear()
                 self._report_down(exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._retry_now.wait(), delay)
-                delay = min(delay * 2, MAX_RETRY_S)
+                await self._retry_after(next(delays))
                 continue
-            delay = self._retry_s
+            delays = backoff(self._retry_s, MAX_RETRY_S)
             if self._db_down_since is not None:
                 log.warning(
                     "audit: database back after %.1f s; spool replayed",
-                    time.monotonic() - self._db_down_since,
+                    self._clock.monotonic() - self._db_down_since,
                 )
                 self._db_down_since = None
             for _ in batch:
                 self._pending.popleft()
             self._update_depth()
             await self._release_segments()
+
+    async def _retry_after(self, delay_s: float) -> None:
+        """Wait ``delay_s`` before the next write attempt, or less if ``flush`` asks."""
+        waits = [asyncio.ensure_future(self._clock.sleep(delay_s)),
+                 asyncio.ensure_future(self._retry_now.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _release_segments(self) -> None:
         # Segments older than the oldest uncommitted record are fully in the database. The
@@ -736,7 +596,7 @@ class AuditLog:
     def _report_down(self, exc: Exception) -> None:
         self._last_database_error = _first_line(exc)
         if self._db_down_since is None:
-            self._db_down_since = time.monotonic()
+            self._db_down_since = self._clock.monotonic()
             log.warning("audit: database unavailable, spooling locally: %s", _first_line(exc))
         else:
             log.debug("audit: database still unavailable: %s", _first_line(exc))

@@ -1,4 +1,4 @@
-"""Rate limits, retries and backoff: the one home of the exchange's rate numbers.
+"""Rate limits: the one home of the exchange's rate numbers.
 
 ``LIMITS`` is the exchange's published table (docs/exchange.md, "Rate limits"). Orderly
 counts per key ("per user") or per IP; ``RateLimiter`` keeps one sliding window per (key or
@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
-import random
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -138,20 +136,3 @@ class RateLimiter:
 
 SHARED_LIMITER = RateLimiter()
 """The process-wide limiter: limits are per key and per IP, not per client object."""
-
-
-def backoff(
-    base_s: float, cap_s: float, rng: random.Random, factor: float = 2.0
-) -> Iterator[float]:
-    """Endless jittered exponential delays: the n-th is uniform in [d/2, d] with
-    ``d = min(cap_s, base_s * factor**n)`` ("equal jitter": spread out, never near zero)."""
-    ceiling = base_s
-    while True:
-        delay = min(cap_s, ceiling)
-        yield delay / 2 + rng.uniform(0, delay / 2)
-        ceiling = min(cap_s, ceiling * factor)
-
-
-def retry_delay(backoff_s: float, retry_after_s: float | None) -> float:
-    """Wait at least what the exchange asked for (429), else the backoff delay."""
-    return max(backoff_s, retry_after_s or 0.0)

@@ -34,6 +34,7 @@ from urllib.parse import quote, urlencode
 import httpx
 
 from guardbot import metrics
+from guardbot.backoff import backoff, retry_delay
 from guardbot.exchange import wire
 from guardbot.exchange.errors import (
     AuthError,
@@ -45,7 +46,7 @@ from guardbot.exchange.errors import (
     Uncertain,
     Unreachable,
 )
-from guardbot.exchange.limits import SHARED_LIMITER, Priority, RateLimiter, backoff, retry_delay
+from guardbot.exchange.limits import SHARED_LIMITER, Priority, RateLimiter
 from guardbot.exchange.signing import Signer
 
 log = logging.getLogger(__name__)

@@ -32,9 +32,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from guardbot import metrics
+from guardbot.backoff import backoff
 from guardbot.exchange import wire
 from guardbot.exchange.errors import AuthError, MalformedResponse
-from guardbot.exchange.limits import backoff
 from guardbot.exchange.port import StreamEvent, StreamGap
 
 log = logging.getLogger(__name__)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from guardbot.clock import SYSTEM_CLOCK, Clock
 from guardbot.domain import AccountSnapshot
 from guardbot.exchange.errors import ExchangeError
 from guardbot.exchange.port import Exchange
@@ -25,10 +25,6 @@ from guardbot.exchange.port import Exchange
 log = logging.getLogger(__name__)
 
 SnapshotHandler = Callable[[AccountSnapshot], Awaitable[None]]
-
-
-def _monotonic_s() -> float:
-    return time.monotonic()
 
 
 class Poller:
@@ -47,7 +43,7 @@ class Poller:
         interval_s: float,
         fast_interval_s: float,
         is_urgent: Callable[[str], bool] = lambda _account_id: False,
-        clock: Callable[[], float] = _monotonic_s,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._exchanges = dict(exchanges)
         self._on_snapshot = on_snapshot
@@ -64,7 +60,7 @@ class Poller:
         scheduler = AsyncIOScheduler()
         for account_id in self._exchanges:
             scheduler.add_job(
-                self._tick,
+                self.tick,
                 "interval",
                 args=(account_id,),
                 seconds=self._fast_interval_s,
@@ -96,9 +92,10 @@ class Poller:
             return True
         interval = self._fast_interval_s if self._is_urgent(account_id) else self._interval_s
         # A little slack so a tick that fires a hair early still counts.
-        return self._clock() - last >= interval * 0.95
+        return self._clock.monotonic() - last >= interval * 0.95
 
-    async def _tick(self, account_id: str) -> None:
+    async def tick(self, account_id: str) -> None:
+        """One tick of the account's job (APScheduler's, or the backtest's): polls if due."""
         if self._locks[account_id].locked() or not self.due(account_id):
             return
         try:
@@ -113,7 +110,7 @@ class Poller:
         Returns the snapshot, or ``None`` when the exchange call failed (already logged).
         """
         async with self._locks[account_id]:
-            self._last_poll[account_id] = self._clock()
+            self._last_poll[account_id] = self._clock.monotonic()
             try:
                 snapshot = await self._exchanges[account_id].get_positions()
             except ExchangeError as exc:

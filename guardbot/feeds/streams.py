@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from guardbot.backoff import delay
 from guardbot.exchange.errors import AuthError, ExchangeError
 from guardbot.exchange.port import Exchange, StreamEvent, StreamGap
 
@@ -22,12 +23,13 @@ Resync = Callable[[str], Awaitable[object]]
 
 # The port's iterators reconnect on their own; these delays apply only when one ends or
 # fails outright, growing so a dead endpoint is not hammered.
-RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+RESTART_BASE_S = 0.5
+RESTART_CAP_S = 10.0
 
 
 def restart_delay(failures: int) -> float:
     """Seconds to wait before re-opening a stream after ``failures`` consecutive ends."""
-    return RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S)) - 1] if failures else 0.0
+    return delay(failures - 1, RESTART_BASE_S, RESTART_CAP_S) if failures else 0.0
 
 
 class Streams:

@@ -21,9 +21,11 @@ clear message instead of the policy failing at 3 a.m. Amounts are ``Decimal`` US
 arbiter decides what is actually done (budgets, cooldowns, conflicts), so a policy simply
 asks for what the position needs.
 
-Hysteresis: a policy that ADDs up to some distance from liquidation declares the farthest
-one as ``add_target``; one that REDUCEs declares the closest distance it leaves as
-``reduce_floor`` (fractions of the mark, ``Decimal``, attributes or properties). Start-up
+Declared distances (fractions of the mark, ``Decimal``, attributes or properties; all
+optional). ``trigger``: the distance below which the policy acts; the guard polls a position
+near the largest declared trigger on the fast interval. Hysteresis: a policy that ADDs up to
+some distance from liquidation declares the farthest one as ``add_target``; one that REDUCEs
+declares the closest distance it leaves as ``reduce_floor``. Start-up
 refuses a ``reduce_floor`` below the ``add_target`` of a policy on the same positions, which
 would move margin back and forth at the rate limit until the day's budget is gone; and the
 arbiter refuses any REDUCE that would land below the highest ``add_target`` on its
@@ -184,7 +186,8 @@ def decimal_param(
 
 
 def declared_distance(policy: object, attribute: str) -> Decimal | None:
-    """A policy's ``add_target`` or ``reduce_floor``, or ``None`` if it declares none.
+    """A policy's ``trigger``, ``add_target`` or ``reduce_floor``, or ``None`` if it declares
+    none.
     Raises ``PolicyParamError`` for a declaration that is not a ``Decimal`` in [0, 1)."""
     value = getattr(policy, attribute, None)
     if value is None:

@@ -53,9 +53,10 @@ class LoadedPolicy:
     accounts: tuple[str, ...] = ("*",)
     symbols: tuple[str, ...] = ("*",)
     params: Mapping[str, Any] = field(default_factory=dict)
-    # the policy's declared hysteresis distances (base.py), validated at load
+    # the policy's declared distances (base.py), validated at load
     add_target: Decimal | None = None
     reduce_floor: Decimal | None = None
+    trigger: Decimal | None = None
 
     def applies_to(self, account_id: str, symbol: str, account_name: str | None = None) -> bool:
         """Whether this policy guards that position; ``accounts`` may list account names or
@@ -73,7 +74,8 @@ def load_policies(
     Raises ``ConfigError`` with every problem found."""
     if not configured:
         default = TopUp()
-        return [LoadedPolicy(label=TopUp.name, policy=default, add_target=default.add_target)]
+        return [LoadedPolicy(label=TopUp.name, policy=default, add_target=default.add_target,
+                             trigger=default.trigger)]
     loaded: list[LoadedPolicy] = []
     problems: list[str] = []
     for index, settings in enumerate(configured):
@@ -152,6 +154,7 @@ def _load_one(index: int, settings: PolicySettings, strategies_dir: Path) -> Loa
     try:
         add_target = declared_distance(policy, "add_target")
         reduce_floor = declared_distance(policy, "reduce_floor")
+        trigger = declared_distance(policy, "trigger")
     except PolicyParamError as exc:
         raise ConfigError(f"{where}: policy {settings.label!r} declares {exc}") from None
     return LoadedPolicy(
@@ -162,6 +165,7 @@ def _load_one(index: int, settings: PolicySettings, strategies_dir: Path) -> Loa
         params=MappingProxyType(params),
         add_target=add_target,
         reduce_floor=reduce_floor,
+        trigger=trigger,
     )
 
 

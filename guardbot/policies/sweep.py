@@ -5,12 +5,12 @@ that it sits exactly ``safe`` away, never more than the exchange lets go
 (``risk.max_removable``), rounded down to 0.01 USDC, and only if that is at least
 ``min_amount`` (a sweep costs a rate-limited call and an audit row).
 
-Hysteresis: ``trigger < target <= safe`` is checked at construction, with ``trigger`` and
-``target`` being the top-up's, so a sweep never pushes a position into the band where the
-top-up would add the margin straight back. ``reduce_floor`` (= ``safe``) declares this to
-the loader, which checks it against every ADD policy's ``add_target`` (base.py).
+Hysteresis: ``reduce_floor`` (= ``safe``) declares the closest distance a sweep leaves; the
+loader refuses a ``safe`` below any ADD policy's ``add_target`` on the same positions, so a
+sweep never pushes a position into the band where a top-up would add the margin straight
+back (base.py).
 
-Parameters: ``safe`` (0.20), ``min_amount`` (10 USDC), ``trigger`` (0.05), ``target`` (0.10).
+Parameters: ``safe`` (0.20), ``min_amount`` (10 USDC).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from guardbot.domain import ActionKind, Intent
 from guardbot.policies.base import (
     Number,
     PolicyContext,
-    PolicyParamError,
     PositionView,
     decimal_param,
 )
@@ -40,21 +39,10 @@ class Sweep:
         *,
         safe: Number = Decimal("0.20"),
         min_amount: Number = Decimal(10),
-        trigger: Number = Decimal("0.05"),
-        target: Number = Decimal("0.10"),
     ) -> None:
-        self.safe = decimal_param("safe", safe, low=ZERO, high=ONE, high_inclusive=False)
+        self.safe = decimal_param("safe", safe, low=ZERO, high=ONE, low_inclusive=False,
+                                  high_inclusive=False)
         self.min_amount = decimal_param("min_amount", min_amount, low=Decimal("0.01"))
-        self.trigger = decimal_param("trigger", trigger, low=ZERO, low_inclusive=False)
-        self.target = decimal_param("target", target, low=ZERO)
-        if not self.trigger < self.target:
-            raise PolicyParamError(
-                "target", f"must be above trigger ({self.trigger}), got {self.target}"
-            )
-        if not self.target <= self.safe:
-            raise PolicyParamError(
-                "safe", f"must be at least target ({self.target}), got {self.safe}"
-            )
 
     @property
     def reduce_floor(self) -> Decimal:

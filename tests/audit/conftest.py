@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from guardbot.audit import schema
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
+from guardbot.clock import ManualClock
 from guardbot.domain import ActionKind, MarginMode, Source
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -62,22 +63,9 @@ OTHER = "0x" + "b2" * 32
 T0 = 1_763_800_000_000  # 2025-11-22T08:26:40Z
 
 
-class Clock:
-    """An injected millisecond clock that moves only when told."""
-
-    def __init__(self, now_ms: int = T0) -> None:
-        self.now_ms = now_ms
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-    def advance(self, ms: int) -> None:
-        self.now_ms += ms
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(start_ms=T0)
 
 
 def action(**overrides: Any) -> ActionRecord:
@@ -138,8 +126,8 @@ async def history(url: str, tmp_path: Path) -> dict[str, str]:
     a6     ACCOUNT  ETH     sweep   REDUCE  2     SENT FAILED(10)                +1d2h
     =====  =======  ======  ======  ======  ====  ==================================
     """
-    clock = Clock()
-    log = await AuditLog.open(url, tmp_path / "history-spool", clock_ms=clock)
+    clock = ManualClock(start_ms=T0)
+    log = await AuditLog.open(url, tmp_path / "history-spool", clock=clock)
     await log.start_run("0.1.0", "cafe", "host-1")
     ids: dict[str, str] = {}
     plan: list[tuple[str, int, dict[str, Any], list[tuple[EventKind, dict[str, Any]]]]] = [
@@ -162,11 +150,11 @@ async def history(url: str, tmp_path: Path) -> dict[str, str]:
          [(EventKind.SENT, {}), (EventKind.FAILED, {"latency_ms": 10})]),
     ]  # fmt: skip
     for name, offset, fields, events in plan:
-        clock.now_ms = T0 + offset
+        clock.set_ms(T0 + offset)
         record = action(**fields)
         ids[name] = await log.record_action(record)
         for kind, extra in events:
-            clock.advance(1)
+            clock.advance(0.001)
             await log.record_event(ids[name], record.account_id, kind, **extra)
     await log.record_observation(THIRD, "PERP_ETH_USDC", "liquidation", {"qty": "-1"})
     await log.aclose()

@@ -21,9 +21,10 @@ from guardbot.audit.database import create_audit_engine
 from guardbot.audit.queries import ActionFilter
 from guardbot.audit.store import AuditLog, EventKind
 from guardbot.audit.tables import OUTCOME_KINDS
+from guardbot.clock import ManualClock
 from guardbot.domain import ActionKind
 
-from .conftest import ACCOUNT, DAY, HOUR, OTHER, T0, THIRD, Clock, action
+from .conftest import ACCOUNT, DAY, HOUR, OTHER, T0, THIRD, action
 
 
 @pytest.fixture
@@ -146,12 +147,12 @@ async def random_history(url: str, spool: Path, seed: int, actions: int = 80) ->
     shape above with random latencies; half of the events are written in later batches
     than their action, in shuffled order."""
     rng = random.Random(seed)
-    clock = Clock()
-    log = await AuditLog.open(url, spool, clock_ms=clock)
+    clock = ManualClock(start_ms=T0)
+    log = await AuditLog.open(url, spool, clock=clock)
     await log.start_run("0.1.0", "cafe", "host-1")
     later: list[tuple[str, str, list[tuple[EventKind, dict[str, Any]]]]] = []
     for _ in range(actions):
-        clock.now_ms = T0 + rng.randrange(4 * DAY)
+        clock.set_ms(T0 + rng.randrange(4 * DAY))
         record = action(
             account_id=rng.choice([ACCOUNT, OTHER, THIRD]),
             symbol=rng.choice(["PERP_ETH_USDC", "PERP_BTC_USDC", "PERP_SOL_USDC"]),

@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+from guardbot.clock import ManualClock
 from guardbot.domain import AccountSnapshot
 from guardbot.exchange.errors import RetryLater
 from guardbot.exchange.port import StreamEvent
@@ -59,7 +60,7 @@ async def test_polls_each_account_on_its_interval_and_faster_when_urgent() -> No
 
 
 async def test_due_follows_the_clock() -> None:
-    now = [0.0]
+    clock = ManualClock()
     exchange = CountingExchange("a")
     urgent = [False]
 
@@ -72,17 +73,17 @@ async def test_due_follows_the_clock() -> None:
         interval_s=5.0,
         fast_interval_s=1.0,
         is_urgent=lambda _a: urgent[0],
-        clock=lambda: now[0],
+        clock=clock,
     )
     assert poller.due("a")
     await poller.poll_now("a")
     assert not poller.due("a")
-    now[0] = 1.0
+    clock.advance(1.0)
     assert not poller.due("a")
     urgent[0] = True
     assert poller.due("a")
     urgent[0] = False
-    now[0] = 5.0
+    clock.advance(4.0)
     assert poller.due("a")
 
 

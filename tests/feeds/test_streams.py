@@ -93,4 +93,4 @@ async def test_an_auth_error_stops_the_streams() -> None:
 
 
 def test_restart_delay_grows_and_caps() -> None:
-    assert [restart_delay(n) for n in range(7)] == [0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 10.0]
+    assert [restart_delay(n) for n in range(7)] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0]

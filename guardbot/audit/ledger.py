@@ -1,0 +1,387 @@
+"""The ledger: the one home of budgets (docs/architecture.md, "Where things live").
+
+It knows, per account, the guard's recent actions and what became of them, and answers
+what the arbiter needs: margin added today per position and per account, each position's
+last action (for cooldowns) and the net margin the guard added to it since it opened, and
+the UTC day the daily budgets count. It is fed every record by the audit store (before the
+record is durable, so budgets count actions still in the spool: conservative) and loads
+each account's recent history from the database once, through ``SqlHistory``; the backtest
+feeds it from memory with no database at all.
+
+An action's status follows its events:
+
+- *applied*: ``SUCCEEDED``, or ``RECONCILED`` as applied;
+- *not applied*: ``REJECTED``, ``SKIPPED``, ``FAILED``, ``DRY_RUN``, or ``RECONCILED`` as not
+  applied: it never moved money and leaves the budgets;
+- *unknown* otherwise (decided, on the wire, uncertain, or reconciled as unknown): it counts
+  as spent, since it may have moved money.
+
+A position closed (``position_closed`` observation) starts over: actions before the close
+count for neither cooldowns nor the net margin added of a position opened later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from guardbot.arbiter import ArbiterState, LastAction
+from guardbot.audit import chain
+from guardbot.audit.errors import AuditUnavailable
+from guardbot.audit.tables import Action, ActionEvent, Observation
+from guardbot.domain import ZERO, ActionKind, PositionKey
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+# Budgets look back at most a day; keep two in memory so a window never straddles a gap.
+WINDOW_MS = 2 * DAY_MS
+POSITION_CLOSED = "position_closed"
+
+
+class Status(enum.Enum):
+    UNKNOWN = "unknown"
+    APPLIED = "applied"
+    NOT_APPLIED = "not_applied"
+
+
+# Events that end an action without moving money.
+_NOT_APPLIED_EVENTS = frozenset({"REJECTED", "SKIPPED", "FAILED", "DRY_RUN"})
+# Events that tell what happened to an action (the rest are steps along the way).
+_TELLING_EVENTS = (*_NOT_APPLIED_EVENTS, "SUCCEEDED", "RECONCILED")
+
+
+def status_after(status: Status, event: str, detail: Mapping[str, str] | None) -> Status:
+    """An action's status once ``event`` happened to it."""
+    if event == "SUCCEEDED":
+        return Status.APPLIED
+    if event in _NOT_APPLIED_EVENTS:
+        return Status.NOT_APPLIED if status is not Status.APPLIED else status
+    if event == "RECONCILED":
+        said = (detail or {}).get("applied")
+        if said == "true":
+            return Status.APPLIED
+        if said == "false":
+            return Status.NOT_APPLIED
+    return status
+
+
+def utc_day_start_ms(at_ms: int) -> int:
+    """Midnight UTC of the day ``at_ms`` falls in: daily budgets count from here."""
+    day = datetime.fromtimestamp(at_ms / 1000, UTC).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    return int(day.timestamp() * 1000)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One action of the guard, as the ledger counts it."""
+
+    symbol: str
+    mode: str
+    kind: ActionKind
+    amount: Decimal
+    time_ms: int
+    dry_run: bool
+    status: Status = Status.UNKNOWN
+
+    @property
+    def signed(self) -> Decimal:
+        return self.amount if self.kind is ActionKind.ADD else -self.amount
+
+
+@dataclass(frozen=True, slots=True)
+class AccountHistory:
+    """An account's recent actions (by id) and when each of its symbols last closed."""
+
+    entries: dict[str, Entry]
+    closed_ms: dict[str, int]
+
+
+class History(Protocol):
+    """Where the ledger reads what happened before it started listening."""
+
+    def account(self, account_id: str, since_ms: int) -> AccountHistory: ...
+
+    def net_added_before(self, key: PositionKey, closed_ms: int | None, before_ms: int
+                         ) -> Decimal: ...  # fmt: skip
+
+
+class Ledger:
+    """Budget accounting for every account the guard records actions on."""
+
+    def __init__(self, history: History | None = None) -> None:
+        self._history = history
+        self._entries: dict[str, dict[str, Entry]] = {}
+        self._closed_ms: dict[str, dict[str, int]] = {}
+        self._loaded_from: dict[str, int] = {}
+        self._older_net: dict[PositionKey, Decimal] = {}
+
+    # -- fed by the store ------------------------------------------------------------------
+
+    def note(self, record: Mapping[str, Any]) -> Callable[[], None] | None:
+        """Count one audit record; returns how to forget it if it never becomes durable."""
+        kind = record["t"]
+        if kind == "action":
+            entries = self._entries.setdefault(record["account_id"], {})
+            action_id = record["id"]
+            entries[action_id] = Entry(
+                record["symbol"], record["margin_mode"], ActionKind(record["kind"]),
+                Decimal(record["amount"]), record["time_ms"], record["dry_run"])  # fmt: skip
+
+            def forget() -> None:
+                entries.pop(action_id, None)
+
+            return forget
+        if kind == "event":
+            entry = self._entries.get(record["account_id"], {}).get(record["action_id"])
+            if entry is None:
+                return None
+            before = entry.status
+            entry.status = status_after(before, record["kind"], record["detail"])
+            if entry.status is before:
+                return None
+
+            def undo() -> None:
+                entry.status = before
+
+            return undo
+        if kind == "observation" and record["kind"] == POSITION_CLOSED and record["symbol"]:
+            closes = self._closed_ms.setdefault(record["account_id"], {})
+            symbol, previous = record["symbol"], closes.get(record["symbol"])
+            closes[symbol] = max(previous or 0, record["time_ms"])
+            for key in [k for k in self._older_net if k[:2] == (record["account_id"], symbol)]:
+                del self._older_net[key]
+
+            def reopen() -> None:
+                if previous is None:
+                    closes.pop(symbol, None)
+                else:
+                    closes[symbol] = previous
+
+            return reopen
+        return None
+
+    # -- loading -------------------------------------------------------------------------
+
+    async def load(self, account_id: str, now_ms: int, *, again: bool = False) -> None:
+        """Read the account's recent history (once; ``again`` after another instance guarded
+        it). Raises ``AuditUnavailable`` if the database cannot be read."""
+        start = now_ms - WINDOW_MS
+        if not again and account_id in self._loaded_from:
+            self._prune(account_id, now_ms)
+            return
+        self._loaded_from[account_id] = start
+        self._prune(account_id, now_ms, now=True)
+        if self._history is None:
+            return
+        try:
+            found = await asyncio.to_thread(self._history.account, account_id, start)
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(
+                f"cannot read the audit log for account {account_id}: {_first_line(exc)}"
+            ) from None
+        entries = self._entries.setdefault(account_id, {})
+        for action_id, entry in found.entries.items():
+            known = entries.setdefault(action_id, entry)
+            if known.status is Status.UNKNOWN:
+                known.status = entry.status
+        closes = self._closed_ms.setdefault(account_id, {})
+        for symbol, at_ms in found.closed_ms.items():
+            closes[symbol] = max(closes.get(symbol, 0), at_ms)
+        for key in [k for k in self._older_net if k[0] == account_id]:
+            del self._older_net[key]
+        self._loaded_from[account_id] = start
+
+    def forget(self, account_id: str) -> None:
+        """Another instance guards the account now: read it again if it comes back."""
+        self._loaded_from.pop(account_id, None)
+        for key in [k for k in self._older_net if k[0] == account_id]:
+            del self._older_net[key]
+
+    def _prune(self, account_id: str, now_ms: int, *, now: bool = False) -> None:
+        """Forget actions older than the window (past any cooldown and daily budget); by
+        default only once they are a whole window older than that (amortized)."""
+        keep_from = now_ms - WINDOW_MS
+        if not now and self._loaded_from[account_id] > keep_from - WINDOW_MS:
+            return
+        entries = self._entries.get(account_id, {})
+        for action_id in [a for a, e in entries.items() if e.time_ms < keep_from]:
+            del entries[action_id]
+        self._loaded_from[account_id] = keep_from
+        for key in [k for k in self._older_net if k[0] == account_id]:
+            del self._older_net[key]
+
+    # -- questions -----------------------------------------------------------------------
+
+    async def added_since(
+        self, account_id: str, since_ms: int, now_ms: int, symbol: str | None = None
+    ) -> Decimal:
+        """Margin added to the account (or one symbol of it) since ``since_ms`` by ADDs that
+        are not dry-run and not known to be unapplied (in flight and uncertain ones
+        included: budgets hold under any failure)."""
+        await self.load(account_id, now_ms)
+        return sum(
+            (e.amount for e in self._entries.get(account_id, {}).values()
+             if e.kind is ActionKind.ADD and not e.dry_run
+             and e.status is not Status.NOT_APPLIED and e.time_ms >= since_ms
+             and (symbol is None or e.symbol == symbol)),
+            ZERO,
+        )  # fmt: skip
+
+    def _since_open(self, key: PositionKey) -> Iterable[Entry]:
+        account_id, symbol, mode = key
+        closed = self._closed_ms.get(account_id, {}).get(symbol, -1)
+        return (
+            e for e in self._entries.get(account_id, {}).values()
+            if e.symbol == symbol and e.mode == mode.value and e.time_ms > closed
+        )  # fmt: skip
+
+    def last_action(
+        self, key: PositionKey, since_ms: int, dry_run: bool = False
+    ) -> LastAction | None:
+        """The newest action since ``since_ms`` on the position as it is now open that may
+        have moved money (in a dry run: the newest dry-run decision, for pacing): what a
+        cooldown counts from (a restart changes nothing)."""
+        moved = [
+            e for e in self._since_open(key)
+            if e.time_ms >= since_ms and e.dry_run is dry_run
+            and (dry_run or e.status is not Status.NOT_APPLIED)
+        ]  # fmt: skip
+        newest = max(moved, key=lambda e: e.time_ms, default=None)
+        return None if newest is None else LastAction(newest.time_ms, newest.kind)
+
+    async def net_added(self, key: PositionKey, now_ms: int) -> Decimal | None:
+        """Margin the guard added minus margin it swept on this position since it opened
+        (applied, not dry-run); ``None`` when older history cannot be read."""
+        account_id = key[0]
+        await self.load(account_id, now_ms)
+        recent = sum((e.signed for e in self._since_open(key)
+                      if e.status is Status.APPLIED and not e.dry_run), ZERO)  # fmt: skip
+        older = self._older_net.get(key)
+        if older is None:
+            if self._history is None:
+                older = ZERO
+            else:
+                closed = self._closed_ms.get(account_id, {}).get(key[1])
+                try:
+                    older = await asyncio.to_thread(self._history.net_added_before, key,
+                                                    closed, self._loaded_from[account_id])
+                except SQLAlchemyError as exc:
+                    log.warning("cannot read %s history from the audit log: %s", key[1],
+                                _first_line(exc))
+                    return None
+            self._older_net[key] = older
+        return older + recent
+
+    async def arbiter_state(
+        self,
+        account_id: str,
+        keys: Iterable[PositionKey],
+        now_ms: int,
+        *,
+        cooldown_s: float,
+        free_balance: Decimal | None = None,
+        balance_read_ms: int = 0,
+        blocked: frozenset[PositionKey] = frozenset(),
+        unsettled: Mapping[PositionKey, int] | None = None,
+        kill_switch: bool = False,
+        dry_run: bool = False,
+    ) -> ArbiterState:
+        """What the arbiter needs for one round of ``account_id``. The free balance is only
+        re-read on polls: ADDs decided since it was read (``balance_read_ms``) are not in it
+        yet, and must not spend the reserve twice."""
+        day = utc_day_start_ms(now_ms)
+        keys = list(keys)
+        since_cooldown = now_ms - int(cooldown_s * 1000)
+        added_today = await self.added_since(account_id, day, now_ms)
+        by_position = {key: await self.added_since(account_id, day, now_ms, key[1])
+                       for key in keys}  # fmt: skip
+        last_action = {key: last for key in keys
+                       if (last := self.last_action(key, since_cooldown, dry_run)) is not None}
+        balances = {}
+        if free_balance is not None:
+            spent = await self.added_since(account_id, balance_read_ms, now_ms)
+            balances[account_id] = free_balance - spent
+        return ArbiterState(
+            now_ms=now_ms, free_balance=balances, blocked=blocked,
+            unsettled=dict(unsettled or {}), last_action=last_action,
+            added_today_by_position=by_position,
+            added_today_by_account={account_id: added_today}, kill_switch=kill_switch,
+        )  # fmt: skip
+
+
+class SqlHistory:
+    """``History`` from the audit database (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def account(self, account_id: str, since_ms: int) -> AccountHistory:
+        actions = select(
+            Action.id, Action.symbol, Action.margin_mode, Action.kind, Action.amount,
+            Action.time, Action.dry_run,
+        ).where(Action.account_id == account_id, Action.time >= chain.from_ms(since_ms))
+        telling = (
+            select(ActionEvent.action_id, ActionEvent.kind, ActionEvent.detail)
+            .join(Action, Action.id == ActionEvent.action_id)
+            .where(Action.account_id == account_id, Action.time >= chain.from_ms(since_ms),
+                   ActionEvent.kind.in_(_TELLING_EVENTS))
+            .order_by(ActionEvent.seq)
+        )
+        closes = (
+            select(Observation.symbol, func.max(Observation.time))
+            .where(Observation.account_id == account_id, Observation.kind == POSITION_CLOSED)
+            .group_by(Observation.symbol)
+        )
+        with self._engine.connect() as connection:
+            entries = {
+                row.id: Entry(row.symbol, row.margin_mode, ActionKind(row.kind), row.amount,
+                              chain.to_ms(row.time), row.dry_run)
+                for row in connection.execute(actions)
+            }  # fmt: skip
+            for row in connection.execute(telling):
+                entry = entries.get(row.action_id)
+                if entry is not None:  # None: written between the two reads, noted anyway
+                    entry.status = status_after(entry.status, row.kind, row.detail)
+            closed = {row[0]: chain.to_ms(row[1]) for row in connection.execute(closes)
+                      if row[0] is not None}  # fmt: skip
+        return AccountHistory(entries, closed)
+
+    def net_added_before(self, key: PositionKey, closed_ms: int | None, before_ms: int
+                         ) -> Decimal:  # fmt: skip
+        """Net margin applied to the position between its opening (after ``closed_ms``)
+        and ``before_ms``, where the in-memory window starts."""
+        account_id, symbol, mode = key
+        query = (
+            select(Action.id, Action.kind, Action.amount, ActionEvent.kind.label("event"),
+                   ActionEvent.detail)
+            .join(ActionEvent, ActionEvent.action_id == Action.id)
+            .where(Action.account_id == account_id, Action.symbol == symbol,
+                   Action.margin_mode == mode.value, Action.dry_run.is_(False),
+                   Action.time < chain.from_ms(before_ms),
+                   ActionEvent.kind.in_(["SUCCEEDED", "RECONCILED"]))
+        )
+        if closed_ms is not None:
+            query = query.where(Action.time > chain.from_ms(closed_ms))
+        moved: dict[str, Decimal] = {}
+        with self._engine.connect() as connection:
+            for row in connection.execute(query):
+                if status_after(Status.UNKNOWN, row.event, row.detail) is Status.APPLIED:
+                    moved[row.id] = row.amount if row.kind == "ADD" else -row.amount
+        return sum(moved.values(), ZERO)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,385 @@
+"""The guard loop: exchange data in, margin decisions out (docs/architecture.md).
+
+Whenever the data about an account changes (a poll, a push, a re-read, a new mark), the
+guard evaluates that account's fresh isolated positions with the policies, lets the arbiter
+decide over the ledger's budgets, and hands approved actions to the executor. It never acts
+on data older than ``[poll] max_data_age_s``, never on a CROSS position (the book only hands
+out isolated ones), and only on accounts it owns.
+
+It does no I/O of its own and reads time only from its clock: the daemon drives it over
+REST and WebSockets on the system clock (``guardbot.daemon``), the backtest in virtual time
+against the simulated exchange's engine (``guardbot.backtest``). One decision path, two
+drivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from decimal import Decimal
+
+from guardbot import metrics
+from guardbot.alerts import Alert, AlertKind
+from guardbot.arbiter import Arbiter, Decision, Refusal
+from guardbot.audit.store import AuditError, AuditLog, EventKind
+from guardbot.book import PositionBook
+from guardbot.clock import SYSTEM_CLOCK, Clock
+from guardbot.config import Settings
+from guardbot.domain import (
+    AccountSnapshot,
+    Intent,
+    MarkPrice,
+    Position,
+    PositionKey,
+    SymbolRules,
+)
+from guardbot.exchange.errors import ExchangeError
+from guardbot.exchange.port import (
+    Exchange,
+    HoldingsPushed,
+    MarksPushed,
+    PositionsPushed,
+    StreamEvent,
+)
+from guardbot.executor import REJECT_BACKOFF_MS, Executor, Job
+from guardbot.logs import Once
+from guardbot.policies.base import PolicyContext, PositionView
+from guardbot.policies.loader import LoadedPolicy
+from guardbot.policies.runner import evaluate_policies
+from guardbot.settlement import Settlement
+
+log = logging.getLogger(__name__)
+
+# Recent marks kept per symbol for policies that look at volatility.
+RECENT_MARKS = 120
+# A failing policy or a refused decision is audited once per this many ms per position, not
+# on every mark tick.
+REPEAT_AUDIT_MS = 60_000
+# A position is "near its trigger" (polled fast) within this factor of the largest trigger
+# the policies declare.
+URGENT_FACTOR = Decimal(2)
+DEFAULT_TRIGGER = Decimal("0.05")
+
+
+class Guard:
+    """Book, policies, arbiter and executor over one clock, for the accounts it owns."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        exchanges: Mapping[str, Exchange],
+        audit: AuditLog,
+        policies: Sequence[LoadedPolicy],
+        *,
+        account_names: Mapping[str, str] | None = None,
+        owned: frozenset[str] | None = None,
+        notify: Callable[[Alert], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.settings = settings
+        self.exchanges = dict(exchanges)
+        self.audit = audit
+        self.ledger = audit.ledger
+        self.policies = list(policies)
+        self.account_names = dict(account_names or {})
+        # Accounts this instance guards (AccountOwnership decides with several instances).
+        self.owned = frozenset(self.exchanges) if owned is None else owned
+        self.notify = notify or (lambda _alert: None)
+        self.clock = clock
+        self.book = PositionBook()
+        self.arbiter = Arbiter(settings.budgets, dry_run=settings.guard.dry_run)
+        self.max_age_ms = int(settings.poll.max_data_age_s * 1000)
+        # A call whose answer we gave up on may land until the client's longest timeout
+        # (plus slack) has passed.
+        self.settle_window_ms = int(
+            max(settings.exchange.timeout_s, settings.exchange.margin_timeout_s) * 1000) + 1000
+        self.executor = Executor(
+            self.exchanges, audit, clock=clock,
+            settlement=Settlement(settle_window_ms=self.settle_window_ms),
+            on_reread=self.on_reread, notify=self.notify, max_data_age_ms=self.max_age_ms,
+            reject_backoff_ms=max(int(settings.budgets.cooldown_s * 1000), REJECT_BACKOFF_MS))
+        self.rules: dict[str, SymbolRules] = {}
+        self.free_balance: dict[str, Decimal] = {}
+        self.balance_ms: dict[str, int] = {}  # when each free balance was read
+        self.last_snapshot_ms: dict[str, int] = {}
+        self.marks: dict[str, deque[MarkPrice]] = {}
+        self.ws_connected: dict[str, bool] = dict.fromkeys(self.exchanges, False)
+        self.acting = False  # only between the start-up reconcile and stop
+        self._locks = {account_id: asyncio.Lock() for account_id in self.exchanges}
+        self._urgent: set[str] = set()
+        self._once = Once(REPEAT_AUDIT_MS, log)
+        triggers = [p.trigger for p in self.policies if p.trigger is not None]
+        self._watch = URGENT_FACTOR * max(triggers, default=DEFAULT_TRIGGER)
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    async def on_snapshot(self, snapshot: AccountSnapshot) -> None:
+        """A REST snapshot of one account (poller, resync)."""
+        account_id = snapshot.account_id
+        self.last_snapshot_ms[account_id] = snapshot.received_ms
+        self.free_balance[account_id] = snapshot.free_collateral
+        self.balance_ms[account_id] = snapshot.received_ms
+        before = {p.key for p in self.book.isolated_positions(account_id)}
+        # Only what the book took: a version older than one it holds proves nothing.
+        for position in self.book.apply_snapshot(snapshot):
+            await self.executor.observe(position)
+        after = {p.key for p in self.book.isolated_positions(account_id)}
+        for key in before - after:
+            await self.closed(key)
+        await self.evaluate(account_id)
+
+    async def on_event(self, account_id: str, event: StreamEvent) -> None:
+        """A WebSocket push. An audit failure while handling it (recording a verification,
+        say) is logged and the push dropped: it must not stop the streams and with them
+        every account's guard. Nothing is sent without a recorded intent."""
+        try:
+            await self._on_event(account_id, event)
+        except AuditError as exc:
+            log.error("push for %s not fully handled: %s", account_id, exc)
+
+    async def _on_event(self, account_id: str, event: StreamEvent) -> None:
+        if isinstance(event, PositionsPushed):
+            self.ws_connected[account_id] = True
+            for position in event.positions:
+                was_open = self.book.get(position.key) is not None
+                if not self.book.apply(position):
+                    continue
+                await self.executor.observe(position)
+                if was_open and not position.is_open:
+                    await self.closed(position.key)
+            await self.evaluate(account_id)
+        elif isinstance(event, MarksPushed):
+            symbols = set()
+            for mark in event.marks:
+                self.marks.setdefault(mark.symbol, deque(maxlen=RECENT_MARKS)).append(mark)
+                if self.book.apply_mark(mark.symbol, mark.price, mark.exchange_ms):
+                    symbols.add(mark.symbol)
+            if symbols:
+                accounts = {p.account_id for p in self.book.positions() if p.symbol in symbols}
+                await asyncio.gather(*(self.evaluate(a) for a in accounts))
+        elif isinstance(event, HoldingsPushed):
+            self.ws_connected[account_id] = True
+        else:  # StreamGap: the streams already resynchronised over REST
+            self.ws_connected[account_id] = False
+
+    async def on_reread(self, position: Position | None, key: PositionKey) -> None:
+        """A position the executor read (evidence for a call, or after a back-off)."""
+        if position is None or not position.is_open:
+            if self.book.remove(key) is not None:
+                await self.closed(key)
+            else:
+                await self.executor.closed(key)
+        elif self.book.apply(position):
+            await self.executor.observe(position)
+        await self.evaluate(key[0])
+
+    async def closed(self, key: PositionKey) -> None:
+        """An isolated position left the book: closed by its owner or liquidated. A new
+        position on the symbol starts with nothing of this one: its calls are settled, its
+        hold-back, cooldown and net margin added are gone (the ledger counts from the
+        ``position_closed`` record)."""
+        await self.executor.closed(key)
+        await self.audit.record_observation(key[0], key[1], "position_closed",
+                                            {"margin_mode": key[2].value})
+        self.notify(Alert(AlertKind.LIQUIDATION, self.name(key[0]), key[1],
+                          "isolated position closed or liquidated"))
+        log.warning("isolated position %s %s is gone (closed or liquidated)", key[0], key[1])
+
+    # -- ownership -------------------------------------------------------------------------
+
+    async def reconcile_unfinished(self, accounts: Iterable[str]) -> None:
+        """Settle actions with no known outcome (a crash between intent and outcome, or an
+        instance that died). Never sent: recorded as such. Sent: handed to the executor,
+        which settles them from evidence exactly as its own uncertain calls."""
+        unfinished = await self.audit.unfinished_actions(accounts)
+        now = self.clock.now_ms()
+        for action in unfinished:
+            record = action.record
+            if record.account_id not in self.exchanges:
+                continue
+            if action.last_event is EventKind.INTENT:
+                # Recorded, never sent: nothing can have happened.
+                await self.audit.record_event(
+                    action.action_id, record.account_id, EventKind.FAILED,
+                    message="not sent before the previous run stopped")
+                continue
+            log.info("reconciling unfinished action %s on %s %s", action.action_id,
+                     record.account_id, record.symbol)
+            self.executor.adopt(action.action_id, record, now)
+
+    async def release(self, accounts: frozenset[str]) -> None:
+        """Stop acting on ``accounts`` and finish the executor's work on them; if they come
+        back, their history is read again from the audit log (a peer acted on them)."""
+        self.owned = self.owned - accounts
+        await asyncio.gather(*(self._release_account(account_id) for account_id in accounts))
+
+    async def _release_account(self, account_id: str) -> None:
+        async with self._locks[account_id]:  # an evaluation of it may be deciding right now
+            await self.executor.release(account_id)
+        self.ledger.forget(account_id)
+
+    # -- deciding -------------------------------------------------------------------------
+
+    def is_urgent(self, account_id: str) -> bool:
+        """Whether the account has a position near its trigger (polled on the fast interval)."""
+        return account_id in self._urgent
+
+    def name(self, account_id: str) -> str:
+        return self.account_names.get(account_id, account_id)
+
+    async def evaluate(self, account_id: str) -> None:
+        """Evaluate the account's fresh isolated positions and act on the decisions."""
+        if not self.acting or account_id not in self.owned:
+            return
+        async with self._locks[account_id]:
+            try:
+                await self._evaluate(account_id)
+            except (AuditError, ExchangeError) as exc:
+                # One failed round must not stop the guard: the next update tries again.
+                log.error("evaluation of %s failed: %s", account_id, exc)
+
+    async def _evaluate(self, account_id: str) -> None:
+        now = self.clock.now_ms()
+        blocked = self.executor.blocked()
+        views: dict[PositionKey, PositionView] = {}
+        intents: list[Intent] = []
+        urgent = False
+        positions = self.book.isolated_positions(account_id)
+        for position in positions:
+            try:
+                view, found = await self._evaluate_position(position, blocked, now)
+            except (AuditError, ExchangeError):
+                raise  # the whole round: nothing of this account can be trusted now
+            except Exception as exc:
+                # One bad position (a mark of 0, a bug) must never leave the others
+                # unguarded: it is skipped this round and reported.
+                await self._position_failed(position, exc, now)
+                continue
+            if view is None:
+                continue
+            if view.distance is not None and view.distance < self._watch:
+                urgent = True
+            if found:
+                views[position.key] = view
+                intents.extend(found)
+        if urgent:
+            self._urgent.add(account_id)
+        else:
+            self._urgent.discard(account_id)
+        if not intents:
+            return
+        settlement = self.executor.settlement
+        kill_switch = self.settings.guard.kill_switch_file
+        state = await self.ledger.arbiter_state(
+            account_id, [p.key for p in positions], now,
+            cooldown_s=self.settings.budgets.cooldown_s,
+            free_balance=self.free_balance.get(account_id),
+            # ADDs in flight when the balance was read may not be in it yet either
+            balance_read_ms=self.balance_ms.get(account_id, now) - self.settle_window_ms,
+            blocked=blocked,
+            unsettled={p.key: n for p in positions if (n := settlement.unsettled(p.key))},
+            kill_switch=kill_switch is not None and kill_switch.exists(),
+            dry_run=self.settings.guard.dry_run,
+        )  # fmt: skip
+        decisions = self.arbiter.decide(intents, state)
+        await asyncio.gather(*(self._act(d, views, now) for d in decisions))
+
+    async def _evaluate_position(
+        self, position: Position, blocked: frozenset[PositionKey], now: int
+    ) -> tuple[PositionView | None, list[Intent]]:
+        """The position's view (``None``: not guarded now) and its policies' intents (none
+        while it is blocked, its data is stale, or not yet fresh enough)."""
+        account_id = position.account_id
+        rules = self.rules.get(position.symbol)
+        age = self.book.age_ms(position.key, now)
+        if rules is None or age is None:
+            self._once.warn(("no rules", position.symbol), now,
+                            "no symbol rules for %s: not guarded", position.symbol)
+            return None, []
+        settlement = self.executor.settlement
+        known = settlement.known_effect(position.key)
+        if known:
+            # Calls the exchange confirmed that no snapshot shows yet: deciding on the
+            # snapshot's margin alone would add what is already there.
+            position = replace(position, margin=position.margin + known)
+        view = PositionView.of(position, rules, age)
+        if position.key in blocked:
+            return view, []
+        if age > self.max_age_ms:
+            # Never act on stale data: wait for the poller to refresh it.
+            if self._once.warn(("stale", *position.key), now,
+                               "%s %s: data %d ms old, not acting", account_id,
+                               position.symbol, age):
+                self.notify(Alert(AlertKind.DATA_STALE, self.name(account_id),
+                                  position.symbol, f"data {age / 1000:.1f} s old: not acting"))
+            return view, []
+        evidence_after = settlement.evidence_after(position.key)
+        if evidence_after is not None and now - age <= evidence_after:
+            # A call's answer was lost: only data the exchange confirmed since can show it
+            # did not land yet. The executor reads it at once; decide on that.
+            return view, []
+        evaluation = evaluate_policies(self.policies, view, await self._context(position, now),
+                                       self.account_names.get(account_id))
+        for failure in evaluation.failures:
+            if self._once.warn(("policy", failure.policy, *position.key), now,
+                               "policy %s failed on %s %s: %s", failure.policy, account_id,
+                               position.symbol, failure.error):
+                await self.audit.record_observation(
+                    account_id, position.symbol, "policy_failed",
+                    {"policy": failure.policy, "error": failure.error[:500]})
+        return view, list(evaluation.intents)
+
+    async def _position_failed(self, position: Position, exc: Exception, now: int) -> None:
+        metrics.EVALUATION_FAILURES.labels(account=position.account_id).inc()
+        error = f"{type(exc).__name__}: {exc}"
+        if self._once.warn(("failed", *position.key), now,
+                           "evaluating %s %s failed, skipped: %s", position.account_id,
+                           position.symbol, error):
+            log.debug("evaluation failure", exc_info=exc)
+            with contextlib.suppress(AuditError):
+                await self.audit.record_observation(
+                    position.account_id, position.symbol, "evaluation_failed",
+                    {"error": error[:500]})
+
+    async def _context(self, position: Position, now: int) -> PolicyContext:
+        net_added = await self.ledger.net_added(position.key, now)
+        return PolicyContext(
+            now_ms=now,
+            free_balance=self.free_balance.get(position.account_id),
+            recent_marks=tuple(self.marks.get(position.symbol, ())),
+            original_margin=None if net_added is None else position.margin - net_added,
+            net_added=net_added or Decimal(0),
+        )
+
+    async def _act(
+        self, decision: Decision, views: Mapping[PositionKey, PositionView], now: int
+    ) -> None:
+        intent = decision.intent
+        view = views[intent.key]
+        if decision.approved:
+            intent = replace(intent, amount=decision.amount)
+        job = Job(intent, view.position, data_age_ms=view.age_ms,
+                  liquidation_price=view.liquidation_price, distance=view.distance,
+                  dry_run=decision.dry_run, measured_ms=now)
+        if decision.approved:
+            await self.executor.submit(job)
+            return
+        # Refusals are audited once a minute per position and refusal; routine ones
+        # (cooldown, ranking, a call still open) are pacing, not news.
+        refusal = decision.refusal
+        if refusal is None or refusal.routine:
+            return
+        if not self._once.warn(("refused", *intent.key, refusal.value), now,
+                               "%s %s %s refused: %s", intent.kind, intent.amount,
+                               intent.symbol, decision.reason):
+            return
+        await self.executor.refused(job, decision.reason)
+        if refusal is Refusal.BUDGET:
+            self.notify(Alert(AlertKind.BUDGET_EXHAUSTED, self.name(intent.account_id),
+                              intent.symbol, f"{intent.kind} refused: {decision.reason}",
+                              {"amount": intent.amount, "reason": intent.reason}))
+

@@ -1,0 +1,222 @@
+"""The ledger, fed by the real audit store, on SQLite and PostgreSQL: what the budgets,
+cooldowns and net margin added count, across restarts, outages and closed positions."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from guardbot.arbiter import LastAction
+from guardbot.audit.errors import AuditUnavailable
+from guardbot.audit.ledger import DAY_MS, Ledger, utc_day_start_ms
+from guardbot.audit.store import AuditLog, EventKind
+from guardbot.clock import ManualClock
+from guardbot.domain import ActionKind, MarginMode, PositionKey
+
+from .conftest import ACCOUNT, OTHER, T0, Outage, action
+
+ETH: PositionKey = (ACCOUNT, "PERP_ETH_USDC", MarginMode.ISOLATED)
+ADD, REDUCE = ActionKind.ADD, ActionKind.REDUCE
+
+
+async def open_log(url: str, spool_dir: Path, clock: ManualClock) -> AuditLog:
+    log = await AuditLog.open(url, spool_dir, clock=clock, retry_s=0.01)
+    await log.start_run("0.1.0", "cafe", "host-1")
+    return log
+
+
+async def record(log: AuditLog, amount: str, *events: EventKind | tuple[EventKind, str],
+                 **overrides: object) -> str:
+    """An action and its events; an event may carry the ``applied`` of a RECONCILED."""
+    action_id = await log.record_action(action(amount=Decimal(amount), **overrides))
+    account = str(overrides.get("account_id", ACCOUNT))
+    for event in events:
+        if isinstance(event, tuple):
+            await log.record_event(action_id, account, event[0], detail={"applied": event[1]})
+        else:
+            await log.record_event(action_id, account, event)
+    return action_id
+
+
+async def closed(log: AuditLog, symbol: str = "PERP_ETH_USDC") -> None:
+    await log.record_observation(ACCOUNT, symbol, "position_closed", {"margin_mode": "ISOLATED"})
+
+
+@pytest.mark.parametrize(
+    ("at", "midnight"),
+    [("2026-03-05T13:45:00", "2026-03-05T00:00:00"), ("2026-03-05T00:00:00", "2026-03-05T00:00:00"),
+     ("2026-03-04T23:59:59.999", "2026-03-04T00:00:00")],
+)
+def test_the_budget_day_starts_at_utc_midnight(at: str, midnight: str) -> None:
+    def ms(text: str) -> int:
+        from datetime import UTC, datetime
+
+        return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+    assert utc_day_start_ms(ms(at)) == ms(midnight)
+
+
+async def test_budget_counts_what_may_have_moved_money(
+    url: str, spool_dir: Path, clock: ManualClock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    ledger = log.ledger
+    assert await ledger.added_since(ACCOUNT, 0, T0) == 0
+    await record(log, "1", EventKind.SENT, EventKind.SUCCEEDED)
+    await record(log, "2", EventKind.SENT, EventKind.UNCERTAIN)  # may have been applied
+    await record(log, "4", EventKind.SENT)  # in flight
+    await record(log, "8", EventKind.SENT, EventKind.REJECTED)
+    await record(log, "16", EventKind.SKIPPED)
+    await record(log, "32", EventKind.SENT, EventKind.FAILED)
+    await record(log, "64", EventKind.DRY_RUN, dry_run=True)
+    await record(log, "128", EventKind.SUCCEEDED, kind=REDUCE)
+    await record(log, "256", EventKind.SUCCEEDED, symbol="PERP_BTC_USDC")
+    await record(log, "512", EventKind.SUCCEEDED, account_id=OTHER)
+    await record(log, "2048", EventKind.UNCERTAIN, (EventKind.RECONCILED, "false"))
+    await record(log, "4096", EventKind.UNCERTAIN, (EventKind.RECONCILED, "unknown"))
+    clock.advance(1)
+    await record(log, "1024", EventKind.SUCCEEDED)
+    counted = 1 + 2 + 4 + 256 + 4096 + 1024
+    assert await ledger.added_since(ACCOUNT, 0, T0) == Decimal(counted)
+    assert await ledger.added_since(ACCOUNT, 0, T0, "PERP_ETH_USDC") == Decimal(counted - 256)
+    assert await ledger.added_since(ACCOUNT, T0 + 1, T0) == Decimal(1024)
+    assert await ledger.added_since(OTHER, 0, T0) == Decimal(512)
+    await log.aclose()
+
+    # A restart does not reset a budget: it is derived from the log.
+    again = await AuditLog.open(url, spool_dir, clock=clock)
+    assert await again.ledger.added_since(ACCOUNT, 0, T0) == Decimal(counted)
+    assert await again.ledger.added_since(ACCOUNT, 0, T0, "PERP_BTC_USDC") == Decimal(256)
+    await again.aclose()
+
+
+async def test_budget_counts_spooled_actions_during_an_outage(
+    url: str, spool_dir: Path, clock: ManualClock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    today = T0 - 3_600_000
+    await log.record_action(action(amount=Decimal("10")))
+    assert await log.ledger.added_since(ACCOUNT, today, T0) == Decimal("10")  # loads
+    outage = Outage(log.engine)
+    outage.down = True
+    await log.record_action(action(amount=Decimal("5")))
+    assert await log.ledger.added_since(ACCOUNT, today, T0) == Decimal("15")  # memory
+    # An account never asked about needs the database for its first answer.
+    with pytest.raises(AuditUnavailable):
+        await log.ledger.added_since(OTHER, today, T0)
+    outage.down = False
+    await log.aclose()
+
+
+async def test_the_last_action_is_one_that_may_have_moved_money_since_the_position_opened(
+    url: str, spool_dir: Path, clock: ManualClock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    await log.ledger.load(ACCOUNT, T0)
+    assert log.ledger.last_action(ETH, 0) is None
+    await record(log, "5", EventKind.SUCCEEDED, kind=REDUCE)
+    reduced = LastAction(T0, REDUCE)
+    assert log.ledger.last_action(ETH, 0) == reduced
+    clock.advance(1)
+    for events in ([EventKind.SKIPPED], [EventKind.SENT, EventKind.FAILED],
+                   [EventKind.SENT, EventKind.REJECTED],
+                   [EventKind.UNCERTAIN, (EventKind.RECONCILED, "false")]):
+        await record(log, "5", *events)
+    assert log.ledger.last_action(ETH, 0) == reduced, "nothing since moved money"
+    assert log.ledger.last_action(ETH, T0 + 1) is None, "older than the cooldown"
+    clock.advance(1)
+    await record(log, "5", EventKind.SENT)  # outcome unknown: it may have moved money
+    assert log.ledger.last_action(ETH, 0) == LastAction(T0 + 2000, ADD)
+    # In a dry run, dry-run decisions pace the guard (they moved nothing).
+    await record(log, "5", EventKind.DRY_RUN, dry_run=True, kind=REDUCE)
+    assert log.ledger.last_action(ETH, 0, dry_run=True) == LastAction(T0 + 2000, REDUCE)
+    # A position closed and opened again inherits no cooldown.
+    clock.advance(1)
+    await closed(log)
+    assert log.ledger.last_action(ETH, 0) is None
+    await log.aclose()
+    again = await AuditLog.open(url, spool_dir, clock=clock)  # nor after a restart
+    await again.ledger.load(ACCOUNT, clock.now_ms())
+    assert again.ledger.last_action(ETH, 0) is None
+    await again.aclose()
+
+
+async def test_net_added_counts_applied_actions_since_the_position_opened(
+    url: str, spool_dir: Path, clock: ManualClock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    await record(log, "100", EventKind.SUCCEEDED)  # before the close: not this position's
+    clock.advance(1)
+    await closed(log)
+    clock.advance(1)
+    await record(log, "50", EventKind.SUCCEEDED, EventKind.VERIFIED)
+    await record(log, "30", EventKind.UNCERTAIN, (EventKind.RECONCILED, "true"))
+    await record(log, "20", EventKind.UNCERTAIN, (EventKind.RECONCILED, "false"))
+    await record(log, "7", EventKind.UNCERTAIN)  # unknown: not counted as applied
+    await record(log, "9", EventKind.SUCCEEDED, dry_run=True)
+    await record(log, "10", EventKind.SUCCEEDED, kind=REDUCE)
+    now = clock.now_ms()
+    assert await log.ledger.net_added(ETH, now) == Decimal(70)
+    await log.aclose()
+    # Days later the same actions are older than the ledger's memory: read from the database.
+    clock.advance(5 * DAY_MS / 1000)
+    again = await AuditLog.open(url, spool_dir, clock=clock)
+    assert await again.ledger.net_added(ETH, clock.now_ms()) == Decimal(70)
+    await again.aclose()
+
+
+async def test_a_long_running_ledger_forgets_old_actions(
+    url: str, spool_dir: Path, clock: ManualClock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    await record(log, "3", EventKind.SUCCEEDED, symbol="PERP_BTC_USDC")
+    await log.flush(10)
+    btc: PositionKey = (ACCOUNT, "PERP_BTC_USDC", MarginMode.ISOLATED)
+    assert log.ledger.last_action(btc, 0) == LastAction(T0, ADD)
+    clock.advance(5 * DAY_MS / 1000)
+    now = clock.now_ms()
+    assert await log.ledger.added_since(ACCOUNT, now - DAY_MS, now) == 0
+    assert log.ledger.last_action(btc, 0) is None, "pruned: far beyond any cooldown"
+    assert await log.ledger.net_added(btc, now) == Decimal(3), "from the database"
+    await log.aclose()
+
+
+async def test_arbiter_state_gathers_one_round(
+    url: str, spool_dir: Path, clock: ManualClock
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    await record(log, "40", EventKind.SUCCEEDED)
+    await record(log, "60", EventKind.SENT, symbol="PERP_BTC_USDC")
+    clock.advance(10)
+    now = clock.now_ms()
+    btc: PositionKey = (ACCOUNT, "PERP_BTC_USDC", MarginMode.ISOLATED)
+    state = await log.ledger.arbiter_state(
+        ACCOUNT, [ETH, btc], now, cooldown_s=30, free_balance=Decimal(1000),
+        balance_read_ms=T0 + 1, blocked=frozenset({btc}), unsettled={btc: 1})
+    assert state.added_today_by_account == {ACCOUNT: Decimal(100)}
+    assert state.added_today_by_position == {ETH: Decimal(40), btc: Decimal(60)}
+    assert state.last_action == {ETH: LastAction(T0, ADD), btc: LastAction(T0, ADD)}
+    assert state.free_balance == {ACCOUNT: Decimal(1000)}, "both decided before the read"
+    assert (state.blocked, state.unsettled) == (frozenset({btc}), {btc: 1})
+    later = await log.ledger.arbiter_state(ACCOUNT, [ETH], now + 30_001, cooldown_s=30,
+                                           free_balance=Decimal(1000), balance_read_ms=T0)
+    assert later.last_action == {}, "past the cooldown"
+    assert later.free_balance == {ACCOUNT: Decimal(900)}, "ADDs since the read are spent"
+    await log.aclose()
+
+
+async def test_a_ledger_with_no_history_counts_what_it_is_fed() -> None:
+    """The backtest's ledger: no database, everything from the records it is fed."""
+    ledger = Ledger()
+    ledger.note({"t": "action", "id": "a", "account_id": ACCOUNT, "symbol": "PERP_ETH_USDC",
+                 "margin_mode": "ISOLATED", "kind": "ADD", "amount": "12.5", "time_ms": T0,
+                 "dry_run": False})
+    undo = ledger.note({"t": "event", "action_id": "a", "account_id": ACCOUNT,
+                        "kind": "SUCCEEDED", "detail": None})
+    assert await ledger.net_added(ETH, T0) == Decimal("12.5")
+    assert undo is not None
+    undo()  # the event never became durable
+    assert await ledger.net_added(ETH, T0) == 0
+    assert await ledger.added_since(ACCOUNT, 0, T0) == Decimal("12.5")
