@@ -13,8 +13,9 @@ Rules, in the order they are applied to each position:
 3. Blocked: a position with an action queued or on the wire, or held back after a
    rejection, gets nothing more. A position whose earlier calls are not settled yet (their
    answer was lost, or no snapshot shows them yet) gets only a *rescue* ADD (one a policy
-   marks ``rescue``: the position is below its trigger), and at most ``MAX_UNSETTLED``
-   calls wait at once. The unsettled ADDs already count as spent in the budgets, so the
+   marks ``rescue``: the position is below its trigger), and no call at all while
+   ``MAX_UNCERTAIN`` of them have an unknown outcome (refused and reported: that many lost
+   answers in a row is news). The unsettled ADDs already count as spent in the budgets, so the
    worst a lost answer costs is extra margin inside the budget, never a rescue
    (docs/architecture.md, "Rescues").
 4. REDUCE floor: a REDUCE that would leave the position closer to liquidation than the
@@ -49,7 +50,7 @@ from decimal import Decimal
 from guardbot.config import BudgetSettings
 from guardbot.domain import ZERO, ActionKind, Intent, PositionKey
 from guardbot.risk import DISTANCE_TOLERANCE, round_down, round_up
-from guardbot.settlement import MAX_UNSETTLED
+from guardbot.settlement import MAX_UNCERTAIN
 
 
 class Refusal(enum.StrEnum):
@@ -60,6 +61,7 @@ class Refusal(enum.StrEnum):
     KILL_SWITCH = "kill_switch"
     BLOCKED = "blocked"  # queued, on the wire, or held back after a rejection
     UNSETTLED = "unsettled"  # earlier calls unsettled, and this is no rescue
+    TOO_MANY_UNCERTAIN = "too_many_uncertain"  # even a rescue waits: answers keep getting lost
     NOT_POSITIVE = "not_positive"
     REDUCE_FLOOR = "reduce_floor"
     COOLDOWN = "cooldown"
@@ -94,8 +96,10 @@ class ArbiterState:
     free_balance: Mapping[str, Decimal] = field(default_factory=dict)
     # queued, on the wire, or held back: nothing more for these
     blocked: frozenset[PositionKey] = frozenset()
-    # how many calls on each position are not settled yet
+    # how many calls on each position are not settled yet, and how many of those have an
+    # unknown outcome
     unsettled: Mapping[PositionKey, int] = field(default_factory=dict)
+    uncertain: Mapping[PositionKey, int] = field(default_factory=dict)
     last_action: Mapping[PositionKey, LastAction] = field(default_factory=dict)
     added_today_by_position: Mapping[PositionKey, Decimal] = field(default_factory=dict)
     added_today_by_account: Mapping[str, Decimal] = field(default_factory=dict)
@@ -169,10 +173,11 @@ class Arbiter:
         if unsettled and not rescue:
             return _refuse(intent, Refusal.UNSETTLED,
                            f"{unsettled} earlier call(s) on this position not settled yet")
-        if unsettled >= MAX_UNSETTLED:
-            return _refuse(intent, Refusal.UNSETTLED,
-                           f"{unsettled} earlier calls on this position not settled yet: "
-                           "no more until some are")
+        uncertain = state.uncertain.get(intent.key, 0)
+        if uncertain >= MAX_UNCERTAIN:
+            return _refuse(intent, Refusal.TOO_MANY_UNCERTAIN,
+                           f"{uncertain} earlier calls on this position have an unknown "
+                           "outcome: no more until some are settled")
         if intent.amount <= 0:
             return _refuse(intent, Refusal.NOT_POSITIVE, f"amount {intent.amount} is not positive")
         floor, after = intent.add_floor, intent.distance_after

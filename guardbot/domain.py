@@ -58,7 +58,8 @@ class Position:
 
     ``qty`` is signed (negative = short); ``cost_position`` is signed (positive for longs);
     ``margin`` is the isolated margin allocated (0 for cross). ``exchange_ms`` is the
-    exchange's ``updated_time``/``timestamp``; ``received_ms`` is when guardbot got it.
+    exchange's ``updated_time``/``timestamp``; ``received_ms`` is when guardbot asked for
+    it (REST) or got it (a push): the data is at least that fresh.
     """
 
     account_id: str

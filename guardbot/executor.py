@@ -43,7 +43,7 @@ from guardbot.alerts import Alert, AlertKind
 from guardbot.audit.errors import AuditError
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
 from guardbot.clock import SYSTEM_CLOCK, Clock
-from guardbot.domain import Intent, Position, PositionKey
+from guardbot.domain import ActionKind, Intent, Position, PositionKey
 from guardbot.exchange.errors import (
     AuthError,
     ExchangeError,
@@ -194,14 +194,16 @@ class Executor:
         and stopped): settled from evidence exactly as our own uncertain calls. Call it
         before ``run``'s workers may act on the position."""
         key = (record.account_id, record.symbol, record.margin_mode)
-        reads = self.settlement.adopt(action_id, key, record.kind, record.amount,
-                                      record.margin, unknown_since_ms)  # fmt: skip
+        settled, reads = self.settlement.adopt(action_id, key, record.kind, record.amount,
+                                               record.margin, record.qty, unknown_since_ms)
+        self._settled_later(settled)
         self._read_later(key, action_id, reads)
 
     async def observe(self, position: Position) -> None:
         """Feed a fresh REST/WS snapshot: evidence for the position's unsettled calls."""
         margin = position.margin if position.is_open else None
-        await self._record(self.settlement.observe(position.key, margin, position.received_ms))
+        await self._record(self.settlement.observe(position.key, margin, position.qty,
+                                                   position.received_ms))
 
     async def closed(self, key: PositionKey) -> None:
         """The position is gone (closed or liquidated): its calls are settled, its queued
@@ -212,7 +214,7 @@ class Executor:
         self._held.pop(key, None)
         for rejection in [r for r in self._rejections if r[0] == key]:
             del self._rejections[rejection]
-        await self._record(self.settlement.closed(key, now))
+        await self._record(self.settlement.closed(key))
 
     async def expire(self) -> None:
         """Settle succeeded calls no snapshot showed within the verify window."""
@@ -351,7 +353,7 @@ class Executor:
             return
         await self._audit.record_event(action_id, intent.account_id, EventKind.SENT)
         self.settlement.sent(action_id, job.key, intent.kind, intent.amount,
-                             job.position.margin, self._clock.now_ms())  # fmt: skip
+                             job.position.margin, job.position.qty, self._clock.now_ms())
         self._queued.discard(job.key)
         started = time.perf_counter()
         outcome = "succeeded"
@@ -443,6 +445,12 @@ class Executor:
         await self._record(settled)
         self._read_later(job.key, action_id, reads)
 
+    def _settled_later(self, settled: list[Settled]) -> None:
+        """Record outcomes settled outside an awaitable path (adopting at start-up)."""
+        if settled:
+            key = settled[0].call.key
+            self._wait(key, settled[0].call.action_id, self._record(settled))
+
     def _read_later(self, key: PositionKey, action_id: str, reads: list[Read]) -> None:
         for read in reads:
             self._wait(key, action_id, self._read(read))
@@ -458,7 +466,7 @@ class Executor:
             if not self.settlement.unsettled(key):
                 return  # a snapshot settled it meanwhile
             try:
-                position = await exchange.get_position(key[1], key[2])
+                position = await exchange.get_position(key[1], key[2], urgent=True)
             except ExchangeError as exc:
                 log.warning("re-read of %s failed: %s", key, exc)
                 continue
@@ -504,7 +512,7 @@ class Executor:
         self._held.pop(job.key, None)
         try:
             position = await self._exchanges[job.intent.account_id].get_position(
-                job.intent.symbol, job.key[2])
+                job.intent.symbol, job.key[2], urgent=job.intent.kind is ActionKind.ADD)
         except ExchangeError as exc:
             log.warning("re-read of %s failed: %s", job.key, exc)
             return

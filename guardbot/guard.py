@@ -63,6 +63,9 @@ REPEAT_AUDIT_MS = 60_000
 # the policies declare.
 URGENT_FACTOR = Decimal(2)
 DEFAULT_TRIGGER = Decimal("0.05")
+# Refusals the operator is told about at once.
+_REFUSAL_ALERTS = {Refusal.BUDGET: AlertKind.BUDGET_EXHAUSTED,
+                   Refusal.TOO_MANY_UNCERTAIN: AlertKind.UNCERTAIN}
 
 
 class Guard:
@@ -130,6 +133,10 @@ class Guard:
         after = {p.key for p in self.book.isolated_positions(account_id)}
         for key in before - after:
             await self.closed(key)
+        for key in self.executor.settlement.unsettled_keys() - after:
+            if key[0] == account_id:
+                # Calls taken over at start-up on a position that closed meanwhile.
+                await self.executor.closed(key)
         await self.evaluate(account_id)
 
     async def on_event(self, account_id: str, event: StreamEvent) -> None:
@@ -282,6 +289,7 @@ class Guard:
             balance_read_ms=self.balance_ms.get(account_id, now) - self.settle_window_ms,
             blocked=blocked,
             unsettled={p.key: n for p in positions if (n := settlement.unsettled(p.key))},
+            uncertain={p.key: n for p in positions if (n := settlement.uncertain_calls(p.key))},
             kill_switch=kill_switch is not None and kill_switch.exists(),
             dry_run=self.settings.guard.dry_run,
         )  # fmt: skip
@@ -378,8 +386,9 @@ class Guard:
                                intent.symbol, decision.reason):
             return
         await self.executor.refused(job, decision.reason)
-        if refusal is Refusal.BUDGET:
-            self.notify(Alert(AlertKind.BUDGET_EXHAUSTED, self.name(intent.account_id),
-                              intent.symbol, f"{intent.kind} refused: {decision.reason}",
+        alert = _REFUSAL_ALERTS.get(refusal)
+        if alert is not None:
+            self.notify(Alert(alert, self.name(intent.account_id), intent.symbol,
+                              f"{intent.kind} refused: {decision.reason}",
                               {"amount": intent.amount, "reason": intent.reason}))
 

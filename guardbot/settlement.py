@@ -1,28 +1,29 @@
 """Settlement: what became of each margin call, decided from evidence. Sans-I/O.
 
 ``POST /v1/position_margin`` carries no client id and answers with no data
-(docs/exchange.md), so the only proof of a call's effect is the position's margin in a
+(docs/exchange.md §9), so the only proof of a call's effect is the position's margin in a
 later push or read. This module is a state machine over the calls of each position that
 are not settled yet. It is fed the calls' outcomes, the snapshots the guard applies and the
 time, and returns the events to record (``Settled``) and the reads to make (``Read``); the
-executor does the I/O. Invariants it keeps (docs/architecture.md, "Invariants"):
+executor does the I/O. What it keeps (docs/architecture.md, "Settlement"):
 
-- **Evidence settles at once.** A snapshot that shows the margin moved settles an uncertain
-  call "applied" the moment it arrives, and verifies a succeeded one.
+- **Evidence settles at once.** A snapshot whose margin shows a call landed settles an
+  uncertain call "applied" the moment it arrives, and verifies a succeeded one.
 - **Nothing is concluded too early.** An uncertain call is "not applied" only from a
   snapshot received a full ``settle_window_ms`` after its outcome became unknown (the
-  exchange may still have been applying it before that).
-- **Several calls at once are attributed together.** While one call is unsettled a rescue
-  ADD may go out (docs/architecture.md, "Rescues"), so a position can have several. A
-  snapshot's margin is explained by the subsets of those calls whose amounts add up to the
-  move (within half the smallest amount: fills and funding also move margin a little).
-  A call is concluded only when every such subset agrees on it; succeeded calls are known
-  to have landed, so subsets holding more of them are preferred. When calls of equal
-  amounts stay indistinguishable past their windows, one consistent choice is made: the
-  totals, which is what the budgets and the exchange's ledger compare, are right either way.
-- **A closed position takes its calls with it.** A call on a position that closed is settled
-  then (verified "position closed", or reconciled as outcome unknown: the budget keeps
-  counting it), so a new position on the same symbol inherits nothing.
+  exchange may still have been applying it until then).
+- **Several calls are attributed together, exactly.** While one call is unsettled a rescue
+  may go out, so a position can have several. A snapshot's margin is explained by the
+  subsets of those calls whose amounts add up to the move from the margin before them
+  (to the cent: only these calls and fills move an isolated position's margin). A call is
+  concluded only when every such subset agrees on it; succeeded calls are known to have
+  landed, so subsets holding more of them are preferred. When calls stay
+  indistinguishable past their windows, one choice is made only if every choice gives the
+  same ADD and REDUCE totals; otherwise they are recorded as unknown.
+- **When the margin cannot be explained, nothing is guessed.** A fill (the quantity
+  changed), a close or a change made by someone else leaves the calls' effect unknowable:
+  uncertain calls are recorded as outcome unknown (the budget keeps counting them),
+  succeeded ones as landed but not seen. A new position on the symbol inherits none.
 
 A call that never reached the exchange (rejected, refused, not sent) is dropped with
 ``not_applied``.
@@ -43,9 +44,13 @@ VERIFY_WINDOW_MS = 30_000
 # After an outcome became unknown, the exchange may still apply the call for this long (the
 # client's read timeout plus slack): only a snapshot received later can say "not applied".
 SETTLE_WINDOW_MS = 11_000
-# Unsettled calls one position may have; beyond it nothing more is sent (attribution would
-# grow exponentially and something is badly wrong).
-MAX_UNSETTLED = 6
+# A snapshot received this long after a call's success answer reflects the call (REST
+# reads are stamped with the time they were asked for; a push is not this late).
+VISIBLE_AFTER_MS = 1_000
+# Uncertain calls one position may have; beyond it no further call is sent on it.
+MAX_UNCERTAIN = 4
+# Margins compare to the cent: the exchange moves an isolated margin by exactly the amount.
+TOLERANCE = Decimal("0.01")
 
 
 class CallState(enum.Enum):
@@ -63,6 +68,7 @@ class Call:
     kind: ActionKind
     amount: Decimal
     margin_before: Decimal  # the margin the decision saw
+    qty: Decimal  # the position's quantity when decided
     state: CallState
     sent_ms: int  # when it left (adopted from a previous run: when it was taken over)
     done_ms: int = 0  # when its answer came back, or when it became uncertain
@@ -74,9 +80,9 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """An outcome to record: ``event`` is ``"VERIFIED"`` (a succeeded call, seen or not)
-    or ``"RECONCILED"`` (an uncertain call: ``applied`` True, False or ``None`` for
-    unknown)."""
+    """An outcome to record: ``event`` is ``"VERIFIED"`` (a succeeded call: ``applied``
+    says whether a snapshot showed it) or ``"RECONCILED"`` (an uncertain call: ``applied``
+    True, False or ``None`` for unknown)."""
 
     call: Call
     event: str
@@ -117,6 +123,7 @@ class _Chain:
     """The unsettled calls of one position, in the order they were sent."""
 
     base: Decimal  # the margin before any of them, plus those settled as applied since
+    qty: Decimal  # the position's quantity they were decided on
     calls: list[Call] = field(default_factory=list)
     seen: _Seen | None = None  # the newest snapshot
 
@@ -134,26 +141,26 @@ class Settlement:
         self.settle_window_ms = settle_window_ms
         self._chains: dict[PositionKey, _Chain] = {}
         self._calls: dict[str, Call] = {}
-        # Calls still on the wire when their position closed: settled when they answer.
-        self._orphans: set[str] = set()
+        # Calls still on the wire when their position changed: settled when they answer.
+        self._orphans: dict[str, str] = {}  # action id -> why
 
     # -- questions ------------------------------------------------------------------------
 
-    def sending(self, key: PositionKey) -> bool:
-        """A call on this position is on the wire (nothing more is decided for it)."""
-        chain = self._chains.get(key)
-        return chain is not None and any(c.state is CallState.SENDING for c in chain.calls)
-
     def sending_keys(self) -> frozenset[PositionKey]:
-        return frozenset(
-            key for key, chain in self._chains.items()
-            if any(c.state is CallState.SENDING for c in chain.calls)
-        )
+        """Positions with a call on the wire (nothing more is decided for them)."""
+        return frozenset(c.key for c in self._calls.values() if c.state is CallState.SENDING)
 
     def unsettled(self, key: PositionKey) -> int:
         """How many calls on this position are not settled."""
         chain = self._chains.get(key)
         return 0 if chain is None else len(chain.calls)
+
+    def uncertain_calls(self, key: PositionKey) -> int:
+        """How many calls on this position have an unknown outcome."""
+        chain = self._chains.get(key)
+        if chain is None:
+            return 0
+        return sum(1 for c in chain.calls if c.state is CallState.UNCERTAIN)
 
     def unsettled_keys(self) -> frozenset[PositionKey]:
         return frozenset(self._chains)
@@ -181,33 +188,29 @@ class Settlement:
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def sent(
-        self,
-        action_id: str,
-        key: PositionKey,
-        kind: ActionKind,
-        amount: Decimal,
-        margin_before: Decimal,
-        now_ms: int,
-    ) -> None:
+    def sent(self, action_id: str, key: PositionKey, kind: ActionKind, amount: Decimal,
+             margin_before: Decimal, qty: Decimal, now_ms: int) -> None:  # fmt: skip
         """A call goes on the wire."""
-        self._add(Call(action_id, key, kind, amount, margin_before, CallState.SENDING, now_ms))
+        self._add(Call(action_id, key, kind, amount, margin_before, qty, CallState.SENDING,
+                       now_ms))  # fmt: skip
 
-    def adopt(
-        self,
-        action_id: str,
-        key: PositionKey,
-        kind: ActionKind,
-        amount: Decimal,
-        margin_before: Decimal,
-        unknown_since_ms: int,
-    ) -> list[Read]:
+    def adopt(self, action_id: str, key: PositionKey, kind: ActionKind, amount: Decimal,
+              margin_before: Decimal, qty: Decimal, unknown_since_ms: int
+              ) -> tuple[list[Settled], list[Read]]:  # fmt: skip
         """Take over a call a previous run or another instance sent and never settled: it is
-        uncertain from ``unknown_since_ms`` (it may still be landing)."""
-        call = Call(action_id, key, kind, amount, margin_before, CallState.UNCERTAIN,
+        uncertain from ``unknown_since_ms`` (it may still be landing). Adopt a position's
+        calls oldest first. An older adopted call decided on another margin than this one
+        cannot be told apart from what happened in between: it is settled as unknown."""
+        settled = []
+        chain = self._chains.get(key)
+        if chain is not None and (chain.base != margin_before or chain.qty != qty):
+            for older in [c for c in chain.calls if c.state is CallState.UNCERTAIN]:
+                settled.append(self._settle(older, "RECONCILED", "outcome unknown: taken over "
+                                            "with later calls decided on another margin", None))
+        call = Call(action_id, key, kind, amount, margin_before, qty, CallState.UNCERTAIN,
                     unknown_since_ms, unknown_since_ms)  # fmt: skip
         self._add(call)
-        return self._reads(call)
+        return settled, self._reads(call)
 
     def succeeded(self, action_id: str, now_ms: int) -> list[Settled]:
         """The exchange confirmed the call. May verify it at once from a snapshot that
@@ -217,7 +220,7 @@ class Settlement:
             return []
         call.state, call.done_ms = CallState.SUCCEEDED, now_ms
         if action_id in self._orphans:
-            return [self._settle(call, *_gone(call))]
+            return [self._settle(call, *_gone(call, self._orphans[action_id]))]
         return self._match(call.key, now_ms)
 
     def uncertain(self, action_id: str, now_ms: int) -> tuple[list[Settled], list[Read]]:
@@ -229,25 +232,26 @@ class Settlement:
             return [], []
         call.state, call.done_ms = CallState.UNCERTAIN, now_ms
         if action_id in self._orphans:
-            return [self._settle(call, *_gone(call))], []
+            return [self._settle(call, *_gone(call, self._orphans[action_id]))], []
         return self._match(call.key, now_ms), self._reads(call)
 
     def not_applied(self, action_id: str) -> None:
         """The call never moved money (rejected, refused, not sent): forget it."""
         call = self._calls.pop(action_id, None)
-        self._orphans.discard(action_id)
+        self._orphans.pop(action_id, None)
         if call is not None:
             self._remove(call)
 
-    def observe(
-        self, key: PositionKey, margin: Decimal | None, received_ms: int
-    ) -> list[Settled]:
+    def observe(self, key: PositionKey, margin: Decimal | None, qty: Decimal,
+                received_ms: int) -> list[Settled]:  # fmt: skip
         """A snapshot of the position (``margin`` ``None``: it is closed or gone)."""
         chain = self._chains.get(key)
         if chain is None:
             return []
         if margin is None:
-            return self.closed(key, received_ms)
+            return self.closed(key, "position closed")
+        if qty != chain.qty:
+            return self.closed(key, "position changed (its quantity moved)")
         if chain.seen is None or received_ms >= chain.seen.received_ms:
             chain.seen = _Seen(margin, received_ms)
         return self._match(key, received_ms)
@@ -260,21 +264,19 @@ class Settlement:
             settled.extend(self._match(key, now_ms))
         return settled
 
-    def closed(self, key: PositionKey, now_ms: int) -> list[Settled]:
-        """The position closed or was liquidated: its calls are settled now (a call still on
-        the wire, when its answer comes), so a new position on the symbol inherits none."""
+    def closed(self, key: PositionKey, why: str = "position closed") -> list[Settled]:
+        """The position closed, was liquidated or changed under the calls: their effect can
+        no longer be read from its margin. They are settled now (a call still on the wire,
+        when its answer comes), so a new position on the symbol inherits none."""
         chain = self._chains.get(key)
         if chain is None:
             return []
         settled = []
         for call in list(chain.calls):
             if call.state is CallState.SENDING:
-                continue
-            settled.append(self._settle(call, *_gone(call)))
-        if not chain.calls:
-            self._chains.pop(key, None)
-        else:
-            self._orphans.update(c.action_id for c in chain.calls)
+                self._orphans[call.action_id] = why
+            else:
+                settled.append(self._settle(call, *_gone(call, why)))
         return settled
 
     def drop_account(self, account_id: str) -> None:
@@ -283,14 +285,14 @@ class Settlement:
         for key in [k for k in self._chains if k[0] == account_id]:
             for call in self._chains.pop(key).calls:
                 self._calls.pop(call.action_id, None)
-                self._orphans.discard(call.action_id)
+                self._orphans.pop(call.action_id, None)
 
     # -- internals ------------------------------------------------------------------------
 
     def _add(self, call: Call) -> None:
         chain = self._chains.get(call.key)
         if chain is None:
-            chain = self._chains[call.key] = _Chain(base=call.margin_before)
+            chain = self._chains[call.key] = _Chain(base=call.margin_before, qty=call.qty)
         chain.calls.append(call)
         self._calls[call.action_id] = call
 
@@ -311,7 +313,7 @@ class Settlement:
         margin: Decimal | None = None,
     ) -> Settled:
         self._calls.pop(call.action_id, None)
-        self._orphans.discard(call.action_id)
+        self._orphans.pop(call.action_id, None)
         chain = self._chains.get(call.key)
         if chain is not None and (event == "VERIFIED" or applied):
             chain.base += call.signed  # it landed (a succeeded call, seen or not)
@@ -324,71 +326,84 @@ class Settlement:
         chain = self._chains.get(key)
         if chain is None:
             return settled
+        seen = chain.seen
+        margin = None if seen is None else seen.margin
         # Succeeded calls past the verify window: settled, shown or not.
         for call in list(chain.calls):
             if call.state is CallState.SUCCEEDED and now_ms - call.done_ms > self.verify_window_ms:
-                margin = None if chain.seen is None else chain.seen.margin
-                settled.append(self._settle(call, "VERIFIED", "margin does not show the change",
+                settled.append(self._settle(call, "VERIFIED", "no snapshot showed the change",
                                             False, margin))
         chain = self._chains.get(key)
-        if chain is None or chain.seen is None:
+        if chain is None or seen is None:
             return settled
-        seen = chain.seen
         # Calls sent after the snapshot was received cannot be in it.
         candidates = [c for c in chain.calls if c.sent_ms <= seen.received_ms]
         if not candidates:
             return settled
         explanations = _explanations(chain.base, seen.margin, candidates)
         if not explanations:
-            # Something else moved the margin too (the owner, a fill): past its window, a
-            # call is judged alone, as landed if the margin moved at least half its amount
-            # its way.
-            for call in candidates:
-                if _final(call, seen, self.settle_window_ms):
-                    applied = _moved_its_way(chain.base, seen.margin, call)
-                    settled.append(self._settle(
-                        call, "RECONCILED", "applied" if applied else "not applied", applied,
-                        seen.margin))
-            return settled
+            return settled + self._unexplained(chain, seen)
         in_all = set.intersection(*explanations)
         in_any = set.union(*explanations)
         for call in candidates:
             index = id(call)
-            final = _final(call, seen, self.settle_window_ms)
             if call.state is CallState.SUCCEEDED and index in in_all:
                 settled.append(self._settle(call, "VERIFIED", "margin shows the change", True,
                                             seen.margin))
             elif call.state is CallState.UNCERTAIN and index in in_all:
                 settled.append(self._settle(call, "RECONCILED", "applied", True, seen.margin))
-            elif call.state is CallState.UNCERTAIN and final and index not in in_any:
+            elif (call.state is CallState.UNCERTAIN and index not in in_any
+                  and _final(call, seen, self.settle_window_ms)):
                 settled.append(self._settle(call, "RECONCILED", "not applied", False,
                                             seen.margin))
         if settled:
             return settled + self._match(key, now_ms)
-        # Indistinguishable calls (equal amounts) past their windows: one consistent choice.
         finals = [c for c in candidates if _final(c, seen, self.settle_window_ms)]
-        if finals and all(c.state is not CallState.SENDING for c in candidates):
-            chosen = explanations[0]
+        if not finals or any(c.state is CallState.SENDING for c in candidates):
+            return settled
+        # Calls that stay indistinguishable past their windows (equal amounts).
+        if len({_totals(candidates, e) for e in explanations}) == 1:
+            chosen = explanations[0]  # every choice moves the same money
             for call in finals:
                 applied = id(call) in chosen
                 settled.append(self._settle(
                     call, "RECONCILED", "applied" if applied else "not applied", applied,
                     seen.margin))
-            return settled + self._match(key, now_ms)
+        else:
+            for call in finals:
+                settled.append(self._settle(call, "RECONCILED", "outcome unknown: other "
+                                            "calls' amounts explain the margin as well", None,
+                                            seen.margin))
+        return settled + self._match(key, now_ms)
+
+    def _unexplained(self, chain: _Chain, seen: _Seen) -> list[Settled]:
+        """No subset of the calls explains the margin: something else moved it too (the
+        owner, another bot). Succeeded calls a snapshot would show by now are settled as
+        not seen (the guard then decides on the margin as it is); uncertain ones past their
+        window as unknown."""
+        settled = []
+        for call in list(chain.calls):
+            if call.state is CallState.SUCCEEDED and (
+                    seen.received_ms > call.done_ms + VISIBLE_AFTER_MS):
+                settled.append(self._settle(call, "VERIFIED", "margin does not show the "
+                                            "change: moved by something else too", False,
+                                            seen.margin))
+            elif _final(call, seen, self.settle_window_ms):
+                settled.append(self._settle(call, "RECONCILED", "outcome unknown: the margin "
+                                            "was moved by something else too", None,
+                                            seen.margin))
         return settled
 
 
 def _explanations(base: Decimal, margin: Decimal, calls: list[Call]) -> list[set[int]]:
     """The subsets of ``calls`` (as sets of ``id``) whose amounts explain the move from
-    ``base`` to ``margin`` within half the smallest amount: those holding the most
-    succeeded calls first (they are known to have landed), then those holding the
-    earliest calls."""
-    tolerance = min(c.amount for c in calls) / 2
+    ``base`` to ``margin`` to the cent: those holding the most succeeded calls first (they
+    are known to have landed), then those holding the earliest calls."""
     moved = margin - base
     found: list[tuple[int, tuple[int, ...]]] = []
     for size in range(len(calls) + 1):
         for subset in itertools.combinations(range(len(calls)), size):
-            if abs(moved - sum((calls[i].signed for i in subset), ZERO)) < tolerance:
+            if abs(moved - sum((calls[i].signed for i in subset), ZERO)) <= TOLERANCE:
                 succeeded = sum(1 for i in subset if calls[i].state is CallState.SUCCEEDED)
                 found.append((-succeeded, subset))
     if not found:
@@ -398,18 +413,19 @@ def _explanations(base: Decimal, margin: Decimal, calls: list[Call]) -> list[set
     return [{id(calls[i]) for i in subset} for subset in preferred]
 
 
+def _totals(calls: list[Call], chosen: set[int]) -> tuple[Decimal, Decimal]:
+    """The ADD and REDUCE money a choice of landed calls moves."""
+    landed = [c for c in calls if id(c) in chosen]
+    return (sum((c.amount for c in landed if c.kind is ActionKind.ADD), ZERO),
+            sum((c.amount for c in landed if c.kind is ActionKind.REDUCE), ZERO))
+
+
 def _final(call: Call, seen: _Seen, settle_window_ms: int) -> bool:
     """An uncertain call that ``seen`` has the last word on (received after its window)."""
     return call.state is CallState.UNCERTAIN and seen.received_ms > call.done_ms + settle_window_ms
 
 
-def _moved_its_way(base: Decimal, margin: Decimal, call: Call) -> bool:
-    """The margin moved at least half the call's amount in the call's direction."""
-    moved = margin - base if call.kind is ActionKind.ADD else base - margin
-    return moved * 2 >= call.amount
-
-
-def _gone(call: Call) -> tuple[str, str, bool | None]:
+def _gone(call: Call, why: str) -> tuple[str, str, bool | None]:
     if call.state is CallState.SUCCEEDED:
-        return "VERIFIED", "position closed", False
-    return "RECONCILED", "outcome unknown: position gone before it could be read", None
+        return "VERIFIED", f"{why} before a snapshot showed the change", False
+    return "RECONCILED", f"outcome unknown: {why} before it could be read", None

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from guardbot.arbiter import Arbiter, ArbiterState, Decision, LastAction, Refusal
 from guardbot.config import BudgetSettings
 from guardbot.domain import ActionKind, Intent, MarginMode
-from guardbot.settlement import MAX_UNSETTLED
+from guardbot.settlement import MAX_UNCERTAIN
 
 A = "0x" + "aa" * 32
 B = "0x" + "bb" * 32
@@ -194,8 +194,10 @@ def test_unsettled_calls_let_only_a_rescue_through() -> None:
         decision = only(decide(other, unsettled=unsettled))
         assert (decision.approved, decision.refusal) == (False, Refusal.UNSETTLED)
         assert decision.refusal.routine
-    many = only(decide(rescue(), unsettled={key(): MAX_UNSETTLED}))
-    assert (many.approved, many.refusal) == (False, Refusal.UNSETTLED)
+    many = only(decide(rescue(), unsettled={key(): MAX_UNCERTAIN},
+                       uncertain={key(): MAX_UNCERTAIN}))
+    assert (many.approved, many.refusal) == (False, Refusal.TOO_MANY_UNCERTAIN)
+    assert not many.refusal.routine, "that many lost answers in a row is news"
 
 
 def test_a_rescue_is_refused_while_the_position_is_blocked() -> None:

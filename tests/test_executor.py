@@ -91,7 +91,8 @@ class ScriptedExchange:
         if outcome == "boom":
             raise RuntimeError("a bug below the executor")
 
-    async def get_position(self, symbol: str, margin_mode: MarginMode) -> Position | None:
+    async def get_position(self, symbol: str, margin_mode: MarginMode, *,
+                           urgent: bool = False) -> Position | None:
         now = self._now()
         self.reads.append(now)
         if symbol in self.closed:
@@ -378,7 +379,7 @@ async def test_evidence_settles_an_uncertain_call_at_once_its_absence_only_after
 
 
 def _unreadable() -> Any:
-    async def read(symbol: str, margin_mode: MarginMode) -> Position:
+    async def read(symbol: str, margin_mode: MarginMode, *, urgent: bool = False) -> Position:
         read.attempts.append(symbol)  # type: ignore[attr-defined]
         raise RateLimited("still limited")
 
@@ -503,15 +504,23 @@ async def test_a_new_position_inherits_no_hold_back(audit: AuditLog) -> None:
     assert executor._rejections == {}
 
 
-async def test_verification_needs_the_margin_halfway_not_exactly(audit: AuditLog) -> None:
+async def test_a_success_the_margin_cannot_show_is_settled_once_it_must_show(
+    audit: AuditLog,
+) -> None:
+    """Something else took 10 USDC of margin meanwhile: 140, not 150. The guard must not
+    keep adding 50 to a margin that already holds it."""
+    clock = ManualClock(start_ms=1000)
     exchange = ScriptedExchange()
-    executor = executor_on(exchange, audit, ManualClock(start_ms=1000))
+    executor = executor_on(exchange, audit, clock)
     await executor.submit(job())
     await running(executor, lambda: bool(exchange.calls) and not executor.blocked())
-    # a fill also took 10 USDC of margin: the ADD of 50 is still plainly there
     await executor.observe(position(margin="140", received_ms=1001))
+    assert executor.settlement.known_effect(KEY) == Decimal(50), "may predate the change"
+    await executor.observe(position(margin="140", received_ms=2001))
     assert executor.settlement.unsettled(KEY) == 0
-    assert kinds(await events(audit))[-1] == "VERIFIED"
+    recorded = await events(audit)
+    assert recorded[-1][0] == "VERIFIED"
+    assert recorded[-1][1] is not None and recorded[-1][1]["verified"] == "false"
 
 
 async def test_release_records_queued_actions_and_waits_for_calls_on_the_wire(

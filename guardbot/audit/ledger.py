@@ -295,6 +295,7 @@ class Ledger:
         balance_read_ms: int = 0,
         blocked: frozenset[PositionKey] = frozenset(),
         unsettled: Mapping[PositionKey, int] | None = None,
+        uncertain: Mapping[PositionKey, int] | None = None,
         kill_switch: bool = False,
         dry_run: bool = False,
     ) -> ArbiterState:
@@ -315,7 +316,8 @@ class Ledger:
             balances[account_id] = free_balance - spent
         return ArbiterState(
             now_ms=now_ms, free_balance=balances, blocked=blocked,
-            unsettled=dict(unsettled or {}), last_action=last_action,
+            unsettled=dict(unsettled or {}), uncertain=dict(uncertain or {}),
+            last_action=last_action,
             added_today_by_position=by_position,
             added_today_by_account={account_id: added_today}, kill_switch=kill_switch,
         )  # fmt: skip

@@ -164,13 +164,16 @@ class OrderlyExchange:
     # -- positions and margin ----------------------------------------------------------------
 
     async def get_positions(self, *, urgent: bool = False) -> AccountSnapshot:
-        """``GET /v1/positions``: account figures and every position (cross and isolated)."""
+        """``GET /v1/positions``: account figures and every position (cross and isolated).
+        Stamped with the time it was asked for: the data is at least that fresh, and no
+        older (a response in flight when a margin call ended proves nothing about it)."""
+        asked_ms = self._clock_ms()
         envelope = await self._rest.get(
             "GET /v1/positions", "/v1/positions", priority=_priority(urgent)
         )
         snapshot = _parsed("GET /v1/positions", lambda: wire.account_snapshot(
             envelope.data, account_id=self.account_id, timestamp_ms=envelope.timestamp_ms,
-            received_ms=self._clock_ms(),
+            received_ms=asked_ms,
         ))
         metrics.SNAPSHOTS.labels(self.account_id, Source.REST.value).inc()
         return snapshot
@@ -179,7 +182,9 @@ class OrderlyExchange:
         self, symbol: str, margin_mode: MarginMode, *, urgent: bool = False
     ) -> Position | None:
         """``GET /v1/position/{symbol}?margin_mode=``; ``None`` when there is no position
-        (quantity 0, or the exchange's "not found")."""
+        (quantity 0, or the exchange's "not found"). Stamped with the time it was asked for,
+        as ``get_positions``."""
+        asked_ms = self._clock_ms()
         try:
             envelope = await self._rest.get(
                 "GET /v1/position/{symbol}",
@@ -194,7 +199,7 @@ class OrderlyExchange:
         if envelope.data is None:
             return None
         position = _parsed("GET /v1/position/{symbol}", lambda: wire.position(
-            envelope.data, account_id=self.account_id, received_ms=self._clock_ms(),
+            envelope.data, account_id=self.account_id, received_ms=asked_ms,
             source=Source.REST,
         ))
         metrics.SNAPSHOTS.labels(self.account_id, Source.REST.value).inc()

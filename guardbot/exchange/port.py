@@ -63,10 +63,17 @@ class Exchange(Protocol):
 
     account_id: str
 
-    async def get_positions(self) -> AccountSnapshot: ...
+    async def get_positions(self, *, urgent: bool = False) -> AccountSnapshot:
+        """Every position of the account. ``received_ms`` of the snapshot and its positions
+        is when it was asked for (the data is at least that fresh). ``urgent``: may use the
+        share of the rate limit kept for positions at risk."""
+        ...
 
-    async def get_position(self, symbol: str, margin_mode: MarginMode) -> Position | None:
-        """One position; ``None`` when there is none (qty 0 or "not found")."""
+    async def get_position(
+        self, symbol: str, margin_mode: MarginMode, *, urgent: bool = False
+    ) -> Position | None:
+        """One position; ``None`` when there is none (qty 0 or "not found"). Stamped like
+        ``get_positions``."""
         ...
 
     async def adjust_margin(self, symbol: str, kind: ActionKind, amount: Decimal) -> None:
