@@ -14,7 +14,10 @@ decide, from the evidence this module feeds it (``guardbot.settlement``):
   ``UNCERTAIN``; the position is read at once and again after the settle window, and
   ``RECONCILED`` (applied or not) follows from the first snapshot that shows it. Never a
   blind retry: a further ADD is the guard's decision, on fresh data;
-- ``AuthError``: ``FAILED`` (nothing was applied; the operator must fix the key or clock);
+- ``AuthError``: ``FAILED`` (nothing was applied; the operator must fix the key or clock).
+  The position is held back ``AUTH_BACKOFF_MS``, doubling on repeats up to the rejection
+  hold-back: not again on every mark tick, yet a host clock put right (or a key renewed)
+  lets the next rescue out within seconds, not half a minute later;
 - ``RetryLater``/``RateLimited``: ``FAILED``, back off, re-read the position and hand it back
   so the guard re-decides on fresh data;
 - data older than ``max_data_age_ms`` when the action is dequeued, or a position that closed
@@ -65,6 +68,9 @@ REREAD_DELAYS_S = (0.0, 0.5, 1.0, 2.0, 5.0)
 # A rejected position is held back this long, doubled on every repeat of the same code.
 REJECT_BACKOFF_MS = 30_000
 REJECT_BACKOFF_MAX_MS = 15 * 60_000
+# After an authentication failure (a bad key, or this host's clock outside the exchange's
+# timestamp window): the first hold-back, doubled on repeats up to ``reject_backoff_ms``.
+AUTH_BACKOFF_MS = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +146,9 @@ class Executor:
         }
         self._order = itertools.count()
         self._queued: set[PositionKey] = set()
-        self._held: dict[PositionKey, int] = {}  # rejected: no new action before this time
+        # Held back (rejected, refused or rate limited): no new action before this time, on
+        # the monotonic clock: a host clock stepped by NTP must not stretch or cut a hold.
+        self._held: dict[PositionKey, float] = {}
         self._rejections: dict[tuple[PositionKey, int | None], int] = {}
         self._closed_ms: dict[PositionKey, int] = {}  # queued before this: not sent
         # Per account: calls on the wire, reads and back-offs (``release`` awaits them).
@@ -157,7 +165,7 @@ class Executor:
     def blocked(self) -> frozenset[PositionKey]:
         """Positions with an action queued or on the wire, or held back after a rejection:
         nothing new is decided for them."""
-        now = self._clock.now_ms()
+        now = self._clock.monotonic()
         for key in [k for k, until in self._held.items() if until <= now]:
             del self._held[key]
         return frozenset(self._queued | self.settlement.sending_keys() | self._held.keys())
@@ -371,11 +379,13 @@ class Executor:
         except AuthError as exc:
             outcome = "failed"
             self.settlement.not_applied(action_id)
-            # The key or the clock must be fixed first: not again on every mark tick.
-            self._held[job.key] = self._clock.now_ms() + self._reject_backoff_ms
+            # The key or the clock must be fixed first: not again on every mark tick, but
+            # soon after it is (a clock put right must not cost the next rescue 30 s).
+            hold_ms = self._hold(job.key, exc.code, AUTH_BACKOFF_MS, self._reject_backoff_ms)
             await self._audit.record_event(
                 action_id, intent.account_id, EventKind.FAILED, code=exc.code,
-                message=str(exc), latency_ms=_ms_since(started))
+                message=f"{exc} (no new action on this position for {hold_ms / 1000:g} s)",
+                latency_ms=_ms_since(started))
             log.error("%s on %s failed: %s", intent.kind, intent.symbol, exc)
         except Exception as exc:
             # Uncertain, but also anything unexpected (an unparsable answer to a POST, a
@@ -417,11 +427,9 @@ class Executor:
         intent = job.intent
         # The same intent would be rejected again on the next mark: hold the position back,
         # longer each time the exchange gives the same reason.
-        repeats = self._rejections.get((job.key, exc.code), 0)
-        self._rejections[(job.key, exc.code)] = repeats + 1
-        hold_ms = int(backoff.delay(repeats, self._reject_backoff_ms, self._reject_backoff_max_ms))
         # Held before anything is awaited: no evaluation may slip the same call in meanwhile.
-        self._held[job.key] = self._clock.now_ms() + hold_ms
+        hold_ms = self._hold(job.key, exc.code, self._reject_backoff_ms,
+                             self._reject_backoff_max_ms)
         await self._audit.record_event(
             action_id, intent.account_id, EventKind.REJECTED, code=exc.code,
             message=f"{exc.message} (no new action on this position for {hold_ms // 1000} s)",
@@ -433,6 +441,15 @@ class Executor:
                            f"{intent.kind} {intent.amount} rejected: {exc.message}",
                            {"amount": intent.amount, "code": exc.code,
                             "reason": intent.reason}))
+
+    def _hold(self, key: PositionKey, code: int | None, base_ms: int, cap_ms: int) -> int:
+        """Hold the position back after a refusal with ``code``: ``base_ms``, doubled on
+        every repeat of the same code since its last success, up to ``cap_ms``."""
+        repeats = self._rejections.get((key, code), 0)
+        self._rejections[(key, code)] = repeats + 1
+        hold_ms = int(backoff.delay(repeats, base_ms, cap_ms))
+        self._held[key] = self._clock.monotonic() + hold_ms / 1000
+        return hold_ms
 
     async def _uncertain(self, job: Job, action_id: str, message: str, latency: int) -> None:
         account_id = job.intent.account_id
@@ -498,7 +515,7 @@ class Executor:
         self, job: Job, action_id: str, exc: RetryLater, latency: int
     ) -> None:
         wait_s = exc.retry_after_s if isinstance(exc, RateLimited) else 1.0
-        self._held[job.key] = self._clock.now_ms() + int(wait_s * 1000)
+        self._held[job.key] = self._clock.monotonic() + wait_s
         await self._audit.record_event(
             action_id, job.intent.account_id, EventKind.FAILED,
             code=-1003 if isinstance(exc, RateLimited) else None,
@@ -506,9 +523,9 @@ class Executor:
         self._wait(job.key, action_id, self._back_off(job))
 
     async def _back_off(self, job: Job) -> None:
-        until = self._held.get(job.key, 0)
-        if (wait_ms := until - self._clock.now_ms()) > 0:
-            await self._clock.sleep(wait_ms / 1000)
+        until = self._held.get(job.key, 0.0)
+        if (wait_s := until - self._clock.monotonic()) > 0:
+            await self._clock.sleep(wait_s)
         self._held.pop(job.key, None)
         try:
             position = await self._exchanges[job.intent.account_id].get_position(

@@ -23,8 +23,8 @@ from guardbot.audit.store import AuditLog
 from guardbot.audit.tables import ActionEvent
 from guardbot.clock import ManualClock
 from guardbot.domain import ActionKind, Intent, MarginMode, Position, PositionKey, Source
-from guardbot.exchange.errors import RateLimited, Rejected, Uncertain
-from guardbot.executor import Executor, Job
+from guardbot.exchange.errors import AuthError, RateLimited, Rejected, Uncertain
+from guardbot.executor import AUTH_BACKOFF_MS, Executor, Job
 from guardbot.settlement import Settlement
 
 ACCOUNT = "0x" + "ab" * 32
@@ -52,7 +52,8 @@ def job(symbol: str = "PERP_ETH_USDC", kind: ActionKind = ActionKind.ADD, amount
 class ScriptedExchange:
     """Keeps isolated margins; each adjust_margin call follows the next scripted outcome:
     "ok", "lost" (applied, answer lost), "timeout" (not applied, Uncertain), "late" (Uncertain,
-    and the exchange applies it ``late_ms`` later), "reject", "ratelimit", "boom" (a bug)."""
+    and the exchange applies it ``late_ms`` later), "reject", "auth" (a refused signature: our
+    clock is off), "ratelimit", "boom" (a bug)."""
 
     def __init__(self, script: list[str] | None = None, time: ManualClock | None = None,
                  late_ms: int = 2_000) -> None:
@@ -86,6 +87,8 @@ class ScriptedExchange:
             raise Uncertain("read timeout after the request was sent")
         if outcome == "reject":
             raise Rejected(-1101, "Insufficient margin after the operation.", 400)
+        if outcome == "auth":
+            raise AuthError(-1002, "timestamp outside the 300 s window")
         if outcome == "ratelimit":
             raise RateLimited("too many requests", retry_after_s=0.01)
         if outcome == "boom":
@@ -491,6 +494,29 @@ async def test_a_rejected_position_is_held_back_longer_on_each_repeat(audit: Aud
     await running(executor, lambda: len(exchange.calls) == 3)
     assert executor._rejections == {}, "a success starts the back-off over"
     assert kinds(await events(audit)).count("REJECTED") == 2
+
+
+async def test_an_auth_failure_holds_back_briefly_so_a_fixed_clock_rescues_at_once(
+    audit: AuditLog,
+) -> None:
+    """Refused signatures (this host's clock off) are not resent on every mark tick, but a
+    clock put right must not cost the next rescue the 30 s hold-back of a rejection."""
+    clock = ManualClock()
+    exchange = ScriptedExchange(["auth", "auth", "ok", "auth"])
+    executor = executor_on(exchange, audit, clock, reject_backoff_ms=30_000)
+    for hold_ms in (AUTH_BACKOFF_MS, 2 * AUTH_BACKOFF_MS, None, AUTH_BACKOFF_MS):
+        assert await executor.submit(job())
+        if hold_ms is None:  # the clock is right again: a success starts the hold over
+            await running(executor, lambda: len(exchange.calls) == 3)
+            continue
+        await running(executor, lambda: KEY in executor._held)
+        assert await executor.submit(job()) is None, "not re-sent on the next mark"
+        clock.advance((hold_ms - 1) / 1000)
+        assert KEY in executor.blocked()
+        clock.advance(0.001)
+        assert executor.blocked() == frozenset()
+    recorded = await events(audit)
+    assert [code for kind, _, code in recorded if kind == "FAILED"] == [-1002] * 3
 
 
 async def test_a_new_position_inherits_no_hold_back(audit: AuditLog) -> None:
