@@ -1,10 +1,10 @@
 """The position book: the latest known state of every position, and how old it is.
 
-Pure (no I/O, no clock: every time is passed in). Three sources feed it (design.md, data
-flow): REST snapshots, incremental private-WS pushes, and public mark prices that re-price
-positions between pushes.
+Pure (no I/O, no clock: every time is passed in). Three sources feed it
+(docs/architecture.md, "Data flow"): REST snapshots, incremental private-WS pushes, and public
+mark prices that re-price positions between pushes.
 
-Ordering. Orderly stamps each position version with ``seq`` (orderly-api.md §4) and an
+Ordering. Orderly stamps each position version with ``seq`` (docs/exchange.md §4) and an
 ``updated_time`` (``exchange_ms``). An update is applied unless it is older than what the
 book holds: when both carry a ``seq`` the higher ``seq`` wins (equal ``seq`` = the same
 version, applied when its timestamp is not older, which refreshes the confirmation time);

@@ -54,7 +54,7 @@ ACCOUNT_ID_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
 KEY_RE = re.compile(r"^ed25519:[1-9A-HJ-NP-Za-km-z]{32,50}$")
 
 PRESETS: dict[str, dict[str, str]] = {
-    # orderly-api.md §1
+    # docs/exchange.md §1
     "mainnet": {
         "rest_url": "https://api.orderly.org",
         "public_ws_url": "wss://ws-evm.orderly.org/ws/stream/{account_id}",
@@ -117,7 +117,7 @@ class AuditSettings(_Section):
 class PollSettings(_Section):
     interval_s: float = Field(default=5.0, gt=0)
     fast_interval_s: float = Field(default=1.0, gt=0)
-    # Nothing acts on a snapshot older than this (design.md invariants).
+    # Nothing acts on a snapshot older than this (docs/architecture.md, "Invariants").
     max_data_age_s: float = Field(default=15.0, gt=0)
 
     @model_validator(mode="after")

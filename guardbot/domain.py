@@ -2,7 +2,7 @@
 
 Wire JSON is parsed into these inside ``guardbot.exchange`` (parse at the edge); nothing past
 the adapter sees a raw dict. Money, prices and quantities are ``Decimal``; ``seq`` is ``int``
-(Orderly's ``seq`` exceeds 2**53, orderly-api.md §4). Times are integer milliseconds since the
+(Orderly's ``seq`` exceeds 2**53, docs/exchange.md §4). Times are integer milliseconds since the
 epoch (``*_ms``), the exchange's own unit, so virtual and real clocks compare the same way.
 """
 
@@ -21,7 +21,7 @@ class MarginMode(enum.StrEnum):
 
 
 class Source(enum.StrEnum):
-    """Where a snapshot came from; every action records it (design.md, invariants)."""
+    """Where a snapshot came from; every action records it (docs/architecture.md, "Invariants")."""
 
     REST = "REST"
     WS = "WS"
@@ -29,19 +29,19 @@ class Source(enum.StrEnum):
 
 
 class ActionKind(enum.StrEnum):
-    """The two sides of ``POST /v1/position_margin`` (orderly-api.md §4)."""
+    """The two sides of ``POST /v1/position_margin`` (docs/exchange.md §4)."""
 
     ADD = "ADD"
     REDUCE = "REDUCE"
 
 
 PositionKey = tuple[str, str, MarginMode]
-"""(account_id, symbol, margin_mode): the identity of a position (orderly-api.md §4)."""
+"""(account_id, symbol, margin_mode): the identity of a position (docs/exchange.md §4)."""
 
 
 @dataclass(frozen=True, slots=True)
 class SymbolRules:
-    """Per-symbol margin parameters from ``GET /v1/public/info`` (orderly-api.md §4, §7)."""
+    """Per-symbol margin parameters from ``GET /v1/public/info`` (docs/exchange.md §4, §7)."""
 
     symbol: str
     base_imr: Decimal
@@ -92,7 +92,7 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Holding:
-    """One token balance from ``GET /v1/client/holding`` (orderly-api.md §4)."""
+    """One token balance from ``GET /v1/client/holding`` (docs/exchange.md §4)."""
 
     token: str
     holding: Decimal

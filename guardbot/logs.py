@@ -47,7 +47,7 @@ _context: contextvars.ContextVar[tuple[tuple[str, object], ...]] = contextvars.C
 _secrets: set[str] = set()
 
 _BASE58 = "1-9A-HJ-NP-Za-km-z"
-# 32 bytes encode to 43-44 base58 characters, 64 bytes to 87-88 (orderly-api.md §2).
+# 32 bytes encode to 43-44 base58 characters, 64 bytes to 87-88 (docs/exchange.md §2).
 _KEY_SHAPED = re.compile(
     rf"(?<![0-9A-Za-z])(?:ed25519:)?(?:[{_BASE58}]{{87,88}}|[{_BASE58}]{{43,44}})(?![0-9A-Za-z])"
 )

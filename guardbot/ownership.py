@@ -1,4 +1,5 @@
-"""Which guardbot process guards which account (design.md, "One guard per account").
+"""Which guardbot process guards which account (docs/architecture.md, "Invariants": one
+guard per account).
 
 Several ``guardbot run`` processes configured with the same accounts and the same PostgreSQL
 audit database divide the accounts between them so that each account is guarded by exactly

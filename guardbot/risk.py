@@ -1,9 +1,9 @@
 """The margin math of isolated positions: pure functions, ``Decimal`` in and out.
 
-Everything follows orderly-api.md §7 (the js-sdk's formulas; the server's are unconfirmed)
-and design.md "Risk math". For an isolated position with margin ``M``, signed quantity ``q``,
-signed cost ``C``, funding owed ``F = q*(sum_unitary_funding - last_sum_unitary_funding)`` and
-price ``P``::
+Everything follows docs/exchange.md §7 (the js-sdk's formulas; the server's are unconfirmed)
+and docs/architecture.md, "Risk math". For an isolated position with margin ``M``, signed
+quantity ``q``, signed cost ``C``, funding owed
+``F = q*(sum_unitary_funding - last_sum_unitary_funding)`` and price ``P``::
 
     equity(P)  = M + q*P - C - F
     liquidated when equity(P) <= |q|*P*MMR(|q|*P)
@@ -18,7 +18,7 @@ A ``Position`` carries ``unsettled_pnl = q*mark - C - F`` but not the current
 (``funding_owed``); re-pricing at another mark keeps ``F`` unchanged.
 
 The simulated exchange has its own implementation of this math and never imports this
-module (design.md): each side checks the other.
+module (docs/architecture.md, "Risk math"): each side checks the other.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from guardbot.domain import ZERO, MarginMode, Position, SymbolRules
 
 ONE = Decimal(1)
 MARGIN_STEP = Decimal("0.01")
-"""``position_margin`` amounts are sent with 2 decimals (orderly-api.md §4: the UI's precision)."""
+"""``position_margin`` amounts are sent with 2 decimals (docs/exchange.md §4: the UI's
+precision)."""
 
-_EXPONENT = Decimal("0.8")  # notional^(4/5), orderly-api.md §7
+_EXPONENT = Decimal("0.8")  # notional^(4/5), docs/exchange.md §7
 _SOLVER_STEPS = 200
 # Liquidation prices are solved to 1e-12 of their value (a 1e-7 USDC step at 100k),
 # far below any tick; margins come from the explicit inverse, never from this tolerance.
@@ -61,7 +62,7 @@ def mmr(notional: Decimal, rules: SymbolRules) -> Decimal:
 
 def funding_owed(position: Position) -> Decimal:
     """``q*(sum_unitary_funding - last_sum_unitary_funding)``, recovered from the snapshot's
-    ``unsettled_pnl = q*mark - cost - funding`` (orderly-api.md §7, PnL)."""
+    ``unsettled_pnl = q*mark - cost - funding`` (docs/exchange.md §7, PnL)."""
     return position.qty * position.mark_price - position.cost_position - position.unsettled_pnl
 
 
@@ -162,7 +163,7 @@ def liquidation_distance(
 
 
 def effective_leverage(position: Position) -> Decimal | None:
-    """``notional / (margin + unsettled_pnl)`` (orderly-api.md §7); ``None`` when the equity
+    """``notional / (margin + unsettled_pnl)`` (docs/exchange.md §7); ``None`` when the equity
     is zero or negative (unbounded leverage)."""
     equity = position.margin + position.unsettled_pnl
     if equity <= 0:
@@ -202,7 +203,7 @@ def margin_for_distance(position: Position, rules: SymbolRules, distance: Decima
 
 
 def max_removable(position: Position, rules: SymbolRules) -> Decimal:
-    """The most margin a REDUCE may take (js-sdk rule, orderly-api.md §7):
+    """The most margin a REDUCE may take (js-sdk rule, docs/exchange.md §7):
     ``max(0, margin - notional*IMR + min(0, unsettled_pnl))``; unrealized profit cannot be
     withdrawn, an unrealized loss lowers the amount."""
     notional = abs(position.qty) * position.mark_price

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from guardbot import cli, logs
 from guardbot.logs import log_context, register_secret, setup_logging
 
-# orderly-api.md §2 test vector: a real-shaped ed25519 secret and its public key.
+# docs/exchange.md §2 test vector: a real-shaped ed25519 secret and its public key.
 SECRET = "4wBqpZM9xaSheZzJSMawUKKwhdpChKbZ5eu5ky4Vigw"
 PUBLIC_KEY = "ed25519:9C6hybhQ6Aycep9jaUnP6uL9ZYvDjUp1aSkFWPUFJtpj"
 ACCOUNT_ID = "0x" + "ab12" * 16

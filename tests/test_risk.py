@@ -1,4 +1,4 @@
-"""Risk math: hand-computed cases from orderly-api.md §7 plus property tests."""
+"""Risk math: hand-computed cases from docs/exchange.md §7 plus property tests."""
 
 from __future__ import annotations
 
@@ -293,7 +293,7 @@ def test_rounding_properties(amount: D, step: D) -> None:
     assert up.as_tuple().exponent == down.as_tuple().exponent == step.as_tuple().exponent
 
 
-# --- the simulated exchange's own implementation checks this one (design.md) ------------
+# --- the simulated exchange's own implementation checks this one (docs/architecture.md) ---
 
 
 @settings(max_examples=300, deadline=None)

@@ -6,7 +6,8 @@ between these models and the migrated database on SQLite and PostgreSQL.
 Money is exact everywhere: ``NUMERIC(38, 18)`` on PostgreSQL and, on SQLite (whose NUMERIC
 affinity would store binary floats), the canonical decimal string. Timestamps are
 timezone-aware UTC. Rows are only ever inserted: the daemon never UPDATEs or DELETEs
-(design.md, audit log), and every event carries a per-account hash chain (``chain.py``).
+(docs/architecture.md, "Audit log"), and every event carries a per-account hash chain
+(``chain.py``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Composition only: ``signing`` signs, ``rest`` sends and maps errors, ``limits`` throttles,
 ``wire`` parses, ``ws`` streams. Every method returns frozen domain values and raises only
-``guardbot.exchange.errors`` (orderly-api.md §4 for the endpoints).
+``guardbot.exchange.errors`` (docs/exchange.md §4 for the endpoints).
 
 Priorities (``limits``): ``adjust_margin(ADD)`` is urgent (a position at risk), REDUCE is a
 routine sweep; reads are routine unless ``urgent=True`` (the executor's verification reads).
@@ -49,7 +49,7 @@ from guardbot.exchange.ws import DEFAULT_TIMING, Parse, Stream, StreamTiming
 
 log = logging.getLogger(__name__)
 
-NOT_FOUND_CODES = frozenset({-1006})  # "resource not found" (orderly-api.md §3)
+NOT_FOUND_CODES = frozenset({-1006})  # "resource not found" (docs/exchange.md §3)
 T = TypeVar("T")
 
 

@@ -1,4 +1,4 @@
-"""Exchange errors, named after what the caller must do (style.md §5).
+"""Exchange errors, named after what the caller must do (docs/architecture.md, "Conventions").
 
 ``httpx`` and ``websockets`` exceptions and Orderly error envelopes are mapped into this tree
 in exactly one place (``guardbot.exchange.rest``); nothing above the adapter catches a foreign
@@ -27,7 +27,7 @@ class RetryLater(ExchangeError):
 
 
 class RateLimited(RetryLater):
-    """HTTP 429 / code -1003 (orderly-api.md §5)."""
+    """HTTP 429 / code -1003 (docs/exchange.md §5)."""
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
@@ -40,7 +40,7 @@ class Unreachable(RetryLater):
 
 
 class Rejected(ExchangeError):
-    """The exchange refused the request with a documented error code (orderly-api.md §3)."""
+    """The exchange refused the request with a documented error code (docs/exchange.md §3)."""
 
     def __init__(self, code: int, message: str, http_status: int | None = None) -> None:
         super().__init__(f"exchange rejected the request: code {code}: {message}")
@@ -60,7 +60,8 @@ class AuthError(ExchangeError):
 
 class Uncertain(ExchangeError):
     """A write may or may not have been applied. The caller must reconcile by re-reading the
-    position before anything else; a blind retry risks a double top-up (design.md)."""
+    position before anything else; a blind retry risks a double top-up
+    (docs/architecture.md, "Settlement")."""
 
 
 class MalformedResponse(ExchangeError):

@@ -33,7 +33,7 @@ class Limit:
     per: Literal["key", "ip"] = "key"
 
 
-# orderly-api.md §5 / [OAS]. Keyed by "METHOD path-template", the label used in metrics.
+# docs/exchange.md §5 / [OAS]. Keyed by "METHOD path-template", the label used in metrics.
 LIMITS: dict[str, Limit] = {
     "POST /v1/position_margin": Limit(10, 1.0),
     "GET /v1/positions": Limit(30, 10.0),

@@ -1,4 +1,5 @@
-"""The port the engine talks to (style.md §4): one ``Exchange`` per guarded account.
+"""The port the guard talks to (docs/architecture.md, "Conventions"): one ``Exchange`` per
+guarded account.
 
 ``guardbot.exchange.client.OrderlyExchange`` implements it over HTTP and WebSocket; tests run
 it against ``guardbot sim`` over real loopback sockets.

@@ -1,7 +1,8 @@
 """Signed REST calls over one pooled ``httpx.AsyncClient``: the ONE place where ``httpx``
-exceptions and Orderly error envelopes become ``guardbot.exchange.errors`` (style.md §5).
+exceptions and Orderly error envelopes become ``guardbot.exchange.errors``
+(docs/architecture.md, "Conventions").
 
-Mapping (orderly-api.md §3, §5):
+Mapping (docs/exchange.md §3, §5):
 
     connect error / connect or pool timeout   -> Unreachable  (a RetryLater; nothing was sent)
     timeout / connection lost after sending   -> GET: RetryLater, POST: Uncertain
@@ -14,9 +15,10 @@ Mapping (orderly-api.md §3, §5):
 
 A POST is sent once and never retried here: ``POST /v1/position_margin`` has no client id, so
 after an unknown outcome only a re-read of the position can tell whether it was applied
-(design.md, "No double top-up"). A 5xx answer to a POST counts as unknown too: gateways answer
-502/504 after the backend may already have committed. GETs are retried with jittered backoff
-on ``RetryLater`` (including 429, waiting at least ``Retry-After``).
+(docs/architecture.md, "Invariants": every USDC moved is known). A 5xx answer to a POST
+counts as unknown too: gateways answer 502/504 after the backend may already have
+committed. GETs are retried with jittered backoff on ``RetryLater`` (including 429, waiting
+at least ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 def path_with_query(path: str, params: Mapping[str, str] | None) -> str:
-    """The exact ``path?query`` that is both sent and signed (orderly-api.md §2)."""
+    """The exact ``path?query`` that is both sent and signed (docs/exchange.md §2)."""
     return f"{path}?{urlencode(params, quote_via=quote)}" if params else path
 
 
@@ -199,7 +201,7 @@ class RestClient:
         return error
 
 
-# The exchange refuses timestamps more than 300 s from its clock (orderly-api.md §2); a
+# The exchange refuses timestamps more than 300 s from its clock (docs/exchange.md §2); a
 # refusal with our clock this far off its ``Date`` header is most likely that.
 CLOCK_SKEW_HINT_S = 60.0
 

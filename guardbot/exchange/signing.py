@@ -1,4 +1,5 @@
-"""Orderly request signing: ed25519 over ``<ts_ms><METHOD><path?query><body>`` (orderly-api.md §2).
+"""Orderly request signing: ed25519 over ``<ts_ms><METHOD><path?query><body>``
+(docs/exchange.md §2).
 
 Keys are Orderly's text format: the public key as ``ed25519:<base58 32 bytes>``, the secret as
 the base58 seed with or without the ``ed25519:`` prefix, 32 bytes (seed) or 64 bytes (seed

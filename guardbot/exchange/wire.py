@@ -1,8 +1,8 @@
-"""Orderly wire JSON -> frozen domain values, at the edge (style.md: parse at the edge).
+"""Orderly wire JSON -> frozen domain values, at the edge (docs/architecture.md, "Conventions").
 
 JSON is decoded with ``parse_float=Decimal``, so no float ever exists: money, prices and
 quantities become ``Decimal`` (a JSON number, or a numeric string, is accepted), ``seq`` an
-``int`` (it exceeds 2**53, orderly-api.md §4), times integer milliseconds. Anything that does
+``int`` (it exceeds 2**53, docs/exchange.md §4), times integer milliseconds. Anything that does
 not match the documented shape raises ``MalformedResponse`` naming the field; nothing past
 this module sees a raw dict.
 
@@ -36,7 +36,7 @@ MAX_MAGNITUDE = 40  # decimal exponent bound for any number on the wire
 
 @dataclass(frozen=True, slots=True)
 class AccountInfo:
-    """``GET /v1/client/info`` (orderly-api.md §4): the fields the guard reads."""
+    """``GET /v1/client/info`` (docs/exchange.md §4): the fields the guard reads."""
 
     account_id: str
     account_mode: str
@@ -164,7 +164,7 @@ def margin_mode(data: JsonObject, name: str, where: str) -> MarginMode:
 
 
 def optional_price(data: JsonObject, name: str, where: str) -> Decimal | None:
-    """``est_liq_price``: 0 or null when there is no liquidation risk (orderly-api.md §4)."""
+    """``est_liq_price``: 0 or null when there is no liquidation risk (docs/exchange.md §4)."""
     if data.get(name) is None:
         return None
     value = dec(data, name, where)
@@ -186,7 +186,7 @@ class Envelope:
 
 
 def envelope(body: Any) -> Envelope:
-    """Read the envelope of orderly-api.md §3; ``code`` may arrive as a string."""
+    """Read the envelope of docs/exchange.md §3; ``code`` may arrive as a string."""
     top = obj(body, "response")
     success = top.get("success")
     if not isinstance(success, bool):
@@ -356,7 +356,7 @@ def system_status(data: Any) -> SystemStatus:
                         message if isinstance(message, str) else "")
 
 
-# -- WebSocket pushes (orderly-api.md §6) ---------------------------------------------------
+# -- WebSocket pushes (docs/exchange.md §6) ---------------------------------------------------
 
 
 def pushed_positions(data: Any, *, account_id: str, received_ms: int) -> tuple[Position, ...]:

@@ -1,4 +1,4 @@
-"""A self-healing Orderly WebSocket stream (orderly-api.md §2, §6) on ``websockets``.
+"""A self-healing Orderly WebSocket stream (docs/exchange.md §2, §6) on ``websockets``.
 
 One ``Stream`` is one connection URL plus its topics. ``events()`` connects, logs in (private
 streams), subscribes, and yields a ``StreamGap`` every time it has (re)subscribed, the first

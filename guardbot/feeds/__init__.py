@@ -1,1 +1,2 @@
-"""Sources of position data: the REST poller and the WebSocket streams (design.md, data flow)."""
+"""Sources of position data: the REST poller and the WebSocket streams
+(docs/architecture.md, "Data flow")."""

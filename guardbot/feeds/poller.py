@@ -1,9 +1,10 @@
 """The REST baseline: an APScheduler (3.x, asyncio) job polls every guarded account's
 positions (``GET /v1/positions``) and hands each snapshot on.
 
-Polling is the source of truth the WebSocket pushes are merged into (design.md, data flow):
-it runs on ``interval_s`` normally, on ``fast_interval_s`` for an account the guard marks
-urgent (a position near its trigger), and on demand (``poll_now``) after a stream gap.
+Polling is the source of truth the WebSocket pushes are merged into
+(docs/architecture.md, "Data flow"): it runs on ``interval_s`` normally, on
+``fast_interval_s`` for an account the guard marks urgent (a position near its trigger),
+and on demand (``poll_now``) after a stream gap.
 One job per account ticks at the fast interval and decides whether a poll is due, so an
 account speeds up or slows down on its next tick without rescheduling anything.
 """

@@ -3,7 +3,7 @@ prices, consumed from the ``Exchange`` port and handed on as they arrive.
 
 A ``StreamGap`` means pushes may have been missed: the account is resynchronised over REST
 *before* the gap is passed on, so nothing downstream trusts pushes across a hole
-(orderly-api.md §6, "always re-fetch the REST snapshot after reconnecting").
+(docs/exchange.md §6, "always re-fetch the REST snapshot after reconnecting").
 """
 
 from __future__ import annotations

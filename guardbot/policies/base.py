@@ -13,7 +13,7 @@ A policy looks at one isolated position and says what it wants done to its margi
                 return [view.intent(ActionKind.ADD, Decimal("10"), self.name, "too close")]
             return []
 
-Rules (style.md §1, design.md): ``evaluate`` is synchronous and pure: no I/O, no clock
+Rules (docs/architecture.md, "Policies"): ``evaluate`` is synchronous and pure: no I/O, no clock
 (time is ``ctx.now_ms``), no randomness, no state that changes what the next call returns
 unless it comes from ``ctx``. Parameters arrive as keyword arguments of the constructor, which
 validates them (raise ``PolicyParamError`` naming the parameter): start-up then fails with a

@@ -1,6 +1,6 @@
 """Turn the ``[[policies]]`` config into policy objects, once, at start-up.
 
-``use`` names one of (style.md §7, plugins are explicit):
+``use`` names one of (docs/architecture.md, "Policies"):
 
 - a built-in: ``topup`` or ``sweep``;
 - ``file:<name>`` or ``file:<name>:<attr>``: ``<strategies_dir>/<name>.py``, whose module

@@ -2,9 +2,9 @@
 
 A policy that raises, or returns something that is not a list of valid intents for the
 position it was shown, does not stop the others: its failure is returned so the daemon can
-audit it (design.md: a policy that raises is isolated and audited). A REDUCE leaves with
-the distance it would leave and the highest ``add_target`` of the policies applying to the
-position, for the arbiter's floor check. Each evaluation is counted in
+audit it (docs/architecture.md, "Policies": a policy that raises is isolated and audited).
+A REDUCE leaves with the distance it would leave and the highest ``add_target`` of the
+policies applying to the position, for the arbiter's floor check. Each evaluation is counted in
 ``guardbot_policy_evaluations_total{policy, outcome}`` with outcome ``intent``, ``none`` or
 ``error``.
 """
@@ -101,7 +101,7 @@ def _checked(intent: object, view: PositionView, floor: Decimal | None) -> Inten
     if not isinstance(intent.urgency, Decimal) or not intent.urgency.is_finite():
         raise InvalidIntent(f"urgency must be a finite Decimal, got {intent.urgency!r}")
     if intent.kind is ActionKind.REDUCE and amount > view.max_removable:
-        # The exchange would refuse it (orderly-api.md §7); a policy asking is a bug.
+        # The exchange would refuse it (docs/exchange.md §7); a policy asking is a bug.
         raise InvalidIntent(
             f"REDUCE {amount} exceeds the removable maximum {view.max_removable}"
         )

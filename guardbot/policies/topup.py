@@ -8,7 +8,7 @@ rounding. Budgets, cooldowns and the free-balance reserve are the arbiter's busi
 
 Parameters: ``trigger`` (0.05) < ``target`` (0.10), fractions of the mark; ``margin_ratio``
 (off; e.g. 2 = act when equity < 2 x maintenance margin), a second, optional trigger
-(design.md, built-in policies).
+(docs/architecture.md, "Policies").
 """
 
 from __future__ import annotations

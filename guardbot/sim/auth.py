@@ -1,4 +1,4 @@
-"""Request authentication exactly as Orderly documents it (orderly-api.md §2).
+"""Request authentication exactly as Orderly documents it (docs/exchange.md §2).
 
 The signed message is ``<timestamp ms><METHOD><path incl. ?query><raw body>``; it is rebuilt
 from the bytes actually received, so a tampered body or query fails. Signatures are accepted

@@ -2,7 +2,7 @@
 liquidation. Sans-I/O: no sockets, no sleeping, no clock reads except the injected ``clock``;
 the server feeds it requests and new marks and drains the changes it must push.
 
-Choices where orderly-api.md marks the real behaviour unconfirmed (each is a documented best
+Choices where docs/exchange.md marks the real behaviour unconfirmed (each is a documented best
 guess, so tests and the bot can rely on it):
 
 - ``holding`` excludes isolated margin: ADD moves USDC from ``holding`` to the position's

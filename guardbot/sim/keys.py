@@ -1,4 +1,4 @@
-"""Orderly API keys: ed25519 key pairs spelled the way Orderly spells them (orderly-api.md §2).
+"""Orderly API keys: ed25519 key pairs spelled the way Orderly spells them (docs/exchange.md §2).
 
 The public key is ``ed25519:<base58 32-byte public key>``; the secret is
 ``ed25519:<base58 32-byte seed>``. Signatures are sent base64url-encoded with padding, as the
@@ -52,7 +52,7 @@ def signed_headers(
     path_and_query: str,
     body: str = "",
 ) -> dict[str, str]:
-    """The four ``orderly-*`` headers for one REST request (orderly-api.md §2)."""
+    """The four ``orderly-*`` headers for one REST request (docs/exchange.md §2)."""
     message = f"{timestamp_ms}{method.upper()}{path_and_query}{body}"
     return {
         "orderly-timestamp": str(timestamp_ms),

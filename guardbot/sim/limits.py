@@ -1,4 +1,4 @@
-"""Rate limits per Orderly key (or per IP) and endpoint, from orderly-api.md §5.
+"""Rate limits per Orderly key (or per IP) and endpoint, from docs/exchange.md §5.
 
 Sliding windows: a request is allowed when fewer than ``limit`` requests of the same bucket
 were allowed in the last ``window_s`` seconds (the real window type is unconfirmed; a sliding

@@ -1,4 +1,4 @@
-"""The simulated exchange's own margin math (orderly-api.md §7), as pure functions.
+"""The simulated exchange's own margin math (docs/exchange.md §7), as pure functions.
 
 This is deliberately a separate implementation from the bot's risk module: the two are pinned
 to the same hand-computed cases, so each checks the other. Money is ``Decimal``; every amount
@@ -45,11 +45,11 @@ class Market:
 
     @property
     def max_leverage(self) -> int:
-        """``1/base_imr`` (orderly-api.md §4, [D:mlp])."""
+        """``1/base_imr`` (docs/exchange.md §4, [D:mlp])."""
         return int(ONE / self.base_imr)
 
 
-# orderly-api.md §7: BTC/ETH base_imr 0.01, base_mmr 0.006; alts 0.10 / 0.05.
+# docs/exchange.md §7: BTC/ETH base_imr 0.01, base_mmr 0.006; alts 0.10 / 0.05.
 MARKETS: dict[str, Market] = {
     m.symbol: m
     for m in (

@@ -12,7 +12,7 @@ milliseconds, because clients sign with their real clock and judge data age by i
 Each REST request runs: faults (latency, 5xx, 429) -> authentication (auth.py) -> rate limit
 (limits.py) -> handler -> pushes for what changed -> maybe a lost response (faults.py).
 
-Wire choices where orderly-api.md lists an open question (the engine's are in engine.py):
+Wire choices where docs/exchange.md lists an open question (the engine's are in engine.py):
 - ``GET /v1/position/{symbol}`` with no position answers a zero-qty position object;
   ``GET /v1/positions`` keeps a closed position's row, with qty 0.
 - ``/v1/public/futures/{symbol}`` answers a bare object, not ``rows``.
@@ -264,7 +264,8 @@ class SimServer:
             self.counters["rejections"] += 1
         log.debug("%s %s -> %s", request.method, request.path_qs, response.status)
         if self.dice.lose_response():
-            # The change is applied; the client never learns it (design.md, no double top-up).
+            # The change is applied; the client never learns it (docs/architecture.md,
+            # "Invariants": every USDC moved is known).
             self.counters["fault_lost_response"] += 1
             if request.transport is not None:
                 request.transport.close()

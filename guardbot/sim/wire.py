@@ -1,4 +1,4 @@
-"""Engine values -> Orderly's JSON shapes (orderly-api.md §4, §6).
+"""Engine values -> Orderly's JSON shapes (docs/exchange.md §4, §6).
 
 Orderly sends JSON numbers everywhere except ID and enum strings, so every ``Decimal`` goes out
 as a JSON number. The engine books money at 6 decimals and prices at the tick, so every value

@@ -18,7 +18,7 @@ from guardbot.exchange.limits import (
 
 @pytest.mark.parametrize(
     ("endpoint", "limit"),
-    [  # orderly-api.md §5
+    [  # docs/exchange.md §5
         ("POST /v1/position_margin", Limit(10, 1.0)),
         ("GET /v1/positions", Limit(30, 10.0)),
         ("GET /v1/position/{symbol}", Limit(30, 10.0)),

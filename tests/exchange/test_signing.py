@@ -7,7 +7,7 @@ from pydantic import SecretStr
 from guardbot.exchange.errors import AuthError
 from guardbot.exchange.signing import Signer, encode_public_key, rest_message
 
-# orderly-api.md §2 test vector: seed bytes 01..20.
+# docs/exchange.md §2 test vector: seed bytes 01..20.
 SEED = bytes(range(1, 33))
 SECRET = "4wBqpZM9xaSheZzJSMawUKKwhdpChKbZ5eu5ky4Vigw"
 KEY = "ed25519:9C6hybhQ6Aycep9jaUnP6uL9ZYvDjUp1aSkFWPUFJtpj"

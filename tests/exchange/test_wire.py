@@ -20,7 +20,7 @@ RULES = SymbolRules("PERP_ETH_USDC", base_imr=Decimal("0.01"), base_mmr=Decimal(
                     imr_factor=Decimal("0.0000002"), base_tick=Decimal("0.0001"),
                     quote_tick=Decimal("0.01"))
 
-# orderly-api.md §4 Position, as the exchange sends it (JSON numbers, seq above 2**53).
+# docs/exchange.md §4 Position, as the exchange sends it (JSON numbers, seq above 2**53).
 REST_ROW = (
     '{"symbol":"PERP_ETH_USDC","margin_mode":"ISOLATED","position_qty":1.5,'
     '"average_open_price":2000.1,"cost_position":3000.15,"mark_price":1950.25,"margin":310.5,'
@@ -28,7 +28,7 @@ REST_ROW = (
     '"last_sum_unitary_funding":0.804,"seq":1730181536341943601,"timestamp":1685429350571,'
     '"updated_time":1685429350572,"IMR_withdraw_orders":0.1,"pnl_24_h":0}'
 )
-# orderly-api.md §6 position push entry (camelCase).
+# docs/exchange.md §6 position push entry (camelCase).
 WS_ENTRY = (
     '{"symbol":"PERP_ETH_USDC","positionQty":3.1408,"costPosition":5706.51952,'
     '"lastSumUnitaryFunding":0.804,"averageOpenPrice":1804.51490427,"unsettledPnl":-2.79856,'

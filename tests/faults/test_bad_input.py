@@ -46,7 +46,7 @@ SEQ0 = 1_730_181_536_341_943_600  # above 2**53, as Orderly's are
 
 
 def entry(symbol: str, seq: int, margin: str = "310.5") -> dict[str, Any]:
-    """A well-formed ``position`` push entry (orderly-api.md §6) for an isolated long that is
+    """A well-formed ``position`` push entry (docs/exchange.md §6) for an isolated long that is
     close to liquidation: if anything built from it got through, a top-up would follow."""
     return {
         "symbol": symbol,

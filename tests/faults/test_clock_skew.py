@@ -1,4 +1,4 @@
-"""Clock skew beyond the exchange's timestamp window (orderly-api.md §2: 300 s).
+"""Clock skew beyond the exchange's timestamp window (docs/exchange.md §2: 300 s).
 
 The daemon runs with ``clockshim/sitecustomize.py`` on its PYTHONPATH, so ``SIGUSR1`` moves
 its wall clock 400 s ahead and back, as a drifting host clock would.

@@ -1,4 +1,4 @@
-"""Orderly key pairs and signatures, pinned to the test vectors in orderly-api.md §2."""
+"""Orderly key pairs and signatures, pinned to the test vectors in docs/exchange.md §2."""
 
 from __future__ import annotations
 

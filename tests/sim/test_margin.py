@@ -1,4 +1,4 @@
-"""The simulator's margin math pinned to hand-computed cases (orderly-api.md §7)."""
+"""The simulator's margin math pinned to hand-computed cases (docs/exchange.md §7)."""
 
 from __future__ import annotations
 
