@@ -1,4 +1,5 @@
-"""The executor against a scripted exchange (a fake, not a patch) and a real SQLite audit log.
+"""The executor against the shipped in-memory exchange (``guardbot.exchange.fake``, a fake,
+not a patch) and a real SQLite audit log.
 
 The simulated exchange covers the same paths end to end (tests/e2e); here each outcome of
 ``POST /v1/position_margin`` is forced exactly, including "applied, but the answer was lost".
@@ -23,7 +24,19 @@ from guardbot.audit.store import AuditLog
 from guardbot.audit.tables import ActionEvent
 from guardbot.clock import ManualClock
 from guardbot.domain import ActionKind, Intent, MarginMode, Position, PositionKey, Source
-from guardbot.exchange.errors import AuthError, RateLimited, Rejected, Uncertain
+from guardbot.exchange.errors import RateLimited
+from guardbot.exchange.fake import (
+    LOST,
+    OK,
+    TIMEOUT,
+    FakeExchange,
+    Outcome,
+    auth_error,
+    late,
+    raises,
+    rate_limited,
+    rejected,
+)
 from guardbot.executor import AUTH_BACKOFF_MS, Executor, Job
 from guardbot.settlement import Settlement
 
@@ -49,62 +62,19 @@ def job(symbol: str = "PERP_ETH_USDC", kind: ActionKind = ActionKind.ADD, amount
                dry_run=dry_run)
 
 
-class ScriptedExchange:
-    """Keeps isolated margins; each adjust_margin call follows the next scripted outcome:
-    "ok", "lost" (applied, answer lost), "timeout" (not applied, Uncertain), "late" (Uncertain,
-    and the exchange applies it ``late_ms`` later), "reject", "auth" (a refused signature: our
-    clock is off), "ratelimit", "boom" (a bug)."""
+def exchange_on(clock: ManualClock, *outcomes: Outcome,
+                symbols: tuple[str, ...] = ("PERP_ETH_USDC",)) -> FakeExchange:
+    """The shipped in-memory exchange holding a 100 USDC isolated position per symbol."""
+    return FakeExchange(ACCOUNT, clock=clock, outcomes=outcomes,
+                        positions=[position(symbol) for symbol in symbols])
 
-    def __init__(self, script: list[str] | None = None, time: ManualClock | None = None,
-                 late_ms: int = 2_000) -> None:
-        self.account_id = ACCOUNT
-        self.script = list(script or [])
-        self.margins: dict[str, Decimal] = {}
-        self.calls: list[tuple[float, str, ActionKind, Decimal]] = []
-        self.reads: list[int] = []  # when (simulated ms) each read was served
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()  # a call is on the wire (waiting at the gate)
-        self.time = time
-        self.late_ms = late_ms
-        self.late: list[tuple[int, str, Decimal]] = []
-        self.closed: set[str] = set()  # symbols whose position is gone (read as None)
 
-    def _now(self) -> int:
-        return 10**13 if self.time is None else self.time.now_ms()
+def read_times(exchange: FakeExchange) -> list[int]:
+    return [read.at_ms for read in exchange.reads]
 
-    async def adjust_margin(self, symbol: str, kind: ActionKind, amount: Decimal) -> None:
-        self.entered.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        self.calls.append((time.monotonic(), symbol, kind, amount))
-        outcome = self.script.pop(0) if self.script else "ok"
-        delta = amount if kind is ActionKind.ADD else -amount
-        if outcome in ("ok", "lost"):
-            self.margins[symbol] = self.margins.get(symbol, Decimal(100)) + delta
-        if outcome == "late":
-            self.late.append((self._now() + self.late_ms, symbol, delta))
-        if outcome in ("lost", "timeout", "late"):
-            raise Uncertain("read timeout after the request was sent")
-        if outcome == "reject":
-            raise Rejected(-1101, "Insufficient margin after the operation.", 400)
-        if outcome == "auth":
-            raise AuthError(-1002, "timestamp outside the 300 s window")
-        if outcome == "ratelimit":
-            raise RateLimited("too many requests", retry_after_s=0.01)
-        if outcome == "boom":
-            raise RuntimeError("a bug below the executor")
 
-    async def get_position(self, symbol: str, margin_mode: MarginMode, *,
-                           urgent: bool = False) -> Position | None:
-        now = self._now()
-        self.reads.append(now)
-        if symbol in self.closed:
-            return None
-        for due in [entry for entry in self.late if entry[0] <= now]:
-            self.late.remove(due)
-            self.margins[due[1]] = self.margins.get(due[1], Decimal(100)) + due[2]
-        margin = self.margins.get(symbol, Decimal(100))
-        return position(symbol, str(margin), received_ms=now)
+def called(exchange: FakeExchange) -> list[str]:
+    return [call.symbol for call in exchange.calls]
 
 
 @pytest.fixture
@@ -155,9 +125,9 @@ async def running(executor: Executor, condition: Callable[[], bool]) -> None:
 KEY: PositionKey = (ACCOUNT, "PERP_ETH_USDC", MarginMode.ISOLATED)
 
 
-def executor_on(exchange: ScriptedExchange, audit: AuditLog, clock: ManualClock,
+def executor_on(exchange: FakeExchange, audit: AuditLog, clock: ManualClock,
                 **options: Any) -> Executor:
-    return Executor({ACCOUNT: exchange}, audit, clock=clock, **options)  # type: ignore[dict-item]
+    return Executor({ACCOUNT: exchange}, audit, clock=clock, **options)
 
 
 def kinds(recorded: list[tuple[str, dict[str, str] | None, int | None]]) -> list[str]:
@@ -166,7 +136,7 @@ def kinds(recorded: list[tuple[str, dict[str, str] | None, int | None]]) -> list
 
 async def test_success_is_audited_then_verified_on_the_next_snapshot(audit: AuditLog) -> None:
     clock = ManualClock(start_ms=1000)
-    exchange = ScriptedExchange()
+    exchange = exchange_on(clock)
     executor = executor_on(exchange, audit, clock)
     assert await executor.submit(job())
     assert await executor.submit(job()) is None, "one action per position at a time"
@@ -191,12 +161,12 @@ async def test_a_lost_answer_is_settled_applied_by_the_read_made_at_once(
     and the read that shows the margin moved settles it; no settle window is waited out
     and the call is never repeated."""
     clock = ManualClock()
-    exchange = ScriptedExchange(["lost"], time=clock)
+    exchange = exchange_on(clock, LOST)
     executor = executor_on(exchange, audit, clock)
     await executor.submit(job())
     await running(executor, lambda: not executor.settlement.unsettled(KEY) and exchange.calls)
     assert len(exchange.calls) == 1
-    assert exchange.reads == [clock.now_ms()], "read at once, the clock never moved"
+    assert read_times(exchange) == [clock.now_ms()], "read at once, the clock never moved"
     recorded = await events(audit)
     assert kinds(recorded) == ["INTENT", "SENT", "UNCERTAIN", "RECONCILED"]
     assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "true"
@@ -206,7 +176,7 @@ async def test_an_uncertain_call_that_did_not_land_is_not_applied_only_after_the
     audit: AuditLog,
 ) -> None:
     clock = ManualClock()
-    exchange = ScriptedExchange(["timeout"], time=clock)
+    exchange = exchange_on(clock, TIMEOUT)
     executor = executor_on(exchange, audit, clock,
                            settlement=Settlement(settle_window_ms=11_000))
     await executor.submit(job())
@@ -217,7 +187,7 @@ async def test_an_uncertain_call_that_did_not_land_is_not_applied_only_after_the
         start = clock.now_ms()
         clock.advance(11.001)
         await until(lambda: not executor.settlement.unsettled(KEY))
-    assert exchange.reads[-1] > start + 11_000
+    assert read_times(exchange)[-1] > start + 11_000
     recorded = await events(audit)
     assert recorded[-1][0] == "RECONCILED"
     assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "false"
@@ -230,8 +200,8 @@ async def test_an_uncertain_call_on_a_position_gone_by_the_read_stays_unknown(
     """Liquidated or closed before the read: its margin cannot say whether the top-up
     landed, so the record says unknown (never "not applied") and the budget keeps it."""
     clock = ManualClock()
-    exchange = ScriptedExchange(["lost"], time=clock)
-    exchange.closed.add("PERP_ETH_USDC")
+    exchange = exchange_on(clock, LOST)
+    exchange.close("PERP_ETH_USDC")
     executor = executor_on(exchange, audit, clock)
     await executor.submit(job(amount="50"))
     await running(executor, lambda: bool(exchange.reads) and not executor.settlement.unsettled(KEY))
@@ -246,7 +216,7 @@ async def test_an_unexpected_error_from_the_call_is_settled_from_evidence(
     audit: AuditLog,
 ) -> None:
     clock = ManualClock()
-    exchange = ScriptedExchange(["boom"], time=clock)
+    exchange = exchange_on(clock, raises(lambda: RuntimeError("a bug below the executor")))
     executor = executor_on(exchange, audit, clock)
     await executor.submit(job())
     async with working(executor):
@@ -258,8 +228,9 @@ async def test_an_unexpected_error_from_the_call_is_settled_from_evidence(
 
 
 async def test_rejected_is_recorded_with_the_exchange_code(audit: AuditLog) -> None:
-    exchange = ScriptedExchange(["reject"])
-    executor = executor_on(exchange, audit, ManualClock())
+    clock = ManualClock()
+    exchange = exchange_on(clock, rejected(-1101, "Insufficient margin after the operation."))
+    executor = executor_on(exchange, audit, clock)
     await executor.submit(job())
     await running(executor, lambda: bool(exchange.calls) and KEY not in executor._queued)
     recorded = await events(audit)
@@ -270,7 +241,7 @@ async def test_rejected_is_recorded_with_the_exchange_code(audit: AuditLog) -> N
 
 async def test_rate_limited_backs_off_rereads_and_hands_back(audit: AuditLog) -> None:
     clock = ManualClock()
-    exchange = ScriptedExchange(["ratelimit"], time=clock)
+    exchange = exchange_on(clock, rate_limited(retry_after_s=0.01))
     reread: list[Position | None] = []
 
     async def on_reread(found: Position | None, key: PositionKey) -> None:
@@ -289,8 +260,9 @@ async def test_rate_limited_backs_off_rereads_and_hands_back(audit: AuditLog) ->
 
 
 async def test_dry_run_audits_and_sends_nothing(audit: AuditLog) -> None:
-    exchange = ScriptedExchange()
-    executor = executor_on(exchange, audit, ManualClock())
+    clock = ManualClock()
+    exchange = exchange_on(clock)
+    executor = executor_on(exchange, audit, clock)
     await executor.submit(job(dry_run=True))
     await running(executor, lambda: not executor.blocked())
     assert exchange.calls == []
@@ -298,9 +270,11 @@ async def test_dry_run_audits_and_sends_nothing(audit: AuditLog) -> None:
 
 
 async def test_the_most_endangered_position_is_served_first(audit: AuditLog) -> None:
-    exchange = ScriptedExchange()
+    clock = ManualClock()
+    exchange = exchange_on(clock, symbols=("PERP_A_USDC", "PERP_B_USDC", "PERP_C_USDC",
+                                           "PERP_D_USDC"))
     exchange.gate = asyncio.Event()
-    executor = executor_on(exchange, audit, ManualClock(), concurrency=1)
+    executor = executor_on(exchange, audit, clock, concurrency=1)
     await executor.submit(job("PERP_A_USDC", urgency="0.04"))  # taken first, then held at the gate
 
     async def submit_the_rest_then_open() -> None:
@@ -314,16 +288,16 @@ async def test_the_most_endangered_position_is_served_first(audit: AuditLog) -> 
     opener = asyncio.create_task(submit_the_rest_then_open())
     await running(executor, lambda: len(exchange.calls) == 4)
     await opener
-    assert [symbol for _, symbol, _, _ in exchange.calls] == [
-        "PERP_A_USDC", "PERP_C_USDC", "PERP_D_USDC", "PERP_B_USDC"]
+    assert called(exchange) == ["PERP_A_USDC", "PERP_C_USDC", "PERP_D_USDC", "PERP_B_USDC"]
 
 
 async def test_drain_lets_calls_on_the_wire_finish_and_sends_nothing_more(
     audit: AuditLog,
 ) -> None:
-    exchange = ScriptedExchange()
+    clock = ManualClock()
+    exchange = exchange_on(clock, symbols=("PERP_A_USDC", "PERP_B_USDC", "PERP_C_USDC"))
     exchange.gate = asyncio.Event()
-    executor = executor_on(exchange, audit, ManualClock(), concurrency=1)
+    executor = executor_on(exchange, audit, clock, concurrency=1)
     await executor.submit(job("PERP_A_USDC"))
     task = asyncio.create_task(executor.run())
     await exchange.entered.wait()  # A is on the wire (held at the gate)
@@ -336,7 +310,7 @@ async def test_drain_lets_calls_on_the_wire_finish_and_sends_nothing_more(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert [symbol for _, symbol, _, _ in exchange.calls] == ["PERP_A_USDC"]
+    assert called(exchange) == ["PERP_A_USDC"]
     assert await executor.submit(job("PERP_C_USDC")) is None
     recorded = kinds(await events(audit))
     assert recorded.count("SUCCEEDED") == 1 and recorded.count("FAILED") == 1
@@ -344,9 +318,10 @@ async def test_drain_lets_calls_on_the_wire_finish_and_sends_nothing_more(
 
 
 async def test_a_push_that_overtakes_the_answer_verifies_the_action(audit: AuditLog) -> None:
-    exchange = ScriptedExchange()
+    clock = ManualClock(start_ms=1000)
+    exchange = exchange_on(clock)
     exchange.gate = asyncio.Event()
-    executor = executor_on(exchange, audit, ManualClock(start_ms=1000))
+    executor = executor_on(exchange, audit, clock)
     await executor.submit(job())
 
     async def push_then_answer() -> None:
@@ -364,12 +339,12 @@ async def test_evidence_settles_an_uncertain_call_at_once_its_absence_only_after
     audit: AuditLog,
 ) -> None:
     clock = ManualClock(start_ms=1000)
-    exchange = ScriptedExchange(["timeout"], time=clock)
-    exchange.get_position = unreadable = _unreadable()  # type: ignore[method-assign]
+    exchange = exchange_on(clock, TIMEOUT)
+    exchange.read_failure = lambda: RateLimited("still limited")
     executor = executor_on(exchange, audit, clock, reread_delays_s=(0.0,),
                            settlement=Settlement(settle_window_ms=10_000))
     await executor.submit(job())
-    await running(executor, lambda: bool(unreadable.attempts))
+    await running(executor, lambda: bool(exchange.reads))
     # A poll received within the window shows the old margin: it may still land...
     await executor.observe(position(margin="100", received_ms=1000 + 9_000))
     assert executor.settlement.unsettled(KEY) == 1
@@ -381,22 +356,13 @@ async def test_evidence_settles_an_uncertain_call_at_once_its_absence_only_after
     assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "true"
 
 
-def _unreadable() -> Any:
-    async def read(symbol: str, margin_mode: MarginMode, *, urgent: bool = False) -> Position:
-        read.attempts.append(symbol)  # type: ignore[attr-defined]
-        raise RateLimited("still limited")
-
-    read.attempts = []  # type: ignore[attr-defined]
-    return read
-
-
 async def test_a_call_applied_after_its_timeout_is_reconciled_as_applied(
     audit: AuditLog,
 ) -> None:
     # The answer times out and the exchange applies the call 2 s later: the read made at
     # once sees the old margin, which must not be taken for "not applied".
     clock = ManualClock()
-    exchange = ScriptedExchange(["late"], time=clock, late_ms=2_000)
+    exchange = exchange_on(clock, late(2_000))
     executor = executor_on(exchange, audit, clock,
                            settlement=Settlement(settle_window_ms=11_000))
     await executor.submit(job())
@@ -417,8 +383,9 @@ async def test_actions_handed_over_from_a_previous_run_are_settled_together(
     audit: AuditLog,
 ) -> None:
     clock = ManualClock()
-    exchange = ScriptedExchange(time=clock)
-    exchange.late.append((clock.now_ms() + 3_000, "PERP_ETH_USDC", Decimal(90)))  # both land
+    exchange = exchange_on(clock)
+    exchange.apply_at(clock.now_ms() + 3_000, "PERP_ETH_USDC", ActionKind.ADD, Decimal(90))
+    # both land
     executor = executor_on(exchange, audit, clock,
                            settlement=Settlement(settle_window_ms=11_000))
     older = await audit.record_action(job(amount="40").record())
@@ -440,7 +407,7 @@ async def test_actions_handed_over_from_a_previous_run_are_settled_together(
 async def test_waits_happen_outside_the_worker_slots(audit: AuditLog) -> None:
     # An uncertain call waiting out its settle window must not stall the account's others.
     clock = ManualClock()
-    exchange = ScriptedExchange(["timeout", "ok"], time=clock)
+    exchange = exchange_on(clock, TIMEOUT, symbols=("PERP_A_USDC", "PERP_B_USDC"))
     executor = executor_on(exchange, audit, clock, concurrency=1)
     await executor.submit(job("PERP_A_USDC"))
     await executor.submit(job("PERP_B_USDC", urgency="0.03"))
@@ -450,7 +417,7 @@ async def test_waits_happen_outside_the_worker_slots(audit: AuditLog) -> None:
 
 async def test_a_job_whose_data_aged_in_the_queue_is_not_sent(audit: AuditLog) -> None:
     clock = ManualClock()
-    exchange = ScriptedExchange()
+    exchange = exchange_on(clock)
     executor = executor_on(exchange, audit, clock, max_data_age_ms=1_000)
     await executor.submit(job())  # decided on 5 ms old data
     clock.advance(1.0)  # ... and left waiting in the queue
@@ -468,7 +435,7 @@ async def test_an_action_queued_for_a_position_that_closed_is_not_sent(
     audit: AuditLog,
 ) -> None:
     clock = ManualClock()
-    exchange = ScriptedExchange()
+    exchange = exchange_on(clock)
     executor = executor_on(exchange, audit, clock)
     await executor.submit(job())
     await executor.closed(KEY)
@@ -479,7 +446,7 @@ async def test_an_action_queued_for_a_position_that_closed_is_not_sent(
 
 async def test_a_rejected_position_is_held_back_longer_on_each_repeat(audit: AuditLog) -> None:
     clock = ManualClock()
-    exchange = ScriptedExchange(["reject", "reject", "ok"])
+    exchange = exchange_on(clock, rejected(), rejected())
     executor = executor_on(exchange, audit, clock,
                            reject_backoff_ms=30_000, reject_backoff_max_ms=45_000)
     for hold_ms in (30_000, 45_000):  # doubled, then capped
@@ -502,7 +469,7 @@ async def test_an_auth_failure_holds_back_briefly_so_a_fixed_clock_rescues_at_on
     """Refused signatures (this host's clock off) are not resent on every mark tick, but a
     clock put right must not cost the next rescue the 30 s hold-back of a rejection."""
     clock = ManualClock()
-    exchange = ScriptedExchange(["auth", "auth", "ok", "auth"])
+    exchange = exchange_on(clock, auth_error(), auth_error(), OK, auth_error())
     executor = executor_on(exchange, audit, clock, reject_backoff_ms=30_000)
     for hold_ms in (AUTH_BACKOFF_MS, 2 * AUTH_BACKOFF_MS, None, AUTH_BACKOFF_MS):
         assert await executor.submit(job())
@@ -521,7 +488,7 @@ async def test_an_auth_failure_holds_back_briefly_so_a_fixed_clock_rescues_at_on
 
 async def test_a_new_position_inherits_no_hold_back(audit: AuditLog) -> None:
     clock = ManualClock()
-    exchange = ScriptedExchange(["reject"])
+    exchange = exchange_on(clock, rejected())
     executor = executor_on(exchange, audit, clock)
     await executor.submit(job())
     await running(executor, lambda: KEY in executor._held)
@@ -536,7 +503,7 @@ async def test_a_success_the_margin_cannot_show_is_settled_once_it_must_show(
     """Something else took 10 USDC of margin meanwhile: 140, not 150. The guard must not
     keep adding 50 to a margin that already holds it."""
     clock = ManualClock(start_ms=1000)
-    exchange = ScriptedExchange()
+    exchange = exchange_on(clock)
     executor = executor_on(exchange, audit, clock)
     await executor.submit(job())
     await running(executor, lambda: bool(exchange.calls) and not executor.blocked())
@@ -552,9 +519,10 @@ async def test_a_success_the_margin_cannot_show_is_settled_once_it_must_show(
 async def test_release_records_queued_actions_and_waits_for_calls_on_the_wire(
     audit: AuditLog,
 ) -> None:
-    exchange = ScriptedExchange()
+    clock = ManualClock()
+    exchange = exchange_on(clock, symbols=("PERP_A_USDC", "PERP_B_USDC"))
     exchange.gate = asyncio.Event()
-    executor = executor_on(exchange, audit, ManualClock(), concurrency=1)
+    executor = executor_on(exchange, audit, clock, concurrency=1)
     await executor.submit(job("PERP_A_USDC"))
     task = asyncio.create_task(executor.run())
     await exchange.entered.wait()  # A is on the wire
@@ -566,7 +534,7 @@ async def test_release_records_queued_actions_and_waits_for_calls_on_the_wire(
     await released
     recorded = kinds(await events(audit))
     assert recorded.count("SUCCEEDED") == 1 and recorded.count("FAILED") == 1
-    assert [symbol for _, symbol, _, _ in exchange.calls] == ["PERP_A_USDC"]
+    assert called(exchange) == ["PERP_A_USDC"]
     assert executor.blocked() == frozenset()
     assert executor.settlement.unsettled_keys() == frozenset(), "the next holder's to settle"
     task.cancel()
@@ -578,7 +546,7 @@ async def test_time_spent_deciding_counts_towards_the_data_age(audit: AuditLog) 
     """Measured at the start of a slow evaluation (audit reads while the database is
     gone), then queued: the data's age at dequeue includes the evaluation time."""
     clock = ManualClock()
-    exchange = ScriptedExchange()
+    exchange = exchange_on(clock)
     executor = executor_on(exchange, audit, clock, max_data_age_ms=1_000)
     measured = clock.now_ms()
     clock.advance(0.9)  # the rest of the evaluation

@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from guardbot.backoff import delay
+from guardbot.clock import SYSTEM_CLOCK, Clock
 from guardbot.exchange.errors import AuthError, ExchangeError
 from guardbot.exchange.port import Exchange, StreamEvent, StreamGap
 
@@ -36,7 +37,8 @@ class Streams:
     """Consumes one account's private and public event streams until cancelled.
 
     ``on_event(account_id, event)`` gets every push; ``resync(account_id)`` is awaited on a
-    ``StreamGap`` (the poller's ``poll_now``) before the gap itself is handed on.
+    ``StreamGap`` (the poller's ``poll_now``) before the gap itself is handed on. The
+    restart delays run on ``clock``.
     """
 
     def __init__(
@@ -46,12 +48,13 @@ class Streams:
         resync: Resync,
         *,
         public: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._exchange = exchange
         self._on_event = on_event
         self._resync = resync
         self._public = public
-        self.gaps = 0
+        self._clock = clock
 
     async def run(self) -> None:
         """Run both streams until cancelled."""
@@ -79,10 +82,9 @@ class Streams:
                 log.warning("%s stream of %s failed: %s", name, account_id, exc)
             # The iterator ended or failed: whatever it missed must come from REST.
             failures += 1
-            await asyncio.sleep(restart_delay(failures))
+            await self._clock.sleep(restart_delay(failures))
             await self._gap(account_id, StreamGap(stream=name, reason="stream restarted"))
 
     async def _gap(self, account_id: str, gap: StreamGap) -> None:
-        self.gaps += 1
         log.info("%s stream gap for %s (%s): resync over REST", gap.stream, account_id, gap.reason)
         await self._resync(account_id)

@@ -1,49 +1,33 @@
+"""The streams consumer against the shipped in-memory exchange, on a manual clock."""
+
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
 
+from guardbot.clock import ManualClock
 from guardbot.domain import MarkPrice
 from guardbot.exchange.errors import AuthError, RetryLater
+from guardbot.exchange.fake import FakeExchange
 from guardbot.exchange.port import MarksPushed, StreamEvent, StreamGap
-from guardbot.feeds.streams import Streams, restart_delay
+from guardbot.feeds.streams import EventHandler, Resync, Streams, restart_delay
 
 MARK = MarksPushed(marks=(MarkPrice("PERP_ETH_USDC", Decimal("2000"), 1),))
 
 
-class ScriptedExchange:
-    """Replays scripted private-stream sessions; each session ends with an item or error."""
-
-    def __init__(self, sessions: list[list[StreamEvent | Exception]]) -> None:
-        self.account_id = "acct"
-        self.sessions = sessions
-        self.opened = 0
-
-    def private_events(self) -> AsyncIterator[StreamEvent]:
-        script = self.sessions[min(self.opened, len(self.sessions) - 1)]
-        self.opened += 1
-
-        async def events() -> AsyncIterator[StreamEvent]:
-            for item in script:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-            await asyncio.Event().wait()  # then stay open
-
-        return events()
-
-    def public_events(self) -> AsyncIterator[StreamEvent]:  # pragma: no cover - unused
-        raise NotImplementedError
+async def settle(condition: Callable[[], bool] = lambda: False, turns: int = 50) -> None:
+    """Let the event loop run until ``condition`` holds, for at most ``turns`` turns (no
+    time passes on the manual clock meanwhile)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
 
 
-async def test_a_gap_resyncs_before_it_is_passed_on() -> None:
-    order: list[str] = []
-    gap = StreamGap(stream="private", reason="reconnected")
-    exchange = ScriptedExchange([[MARK, gap, MARK]])
-
+def recording(order: list[str]) -> tuple[EventHandler, Resync]:
     async def on_event(account_id: str, event: StreamEvent) -> None:
         order.append(type(event).__name__)
 
@@ -51,42 +35,72 @@ async def test_a_gap_resyncs_before_it_is_passed_on() -> None:
         assert account_id == "acct"
         order.append("resync")
 
-    streams = Streams(exchange, on_event, resync, public=False)  # type: ignore[arg-type]
-    task = asyncio.create_task(streams.run())
-    await asyncio.sleep(0.05)
+    return on_event, resync
+
+
+async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert order == ["MarksPushed", "resync", "StreamGap", "MarksPushed"]
 
 
-async def test_a_failed_stream_is_reopened_after_a_resync() -> None:
+async def test_a_gap_resyncs_before_it_is_passed_on() -> None:
     order: list[str] = []
-    exchange = ScriptedExchange([[MARK, RetryLater("dropped")], [MARK]])
-
-    async def on_event(account_id: str, event: StreamEvent) -> None:
-        order.append(type(event).__name__)
-
-    async def resync(account_id: str) -> None:
-        order.append("resync")
-
-    streams = Streams(exchange, on_event, resync, public=False)  # type: ignore[arg-type]
+    clock = ManualClock()
+    exchange = FakeExchange("acct", clock=clock)
+    for event in (MARK, StreamGap(stream="private", reason="reconnected"), MARK):
+        exchange.push("private", event)
+    streams = Streams(exchange, *recording(order), public=False, clock=clock)
     task = asyncio.create_task(streams.run())
-    await asyncio.sleep(restart_delay(1) + 0.1)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert exchange.opened == 2
+    await settle(lambda: len(order) == 4)
+    await stop(task)
+    assert order == ["MarksPushed", "resync", "StreamGap", "MarksPushed"]
+    assert exchange.opened == {"private": 1, "public": 0}
+
+
+async def test_a_failed_stream_is_reopened_after_its_delay_and_a_resync() -> None:
+    order: list[str] = []
+    clock = ManualClock()
+    exchange = FakeExchange("acct", clock=clock)
+    exchange.push("private", MARK)
+    exchange.fail("private", RetryLater("dropped"))
+    exchange.push("private", MARK)
+    streams = Streams(exchange, *recording(order), public=False, clock=clock)
+    task = asyncio.create_task(streams.run())
+    await settle()
+    assert order == ["MarksPushed"], "nothing more until the restart delay has passed"
+    assert exchange.opened["private"] == 1
+    clock.advance(restart_delay(1))
+    await settle(lambda: len(order) == 3)
+    await stop(task)
+    assert exchange.opened["private"] == 2
     assert order == ["MarksPushed", "resync", "MarksPushed"]
 
 
+async def test_both_streams_run_and_an_ended_one_is_reopened() -> None:
+    order: list[str] = []
+    clock = ManualClock()
+    exchange = FakeExchange("acct", clock=clock)
+    exchange.end("private")
+    exchange.push("public", MARK)
+    streams = Streams(exchange, *recording(order), clock=clock)
+    task = asyncio.create_task(streams.run())
+    await settle(lambda: "MarksPushed" in order)
+    clock.advance(restart_delay(1))
+    await settle(lambda: exchange.opened["private"] == 2)
+    await stop(task)
+    assert exchange.opened == {"private": 2, "public": 1}
+    assert sorted(order) == ["MarksPushed", "resync"]
+
+
 async def test_an_auth_error_stops_the_streams() -> None:
-    exchange = ScriptedExchange([[AuthError(-1002, "key revoked")]])
+    exchange = FakeExchange("acct", clock=ManualClock())
+    exchange.fail("private", AuthError(-1002, "key revoked"))
 
     async def ignore(*_: object) -> None:
         pass
 
-    streams = Streams(exchange, ignore, ignore, public=False)  # type: ignore[arg-type]
+    streams = Streams(exchange, ignore, ignore, public=False)
     with pytest.raises(ExceptionGroup) as caught:
         await streams.run()
     assert caught.group_contains(AuthError)
