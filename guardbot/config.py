@@ -75,7 +75,6 @@ PRESETS: dict[str, dict[str, str]] = {
 }
 
 Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
-Fraction = Annotated[Decimal, Field(gt=0, lt=1, allow_inf_nan=False)]
 
 
 class ConfigError(Exception):

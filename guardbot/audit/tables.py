@@ -126,7 +126,7 @@ class Action(Base):
         CheckConstraint("kind IN ('ADD', 'REDUCE')", name="kind"),
         CheckConstraint("margin_mode IN ('ISOLATED', 'CROSS')", name="margin_mode"),
         CheckConstraint("source IN ('REST', 'WS', 'MARK')", name="source"),
-        # audit list --account A --since T (newest first); last_action_ms; budgets.
+        # audit list --account A --since T (newest first); the ledger's history load.
         Index(None, "account_id", "time"),
         Index(None, "account_id", "symbol", "time"),
         # audit list / summary without --account.

@@ -226,20 +226,6 @@ class OrderlyExchange:
         envelope = await self._rest.get("GET /v1/client/holding", "/v1/client/holding")
         return _parsed("GET /v1/client/holding", lambda: wire.holdings(envelope.data))
 
-    async def get_account_info(self) -> wire.AccountInfo:
-        """``GET /v1/client/info`` (10 per minute: read it at start-up, not in a loop)."""
-        envelope = await self._rest.get("GET /v1/client/info", "/v1/client/info")
-        return _parsed("GET /v1/client/info", lambda: wire.account_info(envelope.data))
-
-    async def get_leverage(self, symbol: str, margin_mode: MarginMode) -> wire.LeverageSetting:
-        """``GET /v1/client/leverage`` (1 per second per IP)."""
-        envelope = await self._rest.get(
-            "GET /v1/client/leverage",
-            "/v1/client/leverage",
-            {"symbol": symbol, "margin_mode": margin_mode.value},
-        )
-        return _parsed("GET /v1/client/leverage", lambda: wire.leverage_setting(envelope.data))
-
     # -- public -------------------------------------------------------------------------------
 
     async def get_symbol_rules(self) -> dict[str, SymbolRules]:
@@ -255,13 +241,6 @@ class OrderlyExchange:
         return _parsed("GET /v1/public/futures", lambda: wire.mark_prices(
             envelope.data, envelope.timestamp_ms or self._clock_ms()
         ))
-
-    async def get_system_status(self) -> wire.SystemStatus:
-        """``GET /v1/public/system_info``: is the exchange up or in maintenance."""
-        envelope = await self._rest.get(
-            "GET /v1/public/system_info", "/v1/public/system_info", signed=False
-        )
-        return _parsed("GET /v1/public/system_info", lambda: wire.system_status(envelope.data))
 
     # -- streams ------------------------------------------------------------------------------
 

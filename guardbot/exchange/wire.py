@@ -34,37 +34,6 @@ JsonObject = Mapping[str, Any]
 MAX_MAGNITUDE = 40  # decimal exponent bound for any number on the wire
 
 
-@dataclass(frozen=True, slots=True)
-class AccountInfo:
-    """``GET /v1/client/info`` (docs/exchange.md §4): the fields the guard reads."""
-
-    account_id: str
-    account_mode: str
-    max_leverage: int
-    imr_factor: Mapping[str, Decimal]
-
-
-@dataclass(frozen=True, slots=True)
-class LeverageSetting:
-    """``GET /v1/client/leverage``: the configured leverage of one symbol and margin mode."""
-
-    symbol: str
-    margin_mode: MarginMode
-    leverage: int
-
-
-@dataclass(frozen=True, slots=True)
-class SystemStatus:
-    """``GET /v1/public/system_info``: status 0 is OK, 2 is maintenance."""
-
-    status: int
-    message: str
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 0
-
-
 def loads(text: str | bytes) -> Any:
     """Decode JSON without ever creating a float. Raises ``MalformedResponse``."""
     try:
@@ -327,33 +296,6 @@ def mark_prices(data: Any, timestamp_ms: int) -> dict[str, MarkPrice]:
                          timestamp_ms)
         result[mark.symbol] = mark
     return result
-
-
-def account_info(data: Any) -> AccountInfo:
-    top = obj(data, "client_info")
-    factors = obj(top.get("imr_factor", {}), "client_info.imr_factor")
-    return AccountInfo(
-        account_id=text(top, "account_id", "client_info"),
-        account_mode=str(top.get("account_mode", "")),
-        max_leverage=integer(top, "max_leverage", "client_info"),
-        imr_factor={s: dec(factors, s, "client_info.imr_factor") for s in factors},
-    )
-
-
-def leverage_setting(data: Any) -> LeverageSetting:
-    top = obj(data, "leverage")
-    return LeverageSetting(
-        symbol=text(top, "symbol", "leverage"),
-        margin_mode=margin_mode(top, "margin_mode", "leverage"),
-        leverage=integer(top, "leverage", "leverage"),
-    )
-
-
-def system_status(data: Any) -> SystemStatus:
-    top = obj(data, "system_info")
-    message = top.get("msg")
-    return SystemStatus(integer(top, "status", "system_info"),
-                        message if isinstance(message, str) else "")
 
 
 # -- WebSocket pushes (docs/exchange.md §6) ---------------------------------------------------

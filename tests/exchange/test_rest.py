@@ -123,8 +123,7 @@ json_bodies = st.recursive(
 PARSERS = [
     lambda d: wire.account_snapshot(d, account_id="0x1", timestamp_ms=None, received_ms=0),
     lambda d: wire.position(d, account_id="0x1", received_ms=0, source=Source.REST),
-    wire.holdings, wire.symbol_rules, lambda d: wire.mark_prices(d, 0), wire.account_info,
-    wire.leverage_setting, wire.system_status,
+    wire.holdings, wire.symbol_rules, lambda d: wire.mark_prices(d, 0),
 ]
 
 

@@ -198,20 +198,6 @@ def test_missing_field_is_named() -> None:
         wire.position(row, account_id=ACCOUNT, received_ms=0, source=Source.REST)
 
 
-def test_leverage_and_system_status_and_info() -> None:
-    lev = wire.leverage_setting(
-        wire.loads('{"symbol":"PERP_ETH_USDC","margin_mode":"ISOLATED","leverage":20}')
-    )
-    assert (lev.margin_mode, lev.leverage) == (MarginMode.ISOLATED, 20)
-    assert wire.system_status(wire.loads('{"status":0,"msg":""}')).ok
-    assert not wire.system_status(wire.loads('{"status":2,"msg":"maintenance"}')).ok
-    info = wire.account_info(wire.loads(
-        '{"account_id":"0x1","account_mode":"FUTURES","max_leverage":20,'
-        '"imr_factor":{"PERP_ETH_USDC":0.0000002}}'
-    ))
-    assert info.imr_factor == {"PERP_ETH_USDC": Decimal("2E-7")}
-
-
 # -- property-based: malformed input raises MalformedResponse, never anything else ----------
 
 json_values = st.recursive(
@@ -227,7 +213,7 @@ PARSERS = [
     lambda d: wire.pushed_positions(d, account_id=ACCOUNT, received_ms=0),
     wire.holdings, wire.symbol_rules, lambda d: wire.mark_prices(d, 0),
     lambda d: wire.pushed_balances(d, 0), lambda d: wire.pushed_marks(d, 0),
-    wire.account_info, wire.leverage_setting, wire.system_status, wire.envelope,
+    wire.envelope,
 ]
 
 
