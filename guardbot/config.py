@@ -5,7 +5,8 @@ Validated once, at start-up; unknown keys are errors; secrets are ``SecretStr`` 
 of their own (Docker/systemd secrets). ``load_config`` turns every problem into one
 ``ConfigError`` whose text names the key and the reason.
 
-Example (the full reference is in README.md)::
+Example (every key is listed in docs/config.md, generated from these models by
+``python -m guardbot.config_reference``)::
 
     [exchange]
     preset = "sim"                       # mainnet | testnet | sim
@@ -86,16 +87,30 @@ class _Section(BaseModel):
 
 
 class ExchangeSettings(_Section):
-    preset: Literal["mainnet", "testnet", "sim"] = "sim"
-    rest_url: str | None = None
-    public_ws_url: str | None = None
-    private_ws_url: str | None = None
-    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """Which Orderly network to talk to, and how long to wait for its answers."""
+
+    preset: Literal["mainnet", "testnet", "sim"] = Field(
+        default="sim", description="Whose URLs to use: Orderly mainnet, Orderly testnet, or the"
+        " built-in simulator (`guardbot sim`) on 127.0.0.1:8900.")
+    rest_url: str | None = Field(
+        default=None, description="REST base URL instead of the preset's.")
+    public_ws_url: str | None = Field(
+        default=None, description="Public WebSocket URL instead of the preset's;"
+        " `{account_id}` is replaced by the account id.")
+    private_ws_url: str | None = Field(
+        default=None, description="Private WebSocket URL instead of the preset's;"
+        " `{account_id}` is replaced by the account id.")
+    timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="Seconds to wait for a REST answer (reads are"
+        " retried a few times on transient failures).")
     # POST /v1/position_margin answers in well under a second when the exchange is healthy;
     # waiting the general timeout for it delays the next rescue of a position in danger
     # (docs/architecture.md, "Rescues"). A call that times out is uncertain and is settled
     # from evidence, never retried blindly.
-    margin_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    margin_timeout_s: float = Field(
+        default=2.0, gt=0, le=60, description="Seconds to wait for the answer to a margin call."
+        " A call without an answer is never repeated blindly: the position is read to see"
+        " whether it was applied.")
 
     def urls(self) -> dict[str, str]:
         """The preset's URLs with any explicit override applied. WS URLs keep the
@@ -109,15 +124,31 @@ class ExchangeSettings(_Section):
 
 
 class AuditSettings(_Section):
-    url: str = "sqlite:///guardbot-audit.db"
-    spool_dir: Path = Path("guardbot-spool")
+    """Where every decision and margin call is recorded."""
+
+    url: str = Field(
+        default="sqlite:///guardbot-audit.db", description="The audit database:"
+        " `sqlite:///FILE` or `postgresql+psycopg://USER@HOST/DB`. Several instances sharing"
+        " accounts need PostgreSQL.")
+    spool_dir: Path = Field(
+        default=Path("guardbot-spool"), description="Local folder where records are written"
+        " to disk before anything is acted on, and wait while the database is unreachable."
+        " One per instance.")
 
 
 class PollSettings(_Section):
-    interval_s: float = Field(default=5.0, gt=0)
-    fast_interval_s: float = Field(default=1.0, gt=0)
+    """How often positions are read over REST, besides the WebSocket pushes.
+    `fast_interval_s` must not exceed `interval_s`."""
+
+    interval_s: float = Field(
+        default=5.0, gt=0, description="Seconds between reads of an account's positions.")
+    fast_interval_s: float = Field(
+        default=1.0, gt=0, description="Seconds between reads while one of the account's"
+        " positions is close to its trigger.")
     # Nothing acts on a snapshot older than this (docs/architecture.md, "Invariants").
-    max_data_age_s: float = Field(default=15.0, gt=0)
+    max_data_age_s: float = Field(
+        default=15.0, gt=0, description="Nothing is done on position data older than this"
+        " many seconds, and `/readyz` reports the account not ready.")
 
     @model_validator(mode="after")
     def _fast_not_slower(self) -> PollSettings:
@@ -127,26 +158,44 @@ class PollSettings(_Section):
 
 
 class BudgetSettings(_Section):
-    """Limits the arbiter enforces on ADD (top-up) actions; derived from the audit log."""
+    """Limits on the margin the guard moves, in USDC. They are counted from the audit log,
+    so a restart does not reset them; "per day" is the UTC day."""
 
-    per_action: Money = Decimal("1000")
-    per_position_per_day: Money = Decimal("5000")
-    per_account_per_day: Money = Decimal("20000")
-    cooldown_s: float = Field(default=30.0, ge=0)
-    min_amount: Money = Decimal("1")
-    # Free balance (USDC) the guard never spends on top-ups.
-    reserve: Money = Decimal("0")
+    per_action: Money = Field(
+        default=Decimal("1000"), description="Most one action moves (top-up or sweep).")
+    per_position_per_day: Money = Field(
+        default=Decimal("5000"), description="Most added to one position in a day.")
+    per_account_per_day: Money = Field(
+        default=Decimal("20000"), description="Most added to all positions of one account"
+        " in a day.")
+    cooldown_s: float = Field(
+        default=30.0, ge=0, description="Seconds after a position's last action before the"
+        " next one. A rescue (a top-up of a position below its trigger) never waits, nor does"
+        " a top-up right after a sweep.")
+    min_amount: Money = Field(
+        default=Decimal("1"), description="Smaller actions are not made.")
+    reserve: Money = Field(
+        default=Decimal("0"), description="Free balance that top-ups never spend.")
 
 
 class PolicySettings(_Section):
-    """One policy instance. ``use`` names a built-in (``topup``, ``sweep``), a file in the
-    strategies folder (``file:vol_target``) or an installed entry point."""
+    """One policy instance. With no `[[policies]]` at all, `topup` runs with its defaults.
+    The policies and their parameters are described in README.md, "Policies"."""
 
-    use: str
-    name: str | None = None
-    accounts: list[str] = Field(default_factory=lambda: ["*"])
-    symbols: list[str] = Field(default_factory=lambda: ["*"])
-    params: dict[str, Any] = Field(default_factory=dict)
+    use: str = Field(
+        description="The policy: a built-in (`topup`, `sweep`), a file in the strategies"
+        " folder (`file:vol_target`) or the name of an installed entry point.")
+    name: str | None = Field(
+        default=None, description="Label in the audit log and metrics (default: `use`);"
+        " unique.")
+    accounts: list[str] = Field(
+        default_factory=lambda: ["*"], description="Account names or ids it applies to;"
+        " `*` is every account.")
+    symbols: list[str] = Field(
+        default_factory=lambda: ["*"], description="Symbols it applies to (`PERP_ETH_USDC`);"
+        " `*` is every symbol.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="The policy's own parameters (an inline table).")
 
     @property
     def label(self) -> str:
@@ -154,13 +203,21 @@ class PolicySettings(_Section):
 
 
 class AccountSettings(_Section):
-    name: str
-    account_id: str
-    orderly_key: str
-    orderly_secret: SecretStr | None = None
-    orderly_secret_env: str | None = None
-    orderly_secret_file: Path | None = None
-    symbols: list[str] = Field(default_factory=lambda: ["*"])
+    """One guarded account and its Orderly key. Give exactly one of `orderly_secret`,
+    `orderly_secret_env` and `orderly_secret_file`; names and ids must be unique."""
+
+    name: str = Field(description="Label in logs, alerts, metrics and `/readyz`.")
+    account_id: str = Field(description="The Orderly account id: `0x` and 64 hex digits.")
+    orderly_key: str = Field(
+        description="The account's Orderly public key, `ed25519:...`, with the `read` and"
+        " `trading` scopes.")
+    orderly_secret: SecretStr | None = Field(
+        default=None, description="The key's secret written in the file itself: for paper"
+        " accounts only.")
+    orderly_secret_env: str | None = Field(
+        default=None, description="Name of the environment variable that holds the secret.")
+    orderly_secret_file: Path | None = Field(
+        default=None, description="File that holds the secret (a Docker or systemd secret).")
 
     @field_validator("account_id")
     @classmethod
@@ -213,35 +270,60 @@ class AccountSettings(_Section):
 
 
 class GuardSettings(_Section):
-    dry_run: bool = False
-    # Present file = no new actions at all (an operator's emergency brake).
-    kill_switch_file: Path | None = None
-    strategies_dir: Path = Path("strategies")
+    """Switches of the guard itself."""
+
+    dry_run: bool = Field(
+        default=False, description="Decide and record every action, send none.")
+    kill_switch_file: Path | None = Field(
+        default=None, description="While this file exists no new action is taken (an"
+        " operator's emergency brake).")
+    strategies_dir: Path = Field(
+        default=Path("strategies"), description="Folder of the `file:` policies.")
 
 
 class HealthSettings(_Section):
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = Field(default=9108, ge=0, le=65535)
+    """The HTTP server of `/healthz`, `/readyz` and `/metrics`."""
+
+    enabled: bool = Field(default=True, description="Serve them at all.")
+    host: str = Field(
+        default="127.0.0.1", description="Address to listen on (loopback: this machine only).")
+    port: int = Field(
+        default=9108, ge=0, le=65535, description="Port to listen on (0: any free port).")
 
 
 class WebhookSettings(_Section):
+    """One webhook that alerts are posted to."""
+
     # Slack and Telegram URLs embed their token: secret like an orderly key (alerts.py
     # unwraps it only to post).
-    url: SecretStr
-    format: Literal["json", "slack", "telegram"] = "json"
-    # Telegram needs a chat id in the body.
-    chat_id: str | None = None
-    min_interval_s: float = Field(default=60.0, ge=0)
+    url: SecretStr = Field(
+        description="Where to post; kept secret (Slack and Telegram URLs hold a token).")
+    format: Literal["json", "slack", "telegram"] = Field(
+        default="json", description="The body: guardbot's own JSON, a Slack message or a"
+        " Telegram `sendMessage`.")
+    chat_id: str | None = Field(
+        default=None, description="The Telegram chat to post to (needed for `telegram`).")
+    min_interval_s: float = Field(
+        default=60.0, ge=0, description="After an alert, further alerts of the same kind,"
+        " account and symbol for this many seconds are sent as one digest.")
 
 
 class AlertSettings(_Section):
-    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    """Alerts to operators: actions taken, rejections, uncertain calls, exhausted budgets,
+    liquidations and stale data."""
+
+    webhooks: list[WebhookSettings] = Field(
+        default_factory=list, description="The webhooks, as `[[alerts.webhooks]]`.")
 
 
 class LogSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["text", "json"] = "text"
+    """The log on stderr (`--log-level` and `--log-format` override these)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="The least important messages shown; `DEBUG` adds every"
+        " read from the exchange.")
+    format: Literal["text", "json"] = Field(
+        default="text", description="Lines for people, or one JSON object per line.")
 
 
 class Settings(BaseSettings):
