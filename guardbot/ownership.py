@@ -60,6 +60,8 @@ import psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from guardbot.audit.errors import first_line
+
 log = logging.getLogger(__name__)
 
 OnChange = Callable[[frozenset[str]], Awaitable[None] | None]
@@ -205,9 +207,8 @@ class AccountOwnership:
                 self._last_tick = _now()
         except (psycopg.Error, OSError, TimeoutError) as exc:
             await self._drop_connection()
-            raise OwnershipError(
-                f"cannot reach the audit database for account ownership: {_first_line(exc)}"
-            ) from None
+            raise OwnershipError("cannot reach the audit database for account ownership: "
+                                 f"{first_line(exc, named=True)}") from None
         await self._notify()
         self._task = asyncio.create_task(self._run(), name=f"ownership:{self.instance_id}")
         return self
@@ -270,7 +271,7 @@ class AccountOwnership:
                 "ownership %s: lock connection lost (%s); still guarding %d accounts for up"
                 " to %g s while reconnecting",
                 self.instance_id,
-                _first_line(exc),
+                first_line(exc, named=True),
                 len(self._owned),
                 self._hold_s,
             )
@@ -436,11 +437,6 @@ class AccountOwnership:
 
 def _now() -> float:
     return asyncio.get_running_loop().time()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 async def _print_changes(db_url: str, instance_id: str, accounts: list[str]) -> None:

@@ -1,9 +1,11 @@
 """The audit log: what guardbot did to which position, when, why, and whether it worked.
 
-Modules: ``tables`` (schema), ``chain`` (hash chain), ``spool`` (local fsync'd journal),
-``store`` (``AuditLog``, the daemon's writer), ``ledger`` (the budgets, fed by the store),
-``queries`` (the read API behind ``guardbot audit``), ``schema`` (Alembic: ``guardbot db``),
-``database`` (engines).
+Modules: ``tables`` (schema), ``records`` (what is recorded, as spool records), ``chain``
+(hash chain), ``spool`` (local fsync'd journal and its group-commit writer), ``writer`` (spool
+to database, in the background), ``store`` (``AuditLog``, the daemon's API over both),
+``ledger`` (the budgets, fed by the store), ``queries`` (the read API behind
+``guardbot audit``), ``verification`` (``guardbot audit verify``), ``schema`` (Alembic:
+``guardbot db``), ``database`` (engines), ``errors``.
 
 The daemon's API (``guardbot.audit.store``)::
 

@@ -21,7 +21,7 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from guardbot.audit import queries, schema
+from guardbot.audit import queries, schema, verification
 from guardbot.audit.database import BadDatabaseUrl, create_audit_engine, redacted
 from guardbot.audit.errors import AuditError
 from guardbot.config import ConfigError, load_config
@@ -285,7 +285,7 @@ def verify_command(db_url: str | None, config_file: Path | None, account: str | 
     engine = open_database(db_url, config_file)
     if account is not None and not queries.account_known(engine, account):
         raise click.BadParameter(f"unknown account {account}", param_hint="'--account'")
-    result = queries.verify_chains(engine, account)
+    result = verification.verify_chains(engine, account)
     if result.intact:
         click.echo(f"OK: {result.events} events in {result.accounts} accounts; chains intact")
         return

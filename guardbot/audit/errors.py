@@ -5,6 +5,9 @@ AuditError
 ├── AuditUnavailable  the database cannot answer now: do not act on what it would have said
 ├── NotRecorded       the record is not durable: do not perform what it describes
 └── MigrationsNotFound  point GUARDBOT_MIGRATIONS at the migrations folder
+
+``first_line`` is how a database error is told (logs, ``/readyz``, error messages): its first
+line only, which never holds the statement or its parameters.
 """
 
 from __future__ import annotations
@@ -30,3 +33,12 @@ class NotRecorded(AuditError):
 
 class MigrationsNotFound(AuditError):
     """The Alembic ``migrations/`` folder is missing: set GUARDBOT_MIGRATIONS to its path."""
+
+
+def first_line(exc: BaseException, *, named: bool = False) -> str:
+    """The first line of an error's text (no SQL statement, no parameters), or its type's name
+    when it has none; ``named`` puts the type's name in front."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if named else lines[0]

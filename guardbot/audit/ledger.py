@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from guardbot.arbiter import ArbiterState, LastAction
 from guardbot.audit import chain
-from guardbot.audit.errors import AuditUnavailable
+from guardbot.audit.errors import AuditUnavailable, first_line
 from guardbot.audit.tables import Action, ActionEvent, Observation
 from guardbot.domain import ZERO, ActionKind, PositionKey
 
@@ -189,7 +189,7 @@ class Ledger:
             found = await asyncio.to_thread(self._history.account, account_id, start)
         except SQLAlchemyError as exc:
             raise AuditUnavailable(
-                f"cannot read the audit log for account {account_id}: {_first_line(exc)}"
+                f"cannot read the audit log for account {account_id}: {first_line(exc)}"
             ) from None
         entries = self._entries.setdefault(account_id, {})
         for action_id, entry in found.entries.items():
@@ -279,7 +279,7 @@ class Ledger:
                                                     closed, self._loaded_from[account_id])
                 except SQLAlchemyError as exc:
                     log.warning("cannot read %s history from the audit log: %s", key[1],
-                                _first_line(exc))
+                                first_line(exc))
                     return None
             self._older_net[key] = older
         return older + recent
@@ -382,8 +382,3 @@ class SqlHistory:
                 if status_after(Status.UNKNOWN, row.event, row.detail) is Status.APPLIED:
                     moved[row.id] = row.amount if row.kind == "ADD" else -row.amount
         return sum(moved.values(), ZERO)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -31,12 +31,9 @@ from sqlalchemy import (
 
 from guardbot.audit import chain
 from guardbot.audit.database import money_sum, utc_day
-from guardbot.audit.tables import OUTCOME_KINDS, Base, outcome_row
-
-ACTIONS = Base.metadata.tables["actions"]
-EVENTS = Base.metadata.tables["action_events"]
-OUTCOMES = Base.metadata.tables["action_outcomes"]
-OBSERVATIONS = Base.metadata.tables["observations"]
+from guardbot.audit.records import SETTLED, ActionRecord, EventKind, UnfinishedAction
+from guardbot.audit.tables import ACTIONS, EVENTS, OBSERVATIONS, OUTCOMES
+from guardbot.domain import ActionKind, MarginMode, Source
 
 GroupBy = Literal["account", "symbol", "policy", "day"]
 GROUP_BY: tuple[GroupBy, ...] = ("account", "symbol", "policy", "day")
@@ -312,142 +309,40 @@ def percentile(histogram: list[tuple[int, int]], fraction: float) -> float | Non
     return low + (high - low) * weight
 
 
-@dataclass(frozen=True, slots=True)
-class Break:
-    """The first broken link of one account's chain."""
-
-    account_id: str
-    seq: int | None
-    event_id: str | None
-    action_id: str | None
-    problem: str
-
-    def __str__(self) -> str:
-        where = f"account {self.account_id}"
-        if self.seq is not None:
-            where += f", event seq {self.seq} (id {self.event_id}, action {self.action_id})"
-        elif self.action_id is not None:
-            where += f", action {self.action_id}"
-        return f"{where}: {self.problem}"
-
-
-@dataclass(slots=True)
-class Verification:
-    accounts: int = 0
-    events: int = 0
-    breaks: list[Break] = field(default_factory=list)
-
-    @property
-    def intact(self) -> bool:
-        return not self.breaks
-
-
-def verify_chains(engine: Engine, account: str | None = None) -> Verification:
-    """Recompute every account's hash chain and name the first broken link of each; then
-    check that ``action_outcomes`` (the summary's copy) still agrees with the chain."""
-    result = Verification()
-    action_columns = [ACTIONS.c[name].label(f"a_{name}") for name in chain.ACTION_FIELDS]
+def unfinished_actions(engine: Engine, accounts: list[str]) -> list[UnfinishedAction]:
+    """Actions of these accounts with no settled outcome, oldest first, with the kind of
+    their latest event (the start-up reconcile's input: ``AuditLog.unfinished_actions``)."""
+    settled = exists().where(
+        EVENTS.c.action_id == ACTIONS.c.id,
+        EVENTS.c.kind.in_([kind.value for kind in SETTLED]),
+    )
+    last_event = (
+        select(EVENTS.c.kind)
+        .where(EVENTS.c.action_id == ACTIONS.c.id)
+        .order_by(EVENTS.c.seq.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     query = (
-        select(EVENTS, *action_columns)
-        .select_from(
-            EVENTS.outerjoin(
-                ACTIONS, and_(ACTIONS.c.id == EVENTS.c.action_id, EVENTS.c.kind == "INTENT")
-            )
-        )
-        .order_by(EVENTS.c.account_id, EVENTS.c.seq)
+        select(ACTIONS, last_event.label("last_event"))
+        .where(ACTIONS.c.account_id.in_(accounts), ~settled)
+        .order_by(ACTIONS.c.time, ACTIONS.c.id)
     )
-    orphans = select(ACTIONS.c.account_id, ACTIONS.c.id).where(
-        ~exists().where(EVENTS.c.action_id == ACTIONS.c.id, EVENTS.c.kind == "INTENT")
-    )
-    if account is not None:
-        query = query.where(EVENTS.c.account_id == account)
-        orphans = orphans.where(ACTIONS.c.account_id == account)
-    broken: set[str] = set()
-    current: str | None = None
-    expected_seq, prev_hash = 1, chain.GENESIS
     with engine.connect() as connection:
-        for row in connection.execution_options(yield_per=5000).execute(query):
-            values = row._mapping
-            account_id: str = values["account_id"]
-            if account_id != current:
-                current = account_id
-                result.accounts += 1
-                expected_seq, prev_hash = 1, chain.GENESIS
-            result.events += 1
-            if account_id in broken:
-                continue
-            problem = _check_link(values, expected_seq, prev_hash)
-            if problem is not None:
-                broken.add(account_id)
-                result.breaks.append(
-                    Break(account_id, values["seq"], values["id"], values["action_id"], problem)
-                )
-            expected_seq, prev_hash = values["seq"] + 1, values["hash"]
-        for row in connection.execute(orphans):
-            if row.account_id not in broken:
-                broken.add(row.account_id)
-                result.breaks.append(Break(
-                    row.account_id, None, None, row.id,
-                    "the action has no INTENT event (deleted?)"))  # fmt: skip
-        copies = _outcome_copies(account)
-        for row in connection.execution_options(yield_per=5000).execute(copies):
-            values = row._mapping
-            if values["account_id"] in broken:
-                continue
-            problem = _check_copy(values)
-            if problem is not None:
-                broken.add(values["account_id"])
-                result.breaks.append(Break(values["account_id"], values["seq"], values["id"],
-                                           values["action_id"], problem))  # fmt: skip
-    return result
-
-
-_COPIED = ("id", "time", "account_id", "symbol", "policy", "kind", "amount", "dry_run")
-
-
-def _outcome_copies(account: str | None) -> Select[Any]:
-    """Outcome events, and any event with an outcome row, beside that row and the action."""
-    query = (
-        select(
-            EVENTS.c.id, EVENTS.c.account_id, EVENTS.c.seq, EVENTS.c.action_id, EVENTS.c.kind,
-            EVENTS.c.detail, EVENTS.c.latency_ms,
-            *(ACTIONS.c[name].label(f"a_{name}") for name in _COPIED),
-            *(column.label(f"o_{column.name}") for column in OUTCOMES.c),
-        )
-        .select_from(
-            EVENTS.join(ACTIONS, ACTIONS.c.id == EVENTS.c.action_id)
-            .outerjoin(OUTCOMES, OUTCOMES.c.event_id == EVENTS.c.id)
-        )
-        .where(or_(EVENTS.c.kind.in_(OUTCOME_KINDS), OUTCOMES.c.event_id.is_not(None)))
-        .order_by(EVENTS.c.account_id, EVENTS.c.seq)
-    )  # fmt: skip
-    return query if account is None else query.where(EVENTS.c.account_id == account)
-
-
-def _check_copy(values: Any) -> str | None:
-    if values["o_event_id"] is None:
-        return "this outcome event has no action_outcomes row (deleted?)"
-    expected = None
-    if values["kind"] in OUTCOME_KINDS:
-        action = {name: values[f"a_{name}"] for name in _COPIED}
-        expected = outcome_row(values, action)
-    stored = {column.name: values[f"o_{column.name}"] for column in OUTCOMES.c}
-    if stored != expected:
-        return "its action_outcomes row does not match the event and its action (edited?)"
-    return None
-
-
-def _check_link(values: Any, expected_seq: int, prev_hash: str) -> str | None:
-    if values["seq"] != expected_seq:
-        return f"expected seq {expected_seq}: events missing before this one (deleted?)"
-    if values["prev_hash"] != prev_hash:
-        return "prev_hash does not match the previous event's hash (rows removed or edited)"
-    action = None
-    if values["kind"] == "INTENT":
-        action = {name: values[f"a_{name}"] for name in chain.ACTION_FIELDS}
-        if action["id"] is None:
-            return "the INTENT event's action row is missing"
-    if chain.event_hash(values, action) != values["hash"]:
-        what = "this event or its action row" if action is not None else "this event"
-        return f"hash does not match the stored values: {what} was edited"
-    return None
+        return [
+            UnfinishedAction(
+                action_id=row.id,
+                time_ms=chain.to_ms(row.time),
+                last_event=EventKind(row.last_event),
+                record=ActionRecord(
+                    run_id=row.run_id, account_id=row.account_id, symbol=row.symbol,
+                    margin_mode=MarginMode(row.margin_mode), policy=row.policy,
+                    kind=ActionKind(row.kind), amount=row.amount, reason=row.reason,
+                    dry_run=row.dry_run, mark_price=row.mark_price, margin=row.margin,
+                    qty=row.qty, liquidation_price=row.liquidation_price,
+                    distance=row.distance, data_age_ms=row.data_age_ms,
+                    source=Source(row.source), details=row.details,
+                ),
+            )
+            for row in connection.execute(query)
+        ]  # fmt: skip

@@ -8,17 +8,24 @@ database write is idempotent, by record id). Segments are JSON-lines files named
 segment, never acknowledged) is dropped on replay. Blocking I/O: call from a worker thread.
 
 An exclusive ``flock`` on the folder keeps a second process from sharing a spool.
+
+``SpoolWriter`` is the asynchronous side: records handed to it are appended together, in a
+worker thread, by one background task (group commit), and each ``append`` returns once its
+record is fsync'd, so the event loop never blocks on the disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from guardbot.audit.errors import NotRecorded
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +135,63 @@ class Spool:
             for number in self.segments():
                 self._path(number).unlink(missing_ok=True)
         os.close(self._lock_fd)
+
+
+Spooled = Callable[[list[dict[str, Any]], int], None]
+"""Told each batch of records once they are durable, and the segment they went to."""
+
+
+class SpoolWriter:
+    """Appends records to a ``Spool`` in batches, in a worker thread (group commit).
+
+    ``on_spooled(records, segment)`` is called with each batch once it is fsync'd, before any
+    of its ``append`` calls return. ``run`` is the one task that writes; after ``close`` it
+    ends once every record handed in is written.
+    """
+
+    def __init__(self, spool: Spool, on_spooled: Spooled) -> None:
+        self._spool = spool
+        self._on_spooled = on_spooled
+        self.incoming: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._closing = False
+
+    async def append(self, record: dict[str, Any]) -> None:
+        """Return once ``record`` is durable; ``NotRecorded`` if the spool cannot be written."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.incoming.append((record, future))
+        self._wakeup.set()
+        await future
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """Write what was handed in, then let ``run`` end."""
+        self._closing = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while not (self._closing and not self.incoming):
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self.incoming:
+                batch, self.incoming = self.incoming, []
+                try:
+                    segment = await asyncio.to_thread(
+                        self._spool.append, [record for record, _ in batch]
+                    )
+                except OSError as exc:
+                    log.error("audit: cannot write the spool: %s", exc)
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(
+                                NotRecorded(
+                                    f"the audit spool cannot be written: {exc.strerror or exc}"
+                                )
+                            )
+                    continue
+                self._on_spooled([record for record, _ in batch], segment)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)

@@ -264,3 +264,12 @@ class Observation(Base):
     symbol: Mapped[str | None] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, str]] = mapped_column(JSON)
+
+
+# The same tables for SQLAlchemy Core: the writer's inserts, the reads and the checks.
+RUNS = Base.metadata.tables["runs"]
+RUN_ENDS = Base.metadata.tables["run_ends"]
+ACTIONS = Base.metadata.tables["actions"]
+EVENTS = Base.metadata.tables["action_events"]
+OUTCOMES = Base.metadata.tables["action_outcomes"]
+OBSERVATIONS = Base.metadata.tables["observations"]

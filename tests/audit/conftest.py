@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from guardbot.audit import schema
+from guardbot.audit.database import create_audit_engine
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
 from guardbot.clock import ManualClock
 from guardbot.domain import ActionKind, MarginMode, Source
@@ -215,3 +216,11 @@ class TcpProxy:
     def close(self) -> None:
         self.cut()
         self._listener.close()
+
+
+@pytest.fixture
+def engine(url: str, history: dict[str, str]) -> Iterator[Engine]:
+    """An engine on the database holding ``history``."""
+    engine = create_audit_engine(url)
+    yield engine
+    engine.dispose()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import statistics
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -14,9 +13,9 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, select
 
-from guardbot.audit import chain, queries, schema
+from guardbot.audit import chain, queries, schema, verification
 from guardbot.audit.database import create_audit_engine
 from guardbot.audit.queries import ActionFilter
 from guardbot.audit.store import AuditLog, EventKind
@@ -25,13 +24,6 @@ from guardbot.clock import ManualClock
 from guardbot.domain import ActionKind
 
 from .conftest import ACCOUNT, DAY, HOUR, OTHER, T0, THIRD, action
-
-
-@pytest.fixture
-def engine(url: str, history: dict[str, str]) -> Iterator[Engine]:
-    engine = create_audit_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def names(rows: list[dict[str, object]], history: dict[str, str]) -> list[str]:
@@ -252,7 +244,7 @@ async def test_summary_equals_the_reference_on_every_grouping(
                     assert exact(got) == exact(want), (by, since)
                     assert got.latency_mean_ms == pytest.approx(want.latency_mean_ms)
                     assert got.latency_p99_ms == pytest.approx(want.latency_p99_ms)
-        assert queries.verify_chains(engine).intact
+        assert verification.verify_chains(engine).intact
     finally:
         engine.dispose()
 
@@ -278,87 +270,6 @@ def test_account_known(engine: Engine) -> None:
     assert queries.account_known(engine, ACCOUNT)
     assert queries.account_known(engine, THIRD)  # only an observation
     assert not queries.account_known(engine, "0x" + "00" * 32)
-
-
-def test_verify_intact(engine: Engine) -> None:
-    result = queries.verify_chains(engine)
-    assert result.intact
-    assert (result.accounts, result.events) == (2, 19)
-
-
-def test_verify_names_an_edited_action(engine: Engine, history: dict[str, str]) -> None:
-    with engine.begin() as connection:
-        connection.execute(
-            update(queries.ACTIONS)
-            .where(queries.ACTIONS.c.id == history["a2"])
-            .values(amount=Decimal(2))
-        )
-    result = queries.verify_chains(engine)
-    assert len(result.breaks) == 1
-    broken = result.breaks[0]
-    assert (broken.account_id, broken.action_id, broken.seq) == (ACCOUNT, history["a2"], 5)
-    assert "action row was edited" in str(broken)
-    assert queries.verify_chains(engine, OTHER).intact
-
-
-def test_verify_names_an_edited_event(engine: Engine, history: dict[str, str]) -> None:
-    events = queries.EVENTS
-    with engine.begin() as connection:
-        connection.execute(
-            update(events)
-            .where(events.c.action_id == history["a4"], events.c.kind == "UNCERTAIN")
-            .values(latency_ms=30)
-        )
-    (broken,) = queries.verify_chains(engine).breaks
-    assert (broken.account_id, broken.seq) == (OTHER, 3)
-    assert "this event was edited" in broken.problem
-
-
-def test_verify_names_a_deleted_event(engine: Engine, history: dict[str, str]) -> None:
-    events = queries.EVENTS
-    with engine.begin() as connection:
-        connection.execute(
-            delete(events).where(events.c.action_id == history["a2"], events.c.kind == "SENT")
-        )
-    (broken,) = queries.verify_chains(engine).breaks
-    assert (broken.account_id, broken.seq) == (ACCOUNT, 7)
-    assert "expected seq 6" in broken.problem
-
-
-def test_verify_names_a_forged_chain_link(engine: Engine, history: dict[str, str]) -> None:
-    events = queries.EVENTS
-    with engine.begin() as connection:
-        connection.execute(
-            update(events)
-            .where(events.c.action_id == history["a3"], events.c.kind == "INTENT")
-            .values(prev_hash="0" * 64)
-        )
-    (broken,) = queries.verify_chains(engine).breaks
-    assert broken.seq == 8
-    assert "prev_hash" in broken.problem
-
-
-def test_verify_names_an_edited_outcome_copy(engine: Engine, history: dict[str, str]) -> None:
-    # Doubling a2's amount and calling it applied would inflate the summary's margin added.
-    with engine.begin() as connection:
-        connection.execute(
-            update(queries.OUTCOMES)
-            .where(queries.OUTCOMES.c.action_id == history["a2"])
-            .values(applied=True)
-        )
-    (broken,) = queries.verify_chains(engine).breaks
-    assert (broken.account_id, broken.action_id, broken.seq) == (ACCOUNT, history["a2"], 7)
-    assert "action_outcomes row does not match" in broken.problem
-
-
-def test_verify_names_a_deleted_outcome_copy(engine: Engine, history: dict[str, str]) -> None:
-    with engine.begin() as connection:
-        connection.execute(
-            delete(queries.OUTCOMES).where(queries.OUTCOMES.c.action_id == history["a4"])
-        )
-    breaks = queries.verify_chains(engine).breaks
-    assert [(b.account_id, b.seq) for b in breaks] == [(OTHER, 3)]
-    assert "no action_outcomes row" in breaks[0].problem
 
 
 @given(st.lists(st.integers(0, 5000), min_size=1, max_size=300),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, make_url, select
 
-from guardbot.audit import chain, queries
+from guardbot.audit import chain, queries, verification
 from guardbot.audit.store import (
     AuditLog,
     AuditUnavailable,
@@ -83,7 +83,7 @@ async def test_records_reach_the_database_exactly(
     await log.end_run()
     await log.aclose()
     assert not segments(spool_dir), "a drained spool is emptied on close"
-    assert queries.verify_chains(log.engine).intact
+    assert verification.verify_chains(log.engine).intact
 
 
 async def test_outage_loses_nothing_and_keeps_order(
@@ -122,7 +122,7 @@ async def test_outage_loses_nothing_and_keeps_order(
         assert [seq for seq, _, _ in rows] == list(range(1, len(expected[account]) + 1))
         assert [kind for _, kind, _ in rows] == expected[account]
         assert [a for _, _, a in rows] == action_ids[account]
-    assert queries.verify_chains(log.engine).intact
+    assert verification.verify_chains(log.engine).intact
     await log.aclose()
 
 
@@ -192,7 +192,7 @@ async def test_replay_of_records_already_written_inserts_nothing_twice(
     with again.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(ACTIONS)).scalar() == 3
         assert connection.execute(select(func.count()).select_from(EVENTS)).scalar() == 6
-    assert queries.verify_chains(again.engine).intact
+    assert verification.verify_chains(again.engine).intact
     await again.aclose()
 
 
@@ -254,7 +254,7 @@ async def test_a_record_the_database_refuses_is_set_aside_not_lost(
     quarantined = [json.loads(line) for line in
                    (spool_dir / "quarantine.jsonl").read_text().splitlines()]  # fmt: skip
     assert [r["action_id"] for r in quarantined] == ["no-such-action"]
-    assert queries.verify_chains(log.engine).intact
+    assert verification.verify_chains(log.engine).intact
     await log.aclose()
 
 
@@ -330,7 +330,7 @@ async def test_postgresql_network_outage_loses_nothing(
         assert log.database_ok
         rows = events_in_db(log, ACCOUNT)
         assert [a for _, _, a in rows] == before + during
-        assert queries.verify_chains(log.engine).intact
+        assert verification.verify_chains(log.engine).intact
     finally:
         await log.aclose()
         proxy.close()
