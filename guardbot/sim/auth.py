@@ -21,7 +21,7 @@ import base58
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from guardbot.sim.engine import ApiKey
+from guardbot.sim.records import ApiKey
 
 TIMESTAMP_WINDOW_MS = 300_000
 

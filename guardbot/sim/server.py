@@ -39,20 +39,20 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from guardbot.sim import wire
+from guardbot.sim import payloads
 from guardbot.sim.auth import AuthFailure, Caller, authenticate_request, authenticate_ws
-from guardbot.sim.engine import (
+from guardbot.sim.engine import Engine
+from guardbot.sim.faults import FaultDice, Faults, FaultsError
+from guardbot.sim.limits import RateLimiter
+from guardbot.sim.margin import MARKETS, Market, usdc
+from guardbot.sim.params import (
     CROSS,
     MARGIN_MODES,
-    Engine,
     EngineError,
     bad_param,
     parse_decimal,
     parse_margin_mode,
 )
-from guardbot.sim.faults import FaultDice, Faults, FaultsError
-from guardbot.sim.limits import RateLimiter
-from guardbot.sim.margin import MARKETS, Market, usdc
 from guardbot.sim.prices import PriceFeed
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,13 @@ BODY = web.RequestKey("body", bytes)
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(text=wire.dumps(payload), status=status, content_type="application/json")
+    return web.Response(
+        text=payloads.dumps(payload), status=status, content_type="application/json"
+    )
 
 
 def _fail(code: int, message: str, status: int) -> web.Response:
-    return _json(wire.error(code, message), status)
+    return _json(payloads.error(code, message), status)
 
 
 def _websocket() -> web.WebSocketResponse:
@@ -98,7 +100,7 @@ class _Connection:
         if self.queue.qsize() >= MAX_QUEUED_PUSHES:
             self.drop()
             return
-        self.queue.put_nowait(wire.dumps(payload))
+        self.queue.put_nowait(payloads.dumps(payload))
 
     def drop(self) -> None:
         """Cut the TCP connection without a close frame (what a network failure looks like)."""
@@ -325,7 +327,7 @@ class SimServer:
 
     # ------------------------------------------------------------- helpers
     def _ok(self, data: Any = None) -> web.Response:
-        return _json(wire.ok(data, self.now_ms()))
+        return _json(payloads.ok(data, self.now_ms()))
 
     @staticmethod
     def _caller(request: web.Request) -> str:
@@ -351,8 +353,8 @@ class SimServer:
     async def _positions(self, request: web.Request) -> web.StreamResponse:
         account = self.engine.account(self._caller(request))
         now = self.now_ms()
-        data = wire.account_figures(self.engine.account_view(account))
-        data["rows"] = [wire.position(v, now) for v in self.engine.positions(account)]
+        data = payloads.account_figures(self.engine.account_view(account))
+        data["rows"] = [payloads.position(v, now) for v in self.engine.positions(account)]
         return self._ok(data)
 
     async def _position(self, request: web.Request) -> web.StreamResponse:
@@ -362,7 +364,7 @@ class SimServer:
         market = self.engine.market(request.match_info["symbol"])
         mode = parse_margin_mode(request.query.get("margin_mode"))
         view = self.engine.position_view(account, market.symbol, mode)
-        return self._ok(wire.position(view, self.now_ms()))
+        return self._ok(payloads.position(view, self.now_ms()))
 
     async def _position_margin(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request, {"symbol", "amount", "type"})
@@ -421,24 +423,27 @@ class SimServer:
 
     async def _holding(self, request: web.Request) -> web.StreamResponse:
         account = self.engine.account(self._caller(request))
-        return self._ok({"holding": [wire.holding(self.engine.holding_view(account))]})
+        return self._ok({"holding": [payloads.holding(self.engine.holding_view(account))]})
 
     async def _aggregate_holding(self, request: web.Request) -> web.StreamResponse:
         account = self.engine.account(self._caller(request))
-        row = {"account_id": account.account_id, **wire.holding(self.engine.holding_view(account))}
+        row = {
+            "account_id": account.account_id,
+            **payloads.holding(self.engine.holding_view(account)),
+        }
         return self._ok({"rows": [row]})
 
     async def _client_info(self, request: web.Request) -> web.StreamResponse:
         account = self.engine.account(self._caller(request))
         leverage = self.engine.leverage(account, "PERP_ETH_USDC", CROSS)
         return self._ok(
-            wire.client_info(account.account_id, self.engine.markets.values(), leverage)
+            payloads.client_info(account.account_id, self.engine.markets.values(), leverage)
         )
 
     async def _account_info(self, request: web.Request) -> web.StreamResponse:
         account = self.engine.account(self._caller(request))
         view = self.engine.account_view(account)
-        return self._ok(wire.account_figures(view, pnl_key="total_pnl_24h"))
+        return self._ok(payloads.account_figures(view, pnl_key="total_pnl_24h"))
 
     async def _place_order(self, request: web.Request) -> web.StreamResponse:
         allowed = {
@@ -469,7 +474,7 @@ class SimServer:
             body.get("reduce_only", False),
             body.get("client_order_id"),
         )
-        return self._ok(wire.order_created(order))
+        return self._ok(payloads.order_created(order))
 
     async def _orders(self, request: web.Request) -> web.StreamResponse:
         account = self.engine.account(self._caller(request))
@@ -486,7 +491,7 @@ class SimServer:
                 or (status == "COMPLETED" and o.status != "NEW")
             )
         ]
-        rows = [wire.order(o) for o in sorted(orders, key=lambda o: -o.order_id)]
+        rows = [payloads.order(o) for o in sorted(orders, key=lambda o: -o.order_id)]
         meta = {"total": len(rows), "records_per_page": len(rows), "current_page": 1}
         return self._ok({"meta": meta, "rows": rows})
 
@@ -509,8 +514,8 @@ class SimServer:
     async def _public_info(self, request: web.Request) -> web.StreamResponse:
         symbol = request.match_info.get("symbol")
         if symbol is not None:
-            return self._ok(wire.market_info(self.engine.market(symbol), self.started_ms))
-        rows = [wire.market_info(m, self.started_ms) for m in self.engine.markets.values()]
+            return self._ok(payloads.market_info(self.engine.market(symbol), self.started_ms))
+        rows = [payloads.market_info(m, self.started_ms) for m in self.engine.markets.values()]
         return self._ok({"rows": rows})
 
     async def _public_futures(self, request: web.Request) -> web.StreamResponse:
@@ -519,7 +524,7 @@ class SimServer:
         symbol = request.match_info.get("symbol")
         markets = [self.engine.market(symbol)] if symbol else list(self.engine.markets.values())
         rows = [
-            wire.futures(m, self.engine.marks[m.symbol], self._open_interest(m.symbol), now)
+            payloads.futures(m, self.engine.marks[m.symbol], self._open_interest(m.symbol), now)
             for m in markets
         ]
         return self._ok(rows[0] if symbol else {"rows": rows})
@@ -803,7 +808,7 @@ class SimServer:
         if "orderly_key" in query and not self._ws_auth(
             connection, query.get("orderly_key"), query.get("sign"), query.get("timestamp")
         ):
-            await ws.send_str(wire.dumps(self._ws_error(None, "auth", "auth failed")))
+            await ws.send_str(payloads.dumps(self._ws_error(None, "auth", "auth failed")))
             await ws.close()
             return ws
         self._private.setdefault(account_id, set()).add(connection)
@@ -861,7 +866,7 @@ class SimServer:
                 continue
             account = self.engine.accounts[account_id]
             rows = [
-                wire.position_push(self.engine.position_view(account, s, mode), now)
+                payloads.position_push(self.engine.position_view(account, s, mode), now)
                 for (s, mode) in sorted(keys)
             ]
             push = {"topic": "position", "ts": now, "data": {"positions": rows}}
@@ -872,7 +877,7 @@ class SimServer:
             listeners = [c for c in self._private.get(account_id, ()) if "balance" in c.topics]
             if listeners:
                 view = self.engine.holding_view(self.engine.accounts[account_id])
-                push = {"topic": "balance", "ts": now, "data": wire.balance_push(view, now)}
+                push = {"topic": "balance", "ts": now, "data": payloads.balance_push(view, now)}
                 for connection in listeners:
                     connection.send(push)
         for account_id in changes.accounts:
@@ -885,7 +890,7 @@ class SimServer:
     def _account_detail(self, account_id: str) -> dict[str, Any]:
         account = self.engine.accounts[account_id]
         view = self.engine.account_view(account)
-        fee = wire.fee_rate_bps(Decimal("0.0006"))
+        fee = payloads.fee_rate_bps(Decimal("0.0006"))
         return {
             "accountDetail": {
                 "marginMode": "SPOT_FUTURES",
@@ -893,9 +898,9 @@ class SimServer:
                 "takerFeeRate": fee,
                 "makerFeeRate": fee / 2,
                 "maintenanceCancelFlag": False,
-                "totalCollateralValue": wire.num(view.total_collateral_value),
-                "freeCollateral": wire.num(view.free_collateral),
-                "accountValue": wire.num(view.account_value),
+                "totalCollateralValue": payloads.num(view.total_collateral_value),
+                "freeCollateral": payloads.num(view.free_collateral),
+                "accountValue": payloads.num(view.account_value),
                 "symbolLeverage": [
                     {"symbol": s, "marginMode": mode, "leverage": lev}
                     for (s, mode), lev in sorted(account.leverages.items())
@@ -907,7 +912,7 @@ class SimServer:
         if not self._public:
             return
         now = self.now_ms()
-        marks = [{"symbol": s, "price": wire.num(p)} for s, p in self.engine.marks.items()]
+        marks = [{"symbol": s, "price": payloads.num(p)} for s, p in self.engine.marks.items()]
         everything = {"topic": "markprices", "ts": now, "data": marks}
         for connection in self._public:
             if "markprices" in connection.topics:

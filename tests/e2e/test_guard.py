@@ -19,14 +19,15 @@ from guardbot.audit.store import SETTLED, ActionRecord, AuditLog, EventKind
 from guardbot.domain import ActionKind, MarginMode, Source
 from guardbot.exchange.client import OrderlyExchange
 from guardbot.sim.admin import SimAccount, open_account
-from guardbot.sim.engine import Liquidation, PositionView
+from guardbot.sim.records import Liquidation
+from guardbot.sim.reports import PositionRow
 from guardbot.sim.server import SimServer
 
 # An isolated long at 10x (liquidated by a ~9 % fall) and a cross long on the same symbol.
 BOOK = [(ETH, "ISOLATED", "1", 10), (ETH, "CROSS", "1", 10)]
 
 
-def isolated(sim: SimServer, account_id: str, mode: str = "ISOLATED") -> PositionView | None:
+def isolated(sim: SimServer, account_id: str, mode: str = "ISOLATED") -> PositionRow | None:
     account = sim.engine.account(account_id)
     for view in sim.engine.positions(account):
         if view.symbol == ETH and view.margin_mode == mode and view.qty != 0:

@@ -27,8 +27,8 @@ from guardbot.exchange.errors import (
     Unreachable,
 )
 from guardbot.exchange.limits import Limit, Priority, RateLimiter
-from guardbot.sim.engine import PositionView
 from guardbot.sim.keys import generate_key
+from guardbot.sim.reports import PositionRow
 from guardbot.sim.server import SimServer
 
 from .conftest import Funded, connect, fund, urls
@@ -36,7 +36,7 @@ from .conftest import Funded, connect, fund, urls
 ETH = "PERP_ETH_USDC"
 
 
-def sim_position(sim: SimServer, account_id: str, mode: str = "ISOLATED") -> PositionView:
+def sim_position(sim: SimServer, account_id: str, mode: str = "ISOLATED") -> PositionRow:
     return sim.engine.position_view(sim.engine.account(account_id), ETH, mode)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from guardbot.sim.admin import open_account
-from guardbot.sim.engine import parse_decimal
+from guardbot.sim.params import parse_decimal
 from guardbot.sim.server import SimServer
 
 

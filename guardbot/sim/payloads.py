@@ -1,4 +1,5 @@
-"""Engine values -> Orderly's JSON shapes (docs/exchange.md §4, §6).
+"""The simulator's JSON payloads: engine values -> Orderly's JSON shapes (docs/exchange.md
+§4, §6), and the envelope around them.
 
 Orderly sends JSON numbers everywhere except ID and enum strings, so every ``Decimal`` goes out
 as a JSON number. The engine books money at 6 decimals and prices at the tick, so every value
@@ -16,14 +17,11 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-from guardbot.sim.engine import (
-    TAKER_FEE,
-    AccountView,
-    HoldingView,
-    Order,
-    PositionView,
-)
+from guardbot.sim.fills import TAKER_FEE
 from guardbot.sim.margin import RATE_STEP, ZERO, Market
+from guardbot.sim.params import CROSS
+from guardbot.sim.records import Account, Order
+from guardbot.sim.reports import AccountFigures, HoldingRow, PositionRow
 
 RATE_FIELDS = ("imr", "mmr", "imr_with_orders", "mmr_with_orders")
 
@@ -52,109 +50,109 @@ def error(code: int, message: str) -> dict[str, Any]:
     return {"success": False, "code": code, "message": message}
 
 
-def position(view: PositionView, now_ms: int) -> dict[str, Any]:
+def position(row: PositionRow, now_ms: int) -> dict[str, Any]:
     """The ``Position`` object of ``GET /v1/positions`` and ``/v1/position/{symbol}``."""
     return {
-        "IMR_withdraw_orders": rate(view.imr_with_orders),
-        "MMR_with_orders": rate(view.mmr_with_orders),
-        "average_open_price": num(view.average_open_price),
-        "cost_position": num(view.cost_position),
-        "est_liq_price": num(view.est_liq_price or ZERO),
-        "fee_24_h": num(view.fee_24h),
-        "imr": rate(view.imr),
+        "IMR_withdraw_orders": rate(row.imr_with_orders),
+        "MMR_with_orders": rate(row.mmr_with_orders),
+        "average_open_price": num(row.average_open_price),
+        "cost_position": num(row.cost_position),
+        "est_liq_price": num(row.est_liq_price or ZERO),
+        "fee_24_h": num(row.fee_24h),
+        "imr": rate(row.imr),
         "last_sum_unitary_funding": 0.0,
-        "mark_price": num(view.mark_price),
-        "mmr": rate(view.mmr),
-        "pending_long_qty": num(view.pending_long_qty),
-        "pending_short_qty": num(view.pending_short_qty),
-        "pnl_24_h": num(view.pnl_24h),
-        "position_qty": num(view.qty),
-        "settle_price": num(view.average_open_price),
-        "symbol": view.symbol,
-        "seq": view.seq,
+        "mark_price": num(row.mark_price),
+        "mmr": rate(row.mmr),
+        "pending_long_qty": num(row.pending_long_qty),
+        "pending_short_qty": num(row.pending_short_qty),
+        "pnl_24_h": num(row.pnl_24h),
+        "position_qty": num(row.qty),
+        "settle_price": num(row.average_open_price),
+        "symbol": row.symbol,
+        "seq": row.seq,
         "timestamp": now_ms,
-        "updated_time": view.updated_ms,
-        "unsettled_pnl": num(view.unsettled_pnl),
-        "leverage": view.leverage,
-        "margin_mode": view.margin_mode,
-        "margin": num(view.margin),
+        "updated_time": row.updated_ms,
+        "unsettled_pnl": num(row.unsettled_pnl),
+        "leverage": row.leverage,
+        "margin_mode": row.margin_mode,
+        "margin": num(row.margin),
         "accrued_funding_fee": 0.0,
     }
 
 
-def position_push(view: PositionView, now_ms: int) -> dict[str, Any]:
+def position_push(row: PositionRow, now_ms: int) -> dict[str, Any]:
     """One entry of the private ``position`` push: camelCase (§6)."""
     return {
-        "symbol": view.symbol,
-        "positionQty": num(view.qty),
-        "costPosition": num(view.cost_position),
+        "symbol": row.symbol,
+        "positionQty": num(row.qty),
+        "costPosition": num(row.cost_position),
         "lastSumUnitaryFunding": 0.0,
         "sumUnitaryFundingVersion": 0,
-        "pendingLongQty": num(view.pending_long_qty),
-        "pendingShortQty": num(view.pending_short_qty),
-        "settlePrice": num(view.average_open_price),
-        "averageOpenPrice": num(view.average_open_price),
-        "unsettledPnl": num(view.unsettled_pnl),
-        "pnl24H": num(view.pnl_24h),
-        "fee24H": num(view.fee_24h),
-        "markPrice": num(view.mark_price),
-        "estLiqPrice": num(view.est_liq_price or ZERO),
-        "version": view.seq,
-        "imrwithOrders": rate(view.imr_with_orders),
-        "mmrwithOrders": rate(view.mmr_with_orders),
-        "mmr": rate(view.mmr),
-        "imr": rate(view.imr),
-        "seq": view.seq,
+        "pendingLongQty": num(row.pending_long_qty),
+        "pendingShortQty": num(row.pending_short_qty),
+        "settlePrice": num(row.average_open_price),
+        "averageOpenPrice": num(row.average_open_price),
+        "unsettledPnl": num(row.unsettled_pnl),
+        "pnl24H": num(row.pnl_24h),
+        "fee24H": num(row.fee_24h),
+        "markPrice": num(row.mark_price),
+        "estLiqPrice": num(row.est_liq_price or ZERO),
+        "version": row.seq,
+        "imrwithOrders": rate(row.imr_with_orders),
+        "mmrwithOrders": rate(row.mmr_with_orders),
+        "mmr": rate(row.mmr),
+        "imr": rate(row.imr),
+        "seq": row.seq,
         "timestamp": now_ms,
-        "updated_time": view.updated_ms,
-        "leverage": view.leverage,
-        "marginMode": view.margin_mode,
-        "margin": num(view.margin),
+        "updated_time": row.updated_ms,
+        "leverage": row.leverage,
+        "marginMode": row.margin_mode,
+        "margin": num(row.margin),
     }
 
 
-def account_figures(view: AccountView, pnl_key: str = "total_pnl_24_h") -> dict[str, Any]:
+def account_figures(figures: AccountFigures, pnl_key: str = "total_pnl_24_h") -> dict[str, Any]:
     """The ratio block of ``/v1/positions`` (``total_pnl_24_h``) and ``/v1/account_info``
     (spelled ``total_pnl_24h`` there, §4)."""
     return {
-        "current_margin_ratio_with_orders": rate(view.margin_ratio),
-        "free_collateral": num(view.free_collateral),
-        "initial_margin_ratio": rate(view.initial_margin_ratio),
-        "initial_margin_ratio_with_orders": rate(view.initial_margin_ratio),
-        "maintenance_margin_ratio": rate(view.maintenance_margin_ratio),
-        "maintenance_margin_ratio_with_orders": rate(view.maintenance_margin_ratio),
-        "margin_ratio": rate(view.margin_ratio),
-        "open_margin_ratio": rate(view.margin_ratio),
-        "total_collateral_value": num(view.total_collateral_value),
-        pnl_key: num(view.total_pnl_24h),
-        "account_value": num(view.account_value),
+        "current_margin_ratio_with_orders": rate(figures.margin_ratio),
+        "free_collateral": num(figures.free_collateral),
+        "initial_margin_ratio": rate(figures.initial_margin_ratio),
+        "initial_margin_ratio_with_orders": rate(figures.initial_margin_ratio),
+        "maintenance_margin_ratio": rate(figures.maintenance_margin_ratio),
+        "maintenance_margin_ratio_with_orders": rate(figures.maintenance_margin_ratio),
+        "margin_ratio": rate(figures.margin_ratio),
+        "open_margin_ratio": rate(figures.margin_ratio),
+        "total_collateral_value": num(figures.total_collateral_value),
+        pnl_key: num(figures.total_pnl_24h),
+        "account_value": num(figures.account_value),
     }
 
 
-def holding(view: HoldingView) -> dict[str, Any]:
+def holding(row: HoldingRow) -> dict[str, Any]:
     return {
         "token": "USDC",
-        "holding": num(view.holding),
-        "frozen": num(view.frozen),
-        "pending_short": num(view.pending_short),
-        "isolated_margin": num(view.isolated_margin),
-        "isolated_order_frozen": num(view.isolated_order_frozen),
-        "updated_time": view.updated_ms,
+        "holding": num(row.holding),
+        "frozen": num(row.frozen),
+        "pending_short": num(row.pending_short),
+        "isolated_margin": num(row.isolated_margin),
+        "isolated_order_frozen": num(row.isolated_order_frozen),
+        "updated_time": row.updated_ms,
     }
 
 
-def balance_push(view: HoldingView, version: int) -> dict[str, Any]:
+def balance_push(row: HoldingRow, version: int) -> dict[str, Any]:
     """``data`` of the private ``balance`` push (§6)."""
     usdc = {
-        "holding": num(view.holding),
-        "frozen": num(view.frozen),
+        "holding": num(row.holding),
+        "frozen": num(row.frozen),
         "interest": 0.0,
         "pendingShortQty": 0.0,
         "pendingExposure": 0.0,
         "pendingLongQty": 0.0,
         "pendingLongExposure": 0.0,
-        "isolatedMargin": num(view.isolated_margin),
-        "isolatedOrderFrozen": num(view.isolated_order_frozen),
+        "isolatedMargin": num(row.isolated_margin),
+        "isolatedOrderFrozen": num(row.isolated_order_frozen),
         "version": version,
         "staked": 0.0,
         "unbonding": 0.0,
@@ -169,6 +167,27 @@ def balance_push(view: HoldingView, version: int) -> dict[str, Any]:
 
 def fee_rate_bps(rate_value: Decimal) -> float:
     return num(rate_value * 10000)
+
+
+def account_detail(account: Account, figures: AccountFigures) -> dict[str, Any]:
+    """``data`` of the private ``account`` push (§6)."""
+    fee = fee_rate_bps(TAKER_FEE)
+    return {
+        "accountDetail": {
+            "marginMode": "SPOT_FUTURES",
+            "futuresLeverage": account.leverage("PERP_ETH_USDC", CROSS),
+            "takerFeeRate": fee,
+            "makerFeeRate": fee / 2,
+            "maintenanceCancelFlag": False,
+            "totalCollateralValue": num(figures.total_collateral_value),
+            "freeCollateral": num(figures.free_collateral),
+            "accountValue": num(figures.account_value),
+            "symbolLeverage": [
+                {"symbol": s, "marginMode": mode, "leverage": lev}
+                for (s, mode), lev in sorted(account.leverages.items())
+            ],
+        }
+    }
 
 
 def market_info(market: Market, created_ms: int) -> dict[str, Any]:
