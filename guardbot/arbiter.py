@@ -7,11 +7,14 @@ intent gets a ``Decision``, approved or refused with a ``Refusal`` and a reason.
 Rules, in the order they are applied to each position:
 
 1. One action per position per round. Intents are ranked ADD before REDUCE (a top-up
-   beats a sweep), then by urgency (lower = more endangered), then larger amount first; the
-   first intent of a position is considered and the others are refused.
+   beats a sweep), a rescue ADD before any other ADD (a plugin's ADD that a cooldown may
+   refuse must not outrank the rescue that no cooldown refuses), then by urgency (lower =
+   more endangered), then larger amount first; the first intent of a position is
+   considered and the others are refused.
 2. Kill switch: everything is refused.
-3. Blocked: a position with an action queued or on the wire, or held back after a
-   rejection, gets nothing more. A position whose earlier calls are not settled yet (their
+3. Blocked: a position with an action queued or on the wire gets nothing more; one held
+   back after a rejection gets nothing more of the kind refused (a refused sweep never holds
+   back a rescue). A position whose earlier calls are not settled yet (their
    answer was lost, or no snapshot shows them yet) gets only a *rescue* ADD (one a policy
    marks ``rescue``: the position is below its trigger), and no call at all while
    ``MAX_UNCERTAIN`` of them have an unknown outcome (refused and reported: that many lost
@@ -94,8 +97,10 @@ class ArbiterState:
     now_ms: int
     # free USDC balance per account id; an account missing here has an unknown balance
     free_balance: Mapping[str, Decimal] = field(default_factory=dict)
-    # queued, on the wire, or held back: nothing more for these
+    # queued or on the wire: nothing more for these
     blocked: frozenset[PositionKey] = frozenset()
+    # held back after a rejection: nothing more of these kinds
+    held: Mapping[PositionKey, frozenset[ActionKind]] = field(default_factory=dict)
     # how many calls on each position are not settled yet, and how many of those have an
     # unknown outcome
     unsettled: Mapping[PositionKey, int] = field(default_factory=dict)
@@ -168,7 +173,10 @@ class Arbiter:
             return _refuse(intent, Refusal.KILL_SWITCH, "kill switch engaged: no new actions")
         if intent.key in state.blocked:
             return _refuse(intent, Refusal.BLOCKED,
-                           "an action on this position is queued, on the wire or held back")
+                           "an action on this position is queued or on the wire")
+        if intent.kind in state.held.get(intent.key, ()):
+            return _refuse(intent, Refusal.BLOCKED,
+                           f"{intent.kind} on this position held back after a rejection")
         unsettled = state.unsettled.get(intent.key, 0)
         if unsettled and not rescue:
             return _refuse(intent, Refusal.UNSETTLED,
@@ -266,8 +274,9 @@ class Arbiter:
         )
 
 
-def _rank(intent: Intent) -> tuple[bool, Decimal, Decimal]:
-    return (intent.kind is not ActionKind.ADD, intent.urgency, -intent.amount)
+def _rank(intent: Intent) -> tuple[bool, bool, Decimal, Decimal]:
+    return (intent.kind is not ActionKind.ADD, not intent.rescue, intent.urgency,
+            -intent.amount)
 
 
 def _refuse(intent: Intent, refusal: Refusal, reason: str) -> Decision:

@@ -205,6 +205,26 @@ def test_a_rescue_is_refused_while_the_position_is_blocked() -> None:
     assert (decision.approved, decision.refusal) == (False, Refusal.BLOCKED)
 
 
+def test_a_hold_back_refuses_only_the_kind_the_exchange_refused() -> None:
+    """A sweep refused with -1101 (the price moved against the position) holds back sweeps,
+    never the rescue that follows; a refused ADD holds back ADDs."""
+    swept = {key(): frozenset({REDUCE})}
+    assert only(decide(rescue(), held=swept)).approved
+    again = only(decide(intent(REDUCE, urgency="1.5", policy="sweep"), held=swept))
+    assert (again.approved, again.refusal) == (False, Refusal.BLOCKED)
+    topped = only(decide(rescue(), held={key(): frozenset({ADD})}))
+    assert (topped.approved, topped.refusal) == (False, Refusal.BLOCKED)
+
+
+def test_a_rescue_outranks_a_larger_add_a_cooldown_may_refuse() -> None:
+    """A plugin's ADD above its own trigger is no rescue: ranked first (it is larger) it was
+    refused by the cooldown, and the rescue with it as outranked."""
+    other = replace(intent(amount="80"), policy="plugin")
+    decisions = decide(rescue("50"), other, last_action={key(): LastAction(NOW - 1, ADD)})
+    approved = [d for d in decisions if d.approved]
+    assert [(d.intent.policy, d.amount) for d in approved] == [("topup", D(50))]
+
+
 def test_routine_refusals_are_pacing_the_rest_are_news() -> None:
     assert {r for r in Refusal if r.routine} == {
         Refusal.OUTRANKED, Refusal.BLOCKED, Refusal.UNSETTLED, Refusal.COOLDOWN}

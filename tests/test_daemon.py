@@ -321,7 +321,8 @@ async def test_the_reserve_counts_adds_decided_since_the_balance_was_read(
         await record_sent(audit, ex.account_id, margin, "700")  # decided after the poll
         state = await guard.ledger.arbiter_state(
             ex.account_id, [], guard.clock.now_ms(), cooldown_s=0, free_balance=balance,
-            balance_read_ms=guard.balance_ms[ex.account_id] - guard.settle_window_ms)
+            balance_read_ms=guard.balance_ms[ex.account_id],
+            settle_window_ms=guard.settle_window_ms)
         assert state.free_balance[ex.account_id] == balance - 700
 
 

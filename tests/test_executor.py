@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from guardbot.audit import schema
-from guardbot.audit.store import AuditLog
+from guardbot.audit.store import AuditLog, EventKind
 from guardbot.audit.tables import ActionEvent
 from guardbot.clock import ManualClock
 from guardbot.domain import ActionKind, Intent, MarginMode, Position, PositionKey, Source
@@ -239,6 +239,62 @@ async def test_rejected_is_recorded_with_the_exchange_code(audit: AuditLog) -> N
     assert executor.settlement.unsettled(KEY) == 0, "a rejected call moved no money"
 
 
+async def test_a_rejected_sweep_holds_back_sweeps_only_never_the_rescue(
+    audit: AuditLog,
+) -> None:
+    """-1101 is what a REDUCE gets when the price moved against the position, just before
+    a rescue is needed: the hold-back is for REDUCEs, and an ADD goes out at once."""
+    clock = ManualClock()
+    exchange = exchange_on(clock, rejected(-1101, "Insufficient margin after the operation."))
+    executor = executor_on(exchange, audit, clock)
+    await executor.submit(job(kind=ActionKind.REDUCE))
+    await running(executor, lambda: KEY in executor.held())
+    assert executor.held() == {KEY: frozenset({ActionKind.REDUCE})}
+    assert await executor.submit(job(kind=ActionKind.REDUCE)) is None, "no sweep again"
+    assert await executor.submit(job(kind=ActionKind.ADD)) is not None, "the rescue goes"
+    await running(executor, lambda: len(exchange.calls) == 2)
+    assert [call.kind for call in exchange.calls] == [ActionKind.REDUCE, ActionKind.ADD]
+
+
+async def test_a_job_queued_while_the_last_answer_is_recorded_keeps_the_position_busy(
+    audit: AuditLog,
+) -> None:
+    """The first call's end must not unmark a newer action queued meanwhile: the position
+    would look free and a second top-up be decided on the same margin."""
+    clock = ManualClock()
+    exchange = exchange_on(clock)
+    executor = executor_on(exchange, audit, clock)
+    newer: list[str | None] = []
+    slow_disk = asyncio.Event()
+    record_event = audit.record_event
+
+    async def recording(action_id: str, account_id: str, kind: EventKind,
+                        **options: Any) -> None:
+        if kind is EventKind.SUCCEEDED and not newer:
+            # an evaluation while the first answer is being written: the call is no longer
+            # on the wire, so a newer action may be queued
+            newer.append(await executor.submit(job(amount="30")))
+        if kind is EventKind.SENT and newer and action_id == newer[0]:
+            await slow_disk.wait()  # the newer action's SENT record is slow to fsync
+        await record_event(action_id, account_id, kind, **options)
+
+    audit.record_event = recording  # type: ignore[method-assign]
+    await executor.submit(job(amount="50"))
+    task = asyncio.create_task(executor.run())
+    try:
+        await until(lambda: bool(newer) and executor._running == 1)  # the first has ended
+        assert newer[0] is not None
+        assert KEY in executor.busy(), "the newer action still marks the position"
+        assert await executor.submit(job(amount="30")) is None, "no third top-up"
+        slow_disk.set()
+        await until(lambda: len(exchange.calls) == 2 and executor._running == 0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert [call.amount for call in exchange.calls] == [Decimal(50), Decimal(30)]
+
+
 async def test_rate_limited_backs_off_rereads_and_hands_back(audit: AuditLog) -> None:
     clock = ManualClock()
     exchange = exchange_on(clock, rate_limited(retry_after_s=0.01))
@@ -331,7 +387,10 @@ async def test_a_push_that_overtakes_the_answer_verifies_the_action(audit: Audit
         exchange.gate.set()
 
     pusher = asyncio.create_task(push_then_answer())
-    await running(executor, lambda: pusher.done() and not executor.settlement.unsettled(KEY))
+    async with working(executor):
+        await until(lambda: pusher.done() and not executor.settlement.unsettled(KEY))
+        # Settled the moment the answer came; its records follow: let the call finish.
+        await executor.drain(timeout_s=5)
     assert kinds(await events(audit)) == ["INTENT", "SENT", "SUCCEEDED", "VERIFIED"]
 
 
@@ -451,7 +510,7 @@ async def test_a_rejected_position_is_held_back_longer_on_each_repeat(audit: Aud
                            reject_backoff_ms=30_000, reject_backoff_max_ms=45_000)
     for hold_ms in (30_000, 45_000):  # doubled, then capped
         assert await executor.submit(job())
-        await running(executor, lambda: KEY in executor._held)
+        await running(executor, lambda: KEY in executor.held())
         assert await executor.submit(job()) is None, "not re-sent on the next mark"
         clock.advance((hold_ms - 1) / 1000)
         assert KEY in executor.blocked()
@@ -476,7 +535,7 @@ async def test_an_auth_failure_holds_back_briefly_so_a_fixed_clock_rescues_at_on
         if hold_ms is None:  # the clock is right again: a success starts the hold over
             await running(executor, lambda: len(exchange.calls) == 3)
             continue
-        await running(executor, lambda: KEY in executor._held)
+        await running(executor, lambda: KEY in executor.held())
         assert await executor.submit(job()) is None, "not re-sent on the next mark"
         clock.advance((hold_ms - 1) / 1000)
         assert KEY in executor.blocked()
@@ -491,7 +550,7 @@ async def test_a_new_position_inherits_no_hold_back(audit: AuditLog) -> None:
     exchange = exchange_on(clock, rejected())
     executor = executor_on(exchange, audit, clock)
     await executor.submit(job())
-    await running(executor, lambda: KEY in executor._held)
+    await running(executor, lambda: KEY in executor.held())
     await executor.closed(KEY)  # closed (or liquidated); a new one opens on the symbol
     assert executor.blocked() == frozenset()
     assert executor._rejections == {}

@@ -94,6 +94,9 @@ class Entry:
     time_ms: int
     dry_run: bool
     status: Status = Status.UNKNOWN
+    # When the exchange answered that it applied the action (its SUCCEEDED event): it was
+    # in every balance read after that. None: not applied, or applied at an unknown moment.
+    answered_ms: int | None = None
 
     @property
     def signed(self) -> Decimal:
@@ -147,13 +150,15 @@ class Ledger:
             entry = self._entries.get(record["account_id"], {}).get(record["action_id"])
             if entry is None:
                 return None
-            before = entry.status
+            before, answered = entry.status, entry.answered_ms
             entry.status = status_after(before, record["kind"], record["detail"])
-            if entry.status is before:
+            if record["kind"] == "SUCCEEDED":
+                entry.answered_ms = record.get("time_ms")
+            if entry.status is before and entry.answered_ms == answered:
                 return None
 
             def undo() -> None:
-                entry.status = before
+                entry.status, entry.answered_ms = before, answered
 
             return undo
         if kind == "observation" and record["kind"] == POSITION_CLOSED and record["symbol"]:
@@ -239,6 +244,21 @@ class Ledger:
             ZERO,
         )  # fmt: skip
 
+    def added_after_read(self, account_id: str, read_ms: int, settle_window_ms: int
+                         ) -> Decimal:  # fmt: skip
+        """Margin ADDs may have taken from the free balance after a read asked at
+        ``read_ms``: every ADD decided since ``read_ms - settle_window_ms`` (a call may land
+        until its settle window has passed) that is not known to be unapplied, except those
+        the exchange confirmed before the read: the balance read already shows those."""
+        return sum(
+            (e.amount for e in self._entries.get(account_id, {}).values()
+             if e.kind is ActionKind.ADD and not e.dry_run
+             and e.status is not Status.NOT_APPLIED
+             and e.time_ms >= read_ms - settle_window_ms
+             and not (e.answered_ms is not None and e.answered_ms < read_ms)),
+            ZERO,
+        )  # fmt: skip
+
     def _since_open(self, key: PositionKey) -> Iterable[Entry]:
         account_id, symbol, mode = key
         closed = self._closed_ms.get(account_id, {}).get(symbol, -1)
@@ -293,15 +313,18 @@ class Ledger:
         cooldown_s: float,
         free_balance: Decimal | None = None,
         balance_read_ms: int = 0,
+        settle_window_ms: int = 0,
         blocked: frozenset[PositionKey] = frozenset(),
+        held: Mapping[PositionKey, frozenset[ActionKind]] | None = None,
         unsettled: Mapping[PositionKey, int] | None = None,
         uncertain: Mapping[PositionKey, int] | None = None,
         kill_switch: bool = False,
         dry_run: bool = False,
     ) -> ArbiterState:
         """What the arbiter needs for one round of ``account_id``. The free balance is only
-        re-read on polls: ADDs decided since it was read (``balance_read_ms``) are not in it
-        yet, and must not spend the reserve twice."""
+        re-read on polls (asked at ``balance_read_ms``): ADDs that may have landed after it
+        was read are not in it yet, and must not spend the reserve twice; ADDs the exchange
+        had confirmed before it was read are in it, and must not be counted twice."""
         day = utc_day_start_ms(now_ms)
         keys = list(keys)
         since_cooldown = now_ms - int(cooldown_s * 1000)
@@ -312,10 +335,10 @@ class Ledger:
                        if (last := self.last_action(key, since_cooldown, dry_run)) is not None}
         balances = {}
         if free_balance is not None:
-            spent = await self.added_since(account_id, balance_read_ms, now_ms)
+            spent = self.added_after_read(account_id, balance_read_ms, settle_window_ms)
             balances[account_id] = free_balance - spent
         return ArbiterState(
-            now_ms=now_ms, free_balance=balances, blocked=blocked,
+            now_ms=now_ms, free_balance=balances, blocked=blocked, held=dict(held or {}),
             unsettled=dict(unsettled or {}), uncertain=dict(uncertain or {}),
             last_action=last_action,
             added_today_by_position=by_position,

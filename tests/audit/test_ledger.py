@@ -207,6 +207,26 @@ async def test_arbiter_state_gathers_one_round(
     await log.aclose()
 
 
+async def test_the_free_balance_counts_an_add_once(
+    url: str, spool_dir: Path, clock: ManualClock
+) -> None:
+    """A balance read after the exchange confirmed an ADD already shows it: subtracting it
+    again halved the next rescue in a fast fall. An ADD still open, or confirmed only after
+    the read was asked, may be missing from it: that one is subtracted."""
+    log = await open_log(url, spool_dir, clock)
+    await record(log, "40", EventKind.SUCCEEDED)  # confirmed at T0
+    clock.advance(1)
+    read_ms = clock.now_ms()  # the poll asked after the confirmation: it shows the 40
+    await record(log, "25", EventKind.SENT)  # on the wire when the poll was asked
+    clock.advance(1)
+    await record(log, "10", EventKind.SUCCEEDED)  # confirmed after the poll was asked
+    state = await log.ledger.arbiter_state(
+        ACCOUNT, [ETH], clock.now_ms(), cooldown_s=0, free_balance=Decimal(1000),
+        balance_read_ms=read_ms, settle_window_ms=11_000)
+    assert state.free_balance == {ACCOUNT: Decimal(965)}
+    await log.aclose()
+
+
 async def test_a_ledger_with_no_history_counts_what_it_is_fed() -> None:
     """The backtest's ledger: no database, everything from the records it is fed."""
     ledger = Ledger()
