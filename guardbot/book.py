@@ -12,6 +12,14 @@ otherwise (``positions_lite`` has no ``seq``) the later ``exchange_ms`` wins, ti
 So a REST response that left the exchange before a WS push, but arrived after it, is
 dropped, whichever order they arrive in.
 
+Re-pricing. A mark re-prices every position on its symbol confirmed before it, at no cost
+per position: the book keeps each position as the exchange confirmed it and the latest mark
+of each symbol, and prices a position when it is asked for (``get``, ``current``):
+``unsettled_pnl = confirmed_pnl + q*(mark - confirmed_mark)``, which keeps the funding owed
+(``q*mark - cost - unsettled_pnl``) exactly as confirmed. A mark tick therefore costs the
+same with a thousand positions as with one; the guard compares each mark with the band in
+which the position needs nothing (``guardbot.policies.quiet``).
+
 Age. A position's age is ``now_ms`` minus the ``received_ms`` of the last exchange update
 that confirmed it; mark re-pricing does not make the quantity or margin any fresher, so it
 does not reset the age.
@@ -22,6 +30,7 @@ version, so a late copy cannot bring it back: only a strictly newer version reop
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -47,19 +56,35 @@ class _Version:
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
-    position: Position  # as last applied, possibly re-priced at a newer mark
-    version: _Version  # of the last exchange update (never of a mark)
+class Held:
+    """One open position as the book holds it: the update the exchange last confirmed,
+    never re-priced (a new object for every update applied)."""
+
+    key: PositionKey
+    position: Position  # as confirmed, at the mark it was reported with
+    version: _Version
     confirmed_ms: int  # received_ms of that update
+    stamp: int  # the book's mark count when applied: marks after it re-price it
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    price: Decimal
+    exchange_ms: int
+    stamp: int
 
 
 class PositionBook:
     """Latest ``Position`` per ``(account_id, symbol, margin_mode)``."""
 
     def __init__(self) -> None:
-        self._entries: dict[PositionKey, _Entry] = {}
+        self._entries: dict[PositionKey, Held] = {}
         self._closed: dict[PositionKey, _Version] = {}
-        self._marks: dict[str, tuple[Decimal, int]] = {}
+        self._marks: dict[str, _Mark] = {}
+        self._stamp = 0  # marks applied so far
+        self._by_account: dict[str, set[PositionKey]] = {}
+        self._by_symbol: dict[str, set[PositionKey]] = {}
+        self._isolated: dict[str, list[PositionKey]] = {}  # per account, by symbol
 
     def apply(self, position: Position) -> bool:
         """Apply one exchange update (REST or WS). Returns ``False`` if it was dropped as
@@ -76,11 +101,13 @@ class PositionBook:
             if closed is not None and not version.supersedes(closed, strictly=True):
                 return False
         if not position.is_open:
-            self._entries.pop(key, None)
+            self._drop(key)
             self._closed[key] = version
             return True
         self._closed.pop(key, None)
-        self._entries[key] = _Entry(position, version, position.received_ms)
+        if known is None:
+            self._index(key)
+        self._entries[key] = Held(key, position, version, position.received_ms, self._stamp)
         return True
 
     def apply_snapshot(self, snapshot: AccountSnapshot) -> list[Position]:
@@ -89,78 +116,110 @@ class PositionBook:
         push that overtook the REST response). Returns the positions applied."""
         applied = [p for p in snapshot.positions if self.apply(p)]
         listed = {p.key for p in snapshot.positions}
-        for key, entry in list(self._entries.items()):
-            if (
-                key[0] == snapshot.account_id
-                and key not in listed
-                and entry.version.exchange_ms <= snapshot.exchange_ms
-            ):
+        for key in list(self._by_account.get(snapshot.account_id, ())):
+            if key not in listed and self._entries[key].version.exchange_ms <= snapshot.exchange_ms:
                 self.remove(key)
         return applied
 
-    def apply_mark(self, symbol: str, price: Decimal, exchange_ms: int) -> list[Position]:
+    def apply_mark(self, symbol: str, price: Decimal, exchange_ms: int) -> set[str]:
         """Re-price every open position on ``symbol`` at a new mark (source ``MARK``).
 
-        ``unsettled_pnl`` is recomputed from cost, quantity and mark with the funding owed
-        kept as it was (``upnl = q*mark - cost - funding``). Marks older than the last one
-        applied for the symbol are ignored. Returns the re-priced positions.
+        ``unsettled_pnl`` follows the mark with the funding owed kept as it was
+        (``upnl = q*mark - cost - funding``). Marks older than the last one applied for the
+        symbol are ignored. Returns the accounts whose positions it re-priced (cross ones
+        included).
         """
         if price <= 0:
             raise ValueError(f"{symbol}: mark price must be positive, got {price}")
         last = self._marks.get(symbol)
-        if last is not None and exchange_ms < last[1]:
-            return []
-        self._marks[symbol] = (price, exchange_ms)
-        repriced = []
-        for key, entry in self._entries.items():
-            if key[1] != symbol:
-                continue
-            old = entry.position
-            position = replace(
-                old,
-                mark_price=price,
-                unsettled_pnl=old.unsettled_pnl + old.qty * (price - old.mark_price),
-                source=Source.MARK,
-            )
-            self._entries[key] = replace(entry, position=position)
-            repriced.append(position)
-        return repriced
+        if last is not None and exchange_ms < last.exchange_ms:
+            return set()
+        self._stamp += 1
+        self._marks[symbol] = _Mark(price, exchange_ms, self._stamp)
+        return {key[0] for key in self._by_symbol.get(symbol, ())}
 
     def remove(self, key: PositionKey) -> Position | None:
         """Forget a position (closed, or no longer guarded); returns what was held."""
-        entry = self._entries.pop(key, None)
-        if entry is None:
+        held = self._entries.get(key)
+        if held is None:
             return None
-        self._closed[key] = entry.version
-        return entry.position
+        self._drop(key)
+        self._closed[key] = held.version
+        return self.current(held)
 
     def get(self, key: PositionKey) -> Position | None:
-        entry = self._entries.get(key)
-        return entry.position if entry is not None else None
+        held = self._entries.get(key)
+        return self.current(held) if held is not None else None
+
+    def current(self, held: Held) -> Position:
+        """``held``'s position at the latest mark of its symbol, if one came after it."""
+        position = held.position
+        mark = self._marks.get(position.symbol)
+        if mark is None or mark.stamp <= held.stamp:
+            return position
+        moved = position.qty * (mark.price - position.mark_price)
+        return replace(position, mark_price=mark.price,
+                       unsettled_pnl=position.unsettled_pnl + moved, source=Source.MARK)
 
     def age_ms(self, key: PositionKey, now_ms: int) -> int | None:
         """Milliseconds since the exchange last confirmed this position; ``None`` if unknown."""
-        entry = self._entries.get(key)
-        return now_ms - entry.confirmed_ms if entry is not None else None
+        held = self._entries.get(key)
+        return now_ms - held.confirmed_ms if held is not None else None
+
+    def isolated_keys(self, account_id: str) -> list[PositionKey]:
+        """The keys of one account's open isolated positions, by symbol."""
+        return list(self._isolated.get(account_id, ()))
+
+    def isolated_marks(self, account_id: str) -> list[tuple[Held, Decimal]]:
+        """One account's open isolated positions, by symbol, each with the mark it is priced
+        at now (``current`` builds the position itself): what a mark tick looks at."""
+        marks, entries = self._marks, self._entries
+        found = []
+        for key in self._isolated.get(account_id, ()):
+            held = entries[key]
+            mark = marks.get(key[1])
+            price = mark.price if mark is not None and mark.stamp > held.stamp else None
+            found.append((held, held.position.mark_price if price is None else price))
+        return found
 
     def isolated_positions(self, account_id: str) -> list[Position]:
         """Open isolated positions of one account, by symbol. Cross positions on the same
         symbol are never returned: the guard never touches them."""
-        return sorted(
-            (
-                entry.position
-                for key, entry in self._entries.items()
-                if key[0] == account_id and key[2] is MarginMode.ISOLATED
-            ),
-            key=lambda p: p.symbol,
-        )
+        return [self.current(self._entries[key]) for key in self._isolated.get(account_id, ())]
 
     def positions(self) -> list[Position]:
         """Every open position held, cross and isolated."""
-        return [entry.position for entry in self._entries.values()]
+        return [self.current(held) for held in self._entries.values()]
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __iter__(self) -> Iterator[PositionKey]:
         return iter(list(self._entries))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def _index(self, key: PositionKey) -> None:
+        account_id, symbol, mode = key
+        self._by_account.setdefault(account_id, set()).add(key)
+        self._by_symbol.setdefault(symbol, set()).add(key)
+        if mode is MarginMode.ISOLATED:
+            bisect.insort(self._isolated.setdefault(account_id, []), key, key=_symbol)
+
+    def _drop(self, key: PositionKey) -> None:
+        if self._entries.pop(key, None) is None:
+            return
+        account_id, symbol, mode = key
+        for index, name in ((self._by_account, account_id), (self._by_symbol, symbol)):
+            index[name].discard(key)
+            if not index[name]:
+                del index[name]
+        if mode is MarginMode.ISOLATED:
+            self._isolated[account_id].remove(key)
+            if not self._isolated[account_id]:
+                del self._isolated[account_id]
+
+
+def _symbol(key: PositionKey) -> str:
+    return key[1]

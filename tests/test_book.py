@@ -96,12 +96,13 @@ def test_isolated_positions_are_sorted_by_symbol() -> None:
 
 def test_mark_reprices_between_pushes_keeping_funding() -> None:
     book = PositionBook()
-    cross = replace(ETH, margin_mode=MarginMode.CROSS, margin=D(0))
+    cross = replace(ETH, account_id=OTHER, margin_mode=MarginMode.CROSS, margin=D(0))
     btc = replace(ETH, symbol="PERP_BTC_USDC")
     for position in (ETH, cross, btc):
         book.apply(position)
-    repriced = book.apply_mark("PERP_ETH_USDC", D(1900), 10_500)
-    assert {p.key for p in repriced} == {ETH.key, cross.key}
+    # the accounts it re-priced, cross positions included
+    assert book.apply_mark("PERP_ETH_USDC", D(1900), 10_500) == {ACCOUNT, OTHER}
+    assert book.apply_mark("PERP_SOL_USDC", D(150), 10_500) == set()
     held = book.get(ETH.key)
     assert held is not None
     assert held.mark_price == D(1900)
@@ -117,7 +118,7 @@ def test_older_marks_are_ignored() -> None:
     book = PositionBook()
     book.apply(ETH)
     book.apply_mark("PERP_ETH_USDC", D(1900), 10_500)
-    assert book.apply_mark("PERP_ETH_USDC", D(2100), 10_400) == []
+    assert book.apply_mark("PERP_ETH_USDC", D(2100), 10_400) == set()
     held = book.get(ETH.key)
     assert held is not None and held.mark_price == D(1900)
 
@@ -225,3 +226,79 @@ def test_any_arrival_order_ends_at_the_newest_version(
         book.apply(update)
     newest = max(updates, key=lambda p: p.exchange_ms)
     assert book.get(ETH.key) == (newest if newest.is_open else None)
+
+
+def test_a_version_confirmed_after_a_mark_keeps_its_own_mark_until_the_next() -> None:
+    book = PositionBook()
+    book.apply(ETH)
+    book.apply_mark("PERP_ETH_USDC", D(1900), 10_500)
+    confirmed = version(101, 10_600, mark_price=D(1950), unsettled_pnl=D(-103))
+    book.apply(confirmed)
+    assert book.get(ETH.key) == confirmed
+    [(held, mark)] = book.isolated_marks(ACCOUNT)
+    assert (held.position, mark) == (confirmed, D(1950))
+    book.apply_mark("PERP_ETH_USDC", D(1800), 10_700)
+    [(held, mark)] = book.isolated_marks(ACCOUNT)
+    assert held.position == confirmed, "the held version is never re-priced"
+    current = book.current(held)
+    assert (mark, current.mark_price, current.unsettled_pnl) == (D(1800), D(1800), D(-403))
+
+
+def test_the_indexes_follow_opens_closes_and_removals() -> None:
+    book = PositionBook()
+    btc = replace(ETH, symbol="PERP_BTC_USDC")
+    cross = replace(ETH, margin_mode=MarginMode.CROSS)
+    for position in (ETH, btc, cross):
+        book.apply(position)
+    assert book.isolated_keys(ACCOUNT) == [btc.key, ETH.key]
+    assert ETH.key in book and cross.key in book
+    book.apply(version(101, 10_100, qty=D(0)))  # ETH isolated closes
+    assert book.isolated_keys(ACCOUNT) == [btc.key]
+    assert ETH.key not in book
+    assert book.apply_mark("PERP_ETH_USDC", D(1900), 10_500) == {ACCOUNT}, "the cross one"
+    book.remove(cross.key)
+    assert book.apply_mark("PERP_ETH_USDC", D(1901), 10_501) == set()
+    book.apply(version(102, 10_200))  # reopened
+    assert book.isolated_keys(ACCOUNT) == [btc.key, ETH.key]
+    assert [p.mark_price for p in book.isolated_positions(ACCOUNT)] == [D(2000), D(2000)]
+    assert book.isolated_keys(OTHER) == [] and book.isolated_marks(OTHER) == []
+
+
+prices = st.decimals(min_value=D("0.0001"), max_value=D(200_000), places=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.decimals(min_value=D("-1000"), max_value=D("1000"), places=4).filter(bool),
+    prices,
+    st.decimals(min_value=D(-10_000), max_value=D(10_000), places=6),
+    st.lists(st.one_of(prices, st.none()), min_size=1, max_size=30),
+)
+def test_pricing_on_demand_equals_re_pricing_on_every_mark(
+    qty: D, confirmed_mark: D, pnl: D, steps: list[D | None]
+) -> None:
+    """The book prices a position from its confirmed version and the latest mark; the same
+    as re-pricing it on every mark (``upnl += q*(new - old)``), and the funding owed never
+    moves (so neither does the liquidation price, guardbot/policies/quiet.py). ``None`` is a
+    new confirmation of the position at the latest mark."""
+    book = PositionBook()
+    held = replace(ETH, qty=qty, mark_price=confirmed_mark, unsettled_pnl=pnl,
+                   cost_position=qty * D(2000))
+    book.apply(held)
+    funding = held.qty * held.mark_price - held.cost_position - held.unsettled_pnl
+    expected = held
+    for n, price in enumerate(steps):
+        if price is None:
+            expected = replace(expected, source=Source.REST, received_ms=20_000 + n)
+            book.apply(expected)
+        else:
+            book.apply_mark(ETH.symbol, price, 20_000 + n)
+            expected = replace(expected, mark_price=price, source=Source.MARK,
+                               unsettled_pnl=expected.unsettled_pnl
+                               + expected.qty * (price - expected.mark_price))
+        current = book.get(ETH.key)
+        assert current == expected
+        [(_, mark)] = book.isolated_marks(ACCOUNT)
+        assert mark == expected.mark_price
+        assert current.qty * current.mark_price - current.cost_position \
+            - current.unsettled_pnl == funding
