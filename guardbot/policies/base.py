@@ -30,6 +30,26 @@ refuses a ``reduce_floor`` below the ``add_target`` of a policy on the same posi
 would move margin back and forth at the rate limit until the day's budget is gone; and the
 arbiter refuses any REDUCE that would land below the highest ``add_target`` on its
 position, declared or not by the reducing policy.
+
+Where a policy never acts (optional; ``Decimal`` fractions in [0, 1), like the others). The
+guard evaluates every policy of every position on every mark tick unless the policies of a
+position promise they would return ``[]`` at its distance; then that position costs a price
+comparison per tick instead of an evaluation (``guardbot.policies.quiet``). The promise::
+
+    acts_below = Decimal("0.05")   # acts only at distances below 0.05: at 0.05 or farther,
+                                   # and with no liquidation price, evaluate returns []
+    acts_above = Decimal("0.20")   # acts only at distances above 0.20, or with no
+                                   # liquidation price: at 0.20 or closer it returns []
+
+Declaring both (``acts_below <= acts_above``) means it acts only outside [acts_below,
+acts_above]. The promise must hold whatever else ``evaluate`` sees (context, time, marks,
+parameters): a policy that may also act on something else (a margin ratio, volatility, a
+schedule) at those distances declares nothing, and is evaluated on every tick. ``topup``
+declares ``acts_below`` = ``trigger`` (none with ``margin_ratio``), ``sweep`` ``acts_above``
+= ``safe``. The promise is read from the class that defines ``evaluate``: a subclass that
+overrides ``evaluate`` must declare again, or it is evaluated on every tick (an inherited
+promise about someone else's ``evaluate`` is ignored). A wrong promise leaves positions
+unguarded: when in doubt, declare nothing.
 """
 
 from __future__ import annotations
@@ -185,9 +205,54 @@ def decimal_param(
     return number
 
 
+@dataclass(frozen=True, slots=True)
+class Quiet:
+    """Signed distances at which policies never act: from ``low`` to ``high``, both
+    included; ``None`` leaves that side open. No liquidation price counts as infinitely
+    far: inside when ``high`` is ``None``. A ``low`` above ``high`` holds no distance."""
+
+    low: Decimal | None = None
+    high: Decimal | None = None
+
+    def __and__(self, other: Quiet) -> Quiet:
+        """Where neither acts."""
+        lows = [b for b in (self.low, other.low) if b is not None]
+        highs = [b for b in (self.high, other.high) if b is not None]
+        return Quiet(max(lows, default=None), min(highs, default=None))
+
+
+def declared_quiet(policy: object) -> Quiet | None:
+    """Where ``policy`` promises never to act (its ``acts_below`` and ``acts_above``), or
+    ``None`` if it promises nothing about its own ``evaluate``. Raises ``PolicyParamError``
+    for a declaration that is not a ``Decimal`` in [0, 1), or an ``acts_below`` above the
+    ``acts_above``."""
+    below = declared_distance(policy, "acts_below")
+    above = declared_distance(policy, "acts_above")
+    if below is not None and above is not None and below > above:
+        raise PolicyParamError("acts_below", f"must be at most acts_above ({above}), got {below}")
+    declared = [name for name, value in (("acts_below", below), ("acts_above", above))
+                if value is not None]  # fmt: skip
+    if not declared or not all(_declared_with_evaluate(policy, name) for name in declared):
+        return None
+    return Quiet(below, above)
+
+
+def _declared_with_evaluate(policy: object, attribute: str) -> bool:
+    """Whether ``attribute`` is set on the instance, or defined by the class that defines
+    the ``evaluate`` it runs (or by a subclass of it)."""
+    if attribute in getattr(policy, "__dict__", {}):
+        return True
+    for cls in type(policy).__mro__:
+        if attribute in vars(cls):
+            return True
+        if "evaluate" in vars(cls):
+            return False
+    return False
+
+
 def declared_distance(policy: object, attribute: str) -> Decimal | None:
-    """A policy's ``trigger``, ``add_target`` or ``reduce_floor``, or ``None`` if it declares
-    none.
+    """A policy's ``trigger``, ``add_target``, ``reduce_floor``, ``acts_below`` or
+    ``acts_above``, or ``None`` if it declares none.
     Raises ``PolicyParamError`` for a declaration that is not a ``Decimal`` in [0, 1)."""
     value = getattr(policy, attribute, None)
     if value is None:

@@ -33,7 +33,13 @@ from types import MappingProxyType
 from typing import Any
 
 from guardbot.config import ConfigError, PolicySettings
-from guardbot.policies.base import Policy, PolicyParamError, declared_distance
+from guardbot.policies.base import (
+    Policy,
+    PolicyParamError,
+    Quiet,
+    declared_distance,
+    declared_quiet,
+)
 from guardbot.policies.sweep import Sweep
 from guardbot.policies.topup import TopUp
 
@@ -57,6 +63,32 @@ class LoadedPolicy:
     add_target: Decimal | None = None
     reduce_floor: Decimal | None = None
     trigger: Decimal | None = None
+    # where it promises never to act (base.py); None: evaluated on every tick
+    quiet: Quiet | None = None
+
+    @classmethod
+    def of(
+        cls,
+        policy: Policy,
+        label: str | None = None,
+        *,
+        accounts: Sequence[str] = ("*",),
+        symbols: Sequence[str] = ("*",),
+        params: Mapping[str, Any] | None = None,
+    ) -> LoadedPolicy:
+        """``policy`` with its declarations read and validated (``label`` defaults to its
+        name). Raises ``PolicyParamError`` naming a bad declaration."""
+        return cls(
+            label=policy.name if label is None else label,
+            policy=policy,
+            accounts=tuple(accounts),
+            symbols=tuple(symbols),
+            params=MappingProxyType(dict(params or {})),
+            add_target=declared_distance(policy, "add_target"),
+            reduce_floor=declared_distance(policy, "reduce_floor"),
+            trigger=declared_distance(policy, "trigger"),
+            quiet=declared_quiet(policy),
+        )
 
     def applies_to(self, account_id: str, symbol: str, account_name: str | None = None) -> bool:
         """Whether this policy guards that position; ``accounts`` may list account names or
@@ -73,9 +105,7 @@ def load_policies(
     """Build every configured policy, or ``[topup with defaults]`` if none is configured.
     Raises ``ConfigError`` with every problem found."""
     if not configured:
-        default = TopUp()
-        return [LoadedPolicy(label=TopUp.name, policy=default, add_target=default.add_target,
-                             trigger=default.trigger)]
+        return [LoadedPolicy.of(TopUp())]
     loaded: list[LoadedPolicy] = []
     problems: list[str] = []
     for index, settings in enumerate(configured):
@@ -152,21 +182,10 @@ def _load_one(index: int, settings: PolicySettings, strategies_dir: Path) -> Loa
             "policy (it needs a str 'name' and an evaluate(view, ctx) method)"
         )
     try:
-        add_target = declared_distance(policy, "add_target")
-        reduce_floor = declared_distance(policy, "reduce_floor")
-        trigger = declared_distance(policy, "trigger")
+        return LoadedPolicy.of(policy, settings.label, accounts=settings.accounts,
+                               symbols=settings.symbols, params=params)
     except PolicyParamError as exc:
         raise ConfigError(f"{where}: policy {settings.label!r} declares {exc}") from None
-    return LoadedPolicy(
-        label=settings.label,
-        policy=policy,
-        accounts=tuple(settings.accounts),
-        symbols=tuple(settings.symbols),
-        params=MappingProxyType(params),
-        add_target=add_target,
-        reduce_floor=reduce_floor,
-        trigger=trigger,
-    )
 
 
 def _from_file(spec: str, strategies_dir: Path) -> Callable[..., Policy]:

@@ -8,7 +8,8 @@ that it sits exactly ``safe`` away, never more than the exchange lets go
 Hysteresis: ``reduce_floor`` (= ``safe``) declares the closest distance a sweep leaves; the
 loader refuses a ``safe`` below any ADD policy's ``add_target`` on the same positions, so a
 sweep never pushes a position into the band where a top-up would add the margin straight
-back (base.py).
+back (base.py). ``acts_above`` (= ``safe``) promises it never acts at ``safe`` or closer,
+so the guard does not evaluate it on mark ticks there.
 
 Parameters: ``safe`` (0.20), ``min_amount`` (10 USDC).
 """
@@ -47,6 +48,12 @@ class Sweep:
     @property
     def reduce_floor(self) -> Decimal:
         """No REDUCE leaves the position closer to liquidation than this."""
+        return self.safe
+
+    @property
+    def acts_above(self) -> Decimal:
+        """It acts only beyond ``safe``, or with no liquidation price (base.py, where a
+        policy never acts)."""
         return self.safe
 
     def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:

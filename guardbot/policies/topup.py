@@ -8,7 +8,9 @@ rounding. Budgets, cooldowns and the free-balance reserve are the arbiter's busi
 
 Parameters: ``trigger`` (0.05) < ``target`` (0.10), fractions of the mark; ``margin_ratio``
 (off; e.g. 2 = act when equity < 2 x maintenance margin), a second, optional trigger
-(docs/architecture.md, "Policies").
+(docs/architecture.md, "Policies"). Without ``margin_ratio`` it declares ``acts_below``
+(= ``trigger``): it never acts at ``trigger`` or farther, so the guard does not evaluate it
+on mark ticks there (base.py); with it, it is evaluated on every tick.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ class TopUp:
     def add_target(self) -> Decimal:
         """The distance this policy's ADDs restore: no REDUCE may go below it."""
         return self.target
+
+    @property
+    def acts_below(self) -> Decimal | None:
+        """It acts only below ``trigger`` (base.py, where a policy never acts); with
+        ``margin_ratio`` it may act at any distance, so it promises nothing."""
+        return self.trigger if self.margin_ratio is None else None
 
     def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
         distance = view.distance

@@ -13,8 +13,12 @@ from guardbot.policies.base import (
     PolicyContext,
     PolicyParamError,
     PositionView,
+    Quiet,
     decimal_param,
+    declared_quiet,
 )
+from guardbot.policies.sweep import Sweep
+from guardbot.policies.topup import TopUp
 
 from .conftest import ViewMaker
 
@@ -97,3 +101,59 @@ def test_decimal_param_refuses(value: object, bounds: dict[str, object], message
         decimal_param("x", value, **bounds)  # type: ignore[arg-type]
     assert str(caught.value).startswith(message)
     assert caught.value.param == "x"
+
+
+def test_quiet_bands_intersect() -> None:
+    topup, sweep = Quiet(low=D("0.05")), Quiet(high=D("0.2"))
+    assert topup & sweep == Quiet(D("0.05"), D("0.2"))
+    assert topup & Quiet(low=D("0.08")) == Quiet(low=D("0.08"))
+    assert Quiet() & sweep == sweep
+
+
+class _Evaluates:
+    name = "base"
+
+    def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[object]:
+        return []
+
+
+class _Declares(_Evaluates):
+    acts_below = D("0.05")
+
+
+class _Overrides(_Declares):
+    def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[object]:
+        return []  # might act anywhere: the inherited promise is about another evaluate
+
+
+class _Redeclares(_Overrides):
+    acts_below = D("0.04")
+
+
+class _Later(_Declares):
+    name = "later"  # same evaluate: the promise still holds
+
+
+def test_a_promise_counts_only_for_the_evaluate_it_was_made_for() -> None:
+    assert declared_quiet(_Declares()) == Quiet(low=D("0.05"))
+    assert declared_quiet(_Later()) == Quiet(low=D("0.05"))
+    assert declared_quiet(_Overrides()) is None
+    assert declared_quiet(_Redeclares()) == Quiet(low=D("0.04"))
+    on_instance = _Overrides()
+    on_instance.acts_below = D("0.03")  # type: ignore[misc]
+    assert declared_quiet(on_instance) == Quiet(low=D("0.03"))
+    assert declared_quiet(_Evaluates()) is None
+
+
+def test_the_built_ins_promise_where_they_never_act() -> None:
+    assert declared_quiet(TopUp(trigger="0.04")) == Quiet(low=D("0.04"))
+    assert declared_quiet(TopUp(margin_ratio=2)) is None, "the ratio may act at any distance"
+    assert declared_quiet(Sweep(safe="0.3")) == Quiet(high=D("0.3"))
+
+
+def test_bad_quiet_declarations_are_refused() -> None:
+    with pytest.raises(PolicyParamError, match="acts_below: must be a Decimal in"):
+        declared_quiet(type("Float", (_Evaluates,), {"acts_below": 0.05})())
+    with pytest.raises(PolicyParamError, match="must be at most acts_above"):
+        declared_quiet(type("Crossed", (_Evaluates,),
+                            {"acts_below": D("0.3"), "acts_above": D("0.2")})())

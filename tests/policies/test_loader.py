@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from guardbot.config import ConfigError, PolicySettings, parse_config
+from guardbot.policies.base import Quiet
 from guardbot.policies.loader import LoadedPolicy, load_policies, resolve
 from guardbot.policies.sweep import Sweep
 from guardbot.policies.topup import TopUp
@@ -222,6 +223,40 @@ def test_the_shipped_strategies_load() -> None:
     assert (vol.policy.name, profit.policy.name) == ("vol_target", "profit_sweep")
     assert (vol.add_target, vol.reduce_floor) == (D("0.50"), None)
     assert (profit.add_target, profit.reduce_floor) == (None, D("0.5"))
+    # neither promises where it never acts (profit_sweep overrides sweep's evaluate):
+    # evaluated on every tick
+    assert (vol.quiet, profit.quiet) == (None, None)
+
+
+def test_where_policies_never_act_is_read_at_load() -> None:
+    top, ratio, sweep = load(
+        {"use": "topup", "params": {"trigger": "0.04", "target": "0.2"}},
+        {"use": "topup", "name": "ratio", "params": {"margin_ratio": 2}},
+        {"use": "sweep", "params": {"safe": "0.25"}},
+    )
+    assert (top.quiet, ratio.quiet) == (Quiet(low=D("0.04")), None)
+    assert sweep.quiet == Quiet(high=D("0.25"))
+    [default] = load_policies([], REPO_STRATEGIES)
+    assert default.quiet == Quiet(low=D("0.05"))
+
+
+@pytest.mark.parametrize(
+    ("declaration", "message"),
+    [
+        ("acts_below = 0.05", "declares acts_below: must be a Decimal in [0, 1), got 0.05"),
+        ("acts_above = Decimal(1)", "declares acts_above: must be a Decimal in [0, 1), got "
+         "Decimal('1')"),
+        ("acts_below = Decimal('0.3')\n    acts_above = Decimal('0.2')",
+         "declares acts_below: must be at most acts_above (0.2), got 0.3"),
+    ],
+)
+def test_a_bad_quiet_declaration_is_a_config_error(
+    tmp_path: Path, declaration: str, message: str
+) -> None:
+    (tmp_path / "loud.py").write_text(PLUGIN.replace('name = "fixed"',
+                                                     f'name = "fixed"\n    {declaration}'))
+    text = fails({"use": "file:loud"}, folder=tmp_path)
+    assert text == f"policies.0: policy 'file:loud' {message}"
 
 
 @pytest.mark.parametrize(
