@@ -6,6 +6,16 @@ decide over the ledger's budgets, and hands approved actions to the executor. It
 on data older than ``[poll] max_data_age_s``, never on a CROSS position (the book only hands
 out isolated ones), and only on accounts it owns.
 
+A mark tick costs a price comparison per position whose policies all promise not to act at
+its distance (``acts_below``/``acts_above``, guardbot/policies/base.py): once per confirmed
+version of a position (a REST or WS update; a position with calls not settled yet is
+evaluated in full, its known effect and evidence rules change without a new version) the
+guard computes the band of marks in which none of its policies can act and whether it is
+near its trigger there (``guardbot.policies.quiet``). A position whose mark is in its band
+is not evaluated: it still counts for the fast-polling flag and is still warned about when
+its data is stale. Everything else (outside the band, no band, a policy that promises
+nothing) is evaluated exactly as before.
+
 It does no I/O of its own and reads time only from its clock: the daemon drives it over
 REST and WebSockets on the system clock (``guardbot.daemon``), the backtest in virtual time
 against the simulated exchange's engine (``guardbot.backtest``). One decision path, two
@@ -26,7 +36,7 @@ from guardbot import metrics
 from guardbot.alerts import Alert, AlertKind
 from guardbot.arbiter import Arbiter, Decision, Refusal
 from guardbot.audit.store import AuditError, AuditLog, EventKind
-from guardbot.book import PositionBook
+from guardbot.book import Held, PositionBook
 from guardbot.clock import SYSTEM_CLOCK, Clock
 from guardbot.config import Settings
 from guardbot.domain import (
@@ -47,8 +57,9 @@ from guardbot.exchange.port import (
 )
 from guardbot.executor import REJECT_BACKOFF_MS, Executor, Job
 from guardbot.logs import Once
-from guardbot.policies.base import PolicyContext, PositionView
+from guardbot.policies.base import PolicyContext, PositionView, Quiet
 from guardbot.policies.loader import LoadedPolicy
+from guardbot.policies.quiet import MarkBand, mark_band
 from guardbot.policies.runner import evaluate_policies
 from guardbot.settlement import Settlement
 
@@ -82,6 +93,7 @@ class Guard:
         owned: frozenset[str] | None = None,
         notify: Callable[[Alert], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        quiet_bands: bool = True,
     ) -> None:
         self.settings = settings
         self.exchanges = dict(exchanges)
@@ -117,6 +129,11 @@ class Guard:
         self._once = Once(REPEAT_AUDIT_MS, log)
         triggers = [p.trigger for p in self.policies if p.trigger is not None]
         self._watch = URGENT_FACTOR * max(triggers, default=DEFAULT_TRIGGER)
+        # False: every position is evaluated on every update (the reference the tests and
+        # benchmarks/guard_tick.py compare the bands with).
+        self.quiet_bands = quiet_bands
+        # Per position: the version and rules its band was computed from, and the band.
+        self._bands: dict[PositionKey, tuple[Held, SymbolRules | None, MarkBand | None]] = {}
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -126,11 +143,11 @@ class Guard:
         self.last_snapshot_ms[account_id] = snapshot.received_ms
         self.free_balance[account_id] = snapshot.free_collateral
         self.balance_ms[account_id] = snapshot.received_ms
-        before = {p.key for p in self.book.isolated_positions(account_id)}
+        before = set(self.book.isolated_keys(account_id))
         # Only what the book took: a version older than one it holds proves nothing.
         for position in self.book.apply_snapshot(snapshot):
             await self.executor.observe(position)
-        after = {p.key for p in self.book.isolated_positions(account_id)}
+        after = set(self.book.isolated_keys(account_id))
         for key in before - after:
             await self.closed(key)
         for key in self.executor.settlement.unsettled_keys() - after:
@@ -152,7 +169,7 @@ class Guard:
         if isinstance(event, PositionsPushed):
             self.ws_connected[account_id] = True
             for position in event.positions:
-                was_open = self.book.get(position.key) is not None
+                was_open = position.key in self.book
                 if not self.book.apply(position):
                     continue
                 await self.executor.observe(position)
@@ -160,13 +177,14 @@ class Guard:
                     await self.closed(position.key)
             await self.evaluate(account_id)
         elif isinstance(event, MarksPushed):
-            symbols = set()
+            accounts: set[str] = set()
             for mark in event.marks:
-                self.marks.setdefault(mark.symbol, deque(maxlen=RECENT_MARKS)).append(mark)
-                if self.book.apply_mark(mark.symbol, mark.price, mark.exchange_ms):
-                    symbols.add(mark.symbol)
-            if symbols:
-                accounts = {p.account_id for p in self.book.positions() if p.symbol in symbols}
+                recent = self.marks.get(mark.symbol)
+                if recent is None:
+                    recent = self.marks[mark.symbol] = deque(maxlen=RECENT_MARKS)
+                recent.append(mark)
+                accounts |= self.book.apply_mark(mark.symbol, mark.price, mark.exchange_ms)
+            if accounts:
                 await asyncio.gather(*(self.evaluate(a) for a in accounts))
         elif isinstance(event, HoldingsPushed):
             self.ws_connected[account_id] = True
@@ -189,6 +207,7 @@ class Guard:
         position on the symbol starts with nothing of this one: its calls are settled, its
         hold-back, cooldown and net margin added are gone (the ledger counts from the
         ``position_closed`` record)."""
+        self._bands.pop(key, None)
         await self.executor.closed(key)
         await self.audit.record_observation(key[0], key[1], "position_closed",
                                             {"margin_mode": key[2].value})
@@ -251,12 +270,29 @@ class Guard:
 
     async def _evaluate(self, account_id: str) -> None:
         now = self.clock.now_ms()
-        blocked = self.executor.blocked()
+        blocked = self.executor.busy()
+        held_back = self.executor.held()
+        settlement = self.executor.settlement
+        # Calls not settled yet change their position's known effect and evidence rule
+        # without a new version, and a blocked position's call may go out while this round
+        # awaits: these are evaluated in full, as is everything without a band.
+        in_full = blocked | held_back.keys() | settlement.unsettled_keys()
         views: dict[PositionKey, PositionView] = {}
         intents: list[Intent] = []
         urgent = False
-        positions = self.book.isolated_positions(account_id)
-        for position in positions:
+        held_marks = self.book.isolated_marks(account_id)
+        for held, mark in held_marks:
+            if self.quiet_bands and held.key not in in_full:
+                band = self._band(held)
+                near = None if band is None else band.urgency(mark)
+                if near is not None:
+                    # No policy of it can act at this mark: only what a tick does besides.
+                    urgent = urgent or near
+                    age = now - held.confirmed_ms
+                    if age > self.max_age_ms:
+                        self._warn_stale(held.key, age, now)
+                    continue
+            position = self.book.current(held)
             try:
                 view, found = await self._evaluate_position(position, blocked, now)
             except (AuditError, ExchangeError):
@@ -279,22 +315,32 @@ class Guard:
             self._urgent.discard(account_id)
         if not intents:
             return
-        settlement = self.executor.settlement
+        keys = [held.key for held, _ in held_marks]
         kill_switch = self.settings.guard.kill_switch_file
         state = await self.ledger.arbiter_state(
-            account_id, [p.key for p in positions], now,
+            account_id, keys, now,
             cooldown_s=self.settings.budgets.cooldown_s,
-            free_balance=self.free_balance.get(account_id),
-            # ADDs in flight when the balance was read may not be in it yet either
-            balance_read_ms=self.balance_ms.get(account_id, now) - self.settle_window_ms,
-            blocked=blocked,
-            unsettled={p.key: n for p in positions if (n := settlement.unsettled(p.key))},
-            uncertain={p.key: n for p in positions if (n := settlement.uncertain_calls(p.key))},
+            free_balance=self._fresh_balance(account_id, now),
+            # ADDs in flight when the balance was read may not be in it yet
+            balance_read_ms=self.balance_ms.get(account_id, now),
+            settle_window_ms=self.settle_window_ms,
+            blocked=blocked, held=held_back,
+            unsettled={k: n for k in keys if (n := settlement.unsettled(k))},
+            uncertain={k: n for k in keys if (n := settlement.uncertain_calls(k))},
             kill_switch=kill_switch is not None and kill_switch.exists(),
             dry_run=self.settings.guard.dry_run,
         )  # fmt: skip
         decisions = self.arbiter.decide(intents, state)
         await asyncio.gather(*(self._act(d, views, now) for d in decisions))
+
+    def _fresh_balance(self, account_id: str, now: int) -> Decimal | None:
+        """The account's free balance, or ``None`` (unknown) once it is older than the data
+        the guard may act on: polls failing while pushes keep the positions fresh must not
+        let ADDs spend the reserve on a balance read minutes ago."""
+        read_ms = self.balance_ms.get(account_id)
+        if read_ms is None or now - read_ms > self.max_age_ms:
+            return None
+        return self.free_balance.get(account_id)
 
     async def _evaluate_position(
         self, position: Position, blocked: frozenset[PositionKey], now: int
@@ -319,16 +365,13 @@ class Guard:
             return view, []
         if age > self.max_age_ms:
             # Never act on stale data: wait for the poller to refresh it.
-            if self._once.warn(("stale", *position.key), now,
-                               "%s %s: data %d ms old, not acting", account_id,
-                               position.symbol, age):
-                self.notify(Alert(AlertKind.DATA_STALE, self.name(account_id),
-                                  position.symbol, f"data {age / 1000:.1f} s old: not acting"))
+            self._warn_stale(position.key, age, now)
             return view, []
         evidence_after = settlement.evidence_after(position.key)
-        if evidence_after is not None and now - age <= evidence_after:
-            # A call's answer was lost: only data the exchange confirmed since can show it
-            # did not land yet. The executor reads it at once; decide on that.
+        if evidence_after is not None and now - age < evidence_after:
+            # A call's answer was lost: only data asked for since (in the same millisecond
+            # counts: the read is made after the answer was given up on) can show it did not
+            # land yet. The executor reads it at once; decide on that.
             return view, []
         evaluation = evaluate_policies(self.policies, view, await self._context(position, now),
                                        self.account_names.get(account_id))
@@ -340,6 +383,42 @@ class Guard:
                     account_id, position.symbol, "policy_failed",
                     {"policy": failure.policy, "error": failure.error[:500]})
         return view, list(evaluation.intents)
+
+    def _warn_stale(self, key: PositionKey, age: int, now: int) -> None:
+        account_id, symbol = key[0], key[1]
+        if self._once.warn(("stale", *key), now, "%s %s: data %d ms old, not acting",
+                           account_id, symbol, age):
+            self.notify(Alert(AlertKind.DATA_STALE, self.name(account_id), symbol,
+                              f"data {age / 1000:.1f} s old: not acting"))
+
+    def _band(self, held: Held) -> MarkBand | None:
+        """The band of ``held``'s version (computed once per version and symbol rules)."""
+        key = held.key
+        rules = self.rules.get(key[1])
+        cached = self._bands.get(key)
+        if cached is not None and cached[0] is held and cached[1] is rules:
+            return cached[2]
+        band = None
+        quiet = self._quiet(key)
+        if rules is not None and quiet is not None:
+            try:
+                band = mark_band(PositionView.of(held.position, rules), quiet, self._watch)
+            except Exception:  # the full evaluation reports why (_position_failed)
+                band = None
+        self._bands[key] = (held, rules, band)
+        return band
+
+    def _quiet(self, key: PositionKey) -> Quiet | None:
+        """Where none of the policies applying to the position acts; ``None`` if one of them
+        promises nothing."""
+        quiet = Quiet()
+        name = self.account_names.get(key[0])
+        for loaded in self.policies:
+            if loaded.applies_to(key[0], key[1], name):
+                if loaded.quiet is None:
+                    return None
+                quiet &= loaded.quiet
+        return quiet
 
     async def _position_failed(self, position: Position, exc: Exception, now: int) -> None:
         metrics.EVALUATION_FAILURES.labels(account=position.account_id).inc()

@@ -1,0 +1,362 @@
+"""The guard's mark ticks: a position whose mark is in its band is not evaluated, and that
+never changes a decision. Driven on a ManualClock with the shipped in-memory exchange
+(``guardbot.exchange.fake``) and a real SQLite audit log; the executor's workers do not
+run, so an approved action stays queued (its position blocked) and is read back from the
+audit log as unfinished."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from decimal import Decimal as D
+from pathlib import Path
+
+import pytest
+from factories import ACCOUNT, ALT_RULES, LONG, SHORT
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from guardbot.alerts import Alert, AlertKind
+from guardbot.audit import schema
+from guardbot.audit.store import AuditLog
+from guardbot.clock import ManualClock
+from guardbot.config import parse_config
+from guardbot.domain import (
+    AccountSnapshot,
+    ActionKind,
+    Intent,
+    MarkPrice,
+    Position,
+    Source,
+    SymbolRules,
+)
+from guardbot.exchange.fake import FakeExchange
+from guardbot.exchange.port import MarksPushed, PositionsPushed
+from guardbot.guard import Guard
+from guardbot.policies.base import Policy, PolicyContext, PositionView
+from guardbot.policies.loader import LoadedPolicy
+from guardbot.policies.sweep import Sweep
+from guardbot.policies.topup import TopUp
+
+ALT = ALT_RULES.symbol
+# Flat rates (base_imr 0.10, base_mmr 0.05): a long of 10 at cost 1000 with margin M
+# liquidates at (1000 - M) / 9.5; with M = 200 at 84.21 (distance 0.158 at mark 100).
+FAR = replace(LONG, margin=D(200))
+
+
+class Counting:
+    """A policy whose evaluations are counted; it promises what the wrapped one promises."""
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.calls: Counter[str] = Counter()
+
+    @property
+    def trigger(self) -> D | None:
+        return getattr(self.inner, "trigger", None)
+
+    @property
+    def acts_below(self) -> D | None:
+        return getattr(self.inner, "acts_below", None)
+
+    @property
+    def acts_above(self) -> D | None:
+        return getattr(self.inner, "acts_above", None)
+
+    def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
+        self.calls[view.position.symbol] += 1
+        return self.inner.evaluate(view, ctx)
+
+
+class Anywhere:
+    """A plugin that promises nothing (it acts when the equity falls under 1.5x its
+    margin, at any distance): evaluated on every tick."""
+
+    name = "anywhere"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
+        self.calls += 1
+        position = view.position
+        if position.margin + position.unsettled_pnl < position.margin * D("0.5"):
+            return [view.intent(ActionKind.ADD, D(5), self.name, "equity halved")]
+        return []
+
+
+@pytest.fixture
+async def audit(tmp_path: Path) -> AsyncIterator[AuditLog]:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    schema.upgrade(url)
+    log = await AuditLog.open(url, tmp_path / "spool")
+    await log.start_run("test", "hash", "host")
+    yield log
+    await log.aclose()
+
+
+class Harness:
+    """One guard over some accounts, with the alerts it sent."""
+
+    def __init__(self, audit: AuditLog, clock: ManualClock, policies: Sequence[Policy],
+                 accounts: Sequence[str] = (ACCOUNT,), *, quiet_bands: bool = True,
+                 rules: Sequence[SymbolRules] = (ALT_RULES,)) -> None:  # fmt: skip
+        self.clock = clock
+        self.alerts: list[Alert] = []
+        settings = parse_config({
+            "budgets": {"cooldown_s": 0, "per_action": "100000", "min_amount": "0.01",
+                        "per_position_per_day": "1000000", "per_account_per_day": "10000000"},
+            "poll": {"max_data_age_s": 5},
+        })  # fmt: skip
+        self.guard = Guard(
+            settings, {a: FakeExchange(a, clock=clock) for a in accounts}, audit,
+            [LoadedPolicy.of(p) for p in policies], notify=self.alerts.append, clock=clock,
+            quiet_bands=quiet_bands)  # fmt: skip
+        self.guard.rules = {r.symbol: r for r in rules}
+        self.guard.acting = True
+
+    async def snapshot(self, account: str, *positions: Position) -> None:
+        now = self.clock.now_ms()
+        await self.guard.on_snapshot(AccountSnapshot(
+            account, free_collateral=D(10**7), total_collateral_value=D(10**7),
+            positions=tuple(replace(p, account_id=account, exchange_ms=now, received_ms=now,
+                                    source=Source.REST) for p in positions),
+            exchange_ms=now, received_ms=now))  # fmt: skip
+
+    async def tick(self, account: str, **marks: D) -> None:
+        now = self.clock.now_ms()
+        await self.guard.on_event(account, MarksPushed(tuple(
+            MarkPrice(symbol, price, now) for symbol, price in marks.items())))
+
+    def blocked(self, account: str = ACCOUNT) -> set[str]:
+        return {key[1] for key in self.guard.executor.blocked() if key[0] == account}
+
+
+async def queued(audit: AuditLog, account: str) -> list[tuple[str, str, D, str]]:
+    """The actions the guard queued on the account: (symbol, kind, amount, policy), by
+    symbol (the ones of a round share their millisecond)."""
+    return sorted((a.record.symbol, a.record.kind.value, a.record.amount, a.record.policy)
+                  for a in await audit.unfinished_actions([account]))  # fmt: skip
+
+
+async def test_a_far_position_costs_no_evaluation_and_a_plugin_promising_nothing_runs(
+    audit: AuditLog,
+) -> None:
+    clock = ManualClock()
+    topup, sweep, anywhere = Counting(TopUp()), Counting(Sweep()), Anywhere()
+    harness = Harness(audit, clock, [topup, sweep, anywhere])
+    await harness.snapshot(ACCOUNT, FAR)
+    for price in ("99", "101", "98.5", "102"):
+        clock.advance(1)
+        await harness.tick(ACCOUNT, PERP_ALT_USDC=D(price))
+    assert anywhere.calls == 5, "evaluated on the snapshot and on every tick"
+    # its promise-less plugin keeps the position evaluated: so are topup and sweep, as now
+    assert (topup.calls[ALT], sweep.calls[ALT]) == (5, 5)
+    only_promising = Harness(audit, clock, [topup, sweep])
+    await only_promising.snapshot(ACCOUNT, FAR)
+    for price in ("99", "101", "98.5", "102"):
+        clock.advance(1)
+        await only_promising.tick(ACCOUNT, PERP_ALT_USDC=D(price))
+    assert (topup.calls[ALT], sweep.calls[ALT]) == (5, 5), "nothing more: all in the band"
+    assert not only_promising.blocked() and not only_promising.guard.is_urgent(ACCOUNT)
+
+
+@pytest.mark.parametrize(
+    ("position", "mark", "kind"),
+    [
+        # long: liquidation 84.21; at 86 the distance is 0.021, below the trigger 0.05
+        (FAR, D(86), "ADD"),
+        # at 110 it is 0.234, beyond the sweep's safe 0.20
+        (FAR, D(110), "REDUCE"),
+        # short: liquidation (1000 + 200) / 10.5 = 114.29; at 112 the distance is 0.020
+        (replace(SHORT, margin=D(200)), D(112), "ADD"),
+    ],
+)
+async def test_a_mark_leaving_the_band_is_evaluated_on_that_same_tick(
+    audit: AuditLog, position: Position, mark: D, kind: str
+) -> None:
+    clock = ManualClock()
+    harness = Harness(audit, clock, [TopUp(), Sweep(min_amount="1")])
+    reference = Harness(audit, clock, [TopUp(), Sweep(min_amount="1")], ["0x" + "ef" * 32],
+                        quiet_bands=False)  # fmt: skip
+    for h, account in ((harness, ACCOUNT), (reference, "0x" + "ef" * 32)):
+        await h.snapshot(account, position)
+        clock.advance(1)
+        await h.tick(account, PERP_ALT_USDC=D(100))
+        assert not h.blocked(account)
+        await h.tick(account, PERP_ALT_USDC=mark)
+        assert h.blocked(account) == {ALT}, "acted on the tick that left the band"
+    mine, theirs = await queued(audit, ACCOUNT), await queued(audit, "0x" + "ef" * 32)
+    assert mine == theirs and [k for _, k, _, _ in mine] == [kind]
+
+
+async def test_a_top_up_on_margin_ratio_is_evaluated_on_every_tick(audit: AuditLog) -> None:
+    """``margin_ratio`` acts on the equity at any distance, so it promises nothing: at 93
+    the distance is 0.095, far above the trigger, but the equity (130) is below 3x the
+    maintenance margin (139.5)."""
+    clock = ManualClock()
+    topup = Counting(TopUp(margin_ratio=3))
+    harness = Harness(audit, clock, [topup])
+    await harness.snapshot(ACCOUNT, FAR)
+    await harness.tick(ACCOUNT, PERP_ALT_USDC=D(95))
+    assert not harness.blocked() and topup.calls[ALT] == 2
+    await harness.tick(ACCOUNT, PERP_ALT_USDC=D(93))
+    assert harness.blocked() == {ALT}
+    [(_, kind, _, _)] = await queued(audit, ACCOUNT)
+    assert kind == "ADD"
+
+
+async def test_urgency_and_stale_data_are_kept_for_positions_in_their_band(
+    audit: AuditLog,
+) -> None:
+    clock = ManualClock()
+    topup = Counting(TopUp())  # trigger 0.05: urgent below 0.10
+    harness = Harness(audit, clock, [topup])
+    await harness.snapshot(ACCOUNT, FAR)
+    await harness.tick(ACCOUNT, PERP_ALT_USDC=D(91))  # distance 0.075
+    assert harness.guard.is_urgent(ACCOUNT)
+    await harness.tick(ACCOUNT, PERP_ALT_USDC=D(99))  # 0.149
+    assert not harness.guard.is_urgent(ACCOUNT)
+    clock.advance(6)  # past max_data_age_s (5)
+    await harness.tick(ACCOUNT, PERP_ALT_USDC=D(98))
+    assert [a.kind for a in harness.alerts] == [AlertKind.DATA_STALE]
+    assert topup.calls[ALT] == 0, "all of it without one evaluation"
+
+
+async def test_a_position_with_a_call_not_seen_yet_is_evaluated_with_its_known_effect(
+    audit: AuditLog,
+) -> None:
+    """A sweep of 150 succeeded but no snapshot shows it: margin 50, liquidation at 100, so
+    the position is at its liquidation price while its last version (margin 200) sits in
+    the band. It is evaluated in full, and topped up."""
+    clock = ManualClock()
+    harness = Harness(audit, clock, [TopUp(), Sweep()])
+    await harness.snapshot(ACCOUNT, FAR)
+    settlement = harness.guard.executor.settlement
+    settlement.sent("a1", FAR.key, ActionKind.REDUCE, D(150), D(200), FAR.qty,
+                    clock.now_ms())  # fmt: skip
+    settlement.succeeded("a1", clock.now_ms())
+    await harness.tick(ACCOUNT, PERP_ALT_USDC=D(100))
+    assert harness.blocked() == {ALT}
+    [(symbol, kind, _, policy)] = await queued(audit, ACCOUNT)
+    assert (symbol, kind, policy) == (ALT, "ADD", "topup")
+
+
+# -- the property: skipping changes nothing ------------------------------------------------
+
+SYMBOLS = ("PERP_A_USDC", "PERP_B_USDC", "PERP_C_USDC")
+RULES = (
+    SymbolRules("PERP_A_USDC", base_imr=D("0.1"), base_mmr=D("0.05"), imr_factor=D(0)),
+    # MMR grows from a notional of about 42,000: solved numerically
+    SymbolRules("PERP_B_USDC", base_imr=D("0.01"), base_mmr=D("0.005"),
+                imr_factor=D("0.000002")),
+    SymbolRules("PERP_C_USDC", base_imr=D("0.02"), base_mmr=D("0.01"), imr_factor=D(0)),
+)  # fmt: skip
+_accounts = itertools.count(1)
+
+
+def new_account() -> str:
+    return f"0x{next(_accounts):064x}"
+
+
+def ratio(low: str, high: str, places: int = 3) -> st.SearchStrategy[D]:
+    return st.decimals(min_value=D(low), max_value=D(high), places=places)
+
+
+@st.composite
+def books(draw: st.DrawFn) -> list[Position]:
+    symbols = draw(st.lists(st.sampled_from(SYMBOLS), min_size=1, max_size=3, unique=True))
+    made = []
+    for symbol in symbols:
+        side = draw(st.sampled_from([1, -1]))
+        size = draw(st.sampled_from([D(1), D(30), D(100)]))
+        qty = side * size
+        cost = qty * 1000
+        margin = (size * 1000 * draw(ratio("0.01", "0.6"))).quantize(D("0.01"))
+        funding = draw(ratio("-20", "20"))
+        made.append(replace(LONG, symbol=symbol, qty=qty, average_open_price=D(1000),
+                            cost_position=cost, mark_price=D(1000), margin=margin,
+                            unsettled_pnl=-funding, leverage=draw(st.integers(2, 50))))
+    return made
+
+
+@st.composite
+def policy_sets(draw: st.DrawFn) -> list[Policy]:
+    chosen: list[Policy] = []
+    if draw(st.integers(0, 3)):
+        trigger = draw(ratio("0.01", "0.2"))
+        # a margin ratio acts above the trigger (about 0.05 * (ratio - 1) away, flat)
+        ratio_ = draw(st.one_of(st.none(), ratio("1.5", "5", 1)))
+        chosen.append(TopUp(trigger=trigger, target=trigger + D("0.05"), margin_ratio=ratio_))
+    if draw(st.booleans()):
+        chosen.append(Sweep(safe=draw(ratio("0.25", "0.6")),
+                            min_amount=draw(ratio("0.01", "30", 2))))  # fmt: skip
+    if not draw(st.integers(0, 3)) or not chosen:
+        chosen.append(Anywhere())
+    return chosen
+
+
+# A step: a mark move per symbol (as a factor), or a new version of one position (its
+# margin as a factor), or time passing (up to past the stale limit).
+steps = st.one_of(
+    st.tuples(st.just("tick"), st.lists(ratio("0.85", "1.15", 4), min_size=3, max_size=3)),
+    st.tuples(st.just("push"), st.tuples(st.sampled_from(SYMBOLS), ratio("0.5", "1.5"))),
+    st.tuples(st.just("wait"), st.sampled_from([0.5, 3, 7])),
+)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(books(), policy_sets(), st.lists(steps, min_size=1, max_size=25))
+async def test_skipping_positions_in_their_band_changes_no_decision(
+    audit: AuditLog, book: list[Position], policies: list[Policy],
+    script: list[tuple[str, object]],
+) -> None:
+    """The same books, marks, pushes and time for a guard that skips positions in their
+    band and one that evaluates everything: after every step the same positions are
+    blocked (an action queued on the step that asked for it), the same urgency, the same
+    alerts; at the end the same actions, amount for amount."""
+    clock = ManualClock()
+    skipping, full = new_account(), new_account()
+    guards = [Harness(audit, clock, policies, [skipping], rules=RULES),
+              Harness(audit, clock, policies, [full], rules=RULES, quiet_bands=False)]
+    marks = dict.fromkeys(SYMBOLS, D(1000))
+    held = {p.symbol: p for p in book}
+    for harness, account in zip(guards, (skipping, full), strict=True):
+        await harness.snapshot(account, *book)
+    for kind, arg in script:
+        if kind == "tick":
+            assert isinstance(arg, list)
+            marks = {s: (marks[s] * f).quantize(D("0.01")) for s, f in zip(SYMBOLS, arg,
+                                                                           strict=True)}
+            for harness, account in zip(guards, (skipping, full), strict=True):
+                await harness.tick(account, **{s: marks[s] for s in held})
+        elif kind == "push":
+            assert isinstance(arg, tuple)
+            symbol, factor = arg
+            if symbol not in held:
+                continue
+            old = held[symbol]
+            now = clock.now_ms()
+            funding = old.qty * old.mark_price - old.cost_position - old.unsettled_pnl
+            held[symbol] = replace(
+                old, seq=(old.seq or 0) + 1, margin=(old.margin * factor).quantize(D("0.01")),
+                mark_price=marks[symbol], exchange_ms=now, received_ms=now, source=Source.WS,
+                unsettled_pnl=old.qty * marks[symbol] - old.cost_position - funding)
+            for harness, account in zip(guards, (skipping, full), strict=True):
+                await harness.guard.on_event(account, PositionsPushed(
+                    (replace(held[symbol], account_id=account),)))
+        else:
+            assert isinstance(arg, float | int)
+            clock.advance(arg)
+        one, other = guards
+        assert one.blocked(skipping) == other.blocked(full), (kind, arg)
+        assert one.guard.is_urgent(skipping) is other.guard.is_urgent(full)
+        assert [a.kind for a in one.alerts] == [a.kind for a in other.alerts]
+    actions = await queued(audit, skipping)
+    assert actions == await queued(audit, full)
+    event(f"{len(actions)} actions")
+
