@@ -18,10 +18,12 @@ import heapq
 import itertools
 import selectors
 import time
-from collections.abc import Coroutine
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
+from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class Clock(Protocol):
@@ -130,11 +132,13 @@ class ManualClock:
 
 class _InstantSelector(selectors.BaseSelector):
     """A selector that never blocks while time can move instead: when the loop has
-    nothing ready, time jumps to its next timer or the clock's next sleeper."""
+    nothing ready, time jumps to its next timer or the clock's next sleeper. While real
+    work runs in a thread (``busy``), time stands still and the selector waits for it."""
 
-    def __init__(self, clock: ManualClock) -> None:
+    def __init__(self, clock: ManualClock, busy: Callable[[], bool]) -> None:
         self._real = selectors.DefaultSelector()
         self._clock = clock
+        self._busy = busy
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         return self._real.register(fileobj, events, data)
@@ -155,6 +159,10 @@ class _InstantSelector(selectors.BaseSelector):
         ready = self._real.select(0)
         if ready or timeout == 0:
             return ready
+        if self._busy():
+            # A thread's result wakes the loop (its self-pipe): time must not jump past
+            # work that takes real time, or a 1 ms fsync would last until the next timer.
+            return self._real.select(None)
         now = self._clock.monotonic()
         target = self._clock.next_wakeup()
         if timeout is not None:
@@ -171,14 +179,28 @@ class _InstantSelector(selectors.BaseSelector):
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An event loop whose time is a ``ManualClock`` that jumps whenever every task
     waits. For code with no real I/O (the backtest, sans-socket tests): ``asyncio.sleep``,
-    timeouts and ``clock.sleep`` all run in virtual time, deterministically."""
+    timeouts and ``clock.sleep`` all run in virtual time, deterministically. Work handed to
+    a thread (``asyncio.to_thread``: the audit log's fsync and database writes) takes no
+    virtual time: the clock stands still until it is done."""
 
     def __init__(self, clock: ManualClock) -> None:
-        super().__init__(selector=_InstantSelector(clock))
+        self._threads = 0
+        super().__init__(selector=_InstantSelector(clock, lambda: self._threads > 0))
         self.clock = clock
 
     def time(self) -> float:
         return self.clock.monotonic()
+
+    def run_in_executor(
+        self, executor: Executor | None, func: Callable[[*Ts], T], *args: *Ts
+    ) -> asyncio.Future[T]:
+        future = super().run_in_executor(executor, func, *args)
+        self._threads += 1
+        future.add_done_callback(self._thread_done)
+        return future
+
+    def _thread_done(self, _future: asyncio.Future[Any]) -> None:
+        self._threads -= 1
 
 
 def run_virtual(main: Coroutine[Any, Any, T], clock: ManualClock) -> T:

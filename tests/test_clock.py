@@ -68,3 +68,21 @@ def test_a_virtual_day_takes_as_long_as_its_work() -> None:
 def test_the_system_clock_reads_the_machine() -> None:
     assert abs(SYSTEM_CLOCK.now_ms() - time.time() * 1000) < 1000
     assert SYSTEM_CLOCK.monotonic() <= time.monotonic()
+
+
+def test_work_in_a_thread_takes_no_virtual_time() -> None:
+    """While a thread works (the audit log's fsync), virtual time stands still: it must not
+    jump to the next timer, as if the write had lasted until then."""
+    clock = ManualClock(start_ms=0)
+    spent: list[int] = []
+
+    async def main() -> None:
+        ticker = asyncio.create_task(clock.sleep(10))
+        before = clock.now_ms()
+        await asyncio.to_thread(time.sleep, 0.05)
+        spent.append(clock.now_ms() - before)
+        await ticker
+        spent.append(clock.now_ms())
+
+    run_virtual(main(), clock)
+    assert spent == [0, 10_000]
