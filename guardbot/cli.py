@@ -17,6 +17,7 @@ from guardbot.logs import log_options
 # command name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
     "audit": "guardbot.audit.cli:audit",
+    "backtest": "guardbot.backtest.cli:backtest",
     "db": "guardbot.audit.cli:db",
     "check-config": "guardbot.commands:check_config",
     "demo": "guardbot.commands:demo",

@@ -1,0 +1,98 @@
+"""One scenario end to end: the daemon's decision path on the engine in virtual time, the
+unguarded twins, the audit log read back and compared with the exchange's ledger."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from backtest.conftest import written_config
+from guardbot.arbiter import Refusal
+from guardbot.audit.ledger import Status
+from guardbot.backtest.paths import shape_path
+from guardbot.backtest.portfolio import Book, BookAccount, BookPosition, load_book
+from guardbot.backtest.results import AuditedAction, compare
+from guardbot.backtest.runner import AuditTemplate, RunOptions, Scenario
+from guardbot.backtest.variants import apply
+from guardbot.daemon import load_policies
+from guardbot.domain import ActionKind
+
+ETH = "PERP_ETH_USDC"
+
+
+def one_long(leverage: int = 10) -> Book:
+    return Book("one", (BookAccount("main", (BookPosition(ETH, Decimal(2), leverage),)),))
+
+
+def test_the_guard_saves_a_crash_its_twin_dies_and_the_ledgers_agree(
+    template: AuditTemplate,
+) -> None:
+    settings = written_config()
+    result = Scenario(one_long(), shape_path("crash"), settings, load_policies(settings),
+                      RunOptions(samples=True)).run(template)
+    (position,) = result.positions
+    assert position.guarded_liquidated_ms is None
+    assert position.unguarded_liquidated_ms is not None
+    assert position.verdict.savable and position.verdict.extra > 0
+    assert position.added == position.peak_extra == position.final_extra > position.verdict.extra
+    assert result.ledger.equal and result.ledger.total("audit", ActionKind.ADD) == position.added
+    assert [a.status for a in position.history] == [Status.APPLIED] * len(position.history)
+    assert position.actions == {"ADD applied": len(position.history)}
+    assert all(a.reason.startswith("distance") for a in position.history)
+    assert position.samples[0].margin == position.start_margin
+    assert position.samples[-1].margin == position.start_margin + position.added
+    assert result.wall_s < 10, "80 s of virtual time take a fraction of that"
+
+
+def test_a_run_is_reproducible(template: AuditTemplate) -> None:
+    settings = written_config()
+    policies = load_policies(settings)
+
+    def figures() -> list[tuple[object, ...]]:
+        result = Scenario(load_book("demo"), shape_path("cascade", 2), settings, policies,
+                          RunOptions()).run(template)
+        return [(p.symbol, p.guarded_liquidated_ms, p.unguarded_liquidated_ms, p.added,
+                 p.peak_extra, p.swept, tuple(sorted(p.actions.items())))
+                for p in result.positions]
+
+    assert figures() == figures()
+
+
+def test_budgets_are_the_configs_and_refusals_are_counted_by_reason(
+    template: AuditTemplate,
+) -> None:
+    settings = apply(written_config(), "budgets.per_position_per_day", "150")
+    result = Scenario(one_long(), shape_path("crash"), settings, load_policies(settings),
+                      RunOptions()).run(template)
+    (position,) = result.positions
+    assert not position.verdict.savable
+    assert position.guarded_liquidated_ms is not None
+    assert position.added <= Decimal(150)
+    assert result.refusals[Refusal.BUDGET] > 0
+    assert position.refusals[Refusal.BUDGET] == result.refusals[Refusal.BUDGET]
+    assert any(n.refusal is Refusal.BUDGET for n in position.last_decisions)
+    assert result.ledger.equal
+
+
+def test_a_dry_run_config_still_acts_in_a_backtest(template: AuditTemplate) -> None:
+    settings = written_config()
+    settings = settings.model_copy(update={"guard": settings.guard.model_copy(
+        update={"dry_run": True})})
+    result = Scenario(one_long(), shape_path("crash"), settings, load_policies(settings),
+                      RunOptions()).run(template)
+    assert result.positions[0].added > 0
+
+
+def test_the_ledger_check_finds_any_difference() -> None:
+    applied = [("a", ETH, ActionKind.ADD, Decimal(10)), ("a", ETH, ActionKind.ADD, Decimal(5))]
+
+    def action(amount: str, status: Status) -> AuditedAction:
+        return AuditedAction("id", 0, "a", ETH, ActionKind.ADD, Decimal(amount), status,
+                             "SUCCEEDED", "why")
+
+    same = compare(applied, [action("10", Status.APPLIED), action("5", Status.APPLIED)])
+    assert same.equal and same.total("exchange", ActionKind.ADD) == Decimal(15)
+    assert not compare(applied, [action("10", Status.APPLIED)]).equal
+    assert not compare(applied, [action("10", Status.APPLIED), action("5", Status.UNKNOWN)]
+                       ).equal
+    assert not compare(applied, [action("10", Status.APPLIED), action("6", Status.APPLIED)]
+                       ).equal
