@@ -26,6 +26,10 @@ Example (every key is listed in docs/config.md, generated from these models by
     params = { trigger = "0.05", target = "0.10" }
 """
 
+# Size (about 420 lines): every setting carries its plain-words description here, because
+# docs/config.md is generated from these models (guardbot/config_reference.py); the models
+# and their loading are one job.
+
 from __future__ import annotations
 
 import os
