@@ -360,3 +360,24 @@ async def test_skipping_positions_in_their_band_changes_no_decision(
     assert actions == await queued(audit, full)
     event(f"{len(actions)} actions")
 
+
+
+async def test_a_free_balance_older_than_the_data_limit_is_unknown(audit: AuditLog) -> None:
+    """Polls fail while pushes keep the position fresh: the balance read 6 s ago (the data
+    limit is 5 s) is unknown, so with a reserve to keep no ADD is sent on it; the next
+    poll brings a fresh balance and the rescue goes out."""
+    clock = ManualClock()
+    harness = Harness(audit, clock, [TopUp()])
+    budgets = harness.guard.settings.budgets.model_copy(update={"reserve": D(100)})
+    harness.guard.arbiter.budgets = budgets
+    await harness.snapshot(ACCOUNT, FAR)
+    clock.advance(6)
+    now = clock.now_ms()
+    danger = replace(FAR, margin=D(60), seq=(FAR.seq or 0) + 1, exchange_ms=now,
+                     received_ms=now, source=Source.WS)  # 1.1 % from liquidation
+    await harness.guard.on_event(ACCOUNT, PositionsPushed((danger,)))
+    assert await queued(audit, ACCOUNT) == [], "no ADD on a balance read 6 s ago"
+    clock.advance(0.5)
+    await harness.snapshot(ACCOUNT, replace(danger, seq=(danger.seq or 0) + 1))
+    assert [(symbol, kind) for symbol, kind, _, _ in await queued(audit, ACCOUNT)] == [
+        (ALT, "ADD")]
