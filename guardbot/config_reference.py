@@ -66,8 +66,8 @@ def type_text(annotation: Any) -> str:
     """A field's type in words: ``number``, ``"a", "b" or "c"``, ``list of strings``..."""
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
-        return " or ".join(type_text(arg) for arg in get_args(annotation) if arg is not None
-                           and arg is not type(None))  # fmt: skip
+        return " or ".join(type_text(arg) for arg in get_args(annotation)
+                           if arg is not type(None))  # fmt: skip
     if origin is Literal:
         choices = [f'`"{arg}"`' for arg in get_args(annotation)]
         return ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
