@@ -30,7 +30,6 @@ version, so a late copy cannot bring it back: only a strictly newer version reop
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -84,7 +83,8 @@ class PositionBook:
         self._stamp = 0  # marks applied so far
         self._by_account: dict[str, set[PositionKey]] = {}
         self._by_symbol: dict[str, set[PositionKey]] = {}
-        self._isolated: dict[str, list[PositionKey]] = {}  # per account, by symbol
+        # per account: its isolated positions by symbol, in symbol order
+        self._isolated: dict[str, dict[str, Held]] = {}
 
     def apply(self, position: Position) -> bool:
         """Apply one exchange update (REST or WS). Returns ``False`` if it was dropped as
@@ -107,7 +107,14 @@ class PositionBook:
         self._closed.pop(key, None)
         if known is None:
             self._index(key)
-        self._entries[key] = Held(key, position, version, position.received_ms, self._stamp)
+        held = self._entries[key] = Held(key, position, version, position.received_ms,
+                                         self._stamp)
+        if key[2] is MarginMode.ISOLATED:
+            isolated = self._isolated.setdefault(key[0], {})
+            new = key[1] not in isolated
+            isolated[key[1]] = held
+            if new:
+                self._isolated[key[0]] = dict(sorted(isolated.items()))
         return True
 
     def apply_snapshot(self, snapshot: AccountSnapshot) -> list[Position]:
@@ -168,16 +175,15 @@ class PositionBook:
 
     def isolated_keys(self, account_id: str) -> list[PositionKey]:
         """The keys of one account's open isolated positions, by symbol."""
-        return list(self._isolated.get(account_id, ()))
+        return [held.key for held in self._isolated.get(account_id, {}).values()]
 
     def isolated_marks(self, account_id: str) -> list[tuple[Held, Decimal]]:
         """One account's open isolated positions, by symbol, each with the mark it is priced
         at now (``current`` builds the position itself): what a mark tick looks at."""
-        marks, entries = self._marks, self._entries
+        marks = self._marks
         found = []
-        for key in self._isolated.get(account_id, ()):
-            held = entries[key]
-            mark = marks.get(key[1])
+        for symbol, held in self._isolated.get(account_id, {}).items():
+            mark = marks.get(symbol)
             price = mark.price if mark is not None and mark.stamp > held.stamp else None
             found.append((held, held.position.mark_price if price is None else price))
         return found
@@ -185,7 +191,7 @@ class PositionBook:
     def isolated_positions(self, account_id: str) -> list[Position]:
         """Open isolated positions of one account, by symbol. Cross positions on the same
         symbol are never returned: the guard never touches them."""
-        return [self.current(self._entries[key]) for key in self._isolated.get(account_id, ())]
+        return [self.current(held) for held in self._isolated.get(account_id, {}).values()]
 
     def positions(self) -> list[Position]:
         """Every open position held, cross and isolated."""
@@ -201,11 +207,8 @@ class PositionBook:
         return key in self._entries
 
     def _index(self, key: PositionKey) -> None:
-        account_id, symbol, mode = key
-        self._by_account.setdefault(account_id, set()).add(key)
-        self._by_symbol.setdefault(symbol, set()).add(key)
-        if mode is MarginMode.ISOLATED:
-            bisect.insort(self._isolated.setdefault(account_id, []), key, key=_symbol)
+        self._by_account.setdefault(key[0], set()).add(key)
+        self._by_symbol.setdefault(key[1], set()).add(key)
 
     def _drop(self, key: PositionKey) -> None:
         if self._entries.pop(key, None) is None:
@@ -216,10 +219,6 @@ class PositionBook:
             if not index[name]:
                 del index[name]
         if mode is MarginMode.ISOLATED:
-            self._isolated[account_id].remove(key)
+            del self._isolated[account_id][symbol]
             if not self._isolated[account_id]:
                 del self._isolated[account_id]
-
-
-def _symbol(key: PositionKey) -> str:
-    return key[1]

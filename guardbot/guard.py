@@ -132,8 +132,9 @@ class Guard:
         # False: every position is evaluated on every update (the reference the tests and
         # benchmarks/guard_tick.py compare the bands with).
         self.quiet_bands = quiet_bands
-        # Per position: the version and rules its band was computed from, and the band.
-        self._bands: dict[PositionKey, tuple[Held, SymbolRules | None, MarkBand | None]] = {}
+        # Per account and symbol: the version and rules its band was computed from, and the
+        # band (keyed by strings: a tick looks one up per position).
+        self._bands: dict[str, dict[str, tuple[Held, SymbolRules | None, MarkBand | None]]] = {}
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -207,7 +208,7 @@ class Guard:
         position on the symbol starts with nothing of this one: its calls are settled, its
         hold-back, cooldown and net margin added are gone (the ledger counts from the
         ``position_closed`` record)."""
-        self._bands.pop(key, None)
+        self._bands.get(key[0], {}).pop(key[1], None)
         await self.executor.closed(key)
         await self.audit.record_observation(key[0], key[1], "position_closed",
                                             {"margin_mode": key[2].value})
@@ -281,9 +282,15 @@ class Guard:
         intents: list[Intent] = []
         urgent = False
         held_marks = self.book.isolated_marks(account_id)
+        bands = self._bands.setdefault(account_id, {})
+        rules = self.rules
         for held, mark in held_marks:
-            if self.quiet_bands and held.key not in in_full:
-                band = self._band(held)
+            if self.quiet_bands and not (in_full and held.key in in_full):
+                symbol = held.key[1]
+                cached = bands.get(symbol)
+                if cached is None or cached[0] is not held or cached[1] is not rules.get(symbol):
+                    cached = bands[symbol] = self._band(held)
+                band = cached[2]
                 near = None if band is None else band.urgency(mark)
                 if near is not None:
                     # No policy of it can act at this mark: only what a tick does besides.
@@ -391,22 +398,18 @@ class Guard:
             self.notify(Alert(AlertKind.DATA_STALE, self.name(account_id), symbol,
                               f"data {age / 1000:.1f} s old: not acting"))
 
-    def _band(self, held: Held) -> MarkBand | None:
-        """The band of ``held``'s version (computed once per version and symbol rules)."""
-        key = held.key
-        rules = self.rules.get(key[1])
-        cached = self._bands.get(key)
-        if cached is not None and cached[0] is held and cached[1] is rules:
-            return cached[2]
+    def _band(self, held: Held) -> tuple[Held, SymbolRules | None, MarkBand | None]:
+        """The band of ``held``'s version under the current rules of its symbol, with what
+        it was computed from (``_evaluate`` keeps it until either changes)."""
+        rules = self.rules.get(held.key[1])
+        quiet = self._quiet(held.key)
         band = None
-        quiet = self._quiet(key)
         if rules is not None and quiet is not None:
             try:
                 band = mark_band(PositionView.of(held.position, rules), quiet, self._watch)
             except Exception:  # the full evaluation reports why (_position_failed)
                 band = None
-        self._bands[key] = (held, rules, band)
-        return band
+        return held, rules, band
 
     def _quiet(self, key: PositionKey) -> Quiet | None:
         """Where none of the policies applying to the position acts; ``None`` if one of them
