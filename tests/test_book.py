@@ -300,5 +300,6 @@ def test_pricing_on_demand_equals_re_pricing_on_every_mark(
         assert current == expected
         [(_, mark)] = book.isolated_marks(ACCOUNT)
         assert mark == expected.mark_price
-        assert current.qty * current.mark_price - current.cost_position \
-            - current.unsettled_pnl == funding
+        assert current is not None
+        owed = current.qty * current.mark_price - current.cost_position - current.unsettled_pnl
+        assert owed == funding
