@@ -140,7 +140,7 @@ class Daemon:
             for index, exchange in enumerate(guard.exchanges.values()):
                 streams = Streams(
                     exchange, guard.on_event, self.poller.poll_now,
-                    public=self._public_stream and index == 0,
+                    public=self._public_stream and index == 0, clock=self.clock,
                 )
                 tasks.append(group.create_task(streams.run(), name=f"streams-{index}"))
             tasks.append(group.create_task(self._housekeeping(), name="housekeeping"))
@@ -219,7 +219,8 @@ class Daemon:
                 and since_poll <= self.settings.poll.max_data_age_s,
             ))
         return Readiness(database_reachable=guard.audit.database_ok, accounts=tuple(accounts),
-                         spool_depth=guard.audit.spool_depth)
+                         spool_depth=guard.audit.spool_depth,
+                         database_error=guard.audit.last_database_error)
 
     async def _housekeeping(self) -> None:
         guard = self.guard
@@ -274,8 +275,10 @@ async def run_daemon(
     stop: asyncio.Event | None = None,
     exchange_factory: Callable[..., Exchange] | None = None,
     ownership_interval_s: float = 2.0,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> None:
-    """Open everything, guard until SIGINT/SIGTERM (or ``stop``), close everything.
+    """Open everything, guard until SIGINT/SIGTERM (or ``stop``), close everything. Every
+    part reads the time from ``clock``.
 
     With PostgreSQL, accounts are shared with other live instances (``AccountOwnership``,
     ticking every ``ownership_interval_s``); an account nobody holds is taken after two
@@ -294,7 +297,7 @@ async def run_daemon(
     except ConfigError as exc:
         raise StartupError(f"invalid configuration:\n{exc}") from None
     try:
-        audit = await AuditLog.open(settings.audit.url, settings.audit.spool_dir)
+        audit = await AuditLog.open(settings.audit.url, settings.audit.spool_dir, clock=clock)
     except SchemaOutOfDate as exc:
         raise StartupError(
             f"the audit database schema is out of date ({exc}): run `guardbot db upgrade`"
@@ -328,7 +331,7 @@ async def run_daemon(
                 ownership = await stack.enter_async_context(
                     AccountOwnership(settings.audit.url, instance_id, exchanges,
                                      interval_s=ownership_interval_s,
-                                     on_change=release_given_away))
+                                     on_change=release_given_away, clock=clock))
             except OwnershipError as exc:
                 raise StartupError(f"cannot share the accounts with other instances: {exc}"
                                    ) from None
@@ -336,7 +339,7 @@ async def run_daemon(
             await audit.start_run(__version__, config_hash(settings), socket.gethostname())
             daemon = Daemon(settings, exchanges, audit, policies,
                             account_names={a.account_id: a.name for a in settings.accounts},
-                            owned=ownership.owned(), notify=alerter.notify)
+                            owned=ownership.owned(), notify=alerter.notify, clock=clock)
             daemons.append(daemon)
             if settings.health.enabled:
                 await stack.enter_async_context(
@@ -355,7 +358,7 @@ async def run_daemon(
                         # let this task die silently while it holds their locks.
                         log.error("cannot take over accounts yet: %s; retrying", exc,
                                   exc_info=not isinstance(exc, AuditError | ExchangeError))
-                        await asyncio.sleep(1.0)
+                        await clock.sleep(1.0)
 
             follower = asyncio.create_task(follow_ownership(), name="ownership")
             try:
