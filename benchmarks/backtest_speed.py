@@ -9,6 +9,7 @@ prints the wall time, virtual seconds per wall second, the calls the venue answe
 
     .venv/bin/python benchmarks/backtest_speed.py                 # 100 positions, 24 h
     .venv/bin/python benchmarks/backtest_speed.py --hours 1 --profile
+    .venv/bin/python benchmarks/backtest_speed.py --poll-s 10     # the config's polling
 """
 
 from __future__ import annotations
@@ -59,9 +60,14 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=24.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--poll-s", type=float, default=None,
+                        help="[poll] interval_s and fast_interval_s (default: the config's, "
+                             "5 s and 1 s near the trigger)")
     args = parser.parse_args()
     logging.getLogger("guardbot").setLevel(logging.ERROR)
-    settings = parse_config({"policies": [{"use": "topup"}, {"use": "sweep"}]})
+    poll = {} if args.poll_s is None else {"interval_s": args.poll_s,
+                                           "fast_interval_s": args.poll_s}
+    settings = parse_config({"policies": [{"use": "topup"}, {"use": "sweep"}], "poll": poll})
     path = random_path(round(args.hours * 3600), seed=args.seed)
     scenario = Scenario(book(args.positions), path, settings, load_policies(settings))
     with scratch_folder() as folder:
@@ -78,6 +84,8 @@ def main() -> None:
     moved = sum(n for n, _ in result.ledger.exchange.values())
     print(f"{args.positions} positions (+{args.positions} unguarded twins), {path.name} "
           f"path, {len(path.factors)} marks, {virtual / 3600:g} h of virtual time")
+    print(f"polling: every {settings.poll.interval_s:g} s, {settings.poll.fast_interval_s:g} s "
+          "near the trigger")
     print(f"wall {wall:.1f} s: {virtual / wall:,.0f} virtual s per s, "
           f"{wall / virtual * 1e6:.0f} us per virtual second")
     print(f"engine.advance (marks, liquidation): {result.phases['engine']:.1f} s")

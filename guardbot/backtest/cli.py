@@ -91,6 +91,10 @@ def backtest(config_path: Path, book: str, paths: Sequence[str], speeds: Sequenc
                                                  options)))
     except BookError as exc:
         raise _fail(str(exc)) from None
+    except Exception as exc:  # a bug: one line, the details at DEBUG
+        log.debug("backtest failed", exc_info=exc)
+        raise click.ClickException(f"the backtest failed: {type(exc).__name__}: {exc} "
+                                   "(--log-level DEBUG shows where)") from None
     if chart_dir is not None:
         for label, scenarios in results:
             folder = chart_dir if len(results) == 1 else chart_dir / _folder(label)

@@ -40,7 +40,8 @@ def position_row(scenario: ScenarioResult, p: PositionResult) -> dict[str, Any]:
     """One position of one scenario, as JSON-able values (money as strings)."""
     start = scenario.start_ms
     return {
-        "path": scenario.path, "speed": scenario.speed, "account": p.account,
+        "path": scenario.path, "speed": scenario.speed,
+        "steepest_fall_pct_s": round(scenario.steepest * 100, 3), "account": p.account,
         "symbol": p.symbol, "side": p.side, "leverage": p.leverage, "qty": str(p.qty),
         "start_margin": usdc(p.start_margin),
         "guarded_liquidated_s": None if p.guarded_liquidated_ms is None
@@ -130,14 +131,14 @@ def _table(rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) -
             for row in rows]  # fmt: skip
 
 
-HEADER = ("PATH", "SPEED", "ACCOUNT", "SYMBOL", "SIDE", "LEV", "GUARDED", "UNGUARDED",
+HEADER = ("PATH", "SPEED", "FALL %/S", "ACCOUNT", "SYMBOL", "SIDE", "LEV", "GUARDED", "UNGUARDED",
           "SAVABLE", "ORACLE", "PEAK", "FINAL", "SWEPT", "PEAK/ORACLE")
 
 
 def _cells(scenario: ScenarioResult, p: PositionResult) -> tuple[str, ...]:
     start = scenario.start_ms
-    return (scenario.path, f"{scenario.speed:g}", p.account, p.symbol, p.side,
-            f"{p.leverage}x", _fate(p.guarded_liquidated_ms, start),
+    return (scenario.path, f"{scenario.speed:g}", f"{scenario.steepest * 100:.2f}", p.account,
+            p.symbol, p.side, f"{p.leverage}x", _fate(p.guarded_liquidated_ms, start),
             _fate(p.unguarded_liquidated_ms, start), "yes" if p.verdict.savable else "no",
             usdc(p.verdict.extra), usdc(p.peak_extra), usdc(p.final_extra), usdc(p.swept),
             _ratio(p))  # fmt: skip
@@ -151,7 +152,7 @@ def text(results: Sequence[ScenarioResult]) -> str:
     """The terminal report: one row per position and scenario, a line per scenario with
     its refusals and the ledger check, then the totals."""
     rows = [HEADER, *(_cells(s, p) for s in results for p in s.positions)]
-    lines = _table(rows, right=frozenset(range(9, 14)))
+    lines = _table(rows, right=frozenset({2, *range(10, 15)}))
     lines.append("")
     for s in results:
         ledger = s.ledger

@@ -196,6 +196,7 @@ class ScenarioResult:
     ledger: LedgerCheck
     venue: Counter[str]
     start_ms: int = 0  # virtual time the path starts at
+    steepest: float = 0.0  # the path's fastest adverse move, fraction per second
     wall_s: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
 

@@ -10,7 +10,9 @@ pushes), the executor's workers and its verification expiry run as they do in
 path: every point moves the engine's marks (``Venue.move_marks``) at its time.
 
 Every account of the book is opened twice on one engine: guarded, and an unguarded twin
-with the same positions, margins and free USDC. The audit log is a real one (SQLite and
+with the same positions, margins and free USDC. The config runs as written except
+``[guard] dry_run`` and ``kill_switch_file``, which would make a backtest decide nothing;
+no alert is sent and no account of the config is touched. The audit log is a real one (SQLite and
 its fsync'd spool) in a scratch folder, on /dev/shm when there is one.
 """
 
@@ -222,7 +224,8 @@ class Scenario:
         self._settle(positions, ids, engine, venue, watched, actions)
         return ScenarioResult(self.path.name, self.path.speed, self.path.duration_ms / 1000,
                               list(positions.values()), watched.refusals, ledger,
-                              venue.counts, start_ms=start_ms, phases=phases)
+                              venue.counts, start_ms=start_ms,
+                              steepest=self.path.steepest, phases=phases)
 
     def _positions(self, engine: Engine, ids: dict[str, tuple[str, str]],
                    marks: dict[str, list[Decimal]]) -> dict[tuple[str, str], PositionResult]:

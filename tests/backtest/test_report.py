@@ -32,8 +32,8 @@ def test_the_table_has_a_row_per_position_and_the_totals(results: list[ScenarioR
     text = report.text(results)
     rows = [line for line in text.splitlines() if line.startswith(("crash", "gap"))]
     assert len([r for r in rows if "PERP_" in r]) == 6
-    assert re.search(r"crash\s+1\s+demo\s+PERP_ETH_USDC\s+long\s+10x\s+alive\s+LIQ 10s\s+yes",
-                     text)
+    assert re.search(r"crash\s+1\s+1.00\s+demo\s+PERP_ETH_USDC\s+long\s+10x\s+alive\s+"
+                     r"LIQ 10s\s+yes", text)
     assert "exchange ledger equal to the audit log" in text
     assert "savable positions saved: 3 of 3" in text
 
