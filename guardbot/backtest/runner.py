@@ -199,6 +199,8 @@ class Scenario:
             watched = WatchedArbiter(daemon.guard.arbiter)
             daemon.guard.arbiter = watched
             phases = {"engine": 0.0}
+            if self.options.samples:
+                _sample(engine, positions, clock)  # before the guard's first decision
             await daemon.start()
             async with asyncio.TaskGroup() as group:
                 background = [group.create_task(daemon.guard.executor.run()),
@@ -208,7 +210,7 @@ class Scenario:
                     streams = Streams(exchange, daemon.guard.on_event, daemon.poller.poll_now,
                                       public=index == 0, clock=clock)
                     background.append(group.create_task(streams.run()))
-                await self._drive(venue, marks, positions, ids, clock, phases)
+                await self._drive(venue, marks, positions, clock, phases)
                 daemon.guard.acting = False
                 # Calls whose answers were lost settle from the polls within the window.
                 await clock.sleep(daemon.guard.settle_window_ms / 1000 + 1)
@@ -249,14 +251,12 @@ class Scenario:
         return found
 
     async def _drive(self, venue: Venue, marks: dict[str, list[Decimal]],
-                     positions: dict[tuple[str, str], PositionResult],
-                     ids: dict[str, tuple[str, str]], clock: ManualClock,
+                     positions: dict[tuple[str, str], PositionResult], clock: ManualClock,
                      phases: dict[str, float]) -> None:  # fmt: skip
         """Move the marks at every point of the path."""
         offsets = self.path.offsets_ms
         start_ms = clock.now_ms()
         stride = max(1, math.ceil(len(offsets) / MAX_SAMPLES)) if self.options.samples else 0
-        engine = venue.engine
         applied = 0
         for index in range(1, len(offsets)):
             wait_ms = start_ms + offsets[index] - clock.now_ms()
@@ -270,10 +270,7 @@ class Scenario:
             if stride and (index % stride == 0 or len(venue.applied) != applied
                            or index == len(offsets) - 1):
                 applied = len(venue.applied)
-                for (account_id, symbol), result in positions.items():
-                    held = engine.account(account_id).positions[(symbol, "ISOLATED")]
-                    result.samples.append(Sample(clock.now_ms(), engine.marks[symbol],
-                                                 held.margin))
+                _sample(venue.engine, positions, clock)
 
     async def _poll(self, daemon: Daemon, clock: ManualClock) -> None:
         """The poller's job, as the daemon's scheduler runs it: every account ticks at the
@@ -327,6 +324,14 @@ class Scenario:
                               if (a.account_id, a.symbol) == (account_id, symbol)]
             for action in result.history:
                 result.actions[f"{action.kind.value} {action.status.value}"] += 1
+
+
+def _sample(engine: Engine, positions: dict[tuple[str, str], PositionResult],
+            clock: ManualClock) -> None:
+    """A chart point of every guarded position: the mark and its margin now."""
+    for (account_id, symbol), result in positions.items():
+        held = engine.account(account_id).positions[(symbol, "ISOLATED")]
+        result.samples.append(Sample(clock.now_ms(), engine.marks[symbol], held.margin))
 
 
 def run_scenarios(book: Book, paths: Sequence[PricePath], settings: Settings,
