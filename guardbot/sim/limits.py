@@ -1,4 +1,5 @@
-"""Rate limits per Orderly key (or per IP) and endpoint, from docs/exchange.md §5.
+"""The exchange's rate limits per Orderly key (or per IP) and endpoint, from
+docs/exchange.md §5, as the simulator enforces them.
 
 Sliding windows: a request is allowed when fewer than ``limit`` requests of the same bucket
 were allowed in the last ``window_s`` seconds (the real window type is unconfirmed; a sliding
@@ -13,40 +14,41 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
-class Limit:
+class EndpointLimit:
     limit: int
     window_s: float
     per_ip: bool = False
 
 
 # (method, route pattern) -> limit. Route patterns are aiohttp's canonical paths.
-LIMITS: dict[tuple[str, str], Limit] = {
-    ("POST", "/v1/position_margin"): Limit(10, 1),
-    ("GET", "/v1/positions"): Limit(30, 10),
-    ("GET", "/v1/position/{symbol}"): Limit(30, 10),
-    ("POST", "/v1/client/leverages"): Limit(5, 60),
-    ("POST", "/v1/client/leverage"): Limit(5, 60),
-    ("GET", "/v1/client/leverage"): Limit(1, 1, per_ip=True),
-    ("GET", "/v1/client/info"): Limit(10, 60),
-    ("GET", "/v1/client/aggregate/holding"): Limit(1, 60),
-    ("GET", "/v1/client/holding"): Limit(10, 1),
-    ("GET", "/v1/account_info"): Limit(10, 1),
-    ("POST", "/v1/order"): Limit(10, 1),
-    ("DELETE", "/v1/order"): Limit(10, 1),
-    ("GET", "/v1/orders"): Limit(10, 1),
-    ("POST", "/v1/client/margin_mode"): Limit(10, 1),
-    ("GET", "/v1/public/info"): Limit(10, 1, per_ip=True),
-    ("GET", "/v1/public/info/{symbol}"): Limit(10, 1, per_ip=True),
-    ("GET", "/v1/public/futures"): Limit(10, 1, per_ip=True),
-    ("GET", "/v1/public/futures/{symbol}"): Limit(10, 1, per_ip=True),
-    ("GET", "/v1/public/system_info"): Limit(1, 1, per_ip=True),
+LIMITS: dict[tuple[str, str], EndpointLimit] = {
+    ("POST", "/v1/position_margin"): EndpointLimit(10, 1),
+    ("GET", "/v1/positions"): EndpointLimit(30, 10),
+    ("GET", "/v1/position/{symbol}"): EndpointLimit(30, 10),
+    ("POST", "/v1/client/leverages"): EndpointLimit(5, 60),
+    ("POST", "/v1/client/leverage"): EndpointLimit(5, 60),
+    ("GET", "/v1/client/leverage"): EndpointLimit(1, 1, per_ip=True),
+    ("GET", "/v1/client/info"): EndpointLimit(10, 60),
+    ("GET", "/v1/client/aggregate/holding"): EndpointLimit(1, 60),
+    ("GET", "/v1/client/holding"): EndpointLimit(10, 1),
+    ("GET", "/v1/account_info"): EndpointLimit(10, 1),
+    ("POST", "/v1/order"): EndpointLimit(10, 1),
+    ("DELETE", "/v1/order"): EndpointLimit(10, 1),
+    ("GET", "/v1/orders"): EndpointLimit(10, 1),
+    ("POST", "/v1/client/margin_mode"): EndpointLimit(10, 1),
+    ("GET", "/v1/public/info"): EndpointLimit(10, 1, per_ip=True),
+    ("GET", "/v1/public/info/{symbol}"): EndpointLimit(10, 1, per_ip=True),
+    ("GET", "/v1/public/futures"): EndpointLimit(10, 1, per_ip=True),
+    ("GET", "/v1/public/futures/{symbol}"): EndpointLimit(10, 1, per_ip=True),
+    ("GET", "/v1/public/system_info"): EndpointLimit(1, 1, per_ip=True),
 }
 
 
-class RateLimiter:
-    """Counts requests per (caller, endpoint) and says whether one more is allowed."""
+class LimitEnforcer:
+    """Counts requests per (caller, endpoint) and says whether one more is allowed: the
+    exchange's side of the limits, which refuses (429) where the bot's limiter waits."""
 
-    def __init__(self, limits: dict[tuple[str, str], Limit] = LIMITS) -> None:
+    def __init__(self, limits: dict[tuple[str, str], EndpointLimit] = LIMITS) -> None:
         self.limits = limits
         self._history: dict[tuple[str, str, str], deque[float]] = {}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -13,16 +12,12 @@ import pytest
 from guardbot.sim.admin import SimAccount, open_account
 from guardbot.sim.auth import AuthFailure, decode_signature, verify
 from guardbot.sim.client import SimClient
-from guardbot.sim.keys import generate_key, sign, signed_headers
+from guardbot.sim.keys import generate_key, sign
 from guardbot.sim.server import SimServer
 
+from .helpers import headers_for
+
 ADD = {"symbol": "PERP_ETH_USDC", "amount": "10", "type": "ADD"}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5) as client:
-        yield client
 
 
 def margin_of(sim: SimServer, account: SimAccount) -> object:
@@ -58,15 +53,7 @@ async def test_valid_request_with_sdk_style_json_and_standard_base64(
     raw = base64.urlsafe_b64decode(
         sign(sim_account.orderly_secret, f"{ts}POST/v1/position_margin{body}")
     )
-    headers = signed_headers(
-        sim_account.orderly_secret,
-        sim_account.orderly_key,
-        sim_account.account_id,
-        ts,
-        "POST",
-        "/v1/position_margin",
-        body,
-    )
+    headers = headers_for(sim_account, "POST", "/v1/position_margin", body, timestamp_ms=ts)
     headers["orderly-signature"] = base64.b64encode(raw).decode()
     headers["Content-Type"] = "application/json;charset=utf-8"
     response = await http.post(sim.rest_url + "/v1/position_margin", content=body, headers=headers)
@@ -154,15 +141,7 @@ async def test_tampered_body_is_refused(
     sim: SimServer, sim_account: SimAccount, http: httpx.AsyncClient
 ) -> None:
     signed_body = json.dumps(ADD, separators=(",", ":"))
-    headers = signed_headers(
-        sim_account.orderly_secret,
-        sim_account.orderly_key,
-        sim_account.account_id,
-        int(time.time() * 1000),
-        "POST",
-        "/v1/position_margin",
-        signed_body,
-    )
+    headers = headers_for(sim_account, "POST", "/v1/position_margin", signed_body)
     tampered = signed_body.replace('"10"', '"1000"')
     before = margin_of(sim, sim_account)
     response = await http.post(
@@ -176,14 +155,7 @@ async def test_tampered_query_is_refused(
     sim: SimServer, sim_account: SimAccount, http: httpx.AsyncClient
 ) -> None:
     signed_path = "/v1/position/PERP_ETH_USDC?margin_mode=ISOLATED"
-    headers = signed_headers(
-        sim_account.orderly_secret,
-        sim_account.orderly_key,
-        sim_account.account_id,
-        int(time.time() * 1000),
-        "GET",
-        signed_path,
-    )
+    headers = headers_for(sim_account, "GET", signed_path)
     response = await http.get(
         sim.rest_url + "/v1/position/PERP_ETH_USDC?margin_mode=CROSS", headers=headers
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import httpx
@@ -20,17 +19,6 @@ from guardbot.sim.keys import sign
 from guardbot.sim.server import SimServer
 
 ADD = {"symbol": "PERP_ETH_USDC", "amount": "5", "type": "ADD"}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5) as client:
-        yield client
-
-
-@pytest.fixture
-def client(sim: SimServer, sim_account: SimAccount, http: httpx.AsyncClient) -> SimClient:
-    return SimClient(sim.rest_url, sim_account, http)
 
 
 async def set_faults(http: httpx.AsyncClient, sim: SimServer, **settings: float) -> None:

@@ -8,12 +8,12 @@ import httpx
 
 from guardbot.sim.admin import SimAccount, open_account
 from guardbot.sim.client import SimClient
-from guardbot.sim.limits import RateLimiter
+from guardbot.sim.limits import LimitEnforcer
 from guardbot.sim.server import SimServer
 
 
 def test_sliding_window_per_key_and_endpoint() -> None:
-    limiter = RateLimiter()
+    limiter = LimitEnforcer()
     margin = ("POST", "/v1/position_margin")
     assert all(limiter.allow(*margin, "key-a", "ip", 100.0 + i * 0.05) for i in range(10))
     assert not limiter.allow(*margin, "key-a", "ip", 100.6)
@@ -24,7 +24,7 @@ def test_sliding_window_per_key_and_endpoint() -> None:
 
 
 def test_per_ip_limit_ignores_the_key() -> None:
-    limiter = RateLimiter()
+    limiter = LimitEnforcer()
     leverage = ("GET", "/v1/client/leverage")
     assert limiter.allow(*leverage, "key-a", "10.0.0.1", 5.0)
     assert not limiter.allow(*leverage, "key-b", "10.0.0.1", 5.5)
@@ -32,7 +32,7 @@ def test_per_ip_limit_ignores_the_key() -> None:
 
 
 def test_undocumented_endpoints_are_not_limited() -> None:
-    limiter = RateLimiter()
+    limiter = LimitEnforcer()
     assert all(limiter.allow("GET", "/v1/client/leverages", "k", "ip", 1.0) for _ in range(100))
 
 
