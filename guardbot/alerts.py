@@ -23,8 +23,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -33,6 +32,7 @@ from typing import Final
 
 import httpx
 
+from guardbot.clock import SYSTEM_CLOCK, Clock
 from guardbot.config import ConfigError, WebhookSettings
 from guardbot.metrics import ALERTS
 
@@ -234,8 +234,7 @@ class Alerter:
         timeout_s: float = 5.0,
         queue_size: int = 100,
         drain_timeout_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         for index, webhook in enumerate(webhooks):
             if webhook.format == "telegram" and not webhook.chat_id:
@@ -247,7 +246,6 @@ class Alerter:
         self._queue_size = queue_size
         self._drain_timeout_s = drain_timeout_s
         self._clock = clock
-        self._wall_clock = wall_clock
         self._channels: list[_Channel] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
@@ -270,7 +268,7 @@ class Alerter:
         tb: TracebackType | None,
     ) -> None:
         for channel in self._channels:
-            channel.flush(self._clock(), self._now_ms(), everything=True)
+            channel.flush(self._clock.monotonic(), self._now_ms(), everything=True)
             channel.queue.put_nowait(None)
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=self._drain_timeout_s)
@@ -287,7 +285,7 @@ class Alerter:
         raises for a webhook's sake; without an entered context it only logs."""
         log.debug("alert %s: %s", alert.kind, alert.text,
                  extra={"account": alert.account, "symbol": alert.symbol})
-        now, at_ms = self._clock(), self._now_ms()
+        now, at_ms = self._clock.monotonic(), self._now_ms()
         for channel in self._channels:
             channel.flush(now, at_ms)
             if channel.folder.admit(alert, now):
@@ -296,13 +294,13 @@ class Alerter:
                 ALERTS.labels(channel.name, alert.kind, "suppressed").inc()
 
     def _now_ms(self) -> int:
-        return int(self._wall_clock() * 1000)
+        return self._clock.now_ms()
 
     async def _send_loop(self, channel: _Channel) -> None:
         while True:
-            channel.flush(self._clock(), self._now_ms())
+            channel.flush(self._clock.monotonic(), self._now_ms())
             close = channel.folder.next_close()
-            timeout = None if close is None else max(0.0, close - self._clock())
+            timeout = None if close is None else max(0.0, close - self._clock.monotonic())
             try:
                 message = await asyncio.wait_for(channel.queue.get(), timeout)
             except TimeoutError:

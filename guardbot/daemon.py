@@ -335,7 +335,8 @@ async def run_daemon(
             except OwnershipError as exc:
                 raise StartupError(f"cannot share the accounts with other instances: {exc}"
                                    ) from None
-            alerter = await stack.enter_async_context(Alerter(settings.alerts.webhooks))
+            alerter = await stack.enter_async_context(
+                Alerter(settings.alerts.webhooks, clock=clock))
             await audit.start_run(__version__, config_hash(settings), socket.gethostname())
             daemon = Daemon(settings, exchanges, audit, policies,
                             account_names={a.account_id: a.name for a in settings.accounts},

@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from guardbot.alerts import Alert, Alerter, AlertKind, StormFolder
+from guardbot.clock import ManualClock
 from guardbot.config import ConfigError, WebhookSettings
 
 
@@ -75,14 +76,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     await runner.cleanup()
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def counted(webhook: str, kind: str, outcome: str) -> float:
     labels = {"webhook": webhook, "kind": kind, "outcome": outcome}
     return REGISTRY.get_sample_value("guardbot_alerts_total", labels) or 0.0
@@ -108,7 +101,7 @@ ACTION = Alert(
 
 
 async def test_generic_json_body_keeps_money_exact(receiver: Receiver) -> None:
-    async with Alerter([receiver.hook("/ok/json")], wall_clock=lambda: 1_700_000_000.5) as a:
+    async with Alerter([receiver.hook("/ok/json")], clock=ManualClock(1_700_000_000_500)) as a:
         a.notify(ACTION)
         (body,) = await receiver.wait_for(1)
     assert body == {
@@ -179,7 +172,7 @@ def test_zero_interval_disables_folding() -> None:
 
 
 async def test_a_storm_sends_one_alert_then_a_digest(receiver: Receiver) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     suppressed_before = counted("json#0", "data_stale", "suppressed")
     async with Alerter([receiver.hook("/ok/json", min_interval_s=60)], clock=clock) as alerter:
         for n in range(50):
@@ -188,7 +181,7 @@ async def test_a_storm_sends_one_alert_then_a_digest(receiver: Receiver) -> None
         first = await receiver.wait_for(2)
         assert [b["symbol"] for b in first] == ["PERP_ETH_USDC", "PERP_BTC_USDC"]
 
-        clock.now += 61  # the window closes; the next notify (or the sender's timer) flushes
+        clock.advance(61)  # the window closes; the next notify (or the sender's timer) flushes
         alerter.notify(ACTION)
         bodies = await receiver.wait_for(4)
         digest = next(b for b in bodies[2:] if "digest" in b)
