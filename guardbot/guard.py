@@ -22,6 +22,12 @@ against the simulated exchange's engine (``guardbot.backtest``). One decision pa
 drivers.
 """
 
+# Size (about 480 lines, Guard about 395): one class on purpose. It is the decision path
+# itself: each input (snapshot, push, re-read, close) feeds the same book, bands, settlement
+# evidence and arbiter state under one per-account lock, and both drivers (the daemon and
+# the backtest) call exactly these methods. The rules it applies live elsewhere (policies,
+# arbiter, ledger, settlement, executor); what stays here is their order.
+
 from __future__ import annotations
 
 import asyncio

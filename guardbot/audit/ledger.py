@@ -20,6 +20,10 @@ A position closed (``position_closed`` observation) starts over: actions before 
 count for neither cooldowns nor the net margin added of a position opened later.
 """
 
+# Size (about 410 lines): the in-memory ledger and ``SqlHistory``, the query that fills it
+# from the database, stay together so that the rules of what counts (status, closes, the
+# window) and the SQL that reads them back are checked side by side.
+
 from __future__ import annotations
 
 import asyncio
