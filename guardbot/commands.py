@@ -89,8 +89,8 @@ def run(config_path: Path | None, dry_run: bool) -> None:
               help="Seconds of wall-clock time to run.")
 @click.option("--speed", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Simulated seconds per wall-clock second.")
-@click.option("--scenario", default="crash", show_default=True,
-              help="Mark-price scenario: calm, trend, crash, squeeze or csv:PATH.")
+@click.option("--scenario", default="fastcrash", show_default=True,
+              help="Mark-price scenario: calm, trend, crash, fastcrash, squeeze or csv:PATH.")
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path),
               default=Path("demo-output"), show_default=True,

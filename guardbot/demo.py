@@ -29,6 +29,7 @@ from guardbot.audit.queries import summarize
 from guardbot.config import Settings, parse_config
 from guardbot.daemon import run_daemon
 from guardbot.sim.admin import SimAccount, open_account
+from guardbot.sim.reports import PositionRow
 from guardbot.sim.server import SimServer
 
 # (symbol, margin mode, signed quantity, leverage): the same book on both accounts.
@@ -46,7 +47,7 @@ ANSI_HOME_CLEAR = "\x1b[H\x1b[2J"
 class DemoOptions:
     duration_s: float = 20.0
     speed: float = 30.0
-    scenario: str = "crash"
+    scenario: str = "fastcrash"
     seed: int = 7
     output: Path = Path("demo-output")
     live: bool = True
@@ -155,6 +156,7 @@ def _liquidations(sim: SimServer, account_id: str) -> int:
 def render_summary(summary: dict[str, Any]) -> str:
     """The closing comparison, for humans."""
     guarded, unguarded = summary["guarded"], summary["unguarded"]
+    efficacy = summary["efficacy"]
     return "\n".join([
         f"scenario {summary['scenario']} at {summary['speed']}x for {summary['duration_s']} s "
         f"({summary['isolated_positions']} isolated positions per account)",
@@ -167,6 +169,9 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"{unguarded['margin_swept']:>12}",
         f"{'actions':<24}{guarded['actions']:>12}{unguarded['actions']:>12}",
         f"cross position touched: {'yes' if summary['cross_touched'] else 'no'}",
+        f"efficacy: {efficacy['saved']} of {efficacy['savable']} savable positions saved; "
+        f"{efficacy['margin_added']} USDC added against the oracle's "
+        f"{efficacy['oracle_margin']} (one top-up at the start, knowing the path)",
         f"audit log: {summary['audit_db']}",
     ])  # fmt: skip
 
@@ -194,6 +199,9 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
         accounts = {"guarded": guarded.account_id, "unguarded": unguarded.account_id}
         cross_margin_before = _cross_qty(sim, guarded.account_id)
         settings = demo_settings(sim, guarded, audit_url, spool)
+        opened = _isolated_rows(sim, guarded.account_id)
+        free_at_start = sim.engine.account_view(
+            sim.engine.account(guarded.account_id)).free_collateral
         stop = asyncio.Event()
         with _tail_guard_logs() as tail:
             guard = asyncio.create_task(run_daemon(settings, stop=stop))
@@ -213,6 +221,8 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
                 position_rows(sim, accounts), list(tail.lines), elapsed, options) + "\n\n")
         figures = _audit_figures(audit_url)
         none = {"liquidations": 0, "margin_added": "0", "margin_swept": "0", "actions": 0}
+        efficacy = _efficacy(sim, guarded.account_id, opened, settings, free_at_start,
+                             Decimal(figures.get(guarded.account_id, none)["margin_added"]))
         return {
             "guarded": {**none, **figures.get(guarded.account_id, {}),
                         "liquidations": _liquidations(sim, guarded.account_id)},
@@ -223,8 +233,37 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
             "duration_s": options.duration_s,
             "isolated_positions": sum(1 for p in DEMO_POSITIONS if p[1] == "ISOLATED"),
             "cross_touched": _cross_qty(sim, guarded.account_id) != cross_margin_before,
+            "efficacy": efficacy,
             "audit_db": str(db_path),
         }
+
+
+def _isolated_rows(sim: SimServer, account_id: str) -> list[PositionRow]:
+    account = sim.engine.account(account_id)
+    return [row for row in sim.engine.positions(account)
+            if row.margin_mode == "ISOLATED" and row.qty != 0]
+
+
+def _efficacy(sim: SimServer, account_id: str, opened: list[PositionRow], settings: Settings,
+              free_at_start: Decimal, added: Decimal) -> dict[str, Any]:
+    """Savable positions saved, and the margin the guard added against the oracle's: the
+    least one top-up at the start, knowing the whole path (``guardbot.backtest.oracle``),
+    that would have kept each savable position alive within the budgets."""
+    from guardbot.backtest.oracle import verdict
+
+    liquidated = {liq.symbol for liq in sim.engine.liquidations
+                  if liq.account_id == account_id and liq.margin_mode == "ISOLATED"}
+    savable, saved, oracle = 0, 0, Decimal(0)
+    for row in opened:
+        low, high = sim.prices.extremes[row.symbol]
+        found = verdict(sim.prices.markets[row.symbol], row.margin, row.qty, row.cost_position,
+                        [low, high], settings.budgets, free_at_start)
+        if found.savable:
+            savable += 1
+            saved += row.symbol not in liquidated
+            oracle += found.extra
+    return {"savable": savable, "saved": saved, "margin_added": _usdc(added),
+            "oracle_margin": _usdc(oracle)}
 
 
 def _cross_qty(sim: SimServer, account_id: str) -> tuple[Decimal, Decimal] | None:

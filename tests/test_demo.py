@@ -15,7 +15,7 @@ from guardbot.demo import DemoOptions, render_summary, render_table
 
 @pytest.mark.slow
 def test_demo_json_compares_the_guarded_account_with_its_unguarded_twin(tmp_path: Path) -> None:
-    # crash at 40x: calm for 1.5 s, then -30 % over 3 s
+    # fastcrash at 40x: calm for 1.5 s, then -30 % in 10 simulated seconds (0.25 s)
     result = CliRunner().invoke(
         main, ["demo", "--duration", "6", "--speed", "40", "--json", "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -30,6 +30,10 @@ def test_demo_json_compares_the_guarded_account_with_its_unguarded_twin(tmp_path
                                     "margin_swept": "0", "actions": 0}
     assert summary["cross_touched"] is False
     assert Path(summary["audit_db"]).is_file()
+    efficacy = summary["efficacy"]
+    assert efficacy["savable"] == 3, "the default budgets could save every isolated position"
+    assert efficacy["saved"] == efficacy["savable"]
+    assert Decimal(efficacy["oracle_margin"]) > 0
 
 
 def test_render_table_shows_open_and_liquidated_positions() -> None:
@@ -42,7 +46,7 @@ def test_render_table_shows_open_and_liquidated_positions() -> None:
     ]  # fmt: skip
     text = render_table(rows, ["ADD 100 USDC on PERP_ETH_USDC"], 3.0, DemoOptions())
     lines = text.splitlines()
-    assert "scenario=crash" in lines[0]
+    assert "scenario=fastcrash" in lines[0]
     assert any("812.50" in line and "10.0 %" in line and "open" in line for line in lines)
     assert any(line.startswith("unguarded") and "LIQUIDATED" in line for line in lines)
     assert lines[-1].strip() == "ADD 100 USDC on PERP_ETH_USDC"
@@ -56,8 +60,11 @@ def test_render_summary_puts_the_two_accounts_side_by_side() -> None:
                       "actions": 0},
         "scenario": "crash", "speed": 30.0, "duration_s": 20.0, "isolated_positions": 3,
         "cross_touched": False, "audit_db": "demo-output/audit.db",
+        "efficacy": {"savable": 3, "saved": 3, "margin_added": "120.50",
+                     "oracle_margin": "80.25"},
     }  # fmt: skip
     text = render_summary(summary)
     liquidations = next(line for line in text.splitlines() if line.startswith("isolated liq"))
     assert liquidations.split()[-2:] == ["0", "2"]
     assert "120.50" in text and "cross position touched: no" in text
+    assert "3 of 3 savable positions saved; 120.50 USDC added against the oracle's 80.25" in text

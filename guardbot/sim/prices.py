@@ -8,6 +8,8 @@ Scenarios:
     ``calm``     a random walk, about 0.02 % per second
     ``trend``    the walk with a steady drift (up for odd seeds, down for even ones), ~2 %/h
     ``crash``    calm for 60 s, then every symbol falls 30 % over the next 120 s, then calm
+    ``fastcrash`` calm for 60 s, then every symbol falls 30 % in 10 s (about 3.5 %/s), then
+                 calm: the kind of fall one top-up does not survive
     ``squeeze``  calm for 60 s, then every symbol rises 25 % over 60 s, then calm
     ``csv:PATH`` replay: a header ``t,<SYMBOL>,<SYMBOL>...`` then one row per simulated second
                  (``t`` is ignored); symbols not in the file walk calmly; the last row holds.
@@ -27,11 +29,12 @@ from pathlib import Path
 
 from guardbot.sim.margin import Market
 
-SCENARIOS = ("calm", "trend", "crash", "squeeze")
+SCENARIOS = ("calm", "trend", "crash", "fastcrash", "squeeze")
 CALM_SIGMA = 0.0002
 TREND_DRIFT = 0.0000055  # per second: about 2 % per hour
 SHOCK_START_S = 60
 CRASH = (Decimal("-0.30"), 120)
+FAST_CRASH = (Decimal("-0.30"), 10)
 SQUEEZE = (Decimal("0.25"), 60)
 
 
@@ -60,12 +63,17 @@ class PriceFeed:
                 f"unknown scenario {scenario!r}: use one of {', '.join(SCENARIOS)} or csv:PATH"
             )
         self._origin = dict(self.marks)
+        # The lowest and highest mark of each symbol so far (what an oracle needs).
+        self.extremes = {s: (mark, mark) for s, mark in self.marks.items()}
 
     def step(self) -> dict[str, Decimal]:
         """Advance one simulated second; return every symbol's new mark."""
         self.second += 1
         for symbol, market in self.markets.items():
-            self.marks[symbol] = self._next(symbol, market)
+            mark = self._next(symbol, market)
+            self.marks[symbol] = mark
+            low, high = self.extremes[symbol]
+            self.extremes[symbol] = (min(low, mark), max(high, mark))
         return dict(self.marks)
 
     def _next(self, symbol: str, market: Market) -> Decimal:
@@ -77,7 +85,7 @@ class PriceFeed:
         if self.scenario == "trend":
             noise += TREND_DRIFT if self.seed % 2 else -TREND_DRIFT
         price = self.marks[symbol] * (1 + Decimal(repr(noise)))
-        shock = {"crash": CRASH, "squeeze": SQUEEZE}.get(self.scenario)
+        shock = {"crash": CRASH, "fastcrash": FAST_CRASH, "squeeze": SQUEEZE}.get(self.scenario)
         if shock is not None:
             move, duration = shock
             elapsed = self.second - SHOCK_START_S

@@ -45,6 +45,14 @@ def test_crash_falls_about_thirty_percent() -> None:
     assert Decimal(1950) < prices[-1] < Decimal(2250)  # 3000 * 0.7 = 2100, plus noise
 
 
+def test_fastcrash_falls_thirty_percent_in_ten_seconds_and_the_extremes_are_kept() -> None:
+    feed = PriceFeed(MARKETS, "fastcrash", 7)
+    prices = [feed.step()[ETH] for _ in range(80)]
+    assert prices[59] > Decimal(2900)
+    assert Decimal(1950) < prices[70] < Decimal(2250)  # 10 s later: 3000 * 0.7, plus noise
+    assert feed.extremes[ETH] == (min(prices), max([MARKETS[ETH].start_price, *prices]))
+
+
 def test_squeeze_rises_about_twenty_five_percent() -> None:
     prices = path("squeeze", 7, 130)
     assert Decimal(3500) < prices[-1] < Decimal(4000)  # 3000 * 1.25 = 3750
