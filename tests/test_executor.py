@@ -232,7 +232,7 @@ async def test_rejected_is_recorded_with_the_exchange_code(audit: AuditLog) -> N
     exchange = exchange_on(clock, rejected(-1101, "Insufficient margin after the operation."))
     executor = executor_on(exchange, audit, clock)
     await executor.submit(job())
-    await running(executor, lambda: bool(exchange.calls) and KEY not in executor._queued)
+    await running(executor, lambda: bool(exchange.calls) and executor._running == 0)
     recorded = await events(audit)
     assert [(kind, code) for kind, _, code in recorded][-1] == ("REJECTED", -1101)
     assert exchange.reads == []
@@ -306,7 +306,7 @@ async def test_rate_limited_backs_off_rereads_and_hands_back(audit: AuditLog) ->
     executor = executor_on(exchange, audit, clock, on_reread=on_reread)
     await executor.submit(job())
     async with working(executor):
-        await until(lambda: bool(exchange.calls) and KEY not in executor._queued)
+        await until(lambda: bool(exchange.calls) and executor._running == 0)
         assert KEY in executor.blocked(), "held for the back-off the exchange asked for"
         clock.advance(0.01)
         await until(lambda: bool(reread))

@@ -397,13 +397,20 @@ async def test_a_fast_fall_with_lost_answers_is_rescued_and_every_usdc_is_record
         audit = reader_for(sqlite_url)
         async with guarding(settings), httpx.AsyncClient(base_url=sim.rest_url) as admin:
             await eventually(lambda: sim.counters["ws_private_connections"] > 0)
-            (await admin.post("/sim/faults", json={"lost_response_rate": 0.3})
+            # Every answer is lost until the first top-up's is (so the test cannot pass
+            # without one), then 30 % of them.
+            rate = 1.0
+            (await admin.post("/sim/faults", json={"lost_response_rate": rate})
              ).raise_for_status()
             price = Decimal(3000)
             for _ in range(24):  # -1.5 % every 0.5 s: -30 % in 12 s
                 price = (price * Decimal("0.985")).quantize(Decimal("0.01"))
                 await pin_mark(sim, ETH, str(price))
                 await asyncio.sleep(0.5)
+                if rate == 1.0 and audit.events("UNCERTAIN"):
+                    rate = 0.3
+                    (await admin.post("/sim/faults", json={"lost_response_rate": rate})
+                     ).raise_for_status()
             (await admin.post("/sim/faults", json={"lost_response_rate": 0})
              ).raise_for_status()
             await eventually(lambda: settled(audit), timeout_s=20)
