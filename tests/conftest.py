@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from guardbot.audit import schema
+from guardbot.audit.store import AuditLog
 from guardbot.sim.admin import SimAccount, open_account
 from guardbot.sim.server import SimServer
 
@@ -31,3 +34,14 @@ async def sim_account(sim: SimServer) -> SimAccount:
         usdc="10000",
         positions=[("PERP_ETH_USDC", "ISOLATED", "1", 10), ("PERP_ETH_USDC", "CROSS", "0.5", 10)],
     )
+
+
+@pytest.fixture
+async def audit(tmp_path: Path) -> AsyncIterator[AuditLog]:
+    """A migrated SQLite audit log in the test's folder, with a run started."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    schema.upgrade(url)
+    log = await AuditLog.open(url, tmp_path / "spool")
+    await log.start_run("test", "hash", "host")
+    yield log
+    await log.aclose()

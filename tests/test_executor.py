@@ -13,13 +13,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from guardbot.audit import schema
 from guardbot.audit.store import AuditLog, EventKind
 from guardbot.audit.tables import ActionEvent
 from guardbot.clock import ManualClock
@@ -75,16 +73,6 @@ def read_times(exchange: FakeExchange) -> list[int]:
 
 def called(exchange: FakeExchange) -> list[str]:
     return [call.symbol for call in exchange.calls]
-
-
-@pytest.fixture
-async def audit(tmp_path: Path) -> AsyncIterator[AuditLog]:
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    schema.upgrade(url)
-    log = await AuditLog.open(url, tmp_path / "spool")
-    await log.start_run("test", "hash", "host")
-    yield log
-    await log.aclose()
 
 
 async def events(audit: AuditLog) -> list[tuple[str, dict[str, str] | None, int | None]]:
@@ -186,7 +174,7 @@ async def test_an_uncertain_call_that_did_not_land_is_not_applied_only_after_the
         assert KEY not in executor.blocked(), "a rescue may go out meanwhile"
         start = clock.now_ms()
         clock.advance(11.001)
-        await until(lambda: not executor.settlement.unsettled(KEY))
+        await until(lambda: not executor.settlement.unsettled(KEY) and not executor._waits)
     assert read_times(exchange)[-1] > start + 11_000
     recorded = await events(audit)
     assert recorded[-1][0] == "RECONCILED"
@@ -222,7 +210,7 @@ async def test_an_unexpected_error_from_the_call_is_settled_from_evidence(
     async with working(executor):
         await until(lambda: len(exchange.reads) == 1)
         clock.advance(12)
-        await until(lambda: not executor.settlement.unsettled(KEY))
+        await until(lambda: not executor.settlement.unsettled(KEY) and not executor._waits)
     assert kinds(await events(audit))[-2:] == ["UNCERTAIN", "RECONCILED"]
     assert len(exchange.calls) == 1
 
@@ -431,7 +419,7 @@ async def test_a_call_applied_after_its_timeout_is_reconciled_as_applied(
         assert executor.settlement.unsettled(KEY) == 1
         assert "RECONCILED" not in kinds(await events(audit))
         clock.advance(11.001)
-        await until(lambda: not executor.settlement.unsettled(KEY))
+        await until(lambda: not executor.settlement.unsettled(KEY) and not executor._waits)
     recorded = await events(audit)
     assert recorded[-1][0] == "RECONCILED"
     assert recorded[-1][1] is not None and recorded[-1][1]["applied"] == "true"
@@ -457,7 +445,7 @@ async def test_actions_handed_over_from_a_previous_run_are_settled_together(
         await until(lambda: len(exchange.reads) >= 1)
         assert executor.settlement.unsettled(KEY) == 2, "the first read shows neither"
         clock.advance(11.001)
-        await until(lambda: not executor.settlement.unsettled(KEY))
+        await until(lambda: not executor.settlement.unsettled(KEY) and not executor._waits)
     reconciled = [detail for kind, detail, _ in await events(audit) if kind == "RECONCILED"]
     assert [d and d["applied"] for d in reconciled] == ["true", "true"]
     assert exchange.calls == []
@@ -503,19 +491,24 @@ async def test_an_action_queued_for_a_position_that_closed_is_not_sent(
     assert kinds(await events(audit))[-1] == "FAILED"
 
 
+async def held_back_for(executor: Executor, clock: ManualClock, hold_ms: int) -> None:
+    """Submit a job, see it refused, and the position held back exactly ``hold_ms``."""
+    assert await executor.submit(job())
+    await running(executor, lambda: KEY in executor.held())
+    assert await executor.submit(job()) is None, "not re-sent on the next mark"
+    clock.advance((hold_ms - 1) / 1000)
+    assert KEY in executor.blocked()
+    clock.advance(0.001)
+    assert executor.blocked() == frozenset()
+
+
 async def test_a_rejected_position_is_held_back_longer_on_each_repeat(audit: AuditLog) -> None:
     clock = ManualClock()
     exchange = exchange_on(clock, rejected(), rejected())
     executor = executor_on(exchange, audit, clock,
                            reject_backoff_ms=30_000, reject_backoff_max_ms=45_000)
     for hold_ms in (30_000, 45_000):  # doubled, then capped
-        assert await executor.submit(job())
-        await running(executor, lambda: KEY in executor.held())
-        assert await executor.submit(job()) is None, "not re-sent on the next mark"
-        clock.advance((hold_ms - 1) / 1000)
-        assert KEY in executor.blocked()
-        clock.advance(0.001)
-        assert executor.blocked() == frozenset()
+        await held_back_for(executor, clock, hold_ms)
     assert await executor.submit(job())
     await running(executor, lambda: len(exchange.calls) == 3)
     assert executor._rejections == {}, "a success starts the back-off over"
@@ -531,16 +524,11 @@ async def test_an_auth_failure_holds_back_briefly_so_a_fixed_clock_rescues_at_on
     exchange = exchange_on(clock, auth_error(), auth_error(), OK, auth_error())
     executor = executor_on(exchange, audit, clock, reject_backoff_ms=30_000)
     for hold_ms in (AUTH_BACKOFF_MS, 2 * AUTH_BACKOFF_MS, None, AUTH_BACKOFF_MS):
-        assert await executor.submit(job())
         if hold_ms is None:  # the clock is right again: a success starts the hold over
+            assert await executor.submit(job())
             await running(executor, lambda: len(exchange.calls) == 3)
             continue
-        await running(executor, lambda: KEY in executor.held())
-        assert await executor.submit(job()) is None, "not re-sent on the next mark"
-        clock.advance((hold_ms - 1) / 1000)
-        assert KEY in executor.blocked()
-        clock.advance(0.001)
-        assert executor.blocked() == frozenset()
+        await held_back_for(executor, clock, hold_ms)
     recorded = await events(audit)
     assert [code for kind, _, code in recorded if kind == "FAILED"] == [-1002] * 3
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal as D
-from pathlib import Path
 
 import pytest
 from factories import ACCOUNT, ALT_RULES, LONG, SHORT
@@ -19,7 +18,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from guardbot.alerts import Alert, AlertKind
-from guardbot.audit import schema
 from guardbot.audit.store import AuditLog
 from guardbot.clock import ManualClock
 from guardbot.config import parse_config
@@ -86,16 +84,6 @@ class Anywhere:
         if position.margin + position.unsettled_pnl < position.margin * D("0.5"):
             return [view.intent(ActionKind.ADD, D(5), self.name, "equity halved")]
         return []
-
-
-@pytest.fixture
-async def audit(tmp_path: Path) -> AsyncIterator[AuditLog]:
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    schema.upgrade(url)
-    log = await AuditLog.open(url, tmp_path / "spool")
-    await log.start_run("test", "hash", "host")
-    yield log
-    await log.aclose()
 
 
 class Harness:
