@@ -75,6 +75,12 @@ class VolTarget:
         return self.max_target * self.trigger_ratio
 
     @property
+    def acts_below(self) -> Decimal:
+        """It never acts at ``trigger`` or farther (nor without a liquidation price): the
+        guard may skip it on mark ticks that leave the position there."""
+        return self.trigger
+
+    @property
     def add_target(self) -> Decimal:
         """The farthest distance this policy's ADDs restore: no REDUCE may go below it."""
         return self.max_target
