@@ -223,9 +223,10 @@ def test_the_shipped_strategies_load() -> None:
     assert (vol.policy.name, profit.policy.name) == ("vol_target", "profit_sweep")
     assert (vol.add_target, vol.reduce_floor) == (D("0.50"), None)
     assert (profit.add_target, profit.reduce_floor) == (None, D("0.5"))
-    # neither promises where it never acts (profit_sweep overrides sweep's evaluate):
-    # evaluated on every tick
-    assert (vol.quiet, profit.quiet) == (None, None)
+    # vol_target never acts at its trigger (max_target x trigger_ratio) or farther;
+    # profit_sweep overrides sweep's evaluate without promising: evaluated on every tick
+    assert vol.quiet is not None and (vol.quiet.low, vol.quiet.high) == (D("0.250"), None)
+    assert profit.quiet is None
 
 
 def test_where_policies_never_act_is_read_at_load() -> None:
