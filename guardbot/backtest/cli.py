@@ -118,9 +118,19 @@ def _folder(label: str) -> str:
 
 def _quiet_logs() -> None:
     """The simulator logs every liquidation and the guard every action: in a backtest those
-    are the results, printed at the end, unless a log level was asked for."""
+    are the results, printed at the end, unless a log level was asked for. The levels come
+    back when the command ends (it may run inside a longer-lived process)."""
     from guardbot.logs import LEVEL_ENV
 
-    if LEVEL_ENV not in os.environ:
-        for name in ("guardbot", "apscheduler"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+    if LEVEL_ENV in os.environ:
+        return
+    loggers = [logging.getLogger(name) for name in ("guardbot", "apscheduler")]
+    levels = [(logger, logger.level) for logger in loggers]
+
+    def restore() -> None:
+        for logger, level in levels:
+            logger.setLevel(level)
+
+    click.get_current_context().call_on_close(restore)
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)

@@ -28,16 +28,3 @@ def written_config() -> Settings:
 def template() -> Iterator[AuditTemplate]:
     with scratch_folder() as folder:
         yield AuditTemplate(folder)
-
-
-@pytest.fixture(autouse=True)
-def _logger_levels() -> Iterator[None]:
-    """``guardbot backtest`` quiets the guard's loggers for its process; tests run many
-    commands in one process, so each gets the levels back (the log tests need them)."""
-    import logging
-
-    names = ("guardbot", "apscheduler")
-    levels = {name: logging.getLogger(name).level for name in names}
-    yield
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
