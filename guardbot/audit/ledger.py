@@ -103,6 +103,12 @@ class Entry:
     answered_ms: int | None = None
 
     @property
+    def may_have_added(self) -> bool:
+        """An ADD that may have moved money: not a dry run, not known to be unapplied."""
+        return (self.kind is ActionKind.ADD and not self.dry_run
+                and self.status is not Status.NOT_APPLIED)
+
+    @property
     def signed(self) -> Decimal:
         return self.amount if self.kind is ActionKind.ADD else -self.amount
 
@@ -242,8 +248,7 @@ class Ledger:
         await self.load(account_id, now_ms)
         return sum(
             (e.amount for e in self._entries.get(account_id, {}).values()
-             if e.kind is ActionKind.ADD and not e.dry_run
-             and e.status is not Status.NOT_APPLIED and e.time_ms >= since_ms
+             if e.may_have_added and e.time_ms >= since_ms
              and (symbol is None or e.symbol == symbol)),
             ZERO,
         )  # fmt: skip
@@ -256,9 +261,7 @@ class Ledger:
         the exchange confirmed before the read: the balance read already shows those."""
         return sum(
             (e.amount for e in self._entries.get(account_id, {}).values()
-             if e.kind is ActionKind.ADD and not e.dry_run
-             and e.status is not Status.NOT_APPLIED
-             and e.time_ms >= read_ms - settle_window_ms
+             if e.may_have_added and e.time_ms >= read_ms - settle_window_ms
              and not (e.answered_ms is not None and e.answered_ms < read_ms)),
             ZERO,
         )  # fmt: skip
