@@ -160,7 +160,9 @@ class Executor:
         # the monotonic clock: a host clock stepped by NTP must not stretch or cut a hold.
         # Held per kind: a rejected sweep must not hold back a rescue ADD.
         self._held: dict[tuple[PositionKey, ActionKind], float] = {}
-        self._rejections: dict[tuple[PositionKey, int | None], int] = {}
+        # Refusals in a row per (position, kind, code): what a hold-back doubles on. Per
+        # kind, like the hold itself: refused sweeps must not lengthen a rescue's hold.
+        self._rejections: dict[tuple[PositionKey, ActionKind, int | None], int] = {}
         self._closed_ms: dict[PositionKey, int] = {}  # queued before this: not sent
         # Per account: calls on the wire, reads and back-offs (``release`` awaits them).
         self._tasks: dict[str, set[asyncio.Task[None]]] = {a: set() for a in self._exchanges}
@@ -474,8 +476,9 @@ class Executor:
         success, up to ``cap_ms``. The other kind stays free: a sweep the exchange refused
         must not stand in the way of a rescue."""
         key = job.key
-        repeats = self._rejections.get((key, code), 0)
-        self._rejections[(key, code)] = repeats + 1
+        counted = (key, job.intent.kind, code)
+        repeats = self._rejections.get(counted, 0)
+        self._rejections[counted] = repeats + 1
         hold_ms = int(backoff.delay(repeats, base_ms, cap_ms))
         self._held[(key, job.intent.kind)] = self._clock.monotonic() + hold_ms / 1000
         return hold_ms
@@ -561,7 +564,8 @@ class Executor:
         until = self._held.get(hold, 0.0)
         if (wait_s := until - self._clock.monotonic()) > 0:
             await self._clock.sleep(wait_s)
-        self._held.pop(hold, None)
+        if self._held.get(hold) == until:  # not a newer hold set meanwhile
+            del self._held[hold]
         try:
             position = await self._exchanges[job.intent.account_id].get_position(
                 job.intent.symbol, job.key[2], urgent=job.intent.kind is ActionKind.ADD)

@@ -533,6 +533,46 @@ async def test_an_auth_failure_holds_back_briefly_so_a_fixed_clock_rescues_at_on
     assert [code for kind, _, code in recorded if kind == "FAILED"] == [-1002] * 3
 
 
+async def sweeps_refused(executor: Executor, clock: ManualClock, count: int) -> None:
+    """``count`` sweeps refused in a row, each hold-back waited out."""
+    for _ in range(count):
+        assert await executor.submit(job(kind=ActionKind.REDUCE))
+        await running(executor, lambda: KEY in executor.held())
+        clock.advance(16 * 60)  # past any hold
+        assert executor.held() == {}
+
+
+async def test_refused_sweeps_do_not_lengthen_the_hold_of_a_rescue(audit: AuditLog) -> None:
+    """-1101 answers both an over-REDUCE and an over-ADD. Five refused sweeps, then one
+    rescue refused for the balance: the rescue is held its own first 30 s, not 15 min."""
+    clock = ManualClock()
+    exchange = exchange_on(clock, *[rejected(-1101, "Insufficient margin after the "
+                                             "operation.")] * 5,
+                           rejected(-1101, "Insufficient balance."))
+    executor = executor_on(exchange, audit, clock, reject_backoff_ms=30_000,
+                           reject_backoff_max_ms=15 * 60_000)
+    await sweeps_refused(executor, clock, 5)
+    assert await executor.submit(job(kind=ActionKind.ADD))
+    await running(executor, lambda: KEY in executor.held())
+    clock.advance(30.0)
+    assert ActionKind.ADD not in executor.held().get(KEY, ())
+
+
+async def test_refused_sweeps_do_not_lengthen_the_auth_hold_of_a_rescue(
+    audit: AuditLog,
+) -> None:
+    """Sweeps refused for the signature (the clock is off) must not turn the first rescue's
+    2 s authentication hold into the 30 s cap."""
+    clock = ManualClock()
+    exchange = exchange_on(clock, *[auth_error()] * 5)
+    executor = executor_on(exchange, audit, clock, reject_backoff_ms=30_000)
+    await sweeps_refused(executor, clock, 4)
+    assert await executor.submit(job(kind=ActionKind.ADD))
+    await running(executor, lambda: KEY in executor.held())
+    clock.advance(AUTH_BACKOFF_MS / 1000)
+    assert ActionKind.ADD not in executor.held().get(KEY, ())
+
+
 async def test_a_new_position_inherits_no_hold_back(audit: AuditLog) -> None:
     clock = ManualClock()
     exchange = exchange_on(clock, rejected())

@@ -101,6 +101,17 @@ class Entry:
     # When the exchange answered that it applied the action (its SUCCEEDED event): it was
     # in every balance read after that. None: not applied, or applied at an unknown moment.
     answered_ms: int | None = None
+    # When the call was last known to be open (sent, or its answer lost): while the outcome
+    # is unknown it may land until a settle window after this.
+    open_ms: int | None = None
+
+    @property
+    def last_open_ms(self) -> int:
+        """The last time the call was known to be open (decided, sent, answer lost), while
+        its outcome is unknown; once known, when it was decided."""
+        if self.status is Status.UNKNOWN and self.open_ms is not None:
+            return max(self.time_ms, self.open_ms)
+        return self.time_ms
 
     @property
     def may_have_added(self) -> bool:
@@ -160,15 +171,17 @@ class Ledger:
             entry = self._entries.get(record["account_id"], {}).get(record["action_id"])
             if entry is None:
                 return None
-            before, answered = entry.status, entry.answered_ms
+            before, answered, opened = entry.status, entry.answered_ms, entry.open_ms
             entry.status = status_after(before, record["kind"], record["detail"])
             if record["kind"] == "SUCCEEDED":
                 entry.answered_ms = record.get("time_ms")
-            if entry.status is before and entry.answered_ms == answered:
+            elif record["kind"] in ("SENT", "UNCERTAIN"):
+                entry.open_ms = record.get("time_ms")
+            if (entry.status, entry.answered_ms, entry.open_ms) == (before, answered, opened):
                 return None
 
             def undo() -> None:
-                entry.status, entry.answered_ms = before, answered
+                entry.status, entry.answered_ms, entry.open_ms = before, answered, opened
 
             return undo
         if kind == "observation" and record["kind"] == POSITION_CLOSED and record["symbol"]:
@@ -256,12 +269,13 @@ class Ledger:
     def added_after_read(self, account_id: str, read_ms: int, settle_window_ms: int
                          ) -> Decimal:  # fmt: skip
         """Margin ADDs may have taken from the free balance after a read asked at
-        ``read_ms``: every ADD decided since ``read_ms - settle_window_ms`` (a call may land
-        until its settle window has passed) that is not known to be unapplied, except those
-        the exchange confirmed before the read: the balance read already shows those."""
+        ``read_ms``: every ADD last known open (decided, sent, or its answer lost) since
+        ``read_ms - settle_window_ms`` (a call may land until a settle window after that)
+        that is not known to be unapplied, except those the exchange confirmed before the
+        read: the balance read already shows those."""
         return sum(
             (e.amount for e in self._entries.get(account_id, {}).values()
-             if e.may_have_added and e.time_ms >= read_ms - settle_window_ms
+             if e.may_have_added and e.last_open_ms >= read_ms - settle_window_ms
              and not (e.answered_ms is not None and e.answered_ms < read_ms)),
             ZERO,
         )  # fmt: skip

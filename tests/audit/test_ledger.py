@@ -227,6 +227,21 @@ async def test_the_free_balance_counts_an_add_once(
     await log.aclose()
 
 
+def test_an_uncertain_add_older_than_the_window_still_counts_against_a_later_read() -> None:
+    """Decided at 0, uncertain at 2 s, it may land until its settle window after that: a
+    balance asked at 12 s that does not show it yet must not be taken at face value."""
+    ledger = Ledger()
+    ledger.note({"t": "action", "id": "a", "account_id": ACCOUNT, "symbol": "PERP_ETH_USDC",
+                 "margin_mode": "ISOLATED", "kind": "ADD", "amount": "500", "time_ms": 0,
+                 "dry_run": False})
+    ledger.note({"t": "event", "account_id": ACCOUNT, "action_id": "a", "kind": "UNCERTAIN",
+                 "detail": None, "time_ms": 2_000})
+    assert ledger.added_after_read(ACCOUNT, 12_000, 11_000) == Decimal(500)
+    ledger.note({"t": "event", "account_id": ACCOUNT, "action_id": "a", "kind": "RECONCILED",
+                 "detail": {"applied": "true"}, "time_ms": 13_000})
+    assert ledger.added_after_read(ACCOUNT, 30_000, 11_000) == 0, "settled long before"
+
+
 async def test_a_ledger_with_no_history_counts_what_it_is_fed() -> None:
     """The backtest's ledger: no database, everything from the records it is fed."""
     ledger = Ledger()
