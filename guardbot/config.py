@@ -39,11 +39,13 @@ import tomllib
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -58,8 +60,8 @@ from pydantic_settings import (
 ACCOUNT_ID_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
 KEY_RE = re.compile(r"^ed25519:[1-9A-HJ-NP-Za-km-z]{32,50}$")
 
+# The hosts of docs/exchange.md §1.
 PRESETS: dict[str, dict[str, str]] = {
-    # docs/exchange.md §1
     "mainnet": {
         "rest_url": "https://api.orderly.org",
         "public_ws_url": "wss://ws-evm.orderly.org/ws/stream/{account_id}",
@@ -86,6 +88,15 @@ class ConfigError(Exception):
     """Bad configuration: the message names the key and the reason, one line per problem."""
 
 
+def _url_with_scheme(value: str | None, schemes: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(f"must be a {' or '.join(schemes)} URL, got {value!r}")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -97,13 +108,14 @@ class ExchangeSettings(_Section):
         default="sim", description="Whose URLs to use: Orderly mainnet, Orderly testnet, or the"
         " built-in simulator (`guardbot sim`) on 127.0.0.1:8900.")
     rest_url: str | None = Field(
-        default=None, description="REST base URL instead of the preset's.")
+        default=None, description="REST base URL instead of the preset's; `http://` or"
+        " `https://`.")
     public_ws_url: str | None = Field(
         default=None, description="Public WebSocket URL instead of the preset's;"
-        " `{account_id}` is replaced by the account id.")
+        " `{account_id}` is replaced by the account id; `ws://` or `wss://`.")
     private_ws_url: str | None = Field(
         default=None, description="Private WebSocket URL instead of the preset's;"
-        " `{account_id}` is replaced by the account id.")
+        " `{account_id}` is replaced by the account id; `ws://` or `wss://`.")
     timeout_s: float = Field(
         default=10.0, gt=0, le=120, description="Seconds to wait for a REST answer (reads are"
         " retried a few times on transient failures).")
@@ -115,6 +127,16 @@ class ExchangeSettings(_Section):
         default=2.0, gt=0, le=60, description="Seconds to wait for the answer to a margin call."
         " A call without an answer is never repeated blindly: the position is read to see"
         " whether it was applied.")
+
+    @field_validator("rest_url")
+    @classmethod
+    def _rest_scheme(cls, value: str | None) -> str | None:
+        return _url_with_scheme(value, ("http", "https"))
+
+    @field_validator("public_ws_url", "private_ws_url")
+    @classmethod
+    def _ws_scheme(cls, value: str | None) -> str | None:
+        return _url_with_scheme(value, ("ws", "wss"))
 
     def urls(self) -> dict[str, str]:
         """The preset's URLs with any explicit override applied. WS URLs keep the
@@ -210,6 +232,8 @@ class AccountSettings(_Section):
     """One guarded account and its Orderly key. Give exactly one of `orderly_secret`,
     `orderly_secret_env` and `orderly_secret_file`; names and ids must be unique."""
 
+    _position: int = PrivateAttr(default=1)
+
     name: str = Field(description="Label in logs, alerts, metrics and `/readyz`.")
     account_id: str = Field(description="The Orderly account id: `0x` and 64 hex digits.")
     orderly_key: str = Field(
@@ -251,6 +275,11 @@ class AccountSettings(_Section):
             )
         return self
 
+    @property
+    def where(self) -> str:
+        """How messages name this account: ``accounts[2] (name "main")``, 1-based."""
+        return f'accounts[{self._position}] (name "{self.name}")'
+
     def secret(self) -> SecretStr:
         """Resolve the secret from wherever it is configured. Raises ``ConfigError``."""
         if self.orderly_secret is not None:
@@ -259,7 +288,7 @@ class AccountSettings(_Section):
             value = os.environ.get(self.orderly_secret_env)
             if not value:
                 raise ConfigError(
-                    f"accounts.{self.name}.orderly_secret_env: environment variable "
+                    f"{self.where}.orderly_secret_env: environment variable "
                     f"{self.orderly_secret_env} is not set"
                 )
             return SecretStr(value.strip())
@@ -268,9 +297,23 @@ class AccountSettings(_Section):
             return SecretStr(self.orderly_secret_file.read_text().strip())
         except OSError as exc:
             raise ConfigError(
-                f"accounts.{self.name}.orderly_secret_file: cannot read "
+                f"{self.where}.orderly_secret_file: cannot read "
                 f"{self.orderly_secret_file}: {exc.strerror}"
             ) from None
+
+    def check_secret(self) -> None:
+        """Resolve the secret and check that it is an ed25519 secret whose public key is
+        ``orderly_key``, the check signing makes (``exchange.signing.Signer``). Raises
+        ``ConfigError`` naming the account; the text never holds the secret."""
+        from guardbot.exchange.errors import AuthError
+        from guardbot.exchange.signing import Signer
+
+        source = next(n for n in ("orderly_secret", "orderly_secret_env", "orderly_secret_file")
+                      if getattr(self, n) is not None)
+        try:
+            Signer(self.orderly_key, self.secret())
+        except AuthError as exc:
+            raise ConfigError(f"{self.where}.{source}: {exc.message}") from None
 
 
 class GuardSettings(_Section):
@@ -354,12 +397,38 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _unique_accounts(self) -> Settings:
         seen: set[str] = set()
-        for account in self.accounts:
+        for position, account in enumerate(self.accounts, start=1):
+            account._position = position
             for ident in (account.name, account.account_id):
                 if ident in seen:
                     raise ValueError(f"account {ident} is configured twice")
                 seen.add(ident)
         return self
+
+    def anchored(self, folder: Path) -> Settings:
+        """These settings with every relative path made absolute against ``folder`` (the
+        config file's): the SQLite audit database, the spool, the strategies folder, the
+        kill-switch file and secret files. The working directory then never matters."""
+
+        def absolute(path: Path) -> Path:
+            return path if path.is_absolute() else folder / path
+
+        guard = self.guard.model_copy(update={
+            "strategies_dir": absolute(self.guard.strategies_dir),
+            "kill_switch_file": self.guard.kill_switch_file
+            and absolute(self.guard.kill_switch_file),
+        })  # fmt: skip
+        audit = self.audit.model_copy(update={
+            "url": _anchored_sqlite_url(self.audit.url, folder),
+            "spool_dir": absolute(self.audit.spool_dir),
+        })  # fmt: skip
+        accounts = [
+            account if account.orderly_secret_file is None
+            else account.model_copy(
+                update={"orderly_secret_file": absolute(account.orderly_secret_file)})
+            for account in self.accounts
+        ]  # fmt: skip
+        return self.model_copy(update={"guard": guard, "audit": audit, "accounts": accounts})
 
     @classmethod
     def settings_customise_sources(
@@ -374,14 +443,56 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
-def _describe(error: ValidationError) -> str:
+def _anchored_sqlite_url(url: str, folder: Path) -> str:
+    """A ``sqlite:///relative.db`` URL made absolute against ``folder``; others unchanged."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # reported by whoever opens it
+    database = parsed.database
+    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
+            or database.startswith("file:") or Path(database).is_absolute()):  # fmt: skip
+        return url
+    return parsed.set(database=str(folder / database)).render_as_string(hide_password=False)
+
+
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def _where(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
+    """A pydantic location in the config's terms: ``accounts[1] (name "main").account_id``,
+    list positions 1-based and named when the entry has a name."""
+    parts: list[str] = []
+    node: Any = data
+    for part in loc:
+        if isinstance(part, int):
+            entry = node[part] if isinstance(node, list) and part < len(node) else None
+            label = f"[{part + 1}]"
+            if isinstance(entry, dict):
+                for key in ("name", "use"):
+                    if isinstance(entry.get(key), str):
+                        label += f' ({key} "{entry[key]}")'
+                        break
+            parts[-1] = (parts[-1] if parts else "") + label
+            node = entry
+        else:
+            parts.append(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(parts) or "(top level)"
+
+
+def _describe(error: ValidationError, data: dict[str, Any]) -> str:
     lines = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
         reason = item["msg"]
+        for prefix in _PYDANTIC_PREFIXES:
+            reason = reason.removeprefix(prefix)
         if item["type"] == "extra_forbidden":
             reason = "unknown key"
-        lines.append(f"{where}: {reason}")
+        lines.append(f"{_where(item['loc'], data)}: {reason}")
     return "\n".join(lines)
 
 
@@ -390,12 +501,15 @@ def parse_config(data: dict[str, Any]) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, data)) from None
 
 
 def load_config(path: Path | str | None) -> Settings:
-    """Read, validate and return the settings. ``None`` means defaults plus environment."""
+    """Read, validate and return the settings. ``None`` means defaults plus environment.
+    Relative paths in them are taken from the config file's folder (without a file, from
+    the working directory): ``Settings.anchored``."""
     data: dict[str, Any] = {}
+    folder = Path.cwd()
     if path is not None:
         path = Path(path)
         try:
@@ -407,7 +521,8 @@ def load_config(path: Path | str | None) -> Settings:
             data = tomllib.loads(raw.decode("utf-8"), parse_float=Decimal)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data)
+        folder = path.resolve().parent
+    return parse_config(data).anchored(folder)
 
 
 def permission_warning(path: Path | str) -> str | None:

@@ -39,8 +39,13 @@ is reported naming its key. Any key can also be set in the environment as
 `GUARDBOT__SECTION__KEY` (for example `GUARDBOT__AUDIT__URL`), which wins over the file.
 Decimals (money, and the policies' distances) may be written as TOML numbers or as strings
 (`"0.05"`): numbers are read as decimals, never through a binary float.
+Relative paths (the SQLite file of `audit.url`, `spool_dir`, `strategies_dir`,
+`kill_switch_file`, `orderly_secret_file`), in the file or the environment, are taken from
+the config file's folder, never from the working directory.
 `deploy/guardbot.toml` is a complete example, and `guardbot check-config --config FILE`
-checks a file without connecting anywhere.
+checks a file and everything `guardbot run` would check before trading (secrets against
+their keys, URLs, free ports, at least one account) without connecting anywhere;
+`--online` also signs one read per account and shows its key's scopes.
 """
 
 _NAMES: dict[Any, str] = {

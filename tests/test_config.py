@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from guardbot.config import ConfigError, load_config, parse_config, permission_warning
+from guardbot.sim.keys import generate_key
 
 ACCOUNT = {
     "name": "main",
@@ -30,14 +32,83 @@ def test_defaults_and_presets() -> None:
         ({"exchange": {"prest": "sim"}}, "exchange.prest: unknown key"),
         ({"poll": {"interval_s": -1}}, "poll.interval_s"),
         ({"budgets": {"per_action": "abc"}}, "budgets.per_action"),
-        ({"accounts": [{**ACCOUNT, "account_id": "0x12"}]}, "accounts.0.account_id"),
+        ({"accounts": [{**ACCOUNT, "account_id": "0x12"}]},
+         'accounts[1] (name "main").account_id: must be 0x'),
         ({"accounts": [{**ACCOUNT, "orderly_secret_env": "X"}]}, "exactly one of"),
         ({"accounts": [ACCOUNT, ACCOUNT]}, "configured twice"),
     ],
 )
 def test_bad_values_name_the_key(data: dict[str, object], expected: str) -> None:
-    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
         parse_config(data)
+
+
+def test_messages_are_one_based_named_and_free_of_pydantic_prefixes() -> None:
+    second = {**ACCOUNT, "name": "hedge", "account_id": "0x" + "cd" * 32, "orderly_key": "x"}
+    with pytest.raises(ConfigError) as bad:
+        parse_config({"accounts": [ACCOUNT, second]})
+    message = str(bad.value)
+    assert message == 'accounts[2] (name "hedge").orderly_key: must be ed25519:<base58 public key>'
+    assert "Value error" not in message and "accounts.1" not in message
+    with pytest.raises(ConfigError, match=re.escape("policies[1] (use \"topup\").params")):
+        parse_config({"policies": [{"use": "topup", "params": 3}]})
+
+
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [("rest_url", "ftp://api.example.com"), ("rest_url", "wss://api.example.com"),
+     ("rest_url", "api.example.com"), ("public_ws_url", "https://ws.example.com/{account_id}"),
+     ("private_ws_url", "ftp://ws.example.com")],
+)
+def test_url_schemes_are_checked(key: str, url: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"exchange.{key}: must be a")):
+        parse_config({"exchange": {key: url}})
+    good = "https://x.example" if key == "rest_url" else "wss://x.example/{account_id}"
+    assert parse_config({"exchange": {key: good}}).exchange.urls()[key] == good
+
+
+def test_secret_format_and_key_match_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    parse_config({"accounts": [ACCOUNT]}).accounts[0].check_secret()
+    malformed = parse_config({"accounts": [{**ACCOUNT, "orderly_secret": "not-base58!"}]})
+    with pytest.raises(ConfigError) as bad:
+        malformed.accounts[0].check_secret()
+    assert str(bad.value).startswith('accounts[1] (name "main").orderly_secret: ')
+    assert "not-base58" not in str(bad.value) and "code None" not in str(bad.value)
+    other = generate_key()[1]  # a well-formed secret of another key
+    foreign = parse_config({"accounts": [{**ACCOUNT, "orderly_secret": other}]})
+    with pytest.raises(ConfigError, match="does not belong to key ed25519:9C6h") as bad:
+        foreign.accounts[0].check_secret()
+    assert other not in str(bad.value)
+
+
+def test_relative_paths_resolve_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "secret").write_text(ACCOUNT["orderly_secret"])
+    path = folder / "guardbot.toml"
+    account = {k: v for k, v in ACCOUNT.items() if k != "orderly_secret"}
+    path.write_text(
+        '[audit]\nurl = "sqlite:///data/audit.db"\nspool_dir = "spool"\n'
+        '[guard]\nkill_switch_file = "STOP"\n'
+        "[[accounts]]\n" + "".join(f'{k} = "{v}"\n' for k, v in account.items())
+        + 'orderly_secret_file = "secret"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_config(Path("..") / "etc" / "guardbot.toml")
+    assert settings.audit.url == f"sqlite:///{folder / 'data' / 'audit.db'}"
+    assert settings.audit.spool_dir == folder / "spool"
+    assert settings.guard.strategies_dir == folder / "strategies"
+    assert settings.guard.kill_switch_file == folder / "STOP"
+    assert settings.accounts[0].secret().get_secret_value() == ACCOUNT["orderly_secret"]
+    absolute = tmp_path / "abs.db"
+    monkeypatch.setenv("GUARDBOT__AUDIT__URL", f"sqlite:///{absolute}")
+    assert load_config(path).audit.url == f"sqlite:///{absolute}"
+    monkeypatch.setenv("GUARDBOT__AUDIT__URL", "postgresql+psycopg://u@h/db")
+    assert load_config(path).audit.url == "postgresql+psycopg://u@h/db"
 
 
 def test_secrets_never_in_repr_and_resolve_from_env_and_file(
@@ -80,7 +151,7 @@ def test_webhook_urls_are_secret() -> None:
         assert token not in shown
     with pytest.raises(ConfigError) as bad:
         parse_config({"alerts": {"webhooks": [{**hook, "format": "sms"}]}})
-    assert "alerts.webhooks.0.format" in str(bad.value) and token not in str(bad.value)
+    assert "alerts.webhooks[1].format" in str(bad.value) and token not in str(bad.value)
 
 
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,7 +159,7 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     path.write_text('[audit]\nurl = "sqlite:///a.db"\n[poll]\ninterval_s = 3\n')
     monkeypatch.setenv("GUARDBOT__AUDIT__URL", "sqlite:///b.db")
     settings = load_config(path)
-    assert settings.audit.url == "sqlite:///b.db"
+    assert settings.audit.url == f"sqlite:///{tmp_path / 'b.db'}"
     assert settings.poll.interval_s == 3
 
 
