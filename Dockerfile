@@ -10,7 +10,7 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 # Only what the wheel needs; .dockerignore keeps .venv, tests, caches and local files out.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY guardbot ./guardbot
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
