@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "db": "guardbot.audit.cli:db",
     "check-config": "guardbot.commands:check_config",
     "demo": "guardbot.commands:demo",
+    "init": "guardbot.init:init",
     "run": "guardbot.commands:run",
     "sim": "guardbot.sim.cli:sim",
     "status": "guardbot.status:status",
