@@ -158,6 +158,11 @@ class PositionBook:
         held = self._entries.get(key)
         return self.current(held) if held is not None else None
 
+    def confirmed(self, key: PositionKey) -> Position | None:
+        """The position as the exchange last confirmed it (its mark as of then)."""
+        held = self._entries.get(key)
+        return held.position if held is not None else None
+
     def current(self, held: Held) -> Position:
         """``held``'s position at the latest mark of its symbol, if one came after it."""
         position = held.position

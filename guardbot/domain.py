@@ -116,6 +116,23 @@ class AccountSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Liquidation:
+    """One position the exchange liquidated (``GET /v1/liquidations`` row or a
+    ``liquidationsaccount`` push, docs/exchange.md "Liquidation data"): the liquidation's id
+    and time, and the position as it was taken over. The exchange does not say whether it
+    was the isolated or the cross position on ``symbol``."""
+
+    account_id: str
+    liquidation_id: int
+    time_ms: int
+    symbol: str
+    qty: Decimal
+    transfer_price: Decimal
+    fee: Decimal | None  # liquidator plus insurance fund fee, in USDC, when given
+    to_insurance_fund: Decimal | None  # of the whole liquidation, when given
+
+
+@dataclass(frozen=True, slots=True)
 class MarkPrice:
     symbol: str
     price: Decimal

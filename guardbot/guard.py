@@ -48,6 +48,8 @@ from guardbot.config import Settings
 from guardbot.domain import (
     AccountSnapshot,
     Intent,
+    Liquidation,
+    MarginMode,
     MarkPrice,
     Position,
     PositionKey,
@@ -57,6 +59,7 @@ from guardbot.exchange.errors import ExchangeError
 from guardbot.exchange.port import (
     Exchange,
     HoldingsPushed,
+    LiquidationsPushed,
     MarksPushed,
     PositionsPushed,
     StreamEvent,
@@ -68,6 +71,7 @@ from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.quiet import MarkBand, mark_band
 from guardbot.policies.runner import evaluate_policies
 from guardbot.settlement import Settlement
+from guardbot.trail import Trail
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,12 @@ REPEAT_AUDIT_MS = 60_000
 # the policies declare.
 URGENT_FACTOR = Decimal(2)
 DEFAULT_TRIGGER = Decimal("0.05")
+# A liquidation explains a position that disappeared if the exchange stamped it no earlier
+# than this before the guard last saw the position open (the two clocks differ).
+LIQUIDATION_SLACK_MS = 60_000
+# Liquidation ids already attributed to a death, kept per instance.
+ATTRIBUTED = 1024
+RECENT_LIQUIDATIONS = 32  # pushed liquidations kept per account
 # Refusals the operator is told about at once.
 _REFUSAL_ALERTS = {Refusal.BUDGET: AlertKind.BUDGET_EXHAUSTED,
                    Refusal.TOO_MANY_UNCERTAIN: AlertKind.UNCERTAIN}
@@ -141,6 +151,18 @@ class Guard:
         # Per account and symbol: the version and rules its band was computed from, and the
         # band (keyed by strings: a tick looks one up per position).
         self._bands: dict[str, dict[str, tuple[Held, SymbolRules | None, MarkBand | None]]] = {}
+        # What the guard last decided on each position, for the record of its death.
+        self.trail = Trail()
+        # Liquidations pushed before the position they explain left the book, and the ids
+        # already attributed (a push and a REST read report the same liquidation).
+        self._pushed: dict[str, deque[Liquidation]] = {}
+        self._attributed: deque[tuple[str, int]] = deque(maxlen=ATTRIBUTED)
+        # Closes recorded while the liquidation data could not be read: a later push can
+        # still tell that the position was liquidated.
+        self._unexplained: dict[PositionKey, int] = {}
+        # Margin and quantity of each position when no call of the guard was unsettled on it:
+        # a later move with the same quantity is someone else's.
+        self._margins: dict[PositionKey, tuple[Decimal, Decimal]] = {}
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -151,12 +173,14 @@ class Guard:
         self.free_balance[account_id] = snapshot.free_collateral
         self.balance_ms[account_id] = snapshot.received_ms
         before = set(self.book.isolated_keys(account_id))
+        listed = {p.key for p in snapshot.positions if p.is_open}
+        last = {k: self.book.confirmed(k) for k in before if k not in listed}
         # Only what the book took: a version older than one it holds proves nothing.
         for position in self.book.apply_snapshot(snapshot):
-            await self.executor.observe(position)
+            await self._observe(position)
         after = set(self.book.isolated_keys(account_id))
         for key in before - after:
-            await self.closed(key)
+            await self.closed(key, last.get(key))
         for key in self.executor.settlement.unsettled_keys() - after:
             if key[0] == account_id:
                 # Calls taken over at start-up on a position that closed meanwhile.
@@ -176,13 +200,15 @@ class Guard:
         if isinstance(event, PositionsPushed):
             self.ws_connected[account_id] = True
             for position in event.positions:
-                was_open = position.key in self.book
+                last = None if position.is_open else self.book.confirmed(position.key)
                 if not self.book.apply(position):
                     continue
-                await self.executor.observe(position)
-                if was_open and not position.is_open:
-                    await self.closed(position.key)
+                await self._observe(position)
+                if last is not None:
+                    await self.closed(position.key, last)
             await self.evaluate(account_id)
+        elif isinstance(event, LiquidationsPushed):
+            await self._liquidations_pushed(account_id, event.liquidations)
         elif isinstance(event, MarksPushed):
             accounts: set[str] = set()
             for mark in event.marks:
@@ -201,26 +227,149 @@ class Guard:
     async def on_reread(self, position: Position | None, key: PositionKey) -> None:
         """A position the executor read (evidence for a call, or after a back-off)."""
         if position is None or not position.is_open:
+            last = self.book.confirmed(key)
             if self.book.remove(key) is not None:
-                await self.closed(key)
+                await self.closed(key, last)
             else:
                 await self.executor.closed(key)
         elif self.book.apply(position):
-            await self.executor.observe(position)
+            await self._observe(position)
         await self.evaluate(key[0])
 
-    async def closed(self, key: PositionKey) -> None:
-        """An isolated position left the book: closed by its owner or liquidated. A new
+    async def _observe(self, position: Position) -> None:
+        """A new version of a position: evidence for its calls, and a margin move nobody
+        in this guard made is recorded as an observation (never counted as the guard's)."""
+        await self.executor.observe(position)
+        key = position.key
+        if not position.is_open or self.executor.settlement.unsettled(key):
+            # The guard's own calls explain (or may explain) what moves now.
+            self._margins.pop(key, None)
+            return
+        before = self._margins.get(key)
+        self._margins[key] = (position.margin, position.qty)
+        if before is None or before[1] != position.qty or before[0] == position.margin:
+            return  # new, a fill (the quantity moved), or unchanged
+        change = position.margin - before[0]
+        log.warning("%s %s: margin moved by %s without a call of the guard (by hand or "
+                    "another bot)", self.name(key[0]), key[1], change)
+        await self.audit.record_observation(key[0], key[1], "margin_changed_by_others", {
+            "margin_mode": key[2].value, "margin_before": str(before[0]),
+            "margin_after": str(position.margin), "change": str(change),
+            "source": position.source.value})
+
+    async def closed(self, key: PositionKey, last: Position | None = None) -> None:
+        """An isolated position left the book (``last``: how the guard last saw it). A new
         position on the symbol starts with nothing of this one: its calls are settled, its
-        hold-back, cooldown and net margin added are gone (the ledger counts from the
-        ``position_closed`` record)."""
+        hold-back, cooldown and net margin added are gone (the ledger counts from the close
+        record). A liquidation is recorded as ``position_liquidated`` from the exchange's
+        liquidation data, with the guard's last decisions on the position; anything else as
+        ``position_closed``."""
         self._bands.get(key[0], {}).pop(key[1], None)
+        self._margins.pop(key, None)
         await self.executor.closed(key)
-        await self.audit.record_observation(key[0], key[1], "position_closed",
-                                            {"margin_mode": key[2].value})
-        self.notify(Alert(AlertKind.LIQUIDATION, self.name(key[0]), key[1],
-                          "isolated position closed or liquidated"))
-        log.warning("isolated position %s %s is gone (closed or liquidated)", key[0], key[1])
+        now = self.clock.now_ms()
+        seen_ms = last.received_ms if last is not None else now
+        liquidation, unknown = await self._liquidation_of(key, seen_ms)
+        detail = {"margin_mode": key[2].value, "guard_last": self.trail.take(key)}
+        if last is not None:
+            detail |= self._last_seen(last)
+        name = self.name(key[0])
+        if liquidation is None:
+            if unknown is not None:
+                detail["cause_unknown"] = unknown
+                self._unexplained[key] = seen_ms
+            await self.audit.record_observation(key[0], key[1], "position_closed", detail)
+            self.notify(Alert(AlertKind.LIQUIDATION, name, key[1],
+                              "isolated position closed" + (
+                                  "" if unknown is None else " (or liquidated: unknown)")))
+            log.warning("isolated position %s %s is gone (%s)", name, key[1],
+                        "closed" if unknown is None else f"closed or liquidated: {unknown}")
+            return
+        await self._record_liquidation(key, liquidation, detail, now)
+
+    async def _record_liquidation(self, key: PositionKey, liquidation: Liquidation,
+                                  detail: dict[str, str], now: int) -> None:
+        self._attributed.append((key[0], liquidation.liquidation_id))
+        net_added = None
+        with contextlib.suppress(AuditError):
+            net_added = await self.ledger.net_added(key, now)
+        detail |= {
+            "liquidation_id": str(liquidation.liquidation_id),
+            "liquidated_ms": str(liquidation.time_ms),
+            "qty": str(liquidation.qty),
+            "transfer_price": str(liquidation.transfer_price),
+        }
+        if liquidation.fee is not None:
+            detail["fee"] = str(liquidation.fee)
+        if liquidation.to_insurance_fund is not None:
+            detail["to_insurance_fund"] = str(liquidation.to_insurance_fund)
+        if net_added is not None:
+            detail["guard_net_added"] = str(net_added)
+        await self.audit.record_observation(key[0], key[1], "position_liquidated", detail)
+        name = self.name(key[0])
+        self.notify(Alert(AlertKind.LIQUIDATION, name, key[1],
+                          f"isolated position liquidated at {liquidation.transfer_price}"))
+        log.error("isolated position %s %s was LIQUIDATED at %s (guardbot audit why)", name,
+                  key[1], liquidation.transfer_price)
+
+    def _last_seen(self, last: Position) -> dict[str, str]:
+        seen = {"last_seen_ms": str(last.received_ms), "last_margin": str(last.margin),
+                "last_mark": str(last.mark_price)}
+        rules = self.rules.get(last.symbol)
+        if rules is not None:
+            with contextlib.suppress(Exception):  # a record never fails on the math
+                view = PositionView.of(last, rules)
+                if view.liquidation_price is not None:
+                    seen["last_liquidation_price"] = str(view.liquidation_price)
+                if view.distance is not None:
+                    seen["last_distance"] = str(view.distance)
+        return seen
+
+    async def _liquidation_of(self, key: PositionKey, seen_ms: int
+                              ) -> tuple[Liquidation | None, str | None]:  # fmt: skip
+        """The exchange's liquidation of the position that just left the book, if it was
+        liquidated: one pushed already, else from ``GET /v1/liquidations``. The second value
+        says why it cannot be known (the read failed)."""
+        since = seen_ms - LIQUIDATION_SLACK_MS
+        pushed = self._pushed.get(key[0], ())
+        for liquidation in pushed:
+            if self._explains(key, liquidation, since):
+                return liquidation, None
+        try:
+            found = await self.exchanges[key[0]].get_liquidations(since)
+        except ExchangeError as exc:
+            log.error("%s %s: cannot read the liquidations: %s", self.name(key[0]), key[1],
+                      exc)
+            return None, f"liquidations not readable: {exc}"[:300]
+        for liquidation in found:
+            if self._explains(key, liquidation, since):
+                return liquidation, None
+        return None, None
+
+    def _explains(self, key: PositionKey, liquidation: Liquidation, since: int) -> bool:
+        return (liquidation.symbol == key[1] and liquidation.time_ms >= since
+                and (key[0], liquidation.liquidation_id) not in self._attributed)
+
+    async def _liquidations_pushed(self, account_id: str,
+                                   liquidations: Sequence[Liquidation]) -> None:
+        """A ``liquidationsaccount`` push. It does not say isolated or cross, so it closes
+        nothing itself: kept until the position's own update shows it gone. One that
+        explains a close already recorded without knowing its cause is recorded now."""
+        pushed = self._pushed.get(account_id)
+        if pushed is None:
+            pushed = self._pushed[account_id] = deque(maxlen=RECENT_LIQUIDATIONS)
+        now = self.clock.now_ms()
+        for liquidation in liquidations:
+            key = (account_id, liquidation.symbol, MarginMode.ISOLATED)
+            closed_ms = self._unexplained.get(key)
+            if closed_ms is not None and self._explains(
+                    key, liquidation, closed_ms - LIQUIDATION_SLACK_MS):
+                del self._unexplained[key]
+                await self._record_liquidation(
+                    key, liquidation, {"margin_mode": key[2].value,
+                                       "recorded_after_close": "true"}, now)
+            else:
+                pushed.append(liquidation)
 
     # -- ownership -------------------------------------------------------------------------
 
@@ -254,6 +403,7 @@ class Guard:
         async with self._locks[account_id]:  # an evaluation of it may be deciding right now
             await self.executor.release(account_id)
         self.ledger.forget(account_id)
+        self.trail.forget_account(account_id)
 
     # -- deciding -------------------------------------------------------------------------
 
@@ -389,6 +539,8 @@ class Guard:
         evaluation = evaluate_policies(self.policies, view, await self._context(position, now),
                                        self.account_names.get(account_id))
         for failure in evaluation.failures:
+            self.trail.note(position.key, now, f"policy {failure.policy} failed: "
+                            f"{failure.error[:200]}", tag=f"failed {failure.policy}")
             if self._once.warn(("policy", failure.policy, *position.key), now,
                                "policy %s failed on %s %s: %s", failure.policy, account_id,
                                position.symbol, failure.error):
@@ -399,6 +551,7 @@ class Guard:
 
     def _warn_stale(self, key: PositionKey, age: int, now: int) -> None:
         account_id, symbol = key[0], key[1]
+        self.trail.note(key, now, f"not acting: data {age / 1000:.1f} s old", tag="stale")
         if self._once.warn(("stale", *key), now, "%s %s: data %d ms old, not acting",
                            account_id, symbol, age):
             self.notify(Alert(AlertKind.DATA_STALE, self.name(account_id), symbol,
@@ -462,11 +615,17 @@ class Guard:
                   liquidation_price=view.liquidation_price, distance=view.distance,
                   dry_run=decision.dry_run, measured_ms=now)
         if decision.approved:
+            self.trail.note(intent.key, now, f"{intent.kind} {intent.amount} decided"
+                            f"{' (dry run)' if decision.dry_run else ''}: {intent.reason}",
+                            tag=f"decided {intent.kind}")
             await self.executor.submit(job)
             return
         # Refusals are audited once a minute per position and refusal; routine ones
         # (cooldown, ranking, a call still open) are pacing, not news.
         refusal = decision.refusal
+        self.trail.note(intent.key, now, f"{intent.kind} {intent.amount} refused "
+                        f"({refusal.value if refusal else 'refused'}): {decision.reason}",
+                        tag=f"refused {intent.kind} {refusal}")
         if refusal is None or refusal.routine:
             return
         if not self._once.warn(("refused", *intent.key, refusal.value), now,

@@ -21,7 +21,7 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from guardbot.audit import queries, schema, verification
+from guardbot.audit import postmortem, queries, schema, verification
 from guardbot.audit.database import BadDatabaseUrl, create_audit_engine, redacted
 from guardbot.audit.errors import AuditError
 from guardbot.config import ConfigError, load_config
@@ -292,6 +292,64 @@ def verify_command(db_url: str | None, config_file: Path | None, account: str | 
     for problem in result.breaks:
         click.echo(f"BROKEN: {problem}")
     raise click.exceptions.Exit(1)
+
+
+@audit.command("why")
+@click.option("--account", metavar="A", help="account id (0x...).")
+@click.option("--symbol", metavar="S", help="e.g. PERP_ETH_USDC.")
+@click.option("--since", type=TIME, metavar="T", default="7d", show_default=True,
+              help="ISO time, date, or age (24h).")
+@click.option("--until", type=TIME, metavar="T", help="ISO time, date, or age.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@database_options
+def why_command(db_url: str | None, config_file: Path | None, account: str | None,
+                symbol: str | None, since: datetime | None, until: datetime | None,
+                fmt: str) -> None:  # fmt: skip
+    """Why did a guarded position die? Each liquidation with the guard's last decisions."""
+    engine = open_database(db_url, config_file)
+    found = postmortem.deaths(engine, since=since, until=until, account=account,
+                              symbol=symbol)
+    if fmt == "json":
+        click.echo(json.dumps([_plain(d.as_dict()) for d in found], indent=2))
+        return
+    if not found:
+        click.echo("no guarded position was liquidated in that window")
+        return
+    for death in found:
+        _echo_death(death)
+
+
+def _echo_death(death: postmortem.Death) -> None:
+    detail = death.detail
+    click.echo(f"{_cell(death.time)}  {death.account_id} {death.symbol}: liquidated at "
+               f"{detail.get('transfer_price', '?')} "
+               f"(liquidation {detail.get('liquidation_id', '?')})")
+    click.echo(f"  why: {death.verdict}")
+    seen = [f"{label} {detail[name]}" for name, label in (
+        ("last_margin", "margin"), ("last_mark", "mark"),
+        ("last_liquidation_price", "liquidation price"), ("last_distance", "distance"))
+        if name in detail]  # fmt: skip
+    if seen:
+        click.echo(f"  last seen: {', '.join(seen)}")
+    click.echo("  the guard's last decisions" + ("" if death.guard_last else
+                                                  ": none since it started"))
+    for note in death.guard_last:
+        when = _cell(_from_ms(note.get("at_ms")))
+        times = f" (x{note['times']}, last {_cell(_from_ms(note.get('last_ms')))})" \
+            if "times" in note else ""
+        click.echo(f"    {when}  {note.get('what', '')}{times}")
+    click.echo(f"  actions on the position in the audit log: {len(death.actions)}")
+    if death.actions:
+        write_rows(death.actions, ("time", "id", "kind", "amount", "status", "dry_run",
+                                   "reason"), "table", sys.stdout)
+    click.echo("")
+
+
+def _from_ms(raw: str | None) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(raw) / 1000, UTC) if raw else None
+    except ValueError:
+        return None
 
 
 # -- guardbot db --------------------------------------------------------------------------

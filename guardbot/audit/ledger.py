@@ -16,7 +16,8 @@ An action's status follows its events:
 - *unknown* otherwise (decided, on the wire, uncertain, or reconciled as unknown): it counts
   as spent, since it may have moved money.
 
-A position closed (``position_closed`` observation) starts over: actions before the close
+A position closed or liquidated (``position_closed`` or ``position_liquidated``
+observation) starts over: actions before the close
 count for neither cooldowns nor the net margin added of a position opened later.
 """
 
@@ -49,7 +50,8 @@ log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 # Budgets look back at most a day; keep two in memory so a window never straddles a gap.
 WINDOW_MS = 2 * DAY_MS
-POSITION_CLOSED = "position_closed"
+# Observations that end a position: the ledger starts over after either.
+CLOSES = ("position_closed", "position_liquidated")
 
 
 class Status(enum.Enum):
@@ -184,7 +186,7 @@ class Ledger:
                 entry.status, entry.answered_ms, entry.open_ms = before, answered, opened
 
             return undo
-        if kind == "observation" and record["kind"] == POSITION_CLOSED and record["symbol"]:
+        if kind == "observation" and record["kind"] in CLOSES and record["symbol"]:
             closes = self._closed_ms.setdefault(record["account_id"], {})
             symbol, previous = record["symbol"], closes.get(record["symbol"])
             closes[symbol] = max(previous or 0, record["time_ms"])
@@ -387,7 +389,7 @@ class SqlHistory:
         )
         closes = (
             select(Observation.symbol, func.max(Observation.time))
-            .where(Observation.account_id == account_id, Observation.kind == POSITION_CLOSED)
+            .where(Observation.account_id == account_id, Observation.kind.in_(CLOSES))
             .group_by(Observation.symbol)
         )
         with self._engine.connect() as connection:

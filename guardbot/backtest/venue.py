@@ -41,6 +41,7 @@ from guardbot.domain import (
     AccountSnapshot,
     ActionKind,
     Holding,
+    Liquidation,
     MarginMode,
     MarkPrice,
     Position,
@@ -53,6 +54,7 @@ from guardbot.exchange.errors import Rejected, Uncertain
 from guardbot.exchange.limits import Priority, RateLimiter
 from guardbot.exchange.port import (
     HoldingsPushed,
+    LiquidationsPushed,
     MarksPushed,
     PositionsPushed,
     StreamEvent,
@@ -169,8 +171,16 @@ class Venue:
                              payloads.dumps({"topic": "markprices", "ts": now, "data": data}))
         liquidations = self.engine.liquidations
         if len(liquidations) > self._seen_liquidations:
-            for event in liquidations[self._seen_liquidations:]:
+            fresh = liquidations[self._seen_liquidations:]
+            for event in fresh:
                 self._push_position(event.account_id, event.symbol, event.margin_mode)
+            for account_id in {event.account_id for event in fresh}:
+                feed = self._private.get(account_id)
+                if feed is not None:
+                    data = payloads.liquidations_push(
+                        e for e in fresh if e.account_id == account_id)
+                    feed.publish(now + self.params.feed_delay_ms, payloads.dumps(
+                        {"topic": "liquidationsaccount", "ts": now, "data": data}))
             self._seen_liquidations = len(liquidations)
         self.engine.drain_changes()  # re-pricing: the marks carry it
 
@@ -308,6 +318,21 @@ class VenueExchange:
         envelope = self.venue.answer(endpoint, call).read("GET", endpoint)
         return wire.holdings(envelope.data)
 
+    async def get_liquidations(self, since_ms: int) -> tuple[Liquidation, ...]:
+        endpoint = "GET /v1/liquidations"
+        await self._limit(endpoint, False)
+        engine = self.venue.engine
+
+        def call() -> dict[str, Any]:
+            found = payloads.liquidations(e for e in engine.liquidations
+                                          if e.account_id == self.account_id
+                                          and e.time_ms >= since_ms)
+            return {"rows": sorted(found, key=lambda row: -row["liquidation_id"])}
+
+        envelope = self.venue.answer(endpoint, call).read("GET", endpoint)
+        return wire.liquidations(wire.rows(envelope.data, "liquidations"),
+                                 account_id=self.account_id, where="liquidations.rows")
+
     async def get_symbol_rules(self) -> dict[str, SymbolRules]:
         endpoint = "GET /v1/public/info"
         engine = self.venue.engine
@@ -352,4 +377,4 @@ class VenueExchange:
         return None
 
 
-_EVENTS = (PositionsPushed, HoldingsPushed, MarksPushed, StreamGap)
+_EVENTS = (PositionsPushed, HoldingsPushed, MarksPushed, LiquidationsPushed, StreamGap)

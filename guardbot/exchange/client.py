@@ -28,6 +28,7 @@ from guardbot.domain import (
     AccountSnapshot,
     ActionKind,
     Holding,
+    Liquidation,
     MarginMode,
     MarkPrice,
     Position,
@@ -39,6 +40,7 @@ from guardbot.exchange.errors import MalformedResponse, Rejected
 from guardbot.exchange.limits import SHARED_LIMITER, Priority, RateLimiter
 from guardbot.exchange.port import (
     HoldingsPushed,
+    LiquidationsPushed,
     MarksPushed,
     PositionsPushed,
     StreamEvent,
@@ -50,6 +52,7 @@ from guardbot.exchange.ws import DEFAULT_TIMING, Parse, Stream, StreamTiming
 log = logging.getLogger(__name__)
 
 NOT_FOUND_CODES = frozenset({-1006})  # "resource not found" (docs/exchange.md §3)
+LIQUIDATIONS_PAGE = 25  # rows asked for in one GET /v1/liquidations
 T = TypeVar("T")
 
 
@@ -226,6 +229,17 @@ class OrderlyExchange:
         envelope = await self._rest.get("GET /v1/client/holding", "/v1/client/holding")
         return _parsed("GET /v1/client/holding", lambda: wire.holdings(envelope.data))
 
+    async def get_liquidations(self, since_ms: int) -> tuple[Liquidation, ...]:
+        """``GET /v1/liquidations?start_t=``: the account's liquidations since ``since_ms``
+        (the first page, newest first: enough for the ones of the last minutes)."""
+        envelope = await self._rest.get(
+            "GET /v1/liquidations", "/v1/liquidations",
+            {"start_t": str(since_ms), "page": "1", "size": str(LIQUIDATIONS_PAGE)},
+        )
+        return _parsed("GET /v1/liquidations", lambda: wire.liquidations(
+            wire.rows(envelope.data, "liquidations"), account_id=self.account_id,
+            where="liquidations.rows"))
+
     # -- public -------------------------------------------------------------------------------
 
     async def get_symbol_rules(self) -> dict[str, SymbolRules]:
@@ -245,11 +259,12 @@ class OrderlyExchange:
     # -- streams ------------------------------------------------------------------------------
 
     def private_events(self) -> AsyncGenerator[StreamEvent, None]:
-        """Private ``position`` and ``balance`` pushes, with ``StreamGap`` on (re)connects."""
+        """Private ``position``, ``balance`` and ``liquidationsaccount`` pushes, with
+        ``StreamGap`` on (re)connects."""
         stream = Stream(
             "private",
             self._ws_urls["private_ws_url"],
-            ("position", "balance"),
+            ("position", "balance", "liquidationsaccount"),
             private_parser(self.account_id, self._clock_ms),
             login=lambda: self._signer.ws_auth(self._clock_ms()),
             timing=self._stream_timing,
@@ -273,7 +288,8 @@ class OrderlyExchange:
 
 
 def private_parser(account_id: str, clock_ms: Callable[[], int]) -> Parse:
-    """The private stream's ``Parse``: ``position`` and ``balance`` pushes (§6)."""
+    """The private stream's ``Parse``: ``position``, ``balance`` and ``liquidationsaccount``
+    pushes (§6)."""
 
     def parse(topic: str, data: Any, ts_ms: int) -> StreamEvent | None:
         if topic == "position":
@@ -282,6 +298,9 @@ def private_parser(account_id: str, clock_ms: Callable[[], int]) -> Parse:
             return PositionsPushed(positions)
         if topic == "balance":
             return HoldingsPushed(wire.pushed_balances(data, ts_ms))
+        if topic == "liquidationsaccount":
+            return LiquidationsPushed(wire.liquidations(data, account_id=account_id,
+                                                        where="liquidationsaccount.data"))
         return None
 
     return parse

@@ -41,6 +41,7 @@ from guardbot.domain import (
     AccountSnapshot,
     ActionKind,
     Holding,
+    Liquidation,
     MarginMode,
     MarkPrice,
     Position,
@@ -176,6 +177,7 @@ class FakeExchange:
         self.calls: list[MarginCall] = []
         self.reads: list[PositionRead] = []
         self.opened: dict[StreamName, int] = {"private": 0, "public": 0}
+        self.liquidations: list[Liquidation] = []
         self.read_failure: Callable[[], ExchangeError] | None = None
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
@@ -202,8 +204,21 @@ class FakeExchange:
         self._landing.append((at_ms, symbol, amount if kind is ActionKind.ADD else -amount))
 
     def close(self, symbol: str, margin_mode: MarginMode = MarginMode.ISOLATED) -> None:
-        """The position is gone (closed or liquidated): reads find none."""
+        """The position is gone (closed by its owner): reads find none."""
         self._positions.pop((symbol, margin_mode), None)
+
+    def liquidate(self, symbol: str, price: Decimal,
+                  margin_mode: MarginMode = MarginMode.ISOLATED) -> Liquidation:
+        """The exchange liquidates the position at ``price``: reads find none and
+        ``get_liquidations`` lists it (nothing is pushed: ``push`` a ``LiquidationsPushed``
+        for that)."""
+        position = self._positions.pop((symbol, margin_mode))
+        liquidation = Liquidation(
+            account_id=self.account_id, liquidation_id=len(self.liquidations) + 1,
+            time_ms=self.clock.now_ms(), symbol=symbol, qty=position.qty,
+            transfer_price=price, fee=Decimal(0), to_insurance_fund=Decimal(0))
+        self.liquidations.append(liquidation)
+        return liquidation
 
     def position(self, symbol: str, margin_mode: MarginMode = MarginMode.ISOLATED
                  ) -> Position | None:  # fmt: skip
@@ -266,6 +281,11 @@ class FakeExchange:
 
     async def get_holdings(self) -> tuple[Holding, ...]:
         return self.holdings
+
+    async def get_liquidations(self, since_ms: int) -> tuple[Liquidation, ...]:
+        if self.read_failure is not None:
+            raise self.read_failure()
+        return tuple(item for item in reversed(self.liquidations) if item.time_ms >= since_ms)
 
     async def get_symbol_rules(self) -> dict[str, SymbolRules]:
         return dict(self.rules)

@@ -39,6 +39,7 @@ LIMITS: dict[str, Limit] = {
     "GET /v1/positions": Limit(30, 10.0),
     "GET /v1/position/{symbol}": Limit(30, 10.0),
     "GET /v1/client/holding": Limit(10, 1.0),
+    "GET /v1/liquidations": Limit(10, 1.0),
     "GET /v1/account_info": Limit(10, 1.0),
     "GET /v1/client/info": Limit(10, 60.0),
     "GET /v1/client/leverage": Limit(1, 1.0, "ip"),

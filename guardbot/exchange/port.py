@@ -16,6 +16,7 @@ from guardbot.domain import (
     AccountSnapshot,
     ActionKind,
     Holding,
+    Liquidation,
     MarginMode,
     MarkPrice,
     Position,
@@ -45,6 +46,14 @@ class MarksPushed:
 
 
 @dataclass(frozen=True, slots=True)
+class LiquidationsPushed:
+    """Private WS ``liquidationsaccount`` push: positions of the account the exchange
+    liquidated."""
+
+    liquidations: tuple[Liquidation, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StreamGap:
     """The stream was interrupted (reconnect, silence, resubscribe): pushes may have been
     missed, so the consumer must resynchronise over REST before trusting pushes again."""
@@ -53,7 +62,7 @@ class StreamGap:
     reason: str
 
 
-StreamEvent = PositionsPushed | HoldingsPushed | MarksPushed | StreamGap
+StreamEvent = PositionsPushed | HoldingsPushed | MarksPushed | LiquidationsPushed | StreamGap
 
 
 class Exchange(Protocol):
@@ -83,12 +92,18 @@ class Exchange(Protocol):
 
     async def get_holdings(self) -> tuple[Holding, ...]: ...
 
+    async def get_liquidations(self, since_ms: int) -> tuple[Liquidation, ...]:
+        """The account's liquidations at or after ``since_ms`` (exchange time), newest
+        first."""
+        ...
+
     async def get_symbol_rules(self) -> dict[str, SymbolRules]: ...
 
     async def get_mark_prices(self) -> dict[str, MarkPrice]: ...
 
     def private_events(self) -> AsyncIterator[StreamEvent]:
-        """Private WS ``position`` and ``balance`` pushes, with ``StreamGap`` on reconnects;
+        """Private WS ``position``, ``balance`` and ``liquidationsaccount`` pushes, with
+        ``StreamGap`` on reconnects;
         runs (reconnecting) until the consumer stops iterating."""
         ...
 

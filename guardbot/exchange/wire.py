@@ -22,6 +22,7 @@ from guardbot.domain import (
     ZERO,
     AccountSnapshot,
     Holding,
+    Liquidation,
     MarginMode,
     MarkPrice,
     Position,
@@ -348,3 +349,61 @@ def pushed_marks(data: Any, ts_ms: int) -> tuple[MarkPrice, ...]:
             MarkPrice(text(item, "symbol", where), positive(item, "price", where), ts_ms)
         )
     return tuple(marks)
+
+
+# -- liquidations (docs/exchange.md "Liquidation data") --------------------------------------
+# The REST rows are snake_case, the ``liquidationsaccount`` push camelCase; one reader takes
+# either spelling of each field.
+_LIQUIDATION_FIELDS = {
+    "liquidation_id": "liquidationId",
+    "timestamp": "timestamp",
+    "transfer_amount_to_insurance_fund": "transferAmountToInsuranceFund",
+    "positions_by_perp": "positionsByPerp",
+    "position_qty": "positionQty",
+    "transfer_price": "transferPrice",
+    "abs_liquidator_fee": "absLiquidatorFee",
+    "abs_insurance_fund_fee": "absInsuranceFundFee",
+    "abs_liquidation_fee": "absLiquidationFee",
+}
+
+
+def _spelled(item: JsonObject) -> JsonObject:
+    """``item`` with its camelCase keys under their snake_case names."""
+    spelled = dict(item)
+    for snake, camel in _LIQUIDATION_FIELDS.items():
+        if snake not in spelled and camel in spelled:
+            spelled[snake] = spelled[camel]
+    return spelled
+
+
+def liquidations(items: Any, *, account_id: str, where: str) -> tuple[Liquidation, ...]:
+    """Liquidations of ``account_id``: a list of liquidation objects, each with its
+    ``positions_by_perp`` (one ``Liquidation`` per position taken over)."""
+    if not isinstance(items, list):
+        raise MalformedResponse(f"{where}: expected a list, got {_describe(items)}")
+    result = []
+    for i, raw in enumerate(items):
+        at = f"{where}[{i}]"
+        item = _spelled(obj(raw, at))
+        liquidation_id = integer(item, "liquidation_id", at)
+        time_ms = integer(item, "timestamp", at)
+        to_fund = (dec(item, "transfer_amount_to_insurance_fund", at)
+                   if item.get("transfer_amount_to_insurance_fund") is not None else None)
+        perps = item.get("positions_by_perp")
+        if not isinstance(perps, list):
+            raise MalformedResponse(f"{at}.positions_by_perp: expected a list, got "
+                                    f"{_describe(perps)}")
+        for j, raw_perp in enumerate(perps):
+            pat = f"{at}.positions_by_perp[{j}]"
+            perp = _spelled(obj(raw_perp, pat))
+            # The two fees, or (as the push's documented example shows) their total.
+            names = [n for n in ("abs_liquidator_fee", "abs_insurance_fund_fee")
+                     if perp.get(n) is not None] or [
+                n for n in ("abs_liquidation_fee",) if perp.get(n) is not None]
+            fees = [dec(perp, name, pat) for name in names]
+            result.append(Liquidation(
+                account_id=account_id, liquidation_id=liquidation_id, time_ms=time_ms,
+                symbol=text(perp, "symbol", pat), qty=dec(perp, "position_qty", pat),
+                transfer_price=dec(perp, "transfer_price", pat),
+                fee=sum(fees, ZERO) if fees else None, to_insurance_fund=to_fund))
+    return tuple(result)

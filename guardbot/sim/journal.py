@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from guardbot.sim.records import Account, PositionState, SymbolMode
+from guardbot.sim.records import Account, Liquidation, PositionState, SymbolMode
 
 SEQ_START = 1_700_000_000_000_000_000
 
@@ -21,6 +21,7 @@ class Changes:
     positions: dict[str, set[SymbolMode]] = field(default_factory=dict)
     balances: set[str] = field(default_factory=set)
     accounts: set[str] = field(default_factory=set)
+    liquidations: list[Liquidation] = field(default_factory=list)
 
 
 class Journal:
@@ -31,10 +32,18 @@ class Journal:
         self.clock = clock
         self.changes = Changes()
         self._seq = SEQ_START
+        self._liquidation_id = 0
 
     def next_seq(self) -> int:
         self._seq += 1
         return self._seq
+
+    def next_liquidation_id(self) -> int:
+        self._liquidation_id += 1
+        return self._liquidation_id
+
+    def liquidated(self, event: Liquidation) -> None:
+        self.changes.liquidations.append(event)
 
     def position_changed(self, account_id: str, position: PositionState) -> None:
         """The position itself changed (qty, margin, leverage): a new ``seq`` and

@@ -61,6 +61,7 @@ def _isolated(
         _record(
             journal,
             events,
+            journal.next_liquidation_id(),
             account,
             position.symbol,
             ISOLATED,
@@ -113,6 +114,7 @@ def _cross(
         _record(
             journal,
             events,
+            journal.next_liquidation_id(),
             account,
             position.symbol,
             CROSS,
@@ -131,6 +133,7 @@ def _cross(
 def _record(
     journal: Journal,
     events: list[Liquidation],
+    liquidation_id: int,
     account: Account,
     symbol: str,
     mode: str,
@@ -140,9 +143,11 @@ def _record(
     to_fund: Decimal,
 ) -> None:
     event = Liquidation(
-        account.account_id, symbol, mode, qty, price, usdc(lost), usdc(to_fund), journal.clock()
+        liquidation_id, account.account_id, symbol, mode, qty, price, usdc(lost), usdc(to_fund),
+        journal.clock(),
     )
     events.append(event)
+    journal.liquidated(event)
     log.warning(
         "liquidated %s %s %s qty %s at %s: account lost %s, insurance fund got %s",
         account.account_id,

@@ -20,7 +20,7 @@ from typing import Any
 from guardbot.sim.fills import TAKER_FEE
 from guardbot.sim.margin import RATE_STEP, ZERO, Market
 from guardbot.sim.params import CROSS
-from guardbot.sim.records import Account, Order
+from guardbot.sim.records import Account, Liquidation, Order
 from guardbot.sim.reports import AccountFigures, HoldingRow, PositionRow
 
 RATE_FIELDS = ("imr", "mmr", "imr_with_orders", "mmr_with_orders")
@@ -303,3 +303,55 @@ def order_created(item: Order) -> dict[str, Any]:
         "order_amount": None,
         "error_message": "none",
     }
+
+
+def liquidations(events: Iterable[Liquidation]) -> list[dict[str, Any]]:
+    """``GET /v1/liquidations`` rows: one object per liquidation id, its positions in
+    ``positions_by_perp``. The simulator charges no liquidation fee (liquidation.py)."""
+    grouped: dict[int, list[Liquidation]] = {}
+    for event in events:
+        grouped.setdefault(event.liquidation_id, []).append(event)
+    return [{
+        "liquidation_id": liquidation_id,
+        "timestamp": group[0].time_ms,
+        "type": "liquidated",
+        "transfer_amount_to_insurance_fund": num(sum((e.to_insurance_fund for e in group),
+                                                     ZERO)),
+        "positions_by_perp": [{
+            "symbol": e.symbol,
+            "position_qty": num(e.qty),
+            "transfer_price": num(e.price),
+            "cost_position_transfer": num(e.qty * e.price),
+            "liquidator_fee": 0.0,
+            "insurance_fund_fee": 0.0,
+            "abs_liquidator_fee": 0.0,
+            "abs_insurance_fund_fee": 0.0,
+        } for e in group],
+    } for liquidation_id, group in grouped.items()]
+
+
+_PUSHED_NAMES = {
+    "liquidation_id": "liquidationId",
+    "transfer_amount_to_insurance_fund": "transferAmountToInsuranceFund",
+    "positions_by_perp": "positionsByPerp",
+    "position_qty": "positionQty",
+    "transfer_price": "transferPrice",
+    "cost_position_transfer": "costPositionTransfer",
+    "liquidator_fee": "liquidatorFee",
+    "insurance_fund_fee": "insuranceFundFee",
+    "abs_liquidator_fee": "absLiquidatorFee",
+    "abs_insurance_fund_fee": "absInsuranceFundFee",
+}
+
+
+def liquidations_push(events: Iterable[Liquidation]) -> list[dict[str, Any]]:
+    """A ``liquidationsaccount`` push's ``data``: the REST rows in camelCase."""
+
+    def camel(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {_PUSHED_NAMES.get(k, k): camel(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [camel(v) for v in value]
+        return value
+
+    return [camel(row) for row in liquidations(events)]

@@ -102,8 +102,10 @@ class Account:
 class Liquidation:
     """One liquidated position. ``margin_lost``: collateral the account lost (an isolated
     position's margin; for cross, the account's loss split over its positions by notional).
-    ``to_insurance_fund``: what the fund received (negative: what it paid out)."""
+    ``to_insurance_fund``: what the fund received (negative: what it paid out).
+    ``liquidation_id``: one per liquidation, shared by the cross positions closed together."""
 
+    liquidation_id: int
     account_id: str
     symbol: str
     margin_mode: str

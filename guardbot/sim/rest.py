@@ -120,6 +120,7 @@ class RestApi:
             ("GET", "/v1/account_info", self._account_info, READ),
             ("POST", "/v1/order", self._place_order, TRADING),
             ("GET", "/v1/orders", self._orders, READ),
+            ("GET", "/v1/liquidations", self._liquidations, READ),
             ("DELETE", "/v1/order", self._cancel_order, TRADING),
             ("GET", "/v1/public/info", self._public_info, PUBLIC),
             ("GET", "/v1/public/info/{symbol}", self._public_info, PUBLIC),
@@ -269,6 +270,21 @@ class RestApi:
         meta = {"total": len(rows), "records_per_page": len(rows), "current_page": 1}
         return self._ok({"meta": meta, "rows": rows})
 
+    async def _liquidations(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/liquidations``: the caller's liquidations, newest first, filtered by
+        ``start_t``/``end_t`` (ms) and paged by ``page``/``size``."""
+        account_id = self._caller(request)
+        start, end = _query_int(request, "start_t", 0), _query_int(request, "end_t", 2**63)
+        page, size = _query_int(request, "page", 1), _query_int(request, "size", 25)
+        if page < 1 or not 1 <= size <= 500:
+            raise bad_param("page must be 1 or more and size from 1 to 500")
+        rows = payloads.liquidations(
+            e for e in self.engine.liquidations
+            if e.account_id == account_id and start <= e.time_ms <= end)
+        rows.sort(key=lambda row: -row["liquidation_id"])
+        meta = {"total": len(rows), "records_per_page": size, "current_page": page}
+        return self._ok({"meta": meta, "rows": rows[(page - 1) * size:page * size]})
+
     async def _cancel_order(self, request: web.Request) -> web.StreamResponse:
         order_id = request.query.get("order_id")
         if not order_id:
@@ -311,3 +327,13 @@ class RestApi:
 
     async def _chain_info(self, request: web.Request) -> web.StreamResponse:
         return self._ok({"rows": [ARBITRUM]})
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise bad_param(f"{name} must be an integer") from None

@@ -25,8 +25,9 @@ from guardbot.sim.auth import AuthFailure, authenticate_ws
 from guardbot.sim.engine import Engine
 from guardbot.sim.faults import Faults
 from guardbot.sim.journal import Changes
+from guardbot.sim.records import Liquidation
 
-PRIVATE_TOPICS = ("position", "balance", "account")
+PRIVATE_TOPICS = ("position", "balance", "account", "liquidationsaccount")
 MAX_QUEUED_PUSHES = 1_000  # a client this far behind is dropped, as a real server would
 PUBLIC_PATH = "/ws/stream/{id}"  # served by StreamHub.public_ws
 PRIVATE_PATH = "/v2/ws/private/stream/{account_id}"  # StreamHub.private_ws
@@ -273,6 +274,16 @@ class StreamHub:
             if listeners:
                 row = self.engine.holding_view(self.engine.accounts[account_id])
                 push = {"topic": "balance", "ts": now, "data": payloads.balance_push(row, now)}
+                for connection in listeners:
+                    connection.send(push)
+        liquidated: dict[str, list[Liquidation]] = {}
+        for liquidation in changes.liquidations:
+            liquidated.setdefault(liquidation.account_id, []).append(liquidation)
+        for account_id, events in liquidated.items():
+            listeners = self._listeners(account_id, "liquidationsaccount")
+            if listeners:
+                push = {"topic": "liquidationsaccount", "ts": now,
+                        "data": payloads.liquidations_push(events)}
                 for connection in listeners:
                     connection.send(push)
         for account_id in changes.accounts:

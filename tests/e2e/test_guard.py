@@ -13,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 from e2e.helpers import ETH, AuditReader, eventually, guard_settings, guarding, pin_mark
+from guardbot import cli
 from guardbot.audit.store import SETTLED, ActionRecord, AuditLog, EventKind
 from guardbot.domain import ActionKind, MarginMode, Source
 from guardbot.exchange.client import OrderlyExchange
@@ -420,3 +422,28 @@ async def test_a_fast_fall_with_lost_answers_is_rescued_and_every_usdc_is_record
     assert lost > 0, "some answers were lost"
     assert audit.events("UNCERTAIN")
     assert margin_after - margin_before == audit.applied("ADD")
+
+
+async def test_a_gap_beyond_liquidation_is_recorded_as_a_liquidation_and_explained(
+    sqlite_url: str, tmp_path: Path, reader_for: Callable[[str], AuditReader],
+) -> None:
+    """The mark gaps 20 % in one step, past the isolated position's liquidation price: no
+    top-up can follow. The audit log records a ``position_liquidated`` from the exchange's
+    liquidation data (not a close), and ``guardbot audit why`` explains it."""
+    async with SimServer(seed=7, scenario="calm", speed=0) as sim:
+        account = await open_account(sim.rest_url, "20000", BOOK)
+        settings = guard_settings(sim, account, sqlite_url, tmp_path / "spool")
+        audit = reader_for(sqlite_url)
+        async with guarding(settings):
+            await eventually(lambda: sim.counters["ws_private_connections"] > 0)
+            await pin_mark(sim, ETH, "2400")
+            await eventually(lambda: bool(audit.observations("position_liquidated")))
+        [record] = audit.observations("position_liquidated")
+        [event] = liquidated(sim, account.account_id)
+    assert record.symbol == ETH and Decimal(record.detail["transfer_price"]) == 2400
+    assert record.detail["liquidation_id"] == str(event.liquidation_id)
+    assert audit.observations("position_closed") == []
+    result = CliRunner().invoke(cli.main, ["audit", "why", "--db", sqlite_url])
+    assert result.exit_code == 0, result.output
+    assert f"{account.account_id} {ETH}: liquidated at 2400" in result.output  # 2400.0
+    assert "why: the guard never acted" in result.output and "-20.00% since" in result.output

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -213,7 +214,7 @@ PARSERS = [
     lambda d: wire.pushed_positions(d, account_id=ACCOUNT, received_ms=0),
     wire.holdings, wire.symbol_rules, lambda d: wire.mark_prices(d, 0),
     lambda d: wire.pushed_balances(d, 0), lambda d: wire.pushed_marks(d, 0),
-    wire.envelope,
+    wire.envelope, lambda d: wire.liquidations(d, account_id=ACCOUNT, where="rows"),
 ]
 
 
@@ -245,3 +246,43 @@ def test_mutated_positions_parse_or_raise_malformed(mutation: dict[str, Any]) ->
 def test_arbitrary_bytes_never_crash_loads(raw: bytes | str) -> None:
     with contextlib.suppress(MalformedResponse):
         wire.envelope(wire.loads(raw))
+
+
+# The ``liquidationsaccount`` push as Orderly documents it (camelCase, one total fee), and a
+# ``GET /v1/liquidations`` row (snake_case, the two fees apart).
+LIQUIDATION_PUSH = [{
+    "liquidationId": 101, "timestamp": 1663313562090, "transferAmountToInsuranceFund": 0,
+    "positionsByPerp": [{"symbol": "PERP_BTC_USDC", "positionQty": 1.23,
+                         "costPositionTransfer": 1350, "transferPrice": 18123.43,
+                         "liquidatorFee": 0.015, "insuranceFundFee": 0.015,
+                         "absLiquidationFee": 3520}],
+}]  # fmt: skip
+LIQUIDATION_ROW = {
+    "liquidation_id": 7, "timestamp": 1700000000000, "type": "liquidated",
+    "transfer_amount_to_insurance_fund": "1.5",
+    "positions_by_perp": [{"symbol": "PERP_ETH_USDC", "position_qty": -2,
+                           "transfer_price": "2500.5", "abs_liquidator_fee": "3.25",
+                           "abs_insurance_fund_fee": "1.75"}],
+}  # fmt: skip
+
+
+def test_liquidations_parse_from_the_push_and_the_rest_row() -> None:
+    data = json.loads(json.dumps(LIQUIDATION_PUSH), parse_float=Decimal)
+    [pushed] = wire.liquidations(data, account_id="0xa", where="push")
+    assert (pushed.liquidation_id, pushed.time_ms, pushed.symbol, pushed.qty) == (
+        101, 1663313562090, "PERP_BTC_USDC", Decimal("1.23"))
+    assert (pushed.transfer_price, pushed.fee, pushed.to_insurance_fund) == (
+        Decimal("18123.43"), Decimal(3520), Decimal(0))
+    [row] = wire.liquidations([LIQUIDATION_ROW], account_id="0xa", where="rows")
+    assert (row.qty, row.transfer_price, row.fee, row.to_insurance_fund) == (
+        Decimal(-2), Decimal("2500.5"), Decimal(5), Decimal("1.5"))
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ({**LIQUIDATION_ROW, "positions_by_perp": None}, "rows[0].positions_by_perp"),
+    ({**LIQUIDATION_ROW, "liquidation_id": "x"}, "liquidation_id"),
+    ({**LIQUIDATION_ROW, "positions_by_perp": [{"symbol": "S"}]}, "position_qty"),
+])  # fmt: skip
+def test_a_malformed_liquidation_is_named(item: dict[str, Any], message: str) -> None:
+    with pytest.raises(MalformedResponse, match=re.escape(message)):
+        wire.liquidations([item], account_id="0xa", where="rows")

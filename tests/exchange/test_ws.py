@@ -23,6 +23,7 @@ from guardbot.exchange.client import OrderlyExchange, parse_public, private_pars
 from guardbot.exchange.errors import AuthError
 from guardbot.exchange.port import (
     HoldingsPushed,
+    LiquidationsPushed,
     MarksPushed,
     PositionsPushed,
     StreamEvent,
@@ -305,3 +306,21 @@ async def test_a_login_refusal_without_our_id_is_still_an_auth_error() -> None:
                         clock_ms=lambda: 1)
         with pytest.raises(AuthError, match="auth failed"):
             await next_of(stream.events())
+
+
+async def test_a_liquidation_is_pushed_and_read_back_the_same(
+    venue: SimServer, funded: Funded, exchange: OrderlyExchange
+) -> None:
+    """The isolated long is liquidated: the ``liquidationsaccount`` push and
+    ``GET /v1/liquidations`` report the same liquidation, parsed to the same values."""
+    async with contextlib.aclosing(exchange.private_events()) as events:
+        await next_of(events, StreamGap)
+        venue.engine.pin_mark(ETH, Decimal(2000))
+        venue.flush()
+        pushed = await next_of(events, LiquidationsPushed)
+    [liquidation] = pushed.liquidations
+    assert (liquidation.symbol, liquidation.qty, liquidation.transfer_price) == (
+        ETH, Decimal(1), Decimal(2000))
+    assert liquidation.account_id == funded.account_id and liquidation.fee == 0
+    assert await exchange.get_liquidations(0) == pushed.liquidations
+    assert await exchange.get_liquidations(liquidation.time_ms + 1) == ()

@@ -1,0 +1,65 @@
+"""The guard's recent decisions per position, for the record of its death
+(docs/architecture.md, "Audit log"): when a guarded position is liquidated, the
+``position_liquidated`` record carries what the guard last decided on it and why, refusals
+the audit log otherwise keeps only once a minute (or not at all, for routine ones such as a
+cooldown) included.
+
+In memory only, a few notes per position: a restart starts with none (``guardbot audit why``
+reads the actions of the position from the audit log as well). A note repeated on every
+tick (the same refusal, the same stale data) is kept once, with how often and when last.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+
+from guardbot.domain import PositionKey
+
+NOTES = 8  # kept per position
+
+
+@dataclass(slots=True)
+class Note:
+    first_ms: int
+    last_ms: int
+    text: str  # the latest wording
+    tag: str  # notes with the same tag in a row are one note
+    times: int = 1
+
+    def as_dict(self) -> dict[str, str]:
+        note = {"at_ms": str(self.first_ms), "what": self.text}
+        if self.times > 1:
+            note |= {"times": str(self.times), "last_ms": str(self.last_ms)}
+        return note
+
+
+class Trail:
+    """The last ``NOTES`` notes of every position the guard looked at."""
+
+    def __init__(self) -> None:
+        self._notes: dict[PositionKey, deque[Note]] = {}
+
+    def note(self, key: PositionKey, now_ms: int, text: str, tag: str | None = None) -> None:
+        """Note ``text``; right after a note of the same ``tag`` (default: the text), it
+        only counts again and takes the new wording."""
+        tag = text if tag is None else tag
+        notes = self._notes.get(key)
+        if notes is None:
+            notes = self._notes[key] = deque(maxlen=NOTES)
+        elif notes and notes[-1].tag == tag:
+            last = notes[-1]
+            last.times += 1
+            last.last_ms, last.text = now_ms, text
+            return
+        notes.append(Note(now_ms, now_ms, text, tag))
+
+    def take(self, key: PositionKey) -> str:
+        """The notes of a position that is gone, as JSON (oldest first), forgetting them."""
+        notes = self._notes.pop(key, ())
+        return json.dumps([note.as_dict() for note in notes], separators=(",", ":"))
+
+    def forget_account(self, account_id: str) -> None:
+        for key in [k for k in self._notes if k[0] == account_id]:
+            del self._notes[key]
