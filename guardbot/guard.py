@@ -90,6 +90,10 @@ LIQUIDATION_SLACK_MS = 60_000
 # Liquidation ids already attributed to a death, kept per instance.
 ATTRIBUTED = 1024
 RECENT_LIQUIDATIONS = 32  # pushed liquidations kept per account
+# The read of the liquidations when a position disappears holds up that account's stream
+# or poll: at most this long (then the close is recorded with its cause unknown, and a
+# later push can still record the liquidation).
+LIQUIDATION_READ_S = 2.0
 # Refusals the operator is told about at once.
 _REFUSAL_ALERTS = {Refusal.BUDGET: AlertKind.BUDGET_EXHAUSTED,
                    Refusal.TOO_MANY_UNCERTAIN: AlertKind.UNCERTAIN}
@@ -336,7 +340,12 @@ class Guard:
             if self._explains(key, liquidation, since):
                 return liquidation, None
         try:
-            found = await self.exchanges[key[0]].get_liquidations(since)
+            async with asyncio.timeout(LIQUIDATION_READ_S):
+                found = await self.exchanges[key[0]].get_liquidations(since)
+        except TimeoutError:
+            log.error("%s %s: the liquidations did not answer within %.0f s",
+                      self.name(key[0]), key[1], LIQUIDATION_READ_S)
+            return None, f"liquidations not read within {LIQUIDATION_READ_S:g} s"
         except ExchangeError as exc:
             log.error("%s %s: cannot read the liquidations: %s", self.name(key[0]), key[1],
                       exc)

@@ -6,6 +6,7 @@ audit log as unfinished."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections import Counter
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from guardbot import guard as guard_module
 from guardbot.alerts import Alert, AlertKind
 from guardbot.audit import postmortem
 from guardbot.audit.store import AuditLog
@@ -501,3 +503,27 @@ async def test_margin_moved_by_someone_else_is_an_observation_not_the_guards(
     filled = replace(FAR, qty=D(20), margin=D(400), seq=(FAR.seq or 0) + 2)
     await harness.snapshot(ACCOUNT, filled)
     assert len(await observations(audit, "margin_changed_by_others")) == 1, "a fill is not"
+
+
+async def test_a_liquidation_read_that_hangs_holds_the_account_up_only_briefly(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exchange does not answer ``GET /v1/liquidations`` (a crash, an overloaded API):
+    the close is recorded with its cause unknown after ``LIQUIDATION_READ_S`` instead of
+    stalling the account's stream for the client's whole timeout."""
+    monkeypatch.setattr(guard_module, "LIQUIDATION_READ_S", 0.05)
+    clock = ManualClock(1_700_000_000_000)
+    harness = Harness(audit, clock, [TopUp()])
+    fake = harness.guard.exchanges[ACCOUNT]
+    assert isinstance(fake, FakeExchange)
+
+    async def hang(since_ms: int) -> tuple[Liquidation, ...]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(fake, "get_liquidations", hang)
+    await harness.snapshot(ACCOUNT, FAR)
+    clock.advance(1)
+    await asyncio.wait_for(harness.snapshot(ACCOUNT), 2)
+    [closed] = await observations(audit, "position_closed")
+    assert closed["cause_unknown"] == "liquidations not read within 0.05 s"
