@@ -109,7 +109,8 @@ def demo(duration: float, speed: float, scenario: str, seed: int, output: Path,
         handler = setup_logging("ERROR", os.environ.get(FORMAT_ENV, "text"))
         handler.setLevel(logging.ERROR)
     options = DemoOptions(duration_s=duration, speed=speed, scenario=scenario, seed=seed,
-                          output=output, live=not as_json and sys.stdout.isatty())
+                          output=output, display="none" if as_json
+                          else "screen" if sys.stdout.isatty() else "lines")
     from guardbot.daemon import StartupError
     from guardbot.sim.prices import ScenarioError
 

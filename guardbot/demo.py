@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from guardbot.audit import schema
 from guardbot.audit.database import create_audit_engine
@@ -43,6 +44,11 @@ DEMO_USDC = "20000"
 ANSI_HOME_CLEAR = "\x1b[H\x1b[2J"
 
 
+# Wall-clock seconds without a guard action, once the scenario's scripted part is over,
+# after which the guard has settled and the demo ends: twice the demo's poll interval.
+SETTLE_S = 2.0
+
+
 @dataclass(frozen=True, slots=True)
 class DemoOptions:
     duration_s: float = 20.0
@@ -50,7 +56,9 @@ class DemoOptions:
     scenario: str = "fastcrash"
     seed: int = 7
     output: Path = Path("demo-output")
-    live: bool = True
+    # "screen": redraw a table (a terminal); "lines": one line per event (a pipe or a file);
+    # "none": nothing until the summary (--json).
+    display: Literal["screen", "lines", "none"] = "screen"
     stream: TextIO | None = None
 
 
@@ -75,14 +83,22 @@ def demo_settings(sim: SimServer, account: SimAccount, audit_url: str, spool: Pa
 
 
 class _Tail(logging.Handler):
-    """Keeps the guard's last decision and call lines for the live table."""
+    """Keeps the guard's last decision and call lines for the live table, and the ones not
+    yet printed for the event lines."""
 
     def __init__(self, size: int = 8) -> None:
         super().__init__(logging.INFO)
         self.lines: deque[str] = deque(maxlen=size)
+        self.fresh: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(f"{time.strftime('%H:%M:%S')} {record.getMessage()}")
+        if record.name == "guardbot.executor":
+            self.fresh.append(record.getMessage())
+
+    def take(self) -> list[str]:
+        fresh, self.fresh = self.fresh, []
+        return fresh
 
 
 @contextlib.contextmanager
@@ -126,11 +142,12 @@ def position_rows(sim: SimServer, accounts: dict[str, str]) -> list[dict[str, An
 
 
 def render_table(rows: list[dict[str, Any]], log_lines: list[str], elapsed_s: float,
-                 options: DemoOptions) -> str:
-    """The live screen: positions of both accounts and the guard's latest actions."""
+                 options: DemoOptions, legend: Sequence[str] = ()) -> str:
+    """The live screen: the legend, positions of both accounts and the guard's latest
+    actions."""
     head = (f"guardbot demo  scenario={options.scenario} speed={options.speed:g}x  "
             f"{elapsed_s:5.1f}/{options.duration_s:g} s")
-    lines = [head, "",
+    lines = [head, *legend, "",
              f"{'account':<10}{'symbol':<15}{'mode':<10}{'qty':>8}{'mark':>12}{'margin':>11}"
              f"{'liq price':>12}{'distance':>10}  status"]
     for row in rows:
@@ -146,6 +163,78 @@ def render_table(rows: list[dict[str, Any]], log_lines: list[str], elapsed_s: fl
                      f"  {row['status']}")
     lines += ["", "guard:"] + [f"  {line}" for line in log_lines]
     return "\n".join(lines)
+
+
+def _percent(fraction: Any) -> str:
+    return f"{Decimal(str(fraction)) * 100:.0f} %"
+
+
+def demo_legend(settings: Settings, options: DemoOptions,
+                phases: list[tuple[int, str]]) -> list[str]:
+    """What the screen and the event lines mean: the two accounts, the policies' thresholds
+    (from ``settings``) and the scenario's phases."""
+    policies = []
+    for policy in settings.policies:
+        params = policy.params
+        if policy.use == "topup":
+            policies.append(f"topup adds margin when liquidation is less than "
+                            f"{_percent(params['trigger'])} of the mark away, back to "
+                            f"{_percent(params['target'])}")
+        elif policy.use == "sweep":
+            policies.append(f"sweep takes margin back to the free balance beyond "
+                            f"{_percent(params['safe'])}")
+        else:
+            policies.append(policy.label)
+    path = "; ".join(f"from {second} s {what}" if second else what
+                     for second, what in phases) or "a random walk with no scripted end"
+    indent = " " * 13
+    return [
+        "two accounts with the same positions and balance on the simulated exchange:",
+        "  guarded    guardbot watches it:", *(indent + text for text in policies),
+        "  unguarded  its twin, left alone",
+        "  distance   how far the liquidation price is from the mark, as a share of the mark",
+        f"  scenario   {options.scenario}: {path}",
+        f"{indent}(simulated seconds, {options.speed:g} to the second here)",
+    ]
+
+
+class _Events:
+    """What happened since the last look: the path's phase, liquidations, the guard's calls,
+    as one line each."""
+
+    def __init__(self, sim: SimServer, accounts: dict[str, str], tail: _Tail) -> None:
+        self._sim, self._tail = sim, tail
+        self._labels = {account_id: label for label, account_id in accounts.items()}
+        self._phases = sim.prices.phases()
+        self._phase = 0  # phases announced so far
+        self._liquidations = 0
+
+    def poll(self) -> list[str]:
+        lines = []
+        second = self._sim.prices.second
+        while self._phase < len(self._phases) and self._phases[self._phase][0] <= second:
+            lines.append(f"phase: {self._phases[self._phase][1]}")
+            self._phase += 1
+        liquidations = self._sim.engine.liquidations
+        for liq in liquidations[self._liquidations:]:
+            lines.append(f"LIQUIDATED: {self._labels.get(liq.account_id, liq.account_id)} "
+                         f"{liq.symbol} {liq.margin_mode} at {liq.price}, "
+                         f"{_usdc(liq.margin_lost)} USDC of margin lost")
+        self._liquidations = len(liquidations)
+        return lines + [f"guard: {line}" for line in self._tail.take()]
+
+    def scripted_over(self) -> bool:
+        """The path's scripted part is over (never, for an endless walk)."""
+        return bool(self._phases) and self._sim.prices.second >= self._phases[-1][0]
+
+
+def _show(options: DemoOptions, stream: TextIO, happened: list[str], elapsed: float,
+          screen: Callable[[], str]) -> None:
+    if options.display == "lines":
+        stream.writelines(f"{elapsed:5.1f} s  {line}\n" for line in happened)
+    elif options.display == "screen":
+        stream.write(ANSI_HOME_CLEAR + screen() + "\n")
+    stream.flush()
 
 
 def _liquidations(sim: SimServer, account_id: str) -> int:
@@ -173,6 +262,7 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"{efficacy['margin_added']} USDC added against the oracle's "
         f"{efficacy['oracle_margin']} (one top-up at the start, knowing the path)",
         f"audit log: {summary['audit_db']}",
+        *([f"summary: {summary['summary_file']}"] if "summary_file" in summary else []),
     ])  # fmt: skip
 
 
@@ -185,7 +275,8 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
     db_path = output / "audit.db"
     spool = output / "spool"
-    for stale in (db_path, spool):  # every run starts from a clean audit log
+    summary_file = output / "summary.json"
+    for stale in (db_path, spool, summary_file):  # every run starts from a clean audit log
         if stale.is_dir():
             shutil.rmtree(stale)
         elif stale.exists():
@@ -203,39 +294,60 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
         free_at_start = sim.engine.account_view(
             sim.engine.account(guarded.account_id)).free_collateral
         stop = asyncio.Event()
+        legend = demo_legend(settings, options, sim.prices.phases())
         with _tail_guard_logs() as tail:
+            events = _Events(sim, accounts, tail)
+            if options.display == "lines":
+                stream.write("\n".join(legend) + "\n\n")
             guard = asyncio.create_task(run_daemon(settings, stop=stop))
             started = time.monotonic()
-            while (elapsed := time.monotonic() - started) < options.duration_s:
+            last_event = started
+            scripted_over_at: float | None = None
+
+            def screen() -> str:
+                return render_table(position_rows(sim, accounts), list(tail.lines), elapsed,
+                                    options, legend)
+
+            while (elapsed := (now := time.monotonic()) - started) < options.duration_s:
                 if guard.done():
                     break
-                if options.live:
-                    stream.write(ANSI_HOME_CLEAR + render_table(
-                        position_rows(sim, accounts), list(tail.lines), elapsed, options) + "\n")
-                    stream.flush()
-                await asyncio.sleep(0.5)
+                happened = events.poll()
+                if any(line.startswith("guard:") for line in happened):
+                    last_event = now
+                _show(options, stream, happened, elapsed, screen)
+                if scripted_over_at is None and events.scripted_over():
+                    scripted_over_at = now
+                if scripted_over_at is not None and (
+                        now - max(scripted_over_at, last_event) >= SETTLE_S):
+                    break  # the path is done and the guard has settled
+                await asyncio.sleep(0.25)
             stop.set()
             await guard
-        if options.live:
-            stream.write(ANSI_HOME_CLEAR + render_table(
-                position_rows(sim, accounts), list(tail.lines), elapsed, options) + "\n\n")
+            _show(options, stream, events.poll(), elapsed, screen)
+        if options.display == "screen":
+            stream.write("\n")
+        elif options.display == "lines":
+            stream.write(f"{elapsed:5.1f} s  done\n\n")
         figures = _audit_figures(audit_url)
         none = {"liquidations": 0, "margin_added": "0", "margin_swept": "0", "actions": 0}
         efficacy = _efficacy(sim, guarded.account_id, opened, settings, free_at_start,
                              Decimal(figures.get(guarded.account_id, none)["margin_added"]))
-        return {
+        summary = {
             "guarded": {**none, **figures.get(guarded.account_id, {}),
                         "liquidations": _liquidations(sim, guarded.account_id)},
             "unguarded": {**none, **figures.get(unguarded.account_id, {}),
                           "liquidations": _liquidations(sim, unguarded.account_id)},
             "scenario": options.scenario,
             "speed": options.speed,
-            "duration_s": options.duration_s,
+            "duration_s": round(elapsed, 1),
             "isolated_positions": sum(1 for p in DEMO_POSITIONS if p[1] == "ISOLATED"),
             "cross_touched": _cross_qty(sim, guarded.account_id) != cross_margin_before,
             "efficacy": efficacy,
             "audit_db": str(db_path),
+            "summary_file": str(summary_file),
         }
+        summary_file.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        return summary
 
 
 def _isolated_rows(sim: SimServer, account_id: str) -> list[PositionRow]:

@@ -36,6 +36,45 @@ def test_demo_json_compares_the_guarded_account_with_its_unguarded_twin(tmp_path
     assert Decimal(efficacy["oracle_margin"]) > 0
 
 
+@pytest.mark.slow
+def test_piped_the_demo_prints_a_legend_and_a_line_per_event_and_ends_when_settled(
+    tmp_path: Path,
+) -> None:
+    # Not a terminal (CliRunner): event lines, not a redrawn table. fastcrash at 40x is over
+    # 1.75 s in; with 30 s allowed the demo ends once the guard has settled after that.
+    result = CliRunner().invoke(
+        main, ["demo", "--duration", "30", "--speed", "40", "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "\x1b" not in result.output  # no screen control codes in a pipe
+    legend = "\n".join(lines[:8])
+    assert "guarded    guardbot watches it" in legend and "unguarded  its twin" in legend
+    assert "less than 5 % of the mark away, back to 10 %" in legend  # topup's thresholds
+    assert "beyond 25 %" in legend  # sweep's
+    events = [line[9:] for line in lines if line[5:9] == " s  "]  # "  2.3 s  <event>"
+    assert events[0] == "phase: calm"
+    assert "phase: every symbol falls 30 % in 10 s" in events
+    assert "phase: calm again" in events
+    assert sum(e.startswith("LIQUIDATED: unguarded ") for e in events) == 2
+    assert any(e.startswith("guard: ADD ") and "by topup" in e for e in events)
+    summary = json.loads((tmp_path / "summary.json").read_text())  # the promised file
+    assert summary["summary_file"] == str(tmp_path / "summary.json")
+    assert summary["duration_s"] < 10, "no idle tail after the guard settled"
+    assert summary["unguarded"]["liquidations"] == 2
+    assert f"summary: {tmp_path / 'summary.json'}" in lines
+
+
+def test_an_endless_walk_has_no_scripted_end_in_the_legend() -> None:
+    from guardbot.config import parse_config
+    from guardbot.demo import demo_legend
+
+    settings = parse_config({"policies": [{"use": "topup", "params": {"trigger": "0.08",
+                                                                      "target": "0.15"}}]})
+    legend = demo_legend(settings, DemoOptions(scenario="calm"), [])
+    assert any("less than 8 % of the mark away, back to 15 %" in line for line in legend)
+    assert any("calm: a random walk with no scripted end" in line for line in legend)
+
+
 def test_render_table_shows_open_and_liquidated_positions() -> None:
     rows = [
         {"account": "guarded", "symbol": "PERP_ETH_USDC", "mode": "ISOLATED",

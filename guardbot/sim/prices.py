@@ -36,6 +36,8 @@ SHOCK_START_S = 60
 CRASH = (Decimal("-0.30"), 120)
 FAST_CRASH = (Decimal("-0.30"), 10)
 SQUEEZE = (Decimal("0.25"), 60)
+# scenario -> (relative move, seconds it takes), from SHOCK_START_S on
+SHOCKS = {"crash": CRASH, "fastcrash": FAST_CRASH, "squeeze": SQUEEZE}
 
 
 class ScenarioError(ValueError):
@@ -76,6 +78,22 @@ class PriceFeed:
             self.extremes[symbol] = (min(low, mark), max(high, mark))
         return dict(self.marks)
 
+    def phases(self) -> list[tuple[int, str]]:
+        """The scripted phases of the path: (first simulated second, what happens). After
+        the last one begins nothing scripted is left; empty for the endless walks (calm,
+        trend)."""
+        if self._replay:
+            return [(0, f"replay of {len(self._replay)} s"),
+                    (len(self._replay), "replay over: the last marks hold")]
+        shock = SHOCKS.get(self.scenario)
+        if shock is None:
+            return []
+        move, duration = shock
+        verb = "falls" if move < 0 else "rises"
+        return [(0, "calm"),
+                (SHOCK_START_S, f"every symbol {verb} {abs(move) * 100:.0f} % in {duration} s"),
+                (SHOCK_START_S + duration, "calm again")]
+
     def _next(self, symbol: str, market: Market) -> Decimal:
         if self._replay:
             row = self._replay[min(self.second, len(self._replay) - 1)]
@@ -85,7 +103,7 @@ class PriceFeed:
         if self.scenario == "trend":
             noise += TREND_DRIFT if self.seed % 2 else -TREND_DRIFT
         price = self.marks[symbol] * (1 + Decimal(repr(noise)))
-        shock = {"crash": CRASH, "fastcrash": FAST_CRASH, "squeeze": SQUEEZE}.get(self.scenario)
+        shock = SHOCKS.get(self.scenario)
         if shock is not None:
             move, duration = shock
             elapsed = self.second - SHOCK_START_S

@@ -53,6 +53,17 @@ def test_fastcrash_falls_thirty_percent_in_ten_seconds_and_the_extremes_are_kept
     assert feed.extremes[ETH] == (min(prices), max([MARKETS[ETH].start_price, *prices]))
 
 
+def test_phases_say_when_the_scripted_part_of_a_path_is_over(tmp_path: Path) -> None:
+    assert PriceFeed(MARKETS, "fastcrash", 7).phases() == [
+        (0, "calm"), (60, "every symbol falls 30 % in 10 s"), (70, "calm again")]
+    assert PriceFeed(MARKETS, "squeeze", 7).phases()[1] == (60, "every symbol rises 25 % in 60 s")
+    assert PriceFeed(MARKETS, "calm", 7).phases() == []  # an endless walk
+    replay = tmp_path / "path.csv"
+    replay.write_text("t,PERP_ETH_USDC\n0,3000\n1,2900\n2,2800\n")
+    assert PriceFeed(MARKETS, f"csv:{replay}", 7).phases()[-1] == (
+        3, "replay over: the last marks hold")
+
+
 def test_squeeze_rises_about_twenty_five_percent() -> None:
     prices = path("squeeze", 7, 130)
     assert Decimal(3500) < prices[-1] < Decimal(4000)  # 3000 * 1.25 = 3750
