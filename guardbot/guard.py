@@ -164,9 +164,10 @@ class Guard:
         # Closes recorded while the liquidation data could not be read: a later push can
         # still tell that the position was liquidated.
         self._unexplained: dict[PositionKey, int] = {}
-        # Margin and quantity of each position when no call of the guard was unsettled on it:
-        # a later move with the same quantity is someone else's.
-        self._margins: dict[PositionKey, tuple[Decimal, Decimal]] = {}
+        # Margin, quantity and the count of the guard's calls on each position when no call
+        # of it was unsettled: a later move with the same quantity and no call since is
+        # someone else's.
+        self._margins: dict[PositionKey, tuple[Decimal, Decimal, int]] = {}
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -245,14 +246,17 @@ class Guard:
         in this guard made is recorded as an observation (never counted as the guard's)."""
         await self.executor.observe(position)
         key = position.key
-        if not position.is_open or self.executor.settlement.unsettled(key):
+        settlement = self.executor.settlement
+        if not position.is_open or settlement.unsettled(key):
             # The guard's own calls explain (or may explain) what moves now.
             self._margins.pop(key, None)
             return
         before = self._margins.get(key)
-        self._margins[key] = (position.margin, position.qty)
-        if before is None or before[1] != position.qty or before[0] == position.margin:
-            return  # new, a fill (the quantity moved), or unchanged
+        calls = settlement.calls_made(key)
+        self._margins[key] = (position.margin, position.qty, calls)
+        if (before is None or before[1] != position.qty or before[2] != calls
+                or before[0] == position.margin):
+            return  # new, a fill (the quantity moved), a call of the guard since, unchanged
         change = position.margin - before[0]
         log.warning("%s %s: margin moved by %s without a call of the guard (by hand or "
                     "another bot)", self.name(key[0]), key[1], change)

@@ -148,6 +148,9 @@ class Settlement:
         self._calls: dict[str, Call] = {}
         # Calls still on the wire when their position changed: settled when they answer.
         self._orphans: dict[str, str] = {}  # action id -> why
+        # Calls ever sent or adopted per position: a margin move is the guard's own whenever
+        # this changed since the margin was last seen.
+        self._counts: dict[PositionKey, int] = {}
 
     # -- questions ------------------------------------------------------------------------
 
@@ -186,6 +189,10 @@ class Settlement:
             return None
         times = [c.done_ms for c in chain.calls if c.state is CallState.UNCERTAIN]
         return max(times, default=None)
+
+    def calls_made(self, key: PositionKey) -> int:
+        """How many calls were ever sent or adopted on this position (key)."""
+        return self._counts.get(key, 0)
 
     def calls(self) -> Iterator[Call]:
         for chain in self._chains.values():
@@ -287,6 +294,8 @@ class Settlement:
     def drop_account(self, account_id: str) -> None:
         """Another instance guards the account now: it settles what is left (from the audit
         log, as unfinished actions)."""
+        for key in [k for k in self._counts if k[0] == account_id]:
+            del self._counts[key]
         for key in [k for k in self._chains if k[0] == account_id]:
             for call in self._chains.pop(key).calls:
                 self._calls.pop(call.action_id, None)
@@ -300,6 +309,7 @@ class Settlement:
             chain = self._chains[call.key] = _Chain(base=call.margin_before, qty=call.qty)
         chain.calls.append(call)
         self._calls[call.action_id] = call
+        self._counts[call.key] = self._counts.get(call.key, 0) + 1
 
     def _remove(self, call: Call) -> None:
         chain = self._chains.get(call.key)

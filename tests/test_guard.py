@@ -527,3 +527,21 @@ async def test_a_liquidation_read_that_hangs_holds_the_account_up_only_briefly(
     await asyncio.wait_for(harness.snapshot(ACCOUNT), 2)
     [closed] = await observations(audit, "position_closed")
     assert closed["cause_unknown"] == "liquidations not read within 0.05 s"
+
+
+async def test_the_guards_own_top_up_is_never_someone_elses_move(audit: AuditLog) -> None:
+    """A top-up goes out and lands between two snapshots (no snapshot saw it on the wire):
+    the snapshot that shows it is the guard's own move, not ``margin_changed_by_others``."""
+    clock = ManualClock(1_700_000_000_000)
+    harness = Harness(audit, clock, [TopUp()])
+    await harness.snapshot(ACCOUNT, FAR)  # the margin before: 200
+    settlement = harness.guard.executor.settlement
+    settlement.sent("a1", FAR.key, ActionKind.ADD, D(50), D(200), FAR.qty, clock.now_ms())
+    settlement.succeeded("a1", clock.now_ms())
+    clock.advance(1)
+    # Shows it: verified, and nothing unsettled is left once it is.
+    await harness.snapshot(ACCOUNT, replace(FAR, margin=D(250), seq=(FAR.seq or 0) + 1))
+    assert settlement.unsettled(FAR.key) == 0
+    clock.advance(1)
+    await harness.snapshot(ACCOUNT, replace(FAR, margin=D(250), seq=(FAR.seq or 0) + 2))
+    assert await observations(audit, "margin_changed_by_others") == []

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select
 
 from guardbot.arbiter import Arbiter, ArbiterState, Decision, Refusal
 from guardbot.audit.ledger import Status, status_after
-from guardbot.audit.tables import Action, ActionEvent
+from guardbot.audit.tables import Action, ActionEvent, Observation
 from guardbot.backtest.oracle import Verdict
 from guardbot.domain import ZERO, ActionKind, Intent, PositionKey
 
@@ -76,6 +76,13 @@ class AuditedAction:
     status: Status
     last_event: str
     reason: str
+
+
+def observation_counts(engine: Engine) -> Counter[str]:
+    """How many observations of each kind the run recorded (liquidations, closes, margin
+    moved by someone else: the backtest has no one else)."""
+    with engine.connect() as connection:
+        return Counter(kind for (kind,) in connection.execute(select(Observation.kind)))
 
 
 def audited_actions(engine: Engine) -> list[AuditedAction]:
@@ -199,6 +206,7 @@ class ScenarioResult:
     steepest: float = 0.0  # the path's fastest adverse move, fraction per second
     wall_s: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
+    observations: Counter[str] = field(default_factory=Counter)
 
     @property
     def label(self) -> str:

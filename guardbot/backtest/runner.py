@@ -44,6 +44,7 @@ from guardbot.backtest.results import (
     ScenarioResult,
     WatchedArbiter,
     audited_actions,
+    observation_counts,
     compare,
 )
 from guardbot.backtest.venue import Venue, VenueParams
@@ -219,6 +220,7 @@ class Scenario:
                     task.cancel()
             await audit.flush()
             actions = audited_actions(audit.engine)
+            observations = observation_counts(audit.engine)
         finally:
             await audit.aclose()
         ledger = compare(((c.account_id, c.symbol, c.kind, c.amount) for c in venue.applied),
@@ -227,7 +229,8 @@ class Scenario:
         return ScenarioResult(self.path.name, self.path.speed, self.path.duration_ms / 1000,
                               list(positions.values()), watched.refusals, ledger,
                               venue.counts, start_ms=start_ms,
-                              steepest=self.path.steepest, phases=phases)
+                              steepest=self.path.steepest, phases=phases,
+                              observations=observations)
 
     def _positions(self, engine: Engine, ids: dict[str, tuple[str, str]],
                    marks: dict[str, list[Decimal]]) -> dict[tuple[str, str], PositionResult]:

@@ -69,6 +69,12 @@ def test_no_savable_position_is_liquidated(
         # The unguarded twin keeps its margin: it dies exactly when the oracle says it
         # needed more.
         assert (position.unguarded_liquidated_ms is not None) == (position.verdict.extra > 0)
+    # Every loss is explained: each guarded liquidation is recorded as one, from the
+    # exchange's liquidation data; and the backtest has nobody else moving margin.
+    guarded_deaths = sum(p.guarded_liquidated_ms is not None for p in result.positions)
+    assert result.observations["position_liquidated"] == guarded_deaths
+    assert result.observations["margin_changed_by_others"] == 0
+    assert result.observations["position_closed"] == 0
     lost_positions = [explain(result, p) for p in result.positions if p.lost_savable]
     assert not lost_positions, "\n".join(lost_positions)
     if lost:
