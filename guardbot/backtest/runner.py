@@ -44,8 +44,8 @@ from guardbot.backtest.results import (
     ScenarioResult,
     WatchedArbiter,
     audited_actions,
-    observation_counts,
     compare,
+    observation_counts,
 )
 from guardbot.backtest.venue import Venue, VenueParams
 from guardbot.clock import ManualClock, run_virtual
