@@ -94,15 +94,6 @@ account_id = "0x<the account id: 0x and 64 hex digits>"
 orderly_key = "ed25519:<the API key's public key>"
 orderly_secret_env = "GUARDBOT_MAIN_SECRET"           # the variable holding the secret, or:
 # orderly_secret_file = "/etc/guardbot/main.secret"   # a file holding it (mode 600)
-
-# Distances are fractions of the mark: 0.05 = the liquidation price is 5 % away.
-[[policies]]
-use = "topup"                # below `trigger`, add what puts liquidation `target` away
-params = {{ trigger = "0.05", target = "0.10" }}
-
-[[policies]]
-use = "sweep"                # beyond `safe`, take the excess back to the free balance
-params = {{ safe = "0.20", min_amount = "10" }}
 """
 
 SIM_STEPS = """\
@@ -135,15 +126,18 @@ name = "{name}"
 account_id = "{account_id}"
 orderly_key = "{orderly_key}"
 orderly_secret = "{orderly_secret}"   # paper account only
+"""
 
+
+POLICIES = """
 # Distances are fractions of the mark: 0.05 = the liquidation price is 5 % away.
 [[policies]]
 use = "topup"                # below `trigger`, add what puts liquidation `target` away
-params = {{ trigger = "0.05", target = "0.10" }}
+params = { trigger = "0.05", target = "0.10" }
 
 [[policies]]
 use = "sweep"                # beyond `safe`, take the excess back to the free balance
-params = {{ safe = "0.20", min_amount = "10" }}
+params = { safe = "0.20", min_amount = "10" }
 """
 
 
@@ -158,11 +152,11 @@ def config_text(preset: str, path: Path) -> str:
         (demo,) = open_demo_accounts(SimServer(seed=7), 1, 7)  # the sim's own demo1
         return head + SIM_STEPS.format(path=path) + SIM_BODY.format(
             name=demo.name, account_id=demo.account_id, orderly_key=demo.orderly_key,
-            orderly_secret=demo.orderly_secret)  # fmt: skip
+            orderly_secret=demo.orderly_secret) + POLICIES  # fmt: skip
     network = {"mainnet": "Orderly mainnet", "testnet": "Orderly testnet"}[preset]
     steps = LIVE_STEPS.format(network=network, account=ACCOUNT[preset], path=path,
                               next=NEXT[preset])
-    return head + steps + LIVE_BODY.format(preset=preset)
+    return head + steps + LIVE_BODY.format(preset=preset) + POLICIES
 
 
 def write_config(path: Path, text: str, force: bool) -> None:
