@@ -86,7 +86,8 @@ def run(config_path: Path | None, dry_run: bool) -> None:
 
 @click.command("demo")
 @click.option("--duration", type=click.FloatRange(min=1), default=20.0, show_default=True,
-              help="Seconds of wall-clock time to run.")
+              help="Most seconds of wall-clock time to run; it ends sooner once the"
+              " scenario is over and the guard has settled.")
 @click.option("--speed", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Simulated seconds per wall-clock second.")
 @click.option("--scenario", default="fastcrash", show_default=True,
