@@ -325,7 +325,7 @@ def _echo_death(death: postmortem.Death) -> None:
                f"{detail.get('transfer_price', '?')} "
                f"(liquidation {detail.get('liquidation_id', '?')})")
     click.echo(f"  why: {death.verdict}")
-    seen = [f"{label} {detail[name]}" for name, label in (
+    seen = [f"{label} {_shown(name, detail[name])}" for name, label in (
         ("last_margin", "margin"), ("last_mark", "mark"),
         ("last_liquidation_price", "liquidation price"), ("last_distance", "distance"))
         if name in detail]  # fmt: skip
@@ -343,6 +343,20 @@ def _echo_death(death: postmortem.Death) -> None:
         write_rows(death.actions, ("time", "id", "kind", "amount", "status", "dry_run",
                                    "reason"), "table", sys.stdout)
     click.echo("")
+
+
+def _shown(name: str, raw: str) -> str:
+    """A recorded figure for reading: the distance as a percentage, a computed price to the
+    cent (the record keeps every digit)."""
+    try:
+        value = Decimal(raw)
+    except ArithmeticError:
+        return raw
+    if name == "last_distance":
+        return f"{value:.2%}"
+    if name == "last_liquidation_price":
+        return f"{value:.2f}"
+    return raw
 
 
 def _from_ms(raw: str | None) -> datetime | None:
