@@ -240,6 +240,13 @@ class OrderlyExchange:
             wire.rows(envelope.data, "liquidations"), account_id=self.account_id,
             where="liquidations.rows"))
 
+    async def get_key_scopes(self) -> frozenset[str]:
+        """``GET /v1/client/key_info``: the scopes of the key this client signs with
+        (``read``, ``trading``, ``asset``)."""
+        envelope = await self._rest.get("GET /v1/client/key_info", "/v1/client/key_info")
+        return _parsed("GET /v1/client/key_info",
+                       lambda: wire.key_scopes(envelope.data, self._signer.orderly_key))
+
     # -- public -------------------------------------------------------------------------------
 
     async def get_symbol_rules(self) -> dict[str, SymbolRules]:

@@ -42,6 +42,7 @@ LIMITS: dict[str, Limit] = {
     "GET /v1/liquidations": Limit(10, 1.0),
     "GET /v1/account_info": Limit(10, 1.0),
     "GET /v1/client/info": Limit(10, 60.0),
+    "GET /v1/client/key_info": Limit(10, 60.0),
     "GET /v1/client/leverage": Limit(1, 1.0, "ip"),
     "GET /v1/public/info": Limit(10, 1.0, "ip"),
     "GET /v1/public/futures": Limit(10, 1.0, "ip"),

@@ -265,6 +265,16 @@ def holdings(data: Any) -> tuple[Holding, ...]:
     return tuple(result)
 
 
+def key_scopes(data: Any, orderly_key: str) -> frozenset[str]:
+    """``GET /v1/client/key_info`` ``data.rows[]``: the scopes of ``orderly_key`` (its
+    ``scope``, comma-separated, e.g. ``read,trading``)."""
+    for i, item in enumerate(rows(data, "key_info")):
+        if item.get("orderly_key") == orderly_key:
+            scope = text(item, "scope", f"key_info[{i}]")
+            return frozenset(s.strip() for s in scope.split(",") if s.strip())
+    raise MalformedResponse(f"key_info: the key {orderly_key} is not listed")
+
+
 def symbol_rules(data: Any) -> dict[str, SymbolRules]:
     """``GET /v1/public/info`` ``data.rows[]``, by symbol."""
     result: dict[str, SymbolRules] = {}

@@ -29,6 +29,7 @@ LIMITS: dict[tuple[str, str], EndpointLimit] = {
     ("POST", "/v1/client/leverage"): EndpointLimit(5, 60),
     ("GET", "/v1/client/leverage"): EndpointLimit(1, 1, per_ip=True),
     ("GET", "/v1/client/info"): EndpointLimit(10, 60),
+    ("GET", "/v1/client/key_info"): EndpointLimit(10, 60),
     ("GET", "/v1/client/aggregate/holding"): EndpointLimit(1, 60),
     ("GET", "/v1/client/holding"): EndpointLimit(10, 1),
     ("GET", "/v1/account_info"): EndpointLimit(10, 1),

@@ -118,6 +118,7 @@ class RestApi:
             ("GET", "/v1/client/aggregate/holding", self._aggregate_holding, READ),
             ("GET", "/v1/client/info", self._client_info, READ),
             ("GET", "/v1/account_info", self._account_info, READ),
+            ("GET", "/v1/client/key_info", self._key_info, READ),
             ("POST", "/v1/order", self._place_order, TRADING),
             ("GET", "/v1/orders", self._orders, READ),
             ("GET", "/v1/liquidations", self._liquidations, READ),
@@ -235,6 +236,17 @@ class RestApi:
     async def _account_info(self, request: web.Request) -> web.StreamResponse:
         figures = self.engine.account_view(self._account(request))
         return self._ok(payloads.account_figures(figures, pnl_key="total_pnl_24h"))
+
+    async def _key_info(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/client/key_info``: the caller's account's keys (docs/exchange.md §2.1;
+        the row fields are the simulator's reading of the docs)."""
+        account_id = self._caller(request)
+        rows = [
+            {"orderly_key": key.orderly_key, "key_status": "ACTIVE",
+             "scope": ",".join(sorted(key.scopes)), "expiration": key.expires_ms}
+            for key in self.engine.keys.values() if key.account_id == account_id
+        ]  # fmt: skip
+        return self._ok({"rows": rows})
 
     async def _place_order(self, request: web.Request) -> web.StreamResponse:
         body = await read_body(request, ORDER_PARAMETERS)

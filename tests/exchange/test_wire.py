@@ -286,3 +286,15 @@ def test_liquidations_parse_from_the_push_and_the_rest_row() -> None:
 def test_a_malformed_liquidation_is_named(item: dict[str, Any], message: str) -> None:
     with pytest.raises(MalformedResponse, match=re.escape(message)):
         wire.liquidations([item], account_id="0xa", where="rows")
+
+
+def test_key_scopes_are_those_of_our_own_key() -> None:
+    data = {"rows": [
+        {"orderly_key": "ed25519:other", "scope": "read", "key_status": "ACTIVE"},
+        {"orderly_key": "ed25519:ours", "scope": "read, trading", "key_status": "ACTIVE"},
+    ]}  # fmt: skip
+    assert wire.key_scopes(data, "ed25519:ours") == {"read", "trading"}
+    with pytest.raises(MalformedResponse, match="ed25519:gone is not listed"):
+        wire.key_scopes(data, "ed25519:gone")
+    with pytest.raises(MalformedResponse):
+        wire.key_scopes({"rows": [{"orderly_key": "ed25519:ours"}]}, "ed25519:ours")
