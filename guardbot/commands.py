@@ -15,7 +15,9 @@ from pathlib import Path
 
 import click
 
+from guardbot import exits
 from guardbot.config import ConfigError, Settings, load_config, permission_warning
+from guardbot.exits import CommandError
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +31,21 @@ CONFIG_OPTION = click.option(
 
 
 def _load(config_path: Path | None) -> Settings:
+    """The settings, or exit 2 naming every problem with the file."""
     try:
-        settings = load_config(config_path)
-        for account in settings.accounts:
-            account.secret()  # an unset variable or unreadable file is a config error too
+        return load_config(config_path)
     except ConfigError as exc:
-        raise click.ClickException(f"invalid configuration:\n{exc}") from None
-    return settings
+        raise CommandError(str(exc), exits.USAGE) from None
+
+
+def _checked(settings: Settings) -> None:
+    """Everything ``run`` checks before trading (``preflight.check_settings``), or exit 2."""
+    from guardbot.preflight import check_settings
+
+    try:
+        check_settings(settings)
+    except ConfigError as exc:
+        raise CommandError(str(exc), exits.USAGE) from None
 
 
 def _warn_if_readable(config_path: Path | None) -> None:
@@ -47,17 +57,27 @@ def _warn_if_readable(config_path: Path | None) -> None:
 
 @click.command("check-config")
 @CONFIG_OPTION
-def check_config(config_path: Path | None) -> None:
-    """Validate the configuration and its policies without connecting to anything."""
-    from guardbot.daemon import describe_settings, load_policies
+@click.option("--online", is_flag=True,
+              help="Also sign one read per account and show each key's scopes.")
+def check_config(config_path: Path | None, online: bool) -> None:
+    """Check the configuration as `run` would, without trading: secrets against their keys,
+    URLs, policies, free ports, at least one account. No network unless --online."""
+    from guardbot.daemon import describe_settings
 
     settings = _load(config_path)
     _warn_if_readable(config_path)
-    try:
-        load_policies(settings)
-    except ConfigError as exc:
-        raise click.ClickException(f"invalid configuration:\n{exc}") from None
+    _checked(settings)
     click.echo(describe_settings(settings))
+    if online:
+        from guardbot.preflight import check_keys, quiet_exchange_log
+
+        with quiet_exchange_log():
+            reports = asyncio.run(check_keys(settings))
+        for report in reports:
+            click.echo(report.line(), err=bool(report.problem))
+        failed = [r for r in reports if r.problem]
+        if failed:
+            raise click.exceptions.Exit(failed[0].code)
     click.echo("configuration OK")
 
 
@@ -68,6 +88,7 @@ def run(config_path: Path | None, dry_run: bool) -> None:
     """Guard the configured accounts until SIGINT/SIGTERM."""
     from guardbot.daemon import StartupError, run_daemon
     from guardbot.logs import FORMAT_ENV, LEVEL_ENV, setup_logging
+    from guardbot.preflight import DatabaseNotReady, prepare_database
 
     settings = _load(config_path)
     # The config's [log] section, unless --log-level/--log-format (or their env) said otherwise.
@@ -78,10 +99,14 @@ def run(config_path: Path | None, dry_run: bool) -> None:
         settings = settings.model_copy(
             update={"guard": settings.guard.model_copy(update={"dry_run": True})}
         )
+    _checked(settings)  # before the database is touched
     try:
+        prepare_database(settings.audit.url)
         asyncio.run(run_daemon(settings))
+    except DatabaseNotReady as exc:
+        raise CommandError(str(exc), exits.DATABASE) from None
     except StartupError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CommandError(str(exc), exc.code) from None
 
 
 @click.command("demo")
@@ -120,7 +145,7 @@ def demo(duration: float, speed: float, scenario: str, seed: int, output: Path,
     except ScenarioError as exc:
         raise click.BadParameter(str(exc), param_hint="--scenario") from None
     except StartupError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CommandError(str(exc), exc.code) from None
     if as_json:
         click.echo(json.dumps(summary, default=_decimal_text))
     else:

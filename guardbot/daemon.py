@@ -22,7 +22,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 
-from guardbot import __version__, metrics
+from guardbot import __version__, exits, metrics
 from guardbot.alerts import Alert, Alerter
 from guardbot.audit.ledger import utc_day_start_ms
 from guardbot.audit.store import AuditError, AuditLog, SchemaOutOfDate
@@ -46,6 +46,7 @@ from guardbot.logs import register_secret
 from guardbot.ownership import AccountOwnership, OwnershipError
 from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.loader import load_policies as _load_policies
+from guardbot.preflight import check_settings, port_problem
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,12 @@ STARTUP_PATIENCE_S = 60.0
 
 
 class StartupError(Exception):
-    """The guard cannot start; the message says what the operator must do."""
+    """The guard cannot start; the message says what the operator must do, ``code`` is the
+    exit code (``guardbot.exits``)."""
+
+    def __init__(self, message: str, code: int = exits.FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def load_policies(settings: Settings) -> list[LoadedPolicy]:
@@ -288,22 +294,18 @@ async def run_daemon(
     """
     from guardbot.exchange.client import OrderlyExchange
 
-    if not settings.accounts:
-        raise StartupError("no [[accounts]] configured: nothing to guard")
     try:
-        policies = load_policies(settings)
+        policies = check_settings(settings)  # accounts, secrets, policies, port: as check-config
         for account in settings.accounts:
             register_secret(account.secret().get_secret_value())  # masked in every log line
     except ConfigError as exc:
-        raise StartupError(f"invalid configuration:\n{exc}") from None
+        raise StartupError(str(exc), exits.USAGE) from None
     try:
         audit = await AuditLog.open(settings.audit.url, settings.audit.spool_dir, clock=clock)
     except SchemaOutOfDate as exc:
-        raise StartupError(
-            f"the audit database schema is out of date ({exc}): run `guardbot db upgrade`"
-        ) from None
+        raise StartupError(str(exc), exits.DATABASE) from None  # it names `guardbot db upgrade`
     except Exception as exc:  # AuditUnavailable, SpoolInUse, bad URL: all stop start-up
-        raise StartupError(f"cannot open the audit log: {exc}") from None
+        raise StartupError(f"cannot open the audit log: {exc}", exits.DATABASE) from None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -333,8 +335,8 @@ async def run_daemon(
                                      interval_s=ownership_interval_s,
                                      on_change=release_given_away, clock=clock))
             except OwnershipError as exc:
-                raise StartupError(f"cannot share the accounts with other instances: {exc}"
-                                   ) from None
+                raise StartupError(f"cannot share the accounts with other instances: {exc}",
+                                   exits.DATABASE) from None
             alerter = await stack.enter_async_context(
                 Alerter(settings.alerts.webhooks, clock=clock))
             await audit.start_run(__version__, config_hash(settings), socket.gethostname())
@@ -343,8 +345,12 @@ async def run_daemon(
                             owned=ownership.owned(), notify=alerter.notify, clock=clock)
             daemons.append(daemon)
             if settings.health.enabled:
-                await stack.enter_async_context(
-                    HealthServer(settings.health.host, settings.health.port, daemon.readiness))
+                try:
+                    await stack.enter_async_context(HealthServer(
+                        settings.health.host, settings.health.port, daemon.readiness))
+                except OSError as exc:  # taken since check_settings looked
+                    raise StartupError(port_problem(settings.health) or f"health server: {exc}",
+                                       exits.USAGE) from None
 
             async def follow_ownership() -> None:
                 while True:
@@ -367,10 +373,13 @@ async def run_daemon(
             except* AuthError as group:
                 raise StartupError(
                     f"the exchange refused our key: {group.exceptions[0]}; check the "
-                    "account's orderly_key, secret and scopes") from None
+                    "account's orderly_key, secret and scopes", exits.AUTH) from None
             except* ExchangeError as group:
-                raise StartupError(_exchange_failure(
-                    group.exceptions[0], settings.exchange.urls()["rest_url"])) from None
+                error = group.exceptions[0]
+                raise StartupError(
+                    _exchange_failure(error, settings.exchange.urls()["rest_url"]),
+                    exits.UNREACHABLE if isinstance(error, RetryLater) else exits.EXCHANGE,
+                ) from None
             finally:
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

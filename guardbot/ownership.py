@@ -36,7 +36,8 @@ How (no home-made consensus; PostgreSQL's lock manager does the work):
   ``hold_s`` plus one failed attempt: this side always lets go first.
 
 With SQLite there is one instance: it owns every account, and an exclusive ``flock`` on
-``<database>.lock`` makes a second process on the same file fail at start-up.
+``<database>.lock`` (``audit.database.SqliteLock``) makes a second process on the same file
+fail at start-up, naming the process that holds it.
 
 ``python -m guardbot.ownership DB_URL INSTANCE_ID ACCOUNT...`` runs one instance and prints
 a JSON line on every change (used by the failover test and ``benchmarks/failover.py``).
@@ -51,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import inspect
 import logging
@@ -59,12 +59,13 @@ import math
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from guardbot.audit.database import DatabaseInUse, SqliteLock, sqlite_file
 from guardbot.audit.errors import first_line
 from guardbot.clock import SYSTEM_CLOCK, Clock
 
@@ -145,7 +146,7 @@ class AccountOwnership:
             )
         # psycopg takes the libpq form of the URL; it is never logged (it may hold a password).
         self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._sqlite_path = url.database if self._backend == "sqlite" else None
+        self._sqlite_path = sqlite_file(db_url)
         self.instance_id = instance_id
         self._accounts = {
             account: _lock_key(f"{namespace}/account/{account}")
@@ -184,7 +185,7 @@ class AccountOwnership:
         self._changed = asyncio.Event()
         self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sqlite_lock: IO[bytes] | None = None
+        self._sqlite_lock: SqliteLock | None = None
 
     # -- public API -------------------------------------------------------------------
 
@@ -243,18 +244,12 @@ class AccountOwnership:
     # -- internals ----------------------------------------------------------------------
 
     def _lock_sqlite(self) -> None:
-        if not self._sqlite_path or self._sqlite_path == ":memory:":
+        if self._sqlite_path is None:
             return
-        handle = open(f"{self._sqlite_path}.lock", "ab")  # noqa: SIM115 - held until exit
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise OwnershipError(
-                f"another guardbot instance already uses {self._sqlite_path}; with SQLite only"
-                " one instance may run (use PostgreSQL to run several)"
-            ) from None
-        self._sqlite_lock = handle
+            self._sqlite_lock = SqliteLock(self._sqlite_path)
+        except DatabaseInUse as exc:
+            raise OwnershipError(str(exc)) from None
 
     async def _run(self) -> None:
         while True:

@@ -5,15 +5,16 @@ leverage, liquidation price and distance to liquidation (``risk.liquidation_dist
 signed: negative once the mark is past the liquidation price). A table for people, ``--json``
 for scripts (money as decimal strings, never floats).
 
-A problem is one line on stderr and a non-zero exit, never a traceback:
-2 bad config, 3 bad key (stop and fix the key), 4 exchange unreachable, 5 other exchange error.
+A problem is one line on stderr and a non-zero exit, never a traceback, with the codes
+every command shares (``guardbot.exits``): 2 bad config (a secret that is not its key's
+included, found before connecting), 3 key refused by the exchange, 4 exchange unreachable,
+5 other exchange error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -21,12 +22,13 @@ from typing import Any
 
 import click
 
+from guardbot import exits
 from guardbot.config import AccountSettings, ConfigError, Settings, load_config
 from guardbot.domain import AccountSnapshot, Holding, Position
 from guardbot.exchange.errors import AuthError, ExchangeError, RetryLater
+from guardbot.exits import one_line
 from guardbot.risk import liquidation_distance
 
-EXIT_CONFIG, EXIT_AUTH, EXIT_UNREACHABLE, EXIT_EXCHANGE = 2, 3, 4, 5
 PERCENT = Decimal("0.01")
 
 
@@ -43,10 +45,6 @@ class AccountStatus:
     positions: list[Position] = field(default_factory=list)
 
 
-def _one_line(text: str) -> str:
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
 def distance_pct(position: Position) -> Decimal | None:
     """Distance to liquidation in percent of the mark, two decimals."""
     if position.mark_price <= 0:
@@ -61,19 +59,20 @@ async def account_status(account: AccountSettings, settings: Settings) -> Accoun
 
     result = AccountStatus(account.name, account.account_id)
     try:
+        account.check_secret()  # a local problem, before anything is sent
         async with OrderlyExchange.from_settings(
             account, settings.exchange, max_attempts=2
         ) as exchange:
             result.holdings = await exchange.get_holdings()
             result.snapshot = await exchange.get_positions()
     except (ConfigError, ValueError) as exc:
-        result.problem, result.exit_code = f"bad config: {_one_line(str(exc))}", EXIT_CONFIG
+        result.problem, result.exit_code = f"bad config: {one_line(str(exc))}", exits.USAGE
     except AuthError as exc:
-        result.problem, result.exit_code = f"bad key: {exc}", EXIT_AUTH
+        result.problem, result.exit_code = f"bad key: {exc}", exits.AUTH
     except RetryLater as exc:
-        result.problem, result.exit_code = f"exchange unreachable: {exc}", EXIT_UNREACHABLE
+        result.problem, result.exit_code = f"exchange unreachable: {exc}", exits.UNREACHABLE
     except ExchangeError as exc:
-        result.problem, result.exit_code = f"exchange error: {exc}", EXIT_EXCHANGE
+        result.problem, result.exit_code = f"exchange error: {exc}", exits.EXCHANGE
     if result.snapshot is not None:
         result.positions = [p for p in result.snapshot.positions if p.is_open]
     return result
@@ -180,20 +179,15 @@ def status(ctx: click.Context, config_path: Path, json_output: bool) -> None:
     try:
         settings = load_config(config_path)
     except ConfigError as exc:
-        click.echo(f"guardbot status: bad config: {_one_line(str(exc))}", err=True)
-        ctx.exit(EXIT_CONFIG)
+        click.echo(f"guardbot status: bad config: {one_line(str(exc))}", err=True)
+        ctx.exit(exits.USAGE)
     if not settings.accounts:
         click.echo(f"guardbot status: bad config: {config_path} has no [[accounts]]", err=True)
-        ctx.exit(EXIT_CONFIG)
-    # Each failed call already ends up in the one line below; retries would only repeat it.
-    exchange_log = logging.getLogger("guardbot.exchange")
-    level = exchange_log.level
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        exchange_log.setLevel(logging.ERROR)
-    try:
+        ctx.exit(exits.USAGE)
+    from guardbot.preflight import quiet_exchange_log
+
+    with quiet_exchange_log():  # each failed call already ends up in the one line below
         statuses = asyncio.run(collect(settings))
-    finally:
-        exchange_log.setLevel(level)
     click.echo(json.dumps(as_json(statuses), indent=2) if json_output else as_table(statuses))
     failed = [s for s in statuses if s.problem]
     for s in failed:

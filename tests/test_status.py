@@ -17,11 +17,13 @@ import pytest
 from click.testing import CliRunner, Result
 
 from guardbot.cli import main
+from guardbot.exits import AUTH as EXIT_AUTH
+from guardbot.exits import UNREACHABLE as EXIT_UNREACHABLE
+from guardbot.exits import USAGE as EXIT_CONFIG
 from guardbot.logs import FORMAT_ENV, LEVEL_ENV
 from guardbot.risk import liquidation_distance
 from guardbot.sim.keys import generate_key
 from guardbot.sim.server import SimServer
-from guardbot.status import EXIT_AUTH, EXIT_CONFIG, EXIT_UNREACHABLE
 
 ETH = "PERP_ETH_USDC"
 
@@ -139,15 +141,19 @@ async def test_bad_key_is_one_line_and_exit_3(sim: SimServer, tmp_path: Path) ->
     assert stranger_secret not in result.output
 
 
-async def test_secret_not_matching_the_key_is_a_bad_key(sim: SimServer, tmp_path: Path) -> None:
+async def test_secret_not_matching_the_key_is_a_config_error_found_before_connecting(
+    sim: SimServer, tmp_path: Path
+) -> None:
     name, account_id, key, _ = funded_account(sim)
     _, other_secret = generate_key()
     config = write_config(
         tmp_path / "g.toml", sim.rest_url, [(name, account_id, key, other_secret)]
     )
     result = await run_status("--config", str(config))
-    assert result.exit_code == EXIT_AUTH
-    assert "does not belong to key" in result.stderr
+    assert result.exit_code == EXIT_CONFIG
+    (line,) = result.stderr.splitlines()
+    assert line.startswith('guardbot status: account main: bad config: accounts[1] (name "main")')
+    assert "does not belong to key" in line and "code None" not in line
     assert other_secret.removeprefix("ed25519:") not in result.output
     assert sim.counters["requests"] == 0
 
@@ -187,6 +193,17 @@ async def test_missing_config_file_and_unset_secret_env(
     assert result.exit_code == EXIT_CONFIG
     (line,) = result.stderr.splitlines()
     assert "GUARDBOT_TEST_UNSET_SECRET is not set" in line
+
+
+async def test_a_malformed_secret_is_a_config_error_not_an_authentication_failure(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    name, account_id, key, _ = funded_account(sim)
+    config = write_config(tmp_path / "g.toml", sim.rest_url, [(name, account_id, key, "0OIl")])
+    result = await run_status("--config", str(config))
+    assert result.exit_code == EXIT_CONFIG, result.output
+    (line,) = result.stderr.splitlines()
+    assert "not a base58 ed25519 seed" in line and "code None" not in line
 
 
 async def test_one_bad_account_does_not_hide_the_others(sim: SimServer, tmp_path: Path) -> None:

@@ -2,17 +2,25 @@
 
 SQLite gets WAL (the CLI reads while the daemon writes), a busy timeout, foreign keys, and
 an exact decimal sum over its text-stored money, so every query returns the same figures on
-both backends.
+both backends. An SQLite database has one guard: ``SqliteLock``, an exclusive ``flock`` on
+``<database>.lock`` that names its holder. Read-only callers open it with ``must_exist``,
+so a mistyped path is reported instead of created.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import socket
 import sqlite3
-from datetime import date
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -34,8 +42,29 @@ def redacted(url: str) -> str:
         return "<unparsable URL>"
 
 
-def create_audit_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url`` (``sqlite:///file.db`` or ``postgresql+psycopg://...``)."""
+class DatabaseMissing(Exception):
+    """The SQLite audit database file does not exist (and the caller only reads)."""
+
+
+class DatabaseInUse(Exception):
+    """Another process holds this SQLite audit database: only one guard may use it."""
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of an ``sqlite:///FILE`` URL; ``None`` for other backends and memory."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database.removeprefix("file:").split("?")[0])
+
+
+def create_audit_engine(url: str, *, must_exist: bool = False, **kwargs: Any) -> Engine:
+    """An engine for ``url`` (``sqlite:///file.db`` or ``postgresql+psycopg://...``).
+    ``must_exist``: raise ``DatabaseMissing`` rather than create a missing SQLite file."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -45,6 +74,12 @@ def create_audit_engine(url: str, **kwargs: Any) -> Engine:
         raise BadDatabaseUrl(
             f"unsupported audit database {redacted(url)}: use sqlite:///FILE or "
             "postgresql+psycopg://USER@HOST/DB"
+        )
+    path = sqlite_file(url)
+    if must_exist and path is not None and not path.is_file():
+        raise DatabaseMissing(
+            f"the audit database {path} does not exist (check --db or audit.url; "
+            "`guardbot run` creates it)"
         )
     if backend == "sqlite":
         # The background writer runs in a worker thread.
@@ -57,6 +92,62 @@ def create_audit_engine(url: str, **kwargs: Any) -> Engine:
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_setup)
     return engine
+
+
+def is_empty(engine: Engine) -> bool:
+    """Whether the database has no tables at all (a new file, a new schema)."""
+    with engine.connect() as connection:
+        return not inspect(connection).get_table_names()
+
+
+class SqliteLock:
+    """An exclusive ``flock`` on ``<database>.lock``, held until ``close`` (or the process
+    ends). The file says who holds it (process id, host, since when), so a second guard can
+    be told which process to stop. Raises ``DatabaseInUse``."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = Path(f"{database}.lock")
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = self._holder()
+            os.close(self._fd)
+            raise DatabaseInUse(
+                f"another guardbot instance already uses {database}{holder}; with SQLite only"
+                " one instance may run (stop it, or use PostgreSQL to run several)"
+            ) from None
+        since = datetime.now(UTC).isoformat(timespec="seconds")
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n"
+                  .encode(), 0)  # fmt: skip
+
+    def _holder(self) -> str:
+        try:
+            text = os.pread(self._fd, 200, 0).decode(errors="replace").strip()
+        except OSError:
+            return ""
+        return f" ({text})" if text else ""
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@contextlib.contextmanager
+def sqlite_lock(url: str) -> Iterator[bool]:
+    """Hold the ``SqliteLock`` of an SQLite ``url`` for the block (``True``); other
+    databases need none (``False``)."""
+    path = sqlite_file(url)
+    if path is None:
+        yield False
+        return
+    lock = SqliteLock(path)
+    try:
+        yield True
+    finally:
+        lock.close()
 
 
 def _sqlite_setup(connection: sqlite3.Connection, _record: Any) -> None:
