@@ -2,7 +2,8 @@
 
 Every command takes ``--db URL`` or ``--config FILE`` (``audit.url``; without either, the
 defaults plus ``GUARDBOT__AUDIT__URL``). Bad arguments and unusable databases end with one
-``Error: ...`` line and a non-zero exit, never a traceback.
+``Error: ...`` line and the shared exit codes (``guardbot.exits``: 2 bad usage or config, 6
+the database), never a traceback. Only ``db upgrade`` creates a missing SQLite file.
 """
 
 from __future__ import annotations
@@ -21,10 +22,17 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from guardbot import exits
 from guardbot.audit import postmortem, queries, schema, verification
-from guardbot.audit.database import BadDatabaseUrl, create_audit_engine, redacted
-from guardbot.audit.errors import AuditError
+from guardbot.audit.database import (
+    BadDatabaseUrl,
+    DatabaseMissing,
+    create_audit_engine,
+    redacted,
+)
+from guardbot.audit.errors import AuditError, first_line
 from guardbot.config import ConfigError, load_config
+from guardbot.exits import CommandError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,12 +48,14 @@ class OneLineErrors(click.Group):
             return super().invoke(ctx)
         except click.UsageError as exc:
             click.echo(f"Error: {' '.join(exc.format_message().split())}", err=True)
-            raise click.exceptions.Exit(2) from None
-        except (AuditError, ConfigError, BadDatabaseUrl) as exc:
-            raise click.ClickException(str(exc).splitlines()[0]) from None
+            raise click.exceptions.Exit(exits.USAGE) from None
+        except (ConfigError, BadDatabaseUrl) as exc:
+            raise CommandError(str(exc), exits.USAGE) from None
+        except (AuditError, DatabaseMissing) as exc:
+            raise CommandError(str(exc).splitlines()[0], exits.DATABASE) from None
         except SQLAlchemyError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise click.ClickException(f"the audit database failed: {first}") from None
+            raise CommandError(f"the audit database failed: {first_line(exc)}",
+                               exits.DATABASE) from None
 
 
 class TimeParam(click.ParamType[datetime, Any]):
@@ -65,7 +75,11 @@ class TimeParam(click.ParamType[datetime, Any]):
         text = str(value).strip()
         age = _AGE.match(text)
         if age:
-            return self._now() - timedelta(**{_UNITS[age.group(2)]: int(age.group(1))})
+            try:
+                return self._now() - timedelta(**{_UNITS[age.group(2)]: int(age.group(1))})
+            except OverflowError:
+                self.fail(f"{text!r} reaches before year 1: give a shorter age or a date",
+                          param, ctx)
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
@@ -98,16 +112,14 @@ def database_url(db_url: str | None, config_file: Path | None) -> str:
 
 
 def open_database(db_url: str | None, config_file: Path | None) -> Engine:
-    """An engine on a database whose schema is current (else one clear error)."""
+    """An engine on an existing database whose schema is current (else one clear error)."""
     url = database_url(db_url, config_file)
-    engine = create_audit_engine(url)
+    engine = create_audit_engine(url, must_exist=True)
     try:
         schema.check_schema(engine)
     except SQLAlchemyError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise click.ClickException(
-            f"cannot read the audit database {redacted(url)}: {first}"
-        ) from None
+        raise CommandError(f"cannot read the audit database {redacted(url)}: {first_line(exc)}",
+                           exits.DATABASE) from None
     return engine
 
 
@@ -185,14 +197,18 @@ def action_filters(function: F) -> F:
     return function
 
 
+def _check_span(since: datetime | None, until: datetime | None) -> None:
+    if since and until and since >= until:
+        raise click.BadParameter("--since must be before --until", param_hint="'--since'")
+
+
 def _filter(engine: Engine, **options: Any) -> queries.ActionFilter:
     account = options["account"]
     if account is not None and not queries.account_known(engine, account):
         raise click.BadParameter(
             f"unknown account {account}: nothing is recorded for it", param_hint="'--account'"
         )
-    if options["since"] and options["until"] and options["since"] >= options["until"]:
-        raise click.BadParameter("--since must be before --until", param_hint="'--since'")
+    _check_span(options["since"], options["until"])
     return queries.ActionFilter(
         account=account, symbol=options["symbol"], policy=options["policy"],
         kind=options["kind"] and options["kind"].upper(),
@@ -214,6 +230,9 @@ def list_command(db_url: str | None, config_file: Path | None, limit: int, fmt: 
     write_rows(rows, queries.LIST_COLUMNS, fmt, sys.stdout)
 
 
+SHOWN_CANDIDATES = 10  # of an ambiguous id prefix
+
+
 @audit.command("show")
 @click.argument("action_id")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
@@ -222,10 +241,15 @@ def show_command(db_url: str | None, config_file: Path | None, action_id: str,
                  fmt: str) -> None:  # fmt: skip
     """One action with its snapshot and every event (an unambiguous id prefix will do)."""
     engine = open_database(db_url, config_file)
-    matches = queries.action_ids(engine, action_id)
-    if len(matches) != 1:
-        problem = "no action has" if not matches else "several actions have"
-        raise click.BadParameter(f"{problem} id {action_id!r}", param_hint="'ACTION_ID'")
+    matches = queries.action_ids(engine, action_id, limit=SHOWN_CANDIDATES + 1)
+    if not matches:
+        raise click.BadParameter(f"no action has id {action_id!r}", param_hint="'ACTION_ID'")
+    if len(matches) > 1:
+        shown = ", ".join(matches[:SHOWN_CANDIDATES])
+        more = ", ..." if len(matches) > SHOWN_CANDIDATES else ""
+        raise click.BadParameter(
+            f"several actions have ids starting {action_id!r}: {shown}{more}; give more of it",
+            param_hint="'ACTION_ID'")
     detail = queries.show_action(engine, matches[0])
     if fmt == "json":
         data = {"action": _plain(detail.action), "events": [_plain(e) for e in detail.events]}
@@ -244,17 +268,19 @@ SUMMARY_COLUMNS = ("key", "actions", "added", "reduced", "failures", "uncertain"
 
 @audit.command("summary")
 @click.option("--since", type=TIME, metavar="T", help="ISO time, date, or age (24h).")
+@click.option("--until", type=TIME, metavar="T", help="ISO time, date, or age (exclusive).")
 @click.option("--by", type=click.Choice(queries.GROUP_BY), default="account",
               show_default=True)  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
 @database_options
 def summary_command(db_url: str | None, config_file: Path | None, since: datetime | None,
-                    by: queries.GroupBy, fmt: str) -> None:  # fmt: skip
+                    until: datetime | None, by: queries.GroupBy, fmt: str) -> None:  # fmt: skip
     """Counts, margin added and reduced, failures, uncertain outcomes, latency."""
+    _check_span(since, until)
     engine = open_database(db_url, config_file)
     rows = [
         {name: _rounded(getattr(row, name)) for name in SUMMARY_COLUMNS}
-        for row in queries.summarize(engine, since, by)
+        for row in queries.summarize(engine, since, by, until)
     ]
     columns = (by, *SUMMARY_COLUMNS[1:])
     write_rows([{by: row["key"], **row} for row in rows], columns, fmt, sys.stdout)
@@ -401,6 +427,7 @@ def downgrade_command(db_url: str | None, config_file: Path | None, revision: st
                       migrations: Path | None) -> None:  # fmt: skip
     """Migrate the audit database down to REVISION (``base`` removes every table)."""
     url = database_url(db_url, config_file)
+    create_audit_engine(url, must_exist=True).dispose()  # a missing file is not created
     schema.downgrade(url, revision, migrations)
     click.echo(f"{redacted(url)} is at revision {_current(url)}")
 
@@ -418,7 +445,7 @@ def current_command(db_url: str | None, config_file: Path | None) -> None:
 
 
 def _current(url: str) -> str:
-    engine = create_audit_engine(url)
+    engine = create_audit_engine(url, must_exist=True)
     try:
         return schema.current(engine) or "(empty)"
     finally:

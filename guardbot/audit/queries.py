@@ -182,7 +182,8 @@ def _outcome_totals() -> list[ColumnElement[Any]]:
     ]
 
 
-def _grouped(by: GroupBy, since: datetime | None) -> tuple[Select[Any], Select[Any]]:
+def _grouped(by: GroupBy, since: datetime | None,
+             until: datetime | None) -> tuple[Select[Any], Select[Any]]:  # fmt: skip
     """(key, actions) and (key, latency, outcome totals), each grouped in one pass."""
 
     def key(table: Table, time: str) -> ColumnElement[Any]:
@@ -198,19 +199,25 @@ def _grouped(by: GroupBy, since: datetime | None) -> tuple[Select[Any], Select[A
     if since is not None:
         counts = counts.where(ACTIONS.c.time >= since)
         outcomes = outcomes.where(OUTCOMES.c.action_time >= since)
+    if until is not None:
+        counts = counts.where(ACTIONS.c.time < until)
+        outcomes = outcomes.where(OUTCOMES.c.action_time < until)
     return counts, outcomes
 
 
 _DAY = timedelta(days=1)  # a UTC day is exactly 24 hours (PostgreSQL ignores leap seconds)
 
 
-def _by_day_ranges(since: datetime | None) -> tuple[Select[Any], Select[Any]]:
+def _by_day_ranges(since: datetime | None,
+                   until: datetime | None) -> tuple[Select[Any], Select[Any]]:  # fmt: skip
     """The same two results by UTC day on PostgreSQL, one range scan of the time indexes
     per day (index-only for outcomes): no per-row day computation and a small aggregate per
     day instead of one large hash over every row (about 1.5x faster on 10 million events)."""
     span = select(func.min(ACTIONS.c.time).label("first"), func.max(ACTIONS.c.time).label("last"))
     if since is not None:
         span = span.where(ACTIONS.c.time >= since)
+    if until is not None:
+        span = span.where(ACTIONS.c.time < until)
     bounds = span.subquery("span")
     start = func.date_trunc("day", bounds.c.first, "UTC")
     day = func.generate_series(start, bounds.c.last, _DAY, type_=DateTime(timezone=True))
@@ -218,7 +225,11 @@ def _by_day_ranges(since: datetime | None) -> tuple[Select[Any], Select[Any]]:
 
     def that_day(column: Any) -> list[ColumnElement[bool]]:
         within = [column >= days.c.day, column < days.c.day + _DAY]
-        return within if since is None else [*within, column >= since]
+        if since is not None:
+            within.append(column >= since)
+        if until is not None:
+            within.append(column < until)
+        return within
 
     key = utc_day(days.c.day).label("key")
     count = select(func.count()).where(*that_day(ACTIONS.c.time)).scalar_subquery()
@@ -234,13 +245,13 @@ def _by_day_ranges(since: datetime | None) -> tuple[Select[Any], Select[Any]]:
 
 
 def summarize(engine: Engine, since: datetime | None = None,
-              by: GroupBy = "account") -> list[SummaryRow]:  # fmt: skip
+              by: GroupBy = "account", until: datetime | None = None) -> list[SummaryRow]:
     """Counts, margin moved, failures, uncertain outcomes and latency per group.
 
     Actions are counted from ``actions``; everything else comes from ``action_outcomes``
     alone (one row per outcome event, no join), grouped by (key, latency): the latency
     histogram gives exact mean and p99 in Python without an ordered-set aggregate. ``since``
-    selects actions decided since then, with all their outcomes."""
+    and ``until`` (exclusive) select actions decided in that span, with all their outcomes."""
     if by not in GROUP_BY:
         raise ValueError(f"cannot group by {by!r}: use one of {', '.join(GROUP_BY)}")
     groups: dict[Any, _Group] = {}
@@ -250,7 +261,8 @@ def summarize(engine: Engine, since: datetime | None = None,
             # The (key, latency) aggregate would otherwise spill to disk at 4 MB.
             connection.execute(text("SET LOCAL work_mem = '64MB'"))
         counts, outcomes = (
-            _by_day_ranges(since) if postgresql and by == "day" else _grouped(by, since)
+            _by_day_ranges(since, until) if postgresql and by == "day"
+            else _grouped(by, since, until)
         )
         for key, actions in connection.execute(counts).all():
             if actions:

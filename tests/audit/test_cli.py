@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import update
 
+from guardbot import exits
 from guardbot.audit import queries, schema
 from guardbot.audit.database import create_audit_engine
 from guardbot.cli import main
@@ -138,28 +139,84 @@ def test_bad_arguments_get_one_line(
 
 
 def test_unusable_databases_get_one_line(empty_url: str, tmp_path: Path) -> None:
+    if empty_url.startswith("sqlite"):
+        (tmp_path / "audit.db").touch()  # an empty file: a database without the schema
     cases = [
-        (["--db", empty_url], "run `guardbot db upgrade`"),
-        (["--db", "mysql://x/y"], "unsupported audit database"),
-        (["--db", "postgresql+psycopg://postgres@127.0.0.1:1/x"], "cannot read the audit"),
-        (["--db", "sqlite:///x.db", "--config", "g.toml"], "not both"),
-        (["--config", str(tmp_path / "missing.toml")], "cannot read the config file"),
+        (["--db", empty_url], "run `guardbot db upgrade`", exits.DATABASE),
+        (["--db", "mysql://x/y"], "unsupported audit database", exits.USAGE),
+        (["--db", "postgresql+psycopg://postgres@127.0.0.1:1/x"], "cannot read the audit",
+         exits.DATABASE),
+        (["--db", "sqlite:///x.db", "--config", "g.toml"], "not both", exits.USAGE),
+        (["--config", str(tmp_path / "missing.toml")], "cannot read the config file",
+         exits.USAGE),
     ]
-    for options, message in cases:
+    for options, message, code in cases:
         result = run("audit", "list", *options)
-        assert result.exit_code != 0
+        assert result.exit_code == code, (options, result.output)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (options, lines)
+        assert schema.MIGRATIONS_ENV not in lines[0]
+
+
+@pytest.mark.parametrize("args", [["audit", "list"], ["audit", "summary"], ["audit", "verify"],
+                                  ["audit", "show", "abc"], ["db", "current"],
+                                  ["db", "downgrade", "base"]])
+def test_read_only_commands_never_create_a_missing_sqlite_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "typo.db"
+    for options in (["--db", f"sqlite:///{missing}"], []):  # [] is the default audit.url
+        result = run(*args, *options)
+        assert result.exit_code == exits.DATABASE, result.output
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("Error: the audit database ") and "does not exist" in line
+        assert list(tmp_path.iterdir()) == [], "nothing was created"
+
+
+def test_huge_ages_are_refused_in_one_line(url: str) -> None:
+    for args in (["audit", "list", "--since", "1000000d"],
+                 ["audit", "summary", "--since", "99999999999w"]):
+        result = run(*args, "--db", url)
+        assert result.exit_code == exits.USAGE, result.output
+        (line,) = result.stderr.splitlines()
+        assert "reaches before year 1" in line
+
+
+def test_an_ambiguous_id_prefix_lists_the_candidates(url: str, history: dict[str, str]) -> None:
+    ids = sorted(history.values())
+    prefix = ids[0][:next(i for i, chars in enumerate(zip(*ids, strict=False))
+                          if len(set(chars)) > 1)]
+    result = run("audit", "show", prefix, "--db", url)
+    assert result.exit_code == exits.USAGE
+    (line,) = result.stderr.splitlines()
+    assert f"several actions have ids starting {prefix!r}: " in line
+    assert all(action_id in line for action_id in ids) and "give more of it" in line
+
+
+def test_summary_until_excludes_later_actions(url: str, history: dict[str, str]) -> None:
+    """a1-a3 fall on the first UTC day, a4-a6 on the next (the history's table)."""
+    day_two = "2025-11-23"
+    before = json.loads(run("audit", "summary", "--db", url, "--until", day_two,
+                            "--format", "json").stdout)
+    assert {row["account"]: row["actions"] for row in before} == {ACCOUNT: 3}
+    after = json.loads(run("audit", "summary", "--db", url, "--since", day_two,
+                           "--format", "json").stdout)
+    assert {row["account"]: row["actions"] for row in after} == {ACCOUNT: 1, OTHER: 2}
+    bad = run("audit", "summary", "--db", url, "--since", day_two, "--until", "2025-11-22")
+    assert bad.exit_code == exits.USAGE and "--since must be before --until" in bad.stderr
 
 
 def test_db_commands(empty_url: str, tmp_path: Path) -> None:
+    if empty_url.startswith("sqlite"):
+        (tmp_path / "audit.db").touch()
     assert run("db", "current", "--db", empty_url).stdout.startswith("(empty) (needs")
     result = run("db", "upgrade", "--db", empty_url)
     assert result.exit_code == 0 and result.stdout.strip().endswith(f"is at revision {schema.HEAD}")
     assert run("db", "current", "--db", empty_url).stdout.strip() == f"{schema.HEAD} (up to date)"
     assert run("db", "downgrade", "base", "--db", empty_url).exit_code == 0
     missing = run("db", "upgrade", "--db", empty_url, "--migrations", str(tmp_path / "none"))
-    assert missing.exit_code == 1
+    assert missing.exit_code == exits.DATABASE
     assert "GUARDBOT_MIGRATIONS" in missing.stderr and len(missing.stderr.splitlines()) == 1
 
 
