@@ -317,7 +317,7 @@ class Guard:
         name = self.name(key[0])
         self.notify(Alert(AlertKind.LIQUIDATION, name, key[1],
                           f"isolated position liquidated at {liquidation.transfer_price}"))
-        log.error("isolated position %s %s was LIQUIDATED at %s (guardbot audit why)", name,
+        log.warning("isolated position %s %s was LIQUIDATED at %s (guardbot audit why)", name,
                   key[1], liquidation.transfer_price)
 
     def _last_seen(self, last: Position) -> dict[str, str]:
