@@ -198,3 +198,16 @@ def test_permission_warning(tmp_path: Path) -> None:
     path.chmod(0o644)
     warning = permission_warning(path)
     assert warning is not None and "chmod 600" in warning
+
+
+def test_the_settings_cite_only_documents_in_the_repository() -> None:
+    """config.py's comments and descriptions (docs/config.md is generated from them) name
+    only files that exist here."""
+    root = Path(__file__).resolve().parents[1]
+    for module in ("guardbot/config.py", "guardbot/config_reference.py"):
+        text = (root / module).read_text()
+        cited = set(re.findall(r"[\w./-]+\.md\b", text))
+        assert cited, module
+        for name in cited:
+            found = (root / name).is_file() or (root / "docs" / name).is_file()
+            assert found, f"{module} cites {name}, which is not in the repository"
