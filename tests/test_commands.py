@@ -59,9 +59,9 @@ def test_a_missing_secret_variable_is_a_config_error(tmp_path: Path) -> None:
 def test_a_bad_policy_parameter_stops_check_config(tmp_path: Path) -> None:
     code, output = check(
         tmp_path, ACCOUNT + '[[policies]]\nuse = "topup"\nparams = { trigger = "0.2", '
-        'target = "0.1" }\n', {"TEST_CHECK_SECRET": "x"})
-    assert code != 0
-    assert "policies.0" in output and "target" in output
+        'target = "0.1" }\n', {"TEST_CHECK_SECRET": SECRET})
+    assert code == exits.USAGE
+    assert output.startswith("Error: policies[1].params.target: must be above trigger")
 
 
 def test_run_refuses_to_start_without_accounts(tmp_path: Path) -> None:

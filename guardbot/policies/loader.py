@@ -117,7 +117,7 @@ def load_policies(
     for index, item in enumerate(loaded):
         if item.label in seen:
             problems.append(
-                f"policies.{index}.name: {item.label!r} is already used by another policy;"
+                f"policies[{index + 1}].name: {item.label!r} is already used by another policy;"
                 " give each instance its own name (audit rows are labelled with it)"
             )
         seen[item.label] = index
@@ -150,7 +150,7 @@ def resolve(use: str, strategies_dir: Path) -> Callable[..., Policy]:
 
 
 def _load_one(index: int, settings: PolicySettings, strategies_dir: Path) -> LoadedPolicy:
-    where = f"policies.{index}"
+    where = f"policies[{index + 1}]"  # 1-based, as config messages
     try:
         factory = resolve(settings.use, strategies_dir)
     except ConfigError as exc:

@@ -89,22 +89,22 @@ def test_built_ins_with_toml_params() -> None:
 @pytest.mark.parametrize(
     ("policy", "message"),
     [
-        ({"use": "nope"}, "policies.0.use: no policy named 'nope': not a built-in"),
+        ({"use": "nope"}, "policies[1].use: no policy named 'nope': not a built-in"),
         (
             {"use": "topup", "params": {"trigger": "0"}},
-            "policies.0.params.trigger: must be > 0, got 0 (policy 'topup')",
+            "policies[1].params.trigger: must be > 0, got 0 (policy 'topup')",
         ),
         (
             {"use": "topup", "name": "guard", "params": {"target": "0.01"}},
-            "policies.0.params.target: must be above trigger (0.05), got 0.01 (policy 'guard')",
+            "policies[1].params.target: must be above trigger (0.05), got 0.01 (policy 'guard')",
         ),
         (
             {"use": "topup", "params": {"trigerr": "0.1"}},
-            "policies.0.params: got an unexpected keyword argument 'trigerr' "
+            "policies[1].params: got an unexpected keyword argument 'trigerr' "
             "(policy 'topup' accepts trigger, target, margin_ratio)",
         ),
-        ({"use": "file:../etc/passwd"}, "policies.0.use: file:../etc/passwd: expected file:"),
-        ({"use": "file:missing"}, "policies.0.use: file:missing: "),
+        ({"use": "file:../etc/passwd"}, "policies[1].use: file:../etc/passwd: expected file:"),
+        ({"use": "file:missing"}, "policies[1].use: file:missing: "),
     ],
 )
 def test_bad_policies_stop_start_up_with_a_clear_message(
@@ -115,13 +115,13 @@ def test_bad_policies_stop_start_up_with_a_clear_message(
 
 def test_every_problem_is_reported_at_once() -> None:
     text = fails({"use": "nope"}, {"use": "topup", "params": {"trigger": "2"}})
-    assert text.splitlines()[0].startswith("policies.0.use:")
-    assert text.splitlines()[1].startswith("policies.1.params.trigger: must be < 1")
+    assert text.splitlines()[0].startswith("policies[1].use:")
+    assert text.splitlines()[1].startswith("policies[2].params.trigger: must be < 1")
 
 
 def test_labels_must_be_unique() -> None:
     text = fails({"use": "topup"}, {"use": "topup"})
-    assert text.startswith("policies.1.name: 'topup' is already used")
+    assert text.startswith("policies[2].name: 'topup' is already used")
     assert len(load({"use": "topup"}, {"use": "topup", "name": "topup-btc"})) == 2
 
 
@@ -158,7 +158,7 @@ def test_a_bad_hysteresis_declaration_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "floaty.py").write_text(PLUGIN.replace('name = "fixed"',
                                                        'name = "fixed"\n    add_target = 0.5'))
     text = fails({"use": "file:floaty"}, folder=tmp_path)
-    assert text == ("policies.0: policy 'file:floaty' declares add_target: must be a Decimal "
+    assert text == ("policies[1]: policy 'file:floaty' declares add_target: must be a Decimal "
                     "in [0, 1), got 0.5")
 
 
@@ -182,14 +182,14 @@ def test_file_plugin(plugins: Path) -> None:
 )
 def test_bad_file_plugins(plugins: Path, use: str, message: str) -> None:
     text = fails({"use": use}, folder=plugins)
-    assert text.startswith("policies.0.")
+    assert text.startswith("policies[1].")
     assert message in text
 
 
 def test_plugin_refusing_its_params_is_named(plugins: Path) -> None:
     text = fails({"use": "file:fixed", "params": {"amount": "lots"}}, folder=plugins)
     assert text.startswith(
-        "policies.0.params: policy 'file:fixed' refused its parameters: InvalidOperation"
+        "policies[1].params: policy 'file:fixed' refused its parameters: InvalidOperation"
     )
 
 
@@ -257,7 +257,7 @@ def test_a_bad_quiet_declaration_is_a_config_error(
     (tmp_path / "loud.py").write_text(PLUGIN.replace('name = "fixed"',
                                                      f'name = "fixed"\n    {declaration}'))
     text = fails({"use": "file:loud"}, folder=tmp_path)
-    assert text == f"policies.0: policy 'file:loud' {message}"
+    assert text == f"policies[1]: policy 'file:loud' {message}"
 
 
 @pytest.mark.parametrize(

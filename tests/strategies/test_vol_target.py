@@ -68,7 +68,7 @@ def test_tops_up_sooner_and_more_in_a_storm(
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"k": 0}, "policies.0.params.k: must be > 0"),
+        ({"k": 0}, "policies[1].params.k: must be > 0"),
         ({"min_target": "0.3", "max_target": "0.2"}, "params.max_target: must be at least"),
         ({"max_target": "1"}, "params.max_target: must be < 1"),
         ({"min_marks": "2.5"}, "params.min_marks: must be a whole number"),
