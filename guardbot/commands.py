@@ -88,7 +88,7 @@ def run(config_path: Path | None, dry_run: bool) -> None:
     """Guard the configured accounts until SIGINT/SIGTERM."""
     from guardbot.daemon import StartupError, run_daemon
     from guardbot.logs import FORMAT_ENV, LEVEL_ENV, setup_logging
-    from guardbot.preflight import DatabaseNotReady, prepare_database
+    from guardbot.preflight import DatabaseNotReady, check_database_free, prepare_database
 
     settings = _load(config_path)
     # The config's [log] section, unless --log-level/--log-format (or their env) said otherwise.
@@ -99,8 +99,9 @@ def run(config_path: Path | None, dry_run: bool) -> None:
         settings = settings.model_copy(
             update={"guard": settings.guard.model_copy(update={"dry_run": True})}
         )
-    _checked(settings)  # before the database is touched
     try:
+        check_database_free(settings.audit.url)  # a second guard: name the first one
+        _checked(settings)  # before the database is touched
         prepare_database(settings.audit.url)
         asyncio.run(run_daemon(settings))
     except DatabaseNotReady as exc:

@@ -4,8 +4,10 @@ same checks without trading, ``status`` the ones about accounts.
 - ``check_settings``: at least one account, every secret well-formed and belonging to its
   key (config.py checked the URL schemes when it loaded), the policies, and the health
   port free. Every problem found is one line of one ``ConfigError``.
-- ``prepare_database``: the SQLite audit database not held by another guard, and an empty
-  one given its schema (an out-of-date one is refused, naming ``guardbot db upgrade``).
+- ``check_database_free``, ``prepare_database``: the SQLite audit database not held by
+  another guard (checked first: a second guard on the same config is told about the first
+  one, not about the port it holds), and an empty one given its schema (an out-of-date one
+  is refused, naming ``guardbot db upgrade``).
 - ``check_keys``: ``check-config --online``: one signed read per account, reporting each
   key's scopes.
 """
@@ -19,6 +21,7 @@ import logging
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from guardbot import exits
 from guardbot.config import ConfigError, HealthSettings, Settings
@@ -85,6 +88,23 @@ def check_settings(settings: Settings) -> list[LoadedPolicy]:
 class DatabaseNotReady(Exception):
     """The audit database cannot be used by ``run`` as it is; the message says why and
     what to do."""
+
+
+def check_database_free(url: str) -> None:
+    """Refuse, naming the holder, an SQLite database another guard holds; creates nothing
+    (a database never locked has no lock file). Raises ``DatabaseNotReady``."""
+    from guardbot.audit.database import DatabaseInUse, sqlite_file, sqlite_lock
+
+    path = sqlite_file(url)
+    if path is None or not Path(f"{path}.lock").is_file():
+        return
+    try:
+        with sqlite_lock(url):
+            pass
+    except DatabaseInUse as exc:
+        raise DatabaseNotReady(str(exc)) from None
+    except OSError:
+        return  # an unreadable lock file: prepare_database reports it
 
 
 def prepare_database(url: str) -> None:

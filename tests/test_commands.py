@@ -212,13 +212,18 @@ def test_a_second_guard_on_the_same_sqlite_database_refuses_from_any_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Relative paths come from the config's folder, so the same config started from another
-    folder finds the same database, and its lock (held here as the first guard would)."""
+    folder finds the same database, and its lock (held here as the first guard would). The
+    message names the first guard, not the health port it also holds."""
     etc = tmp_path / "etc"
     etc.mkdir()
     port = closed_port()
-    write(etc, f'[exchange]\nrest_url = "http://127.0.0.1:{port}"\n[health]\n'
-                   'enabled = false\n[audit]\nurl = "sqlite:///audit.db"\n' + ACCOUNT)
     first = SqliteLock(etc / "audit.db")
+    health = socket.socket()  # the first guard's health server holds the port too
+    health.bind(("127.0.0.1", 0))
+    health.listen()
+    write(etc, f'[exchange]\nrest_url = "http://127.0.0.1:{port}"\n[health]\n'
+               f'port = {health.getsockname()[1]}\n[audit]\nurl = "sqlite:///audit.db"\n'
+               + ACCOUNT)
     try:
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
@@ -227,6 +232,7 @@ def test_a_second_guard_on_the_same_sqlite_database_refuses_from_any_folder(
                         env={"TEST_CHECK_SECRET": SECRET})
     finally:
         first.close()
+        health.close()
     assert result.exit_code == exits.DATABASE, result.output
     assert errors(result)[0].startswith(
         f"Error: another guardbot instance already uses {etc / 'audit.db'} (pid {os.getpid()}"
