@@ -161,6 +161,22 @@ class AuditSettings(_Section):
         " to disk before anything is acted on, and wait while the database is unreachable."
         " One per instance.")
 
+    @field_validator("url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        from sqlalchemy import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError:
+            raise ValueError("not a database URL: use sqlite:///FILE or"
+                             " postgresql+psycopg://USER@HOST/DB") from None
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"{backend} is not supported: use sqlite:///FILE or"
+                             " postgresql+psycopg://USER@HOST/DB")
+        return value
+
 
 class PollSettings(_Section):
     """How often positions are read over REST, besides the WebSocket pushes.

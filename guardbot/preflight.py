@@ -118,10 +118,15 @@ def prepare_database(url: str) -> None:
         DatabaseInUse,
         create_audit_engine,
         is_empty,
+        sqlite_file,
         sqlite_lock,
     )
     from guardbot.audit.errors import AuditError, first_line
 
+    path = sqlite_file(url)
+    if path is not None and not path.parent.is_dir():
+        raise DatabaseNotReady(f"the folder of the audit database {path} does not exist:"
+                               " create it, or fix audit.url")
     try:
         with sqlite_lock(url) as locked:
             if not locked:

@@ -197,6 +197,15 @@ def test_run_gives_an_empty_sqlite_database_its_schema(tmp_path: Path) -> None:
         engine.dispose()
 
 
+def test_run_names_a_missing_database_folder(tmp_path: Path) -> None:
+    text = offline(tmp_path).replace(str(tmp_path / "audit.db"), str(tmp_path / "typo" / "a.db"))
+    result = invoke("run", "--config", str(write(tmp_path, text + ACCOUNT)),
+                    env={"TEST_CHECK_SECRET": SECRET})
+    assert result.exit_code == exits.DATABASE, result.output
+    assert errors(result) == [f"Error: the folder of the audit database {tmp_path / 'typo'}"
+                              "/a.db does not exist: create it, or fix audit.url"]
+
+
 def test_run_refuses_an_out_of_date_schema_naming_the_upgrade_once(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     schema.upgrade(url, "0001")

@@ -67,6 +67,17 @@ def test_url_schemes_are_checked(key: str, url: str) -> None:
     assert parse_config({"exchange": {key: good}}).exchange.urls()[key] == good
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [("mysql://u:pw@h/db", "audit.url: mysql is not supported: use sqlite:///FILE or"),
+     ("not a url", "audit.url: not a database URL")],
+)
+def test_audit_urls_are_checked(url: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(reason)) as bad:
+        parse_config({"audit": {"url": url}})
+    assert "pw" not in str(bad.value)
+
+
 def test_secret_format_and_key_match_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     parse_config({"accounts": [ACCOUNT]}).accounts[0].check_secret()
     malformed = parse_config({"accounts": [{**ACCOUNT, "orderly_secret": "not-base58!"}]})
