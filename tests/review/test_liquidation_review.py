@@ -535,3 +535,41 @@ async def test_audit_why_survives_odd_guard_last_notes(
     result = CliRunner().invoke(cli.main, ["audit", "why", "--db", url])
     assert result.exception is None or isinstance(result.exception, SystemExit), (
         repr(result.exception))
+
+
+# -- 7. several instances (guardbot/ownership.py): the standby watches every account too -------
+
+
+async def test_a_standby_instance_does_not_record_the_owners_top_up_as_someone_elses(
+    audit: AuditLog,
+) -> None:
+    """Two ``guardbot run`` processes share the accounts and the PostgreSQL audit database;
+    this one does not own the account (ownership gave it to the peer) but still polls and
+    streams it, as the daemon does for every configured account. The peer tops the position
+    up by 50. FAILS: ``_observe`` runs for accounts the guard does not own, and this
+    instance made no call, so it records the peer guard's own top-up in the shared audit
+    log as ``margin_changed_by_others`` -- every top-up of a two-instance deployment."""
+    clock = ManualClock(START)
+    harness = Harness(audit, clock, [TopUp()])
+    harness.guard.owned = frozenset()  # the peer guards it
+    await harness.snapshot(ACCOUNT, FAR)
+    clock.advance(1)
+    await harness.snapshot(ACCOUNT, replace(FAR, margin=D(250), seq=2))
+    assert await observations(audit, "margin_changed_by_others") == []
+
+
+async def test_a_standby_instance_does_not_record_a_second_death(audit: AuditLog) -> None:
+    """Same deployment: the peer owns the account and records the liquidation. FAILS: this
+    instance records its own ``position_liquidated`` too (after its own liquidation read),
+    with no trail, so ``guardbot audit why`` lists the one death twice, the second time as
+    "the guard never acted"."""
+    clock = ManualClock(START)
+    harness = Harness(audit, clock, [TopUp()])
+    harness.guard.owned = frozenset()
+    fake = fake_of(harness)
+    await harness.snapshot(ACCOUNT, FAR)
+    fake.set_position(FAR)
+    fake.liquidate(ALT, D(84))
+    clock.advance(1)
+    await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(FAR, clock.now_ms()),)))
+    assert await observations(audit, "position_liquidated") == []
