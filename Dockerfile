@@ -28,8 +28,8 @@ COPY --from=build /wheels /tmp/wheels
 RUN pip install --no-index --find-links /tmp/wheels guardbot && rm -rf /tmp/wheels
 COPY migrations /opt/guardbot/migrations
 
-# The working directory holds the SQLite audit log and the audit spool when the config uses
-# relative paths; mount a volume here to keep them across restarts.
+# The state (the SQLite audit log, the audit spool) belongs here: mount a volume and give
+# the config absolute paths into it (relative ones are taken from the config's folder).
 WORKDIR /var/lib/guardbot
 USER guardbot:guardbot
 # 9108: /healthz, /readyz, /metrics (bind [health] host = "0.0.0.0" inside a container).

@@ -15,8 +15,10 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from sqlalchemy import create_engine, text
 
 from guardbot import cli, logs
 from guardbot import metrics as metrics_module
-from guardbot.config import load_config
+from guardbot.config import load_config, parse_config
 from guardbot.sim.cli import open_demo_accounts
 from guardbot.sim.server import SimServer
 
@@ -169,6 +171,11 @@ def test_the_guard_restarts_reads_config_read_only_and_keeps_its_spool() -> None
     assert config_mount.endswith(":ro")
     assert any(interpolate(v).endswith(":/var/lib/guardbot") for v in guard["volumes"])
     assert guard["ports"] == ["127.0.0.1:9108:9108"], "health is published on loopback only"
+    # Relative paths are taken from the config's folder, the read-only mount: the shipped
+    # config puts its spool in the volume.
+    data = tomllib.loads((ROOT / "deploy" / "guardbot.toml").read_text(), parse_float=Decimal)
+    settings = parse_config(data).anchored(Path(CONTAINER_CONFIG).parent)
+    assert settings.audit.spool_dir.is_relative_to("/var/lib/guardbot")
 
 
 def test_no_secret_is_written_in_the_deployment_files() -> None:
