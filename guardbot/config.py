@@ -412,13 +412,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _unique_accounts(self) -> Settings:
-        seen: set[str] = set()
+        seen: dict[str, str] = {}
         for position, account in enumerate(self.accounts, start=1):
             account._position = position
             for ident in (account.name, account.account_id):
                 if ident in seen:
-                    raise ValueError(f"account {ident} is configured twice")
-                seen.add(ident)
+                    raise ValueError(f"{account.where}: {ident} is configured twice (also"
+                                     f" {seen[ident]})")
+                seen[ident] = account.where
         return self
 
     def anchored(self, folder: Path) -> Settings:
@@ -497,7 +498,7 @@ def _where(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
         else:
             parts.append(part)
             node = node.get(part) if isinstance(node, dict) else None
-    return ".".join(parts) or "(top level)"
+    return ".".join(parts)
 
 
 def _describe(error: ValidationError, data: dict[str, Any]) -> str:
@@ -508,7 +509,8 @@ def _describe(error: ValidationError, data: dict[str, Any]) -> str:
             reason = reason.removeprefix(prefix)
         if item["type"] == "extra_forbidden":
             reason = "unknown key"
-        lines.append(f"{_where(item['loc'], data)}: {reason}")
+        # A check of the whole (an empty location) names what it is about itself.
+        lines.append(f"{_where(item['loc'], data)}: {reason}" if item["loc"] else reason)
     return "\n".join(lines)
 
 

@@ -35,7 +35,8 @@ def test_defaults_and_presets() -> None:
         ({"accounts": [{**ACCOUNT, "account_id": "0x12"}]},
          'accounts[1] (name "main").account_id: must be 0x'),
         ({"accounts": [{**ACCOUNT, "orderly_secret_env": "X"}]}, "exactly one of"),
-        ({"accounts": [ACCOUNT, ACCOUNT]}, "configured twice"),
+        ({"accounts": [ACCOUNT, {**ACCOUNT, "account_id": "0x" + "cd" * 32}]},
+         'accounts[2] (name "main"): main is configured twice (also accounts[1] (name "main"))'),
     ],
 )
 def test_bad_values_name_the_key(data: dict[str, object], expected: str) -> None:
