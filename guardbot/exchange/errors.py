@@ -53,7 +53,10 @@ class AuthError(ExchangeError):
     """Key, signature, scope or timestamp problem (-1001/-1002): stop and tell the operator."""
 
     def __init__(self, code: int | None, message: str) -> None:
-        super().__init__(f"authentication failed: code {code}: {message}")
+        # No code: refused without an Orderly error code (HTTP 401, a WebSocket login) or a
+        # secret unusable before anything was sent.
+        super().__init__(f"authentication failed: code {code}: {message}" if code is not None
+                         else f"authentication failed: {message}")
         self.code = code
         self.message = message
 

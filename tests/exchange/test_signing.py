@@ -104,3 +104,10 @@ def test_repr_hides_the_secret() -> None:
     assert KEY in repr(signer)
     with pytest.raises(AttributeError):
         signer.extra = 1  # type: ignore[attr-defined]
+
+
+def test_an_unusable_secret_says_so_without_a_code() -> None:
+    with pytest.raises(AuthError) as bad:
+        Signer("ed25519:9C6hybhQ6Aycep9jaUnP6uL9ZYvDjUp1aSkFWPUFJtpj", SecretStr("0OIl"))
+    assert str(bad.value) == ("authentication failed: the orderly secret is not a base58"
+                              " ed25519 seed of 32 or 64 bytes")
