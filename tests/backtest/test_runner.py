@@ -3,16 +3,18 @@ unguarded twins, the audit log read back and compared with the exchange's ledger
 
 from __future__ import annotations
 
+import hashlib
 from decimal import Decimal
 
 from backtest.conftest import written_config
 from guardbot.arbiter import Refusal
 from guardbot.audit.ledger import Status
-from guardbot.backtest.paths import shape_path
+from guardbot.backtest.paths import random_path, shape_path
 from guardbot.backtest.portfolio import Book, BookAccount, BookPosition, load_book
-from guardbot.backtest.results import AuditedAction, compare
+from guardbot.backtest.results import AuditedAction, ScenarioResult, compare
 from guardbot.backtest.runner import AuditTemplate, RunOptions, Scenario
 from guardbot.backtest.variants import apply
+from guardbot.backtest.venue import VenueParams
 from guardbot.daemon import load_policies
 from guardbot.domain import ActionKind
 
@@ -96,3 +98,43 @@ def test_the_ledger_check_finds_any_difference() -> None:
                        ).equal
     assert not compare(applied, [action("10", Status.APPLIED), action("6", Status.APPLIED)]
                        ).equal
+
+
+def decisions(result: ScenarioResult) -> str:
+    """Everything the guard decided in a run, as text: each audited action (time, position,
+    kind, amount, outcome), each position's fate and figures, refusals by reason and the
+    calls the venue answered."""
+    lines = [f"{a.time_ms} {a.account_id} {a.symbol} {a.kind.value} {a.amount} "
+             f"{a.status.value} {a.reason}"
+             for p in result.positions for a in p.history]  # fmt: skip
+    lines += [f"{p.account} {p.guarded_liquidated_ms} {p.unguarded_liquidated_ms} {p.added} "
+              f"{p.swept} {p.peak_extra} {p.final_extra} {sorted(p.actions.items())} "
+              f"{sorted((r.value, n) for r, n in p.refusals.items())}"
+              for p in result.positions]  # fmt: skip
+    lines += [f"{k} {v}" for k, v in sorted(result.venue.items())]
+    return "\n".join(lines)
+
+
+# What the run below decided before the backtest was made faster (commit ddb48e6): a speed-up
+# must not change a single action, amount or time. If a change to the decision path means to
+# change them, compute the new digest and say why in the commit.
+GOLDEN = "9c99c779156c48f545c6a7f75135d8fda963626c9be93a19d0bbe712e4e13936"
+
+
+def test_a_faster_backtest_decides_exactly_as_before(template: AuditTemplate) -> None:
+    settings = written_config()
+    policies = load_policies(settings)
+    leverages = (3, 5, 10, 20)
+    book = Book("golden", tuple(
+        BookAccount(f"a{i}", (BookPosition(ETH, Decimal(1), leverages[i % 4]),),
+                    free_usdc=Decimal(20000))
+        for i in range(8)))  # fmt: skip
+    runs = [Scenario(book, path, settings, policies, RunOptions(VenueParams(lost=lost, seed=5))
+                     ).run(template)
+            for path, lost in ((shape_path("staircase", 3), 0.3), (shape_path("whipsaw"), 0.0),
+                               (random_path(600, seed=11), 0.0))]  # fmt: skip
+    kinds = {a.kind for r in runs for p in r.positions for a in p.history}
+    assert ActionKind.ADD in kinds  # it decides something
+    assert runs[0].venue["lost answers"] >= 1
+    text = "\n\n".join(decisions(r) for r in runs)
+    assert hashlib.sha256(text.encode()).hexdigest() == GOLDEN, text
