@@ -35,16 +35,27 @@ JsonObject = Mapping[str, Any]
 MAX_MAGNITUDE = 40  # decimal exponent bound for any number on the wire
 
 
-def loads(text: str | bytes) -> Any:
-    """Decode JSON without ever creating a float. Raises ``MalformedResponse``."""
-    try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
-        raise MalformedResponse(f"not valid JSON: {exc}") from None
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number")
+
+
+# One decoder for every call: ``json.loads`` with options builds a new one each time.
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+
+
+def loads(text: str | bytes) -> Any:
+    """Decode JSON without ever creating a float. Raises ``MalformedResponse``.
+
+    Reads exactly what ``json.loads`` reads (bytes in UTF-8, -16 or -32; a str starting
+    with a byte order mark is refused)."""
+    try:
+        if isinstance(text, bytes | bytearray):
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
+        elif text.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
+        raise MalformedResponse(f"not valid JSON: {exc}") from None
 
 
 # -- field readers -------------------------------------------------------------------------
@@ -76,8 +87,21 @@ def _field(data: JsonObject, name: str, where: str) -> Any:
     return data[name]
 
 
+_MISSING = object()
+_INT_BOUND = 10 ** (MAX_MAGNITUDE + 1)  # the integers ``dec`` accepts are below this
+
+
 def dec(data: JsonObject, name: str, where: str, default: Decimal | None = None) -> Decimal:
     """A finite Decimal from a JSON number or numeric string."""
+    value = data.get(name, _MISSING)
+    if type(value) is Decimal and value.is_finite() and (
+        not value or -MAX_MAGNITUDE <= value.adjusted() <= MAX_MAGNITUDE
+    ):
+        return value  # what ``loads`` makes of a JSON number, already checked
+    return _dec(data, name, where, default)
+
+
+def _dec(data: JsonObject, name: str, where: str, default: Decimal | None) -> Decimal:
     if default is not None and data.get(name) is None:
         return default
     value = _field(data, name, where)
@@ -100,6 +124,9 @@ def dec(data: JsonObject, name: str, where: str, default: Decimal | None = None)
 
 def integer(data: JsonObject, name: str, where: str, default: int | None = None) -> int:
     """An int from a JSON integer, an integral number or a digit string (``seq``, times)."""
+    value = data.get(name, _MISSING)
+    if type(value) is int and -_INT_BOUND < value < _INT_BOUND:
+        return value  # a JSON integer: what ``dec`` and the checks below would make of it
     if default is not None and data.get(name) is None:
         return default
     value = dec(data, name, where)
@@ -193,6 +220,12 @@ _READERS: dict[str, Callable[[JsonObject, str, str], Any]] = {
     "leverage": integer,
     "est_liq_price": optional_price,
 }
+# (domain field, wire name, reader) for REST (False) and WS (True) spellings.
+_POSITION_READS = {
+    ws: tuple((name, names[ws], _READERS.get(name, dec))
+              for name, names in _POSITION_FIELDS.items())
+    for ws in (False, True)
+}  # fmt: skip
 
 
 def position(
@@ -200,11 +233,8 @@ def position(
 ) -> Position:
     """One position from a REST row (``Source.REST``) or a WS ``position`` entry (``WS``)."""
     item = obj(data, where)
-    ws = source is Source.WS
-    values = {
-        name: _READERS.get(name, dec)(item, names[ws], where)
-        for name, names in _POSITION_FIELDS.items()
-    }
+    reads = _POSITION_READS[source is Source.WS]
+    values = {name: read(item, key, where) for name, key, read in reads}
     # margin is 0 for CROSS and est_liq_price 0 means no risk (optional_price), but an open
     # position always has a positive mark and a leverage of at least 1: anything else would
     # only fail later, in the risk arithmetic, for the whole account.

@@ -45,6 +45,28 @@ def test_loads_never_makes_a_float() -> None:
     assert type(data["a"]) is Decimal
 
 
+def test_loads_reads_what_json_loads_reads() -> None:
+    # one decoder shared by every call, the same encodings and refusals as json.loads
+    text = '{"a":[1.50,"x"]}'
+    for raw in (text, text.encode(), text.encode("utf-16"), text.encode("utf-8-sig")):
+        assert wire.loads(raw) == json.loads(raw, parse_float=Decimal)
+    with pytest.raises(MalformedResponse, match="BOM"):
+        wire.loads("\ufeff" + text)
+
+
+def test_numbers_already_decimal_or_int_are_checked_as_any_other() -> None:
+    assert wire.dec({"a": Decimal("-1e40")}, "a", "w") == Decimal("-1e40")
+    assert wire.integer({"a": -(10**41) + 1}, "a", "w") == -(10**41) + 1
+    for bad in (Decimal("1e41"), Decimal("NaN"), Decimal("-Infinity"), True, None):
+        with pytest.raises(MalformedResponse, match=r"w\.a"):
+            wire.dec({"a": bad}, "a", "w")
+    for bad_int in (10**41, True, Decimal("1.5")):
+        with pytest.raises(MalformedResponse, match=r"w\.a"):
+            wire.integer({"a": bad_int}, "a", "w")
+    assert wire.dec({"a": None}, "a", "w", default=Decimal(3)) == 3
+    assert wire.integer({}, "a", "w", default=4) == 4
+
+
 @pytest.mark.parametrize("text", ["", "{", '{"a":NaN}', '{"a":Infinity}', b"\xff"])
 def test_loads_rejects_bad_json(text: str | bytes) -> None:
     with pytest.raises(MalformedResponse, match="not valid JSON"):
