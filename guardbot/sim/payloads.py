@@ -35,8 +35,11 @@ def rate(value: Decimal) -> float:
     return float(value.quantize(RATE_STEP))
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options makes one a call
+
+
 def dumps(payload: Any) -> str:
-    return json.dumps(payload, separators=(",", ":"))
+    return _ENCODER.encode(payload)
 
 
 def ok(data: Any, now_ms: int) -> dict[str, Any]:

@@ -74,12 +74,16 @@ def upnl(position: PositionState, marks: Marks) -> Decimal:
 
 
 def isolated_order_frozen(account: Account) -> Decimal:
+    if not account.orders:
+        return ZERO
     return sum((o.frozen for o in account.resting_orders()), ZERO)
 
 
 def pending(account: Account, symbol: str, mode: str) -> tuple[Decimal, Decimal]:
     """``(pending_long_qty, pending_short_qty)`` of the resting orders on that slot."""
     long_qty = short_qty = ZERO
+    if not account.orders:
+        return long_qty, short_qty
     for order in account.resting_orders():
         if order.symbol == symbol and order.margin_mode == mode:
             if order.side == "BUY":
@@ -123,6 +127,13 @@ def position_row(
                 account_figures(account, markets, marks).total_collateral_value,
                 cross_maintenance(account, markets, marks),
             )
+    imr = m.imr(market, notional, position.leverage)
+    mmr = m.mmr(market, notional)
+    if with_orders != notional:  # resting orders (the same figures otherwise)
+        imr_with_orders = m.imr(market, with_orders, position.leverage)
+        mmr_with_orders = m.mmr(market, with_orders)
+    else:
+        imr_with_orders, mmr_with_orders = imr, mmr
     return PositionRow(
         symbol=symbol,
         margin_mode=margin_mode,
@@ -133,10 +144,10 @@ def position_row(
         margin=position.margin,
         leverage=position.leverage,
         unsettled_pnl=usdc(upnl(position, marks)),
-        imr=m.imr(market, notional, position.leverage),
-        mmr=m.mmr(market, notional),
-        imr_with_orders=m.imr(market, with_orders, position.leverage),
-        mmr_with_orders=m.mmr(market, with_orders),
+        imr=imr,
+        mmr=mmr,
+        imr_with_orders=imr_with_orders,
+        mmr_with_orders=mmr_with_orders,
         est_liq_price=None if liq is None else liq.quantize(market.quote_tick),
         pending_long_qty=pending_long,
         pending_short_qty=pending_short,
