@@ -14,6 +14,7 @@ instead of sleeping, so a simulated day takes as long as its work).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import selectors
@@ -176,6 +177,24 @@ class _InstantSelector(selectors.BaseSelector):
         return []
 
 
+class _Handle(asyncio.Handle):
+    """``asyncio.Handle`` without its debug-mode bookkeeping (``VirtualTimeLoop`` makes
+    these only outside debug mode)."""
+
+    __slots__ = ()
+
+    def __init__(self, callback: Callable[..., object], args: tuple[Any, ...],
+                 loop: asyncio.AbstractEventLoop, context: contextvars.Context | None
+                 ) -> None:  # fmt: skip
+        self._context = contextvars.copy_context() if context is None else context
+        self._loop = loop
+        self._callback = callback
+        self._args = args
+        self._cancelled = False
+        self._repr = None
+        self._source_traceback = None
+
+
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An event loop whose time is a ``ManualClock`` that jumps whenever every task
     waits. For code with no real I/O (the backtest, sans-socket tests): ``asyncio.sleep``,
@@ -190,6 +209,18 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def time(self) -> float:
         return self.clock.monotonic()
+
+    def call_soon(self, callback: Callable[[*Ts], object], *args: *Ts,
+                  context: contextvars.Context | None = None) -> asyncio.Handle:  # fmt: skip
+        """``call_soon`` as asyncio's, in the same FIFO order, with less bookkeeping: every
+        wake-up of every task passes here, and a simulated day has millions of them."""
+        if self._debug:  # type: ignore[attr-defined]
+            return super().call_soon(callback, *args, context=context)
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
+        handle = _Handle(callback, args, self, context)
+        self._ready.append(handle)  # type: ignore[attr-defined]
+        return handle
 
     def run_in_executor(
         self, executor: Executor | None, func: Callable[[*Ts], T], *args: *Ts

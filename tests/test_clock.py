@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 
 import pytest
 
-from guardbot.clock import SYSTEM_CLOCK, ManualClock, run_virtual
+from guardbot.clock import SYSTEM_CLOCK, ManualClock, VirtualTimeLoop, run_virtual
 
 
 async def test_manual_sleepers_wake_in_deadline_order() -> None:
@@ -86,3 +87,23 @@ def test_work_in_a_thread_takes_no_virtual_time() -> None:
 
     run_virtual(main(), clock)
     assert spent == [0, 10_000]
+
+
+def test_the_virtual_loop_runs_callbacks_in_order_and_refuses_them_once_closed() -> None:
+    clock = ManualClock()
+    loop = VirtualTimeLoop(clock)
+    seen: list[object] = []
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="none")
+    context = contextvars.copy_context()
+    context.run(marker.set, "given")
+    loop.call_soon(seen.append, 1)
+    loop.call_soon(lambda: seen.append(marker.get()), context=context)
+    handle = loop.call_soon(seen.append, 3)
+    loop.call_soon(seen.append, 4)
+    handle.cancel()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == [1, "given", 4]
+    loop.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_soon(seen.append, 5)
