@@ -17,6 +17,7 @@ Both must decide the same: the script says whether the runs' actions and ledgers
     .venv/bin/python benchmarks/backtest_speed.py --hours 1 --profile
     .venv/bin/python benchmarks/backtest_speed.py --poll-s 10     # the config's polling
     .venv/bin/python benchmarks/backtest_speed.py --hours 1 --compare HEAD~3 --repeat 3
+    .venv/bin/python benchmarks/backtest_speed.py --compare HEAD~3 --against HEAD --repeat 1
 """
 
 from __future__ import annotations
@@ -158,12 +159,20 @@ def child(tree: Path, argv: list[str]) -> dict[str, Any]:
     return dict(json.loads(out.splitlines()[-1]))
 
 
+def checkout(revision: str, folder: Path) -> Path:
+    """The files of ``revision`` in ``folder`` (``git archive``)."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], check=True,
+                             capture_output=True).stdout
+    folder.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
 def compare(args: argparse.Namespace, argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="guardbot-bench-") as folder:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.compare],
-                                 check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
-        trees = {args.compare: Path(folder), "this tree": REPO}
+        trees = {args.compare: checkout(args.compare, Path(folder) / "old"),
+                 args.against or "this tree": REPO if args.against is None
+                 else checkout(args.against, Path(folder) / "new")}  # fmt: skip
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
         print(f"{'code':<12} {'positions':>9} {'hours':>6} {'polls':>10} {'wall s':>8} "
               f"{'CPU s':>8} {'polls/s':>9}  digest")
@@ -199,6 +208,9 @@ def main() -> None:
                              "5 s and 1 s near the trigger)")
     parser.add_argument("--compare", metavar="REV",
                         help="also measure git revision REV, alternating with this tree")
+    parser.add_argument("--against", metavar="REV",
+                        help="with --compare: measure revision REV instead of this tree (a "
+                             "shared working tree may hold others' unfinished edits)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each with --compare")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
