@@ -24,7 +24,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
@@ -34,6 +34,7 @@ import httpx
 
 from guardbot.clock import SYSTEM_CLOCK, Clock
 from guardbot.config import ConfigError, WebhookSettings
+from guardbot.logs import account_name
 from guardbot.metrics import ALERTS
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class AlertKind(enum.StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     LIQUIDATION = "liquidation"
     DATA_STALE = "data_stale"
+    KEY_REFUSED = "key_refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +284,9 @@ class Alerter:
 
     def notify(self, alert: Alert) -> None:
         """Queue ``alert`` for every webhook, subject to storm folding. Never waits, never
-        raises for a webhook's sake; without an entered context it only logs."""
+        raises for a webhook's sake; without an entered context it only logs. The account is
+        named as the config names it (``guardbot.logs.account_name``)."""
+        alert = replace(alert, account=account_name(alert.account))
         log.debug("alert %s: %s", alert.kind, alert.text,
                  extra={"account": alert.account, "symbol": alert.symbol})
         now, at_ms = self._clock.monotonic(), self._now_ms()

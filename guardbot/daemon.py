@@ -8,6 +8,10 @@ group unwinds. Start-up and crash recovery are the same path: open the audit log
 an out-of-date schema), load the symbol rules, reconcile the actions a previous run left
 unfinished, poll every account, then start guarding. Budgets come from the audit log, so a
 restart never resets them (docs/architecture.md, "Invariants").
+
+An account whose key the exchange refuses (unregistered, revoked, expired) is reported once
+by name (log line, ``key_refused`` alert, ``/readyz`` not ready) and retried with back-off
+by the feeds; the other accounts are guarded all along, and it is again once its key works.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 
+from sqlalchemy.engine import make_url
+
 from guardbot import __version__, exits, metrics
-from guardbot.alerts import Alert, Alerter
+from guardbot.alerts import Alert, Alerter, AlertKind
 from guardbot.audit.ledger import utc_day_start_ms
 from guardbot.audit.store import AuditError, AuditLog, SchemaOutOfDate
 from guardbot.backoff import backoff
@@ -42,7 +48,7 @@ from guardbot.feeds.poller import Poller
 from guardbot.feeds.streams import Streams
 from guardbot.guard import Guard
 from guardbot.health import AccountReadiness, HealthServer, Readiness
-from guardbot.logs import register_secret
+from guardbot.logs import name_accounts, register_secret
 from guardbot.ownership import AccountOwnership, OwnershipError
 from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.loader import load_policies as _load_policies
@@ -73,13 +79,68 @@ def load_policies(settings: Settings) -> list[LoadedPolicy]:
 def describe_settings(settings: Settings) -> str:
     """A human summary of what would be guarded, without secrets."""
     lines = [
-        f"exchange: {settings.exchange.preset} ({settings.exchange.urls()['rest_url']})",
-        f"audit: {settings.audit.url.split('@')[-1]}",
+        _exchange_line(settings),
+        f"audit: {_audit_url(settings.audit.url)}",
         f"dry-run: {'yes' if settings.guard.dry_run else 'no'}",
-        f"accounts: {', '.join(a.name for a in settings.accounts) or 'none'}",
+        _accounts_line(settings),
         "policies: " + (", ".join(p.label for p in settings.policies) or "topup (default)"),
     ]
     return "\n".join(lines)
+
+
+def startup_banner(settings: Settings, policies: Sequence[LoadedPolicy]) -> list[str]:
+    """The lines ``guardbot run`` logs once at start: version, LIVE or DRY-RUN, the exchange,
+    the accounts by name, every policy with its parameters, the budgets. No secrets: the
+    audit URL's password is masked and keys are not shown."""
+    mode = ("DRY-RUN: decisions are recorded, no margin call is sent" if settings.guard.dry_run
+            else "LIVE: margin calls are sent")
+    budgets = settings.budgets
+    lines = [
+        f"guardbot {__version__} starting, {mode}",
+        _exchange_line(settings),
+        _accounts_line(settings),
+        *(f"policy {_describe_policy(p)}" for p in policies),
+        f"budgets (USDC): per action {budgets.per_action}, per position per day "
+        f"{budgets.per_position_per_day}, per account per day {budgets.per_account_per_day}, "
+        f"minimum {budgets.min_amount}, reserve {budgets.reserve}; cooldown "
+        f"{budgets.cooldown_s:g} s",
+        f"audit: {_audit_url(settings.audit.url)} (spool {settings.audit.spool_dir})",
+    ]
+    if settings.guard.kill_switch_file is not None:
+        lines.append(f"kill switch: no new action while {settings.guard.kill_switch_file} exists")
+    return lines
+
+
+def _exchange_line(settings: Settings) -> str:
+    urls = settings.exchange.urls()
+    return (f"exchange: {settings.exchange.preset} (REST {urls['rest_url']}, public WebSocket "
+            f"{urls['public_ws_url']}, private WebSocket {urls['private_ws_url']})")
+
+
+def _accounts_line(settings: Settings) -> str:
+    names = ", ".join(a.name for a in settings.accounts) or "none"
+    return f"accounts ({len(settings.accounts)}): {names}"
+
+
+def _audit_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL fails later, naming itself; never show a password
+        return url.split("@")[-1]
+
+
+def _describe_policy(loaded: LoadedPolicy) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in loaded.params.items()) or "defaults"
+    declared = ", ".join(f"{name} {value}" for name in ("trigger", "add_target", "reduce_floor")
+                         if (value := getattr(loaded, name)) is not None)
+    where = []
+    if loaded.accounts != ("*",):
+        where.append("accounts " + ", ".join(loaded.accounts))
+    if loaded.symbols != ("*",):
+        where.append("symbols " + ", ".join(loaded.symbols))
+    return (f"{loaded.label} ({loaded.policy.name}): {params}"
+            + (f"; {declared}" if declared else "")
+            + f"; {'; '.join(where) or 'every position'}")
 
 
 def config_hash(settings: Settings) -> str:
@@ -107,12 +168,15 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.clock = clock
+        name_accounts(account_names or {})
+        # Per account, the sources (rest, private, public) whose last word was a refused key.
+        self._key_refused: dict[str, dict[str, str]] = {}
         self.guard = Guard(settings, exchanges, audit, policies, account_names=account_names,
                            owned=owned, notify=notify, clock=clock)
         self.poller = Poller(
             exchanges, self.guard.on_snapshot, interval_s=settings.poll.interval_s,
             fast_interval_s=settings.poll.fast_interval_s, is_urgent=self.guard.is_urgent,
-            clock=clock)  # fmt: skip
+            clock=clock, on_key=self.on_key)  # fmt: skip
         self._public_stream = public_stream
         # Taking and giving away accounts never interleave (a take-over's reconcile must not
         # re-add an account given away meanwhile).
@@ -131,7 +195,8 @@ class Daemon:
         # an unfinished one.
         await guard.reconcile_unfinished(guard.owned)
         for account_id in guard.exchanges:
-            if await self.poller.poll_now(account_id) is None:
+            snapshot = await self.poller.poll_now(account_id)
+            if snapshot is None and account_id not in self._key_refused:
                 log.warning("no first snapshot of %s; the poller keeps trying", account_id)
         guard.acting = True
         for account_id in guard.exchanges:
@@ -147,6 +212,7 @@ class Daemon:
                 streams = Streams(
                     exchange, guard.on_event, self.poller.poll_now,
                     public=self._public_stream and index == 0, clock=self.clock,
+                    on_key=self.on_key,
                 )
                 tasks.append(group.create_task(streams.run(), name=f"streams-{index}"))
             tasks.append(group.create_task(self._housekeeping(), name="housekeeping"))
@@ -207,6 +273,30 @@ class Daemon:
             await self.guard.release(accounts)
 
     def readiness(self) -> Readiness:
+    def on_key(self, account_id: str, source: str, error: AuthError | None) -> None:
+        """What a feed (``source``) learnt of the account's key: refused (``error``), or
+        served again (``None``). The operator hears when the account's key goes from
+        accepted to refused and back, not on every retry."""
+        name = self.guard.name(account_id)
+        refused = self._key_refused.setdefault(account_id, {})
+        was_refused = bool(refused)
+        if error is not None:
+            refused[source] = error.message
+            if not was_refused:
+                log.error("account %s: the exchange refused its key (%s); not guarded until it "
+                          "accepts it, retrying with back-off; the other accounts are guarded",
+                          name, error)
+                self.guard.notify(Alert(
+                    AlertKind.KEY_REFUSED, name, None,
+                    f"the exchange refused the key ({error.message}): not guarded until the "
+                    "key is registered again", {"code": error.code}))
+            return
+        refused.pop(source, None)
+        if not refused:
+            del self._key_refused[account_id]
+            if was_refused:
+                log.info("account %s: the exchange accepts its key again; guarding it", name)
+
         """What ``/readyz`` reports: per owned account, how old its data is."""
         guard = self.guard
         now = self.clock.now_ms()
@@ -224,6 +314,8 @@ class Daemon:
                 polling_covering=since_poll is not None
                 and since_poll <= self.settings.poll.max_data_age_s,
             ))
+                key_refused="; ".join(sorted(set(self._key_refused.get(account_id, {}).values())))
+                or None,
         return Readiness(database_reachable=guard.audit.database_ok, accounts=tuple(accounts),
                          spool_depth=guard.audit.spool_depth,
                          database_error=guard.audit.last_database_error)
@@ -254,13 +346,14 @@ class Daemon:
         for account_id in guard.owned:
             ages = [guard.book.age_ms(p.key, now) or 0
                     for p in guard.book.isolated_positions(account_id)]
-            metrics.DATA_AGE.labels(account=account_id).set(max(ages, default=0) / 1000)
+            label = metrics.account_label(account_id)
+            metrics.DATA_AGE.labels(account=label).set(max(ages, default=0) / 1000)
             try:
                 added = await guard.ledger.added_since(account_id, day, now)
             except AuditError:
                 continue  # the database is away and the account not loaded yet
             left = max(self.settings.budgets.per_account_per_day - added, Decimal(0))
-            metrics.BUDGET_LEFT.labels(account=account_id).set(float(left))
+            metrics.BUDGET_LEFT.labels(account=label).set(float(left))
 
 
 def _exchange_failure(error: BaseException, url: str) -> str:
@@ -301,6 +394,9 @@ async def run_daemon(
     except ConfigError as exc:
         raise StartupError(str(exc), exits.USAGE) from None
     try:
+    name_accounts({a.account_id: a.name for a in settings.accounts})
+    for line in startup_banner(settings, policies):
+        log.info("%s", line)
         audit = await AuditLog.open(settings.audit.url, settings.audit.spool_dir, clock=clock)
     except SchemaOutOfDate as exc:
         raise StartupError(str(exc), exits.DATABASE) from None  # it names `guardbot db upgrade`

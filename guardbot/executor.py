@@ -427,8 +427,9 @@ class Executor:
         else:
             await self._succeeded(job, action_id, _ms_since(started))
         finally:
-            metrics.ACTIONS.labels(account=intent.account_id, policy=intent.policy,
-                                   kind=intent.kind.value, outcome=outcome).inc()
+            metrics.ACTIONS.labels(account=metrics.account_label(intent.account_id),
+                                   policy=intent.policy, kind=intent.kind.value,
+                                   outcome=outcome).inc()
 
     async def _succeeded(self, job: Job, action_id: str, latency: int) -> None:
         intent = job.intent
@@ -444,7 +445,7 @@ class Executor:
                       intent.symbol, exc)
         log.info("%s %s USDC on %s by %s: done in %d ms", intent.kind, intent.amount,
                  intent.symbol, intent.policy, latency)
-        metrics.MARGIN_MOVED.labels(account=intent.account_id,
+        metrics.MARGIN_MOVED.labels(account=metrics.account_label(intent.account_id),
                                     kind=intent.kind.value).inc(float(intent.amount))
         self._notify(Alert(AlertKind.ACTION_TAKEN, intent.account_id, intent.symbol,
                            f"{intent.kind} {intent.amount} USDC by {intent.policy}",

@@ -596,7 +596,7 @@ class Guard:
         return quiet
 
     async def _position_failed(self, position: Position, exc: Exception, now: int) -> None:
-        metrics.EVALUATION_FAILURES.labels(account=position.account_id).inc()
+        metrics.EVALUATION_FAILURES.labels(account=metrics.account_label(position.account_id)).inc()
         error = f"{type(exc).__name__}: {exc}"
         if self._once.warn(("failed", *position.key), now,
                            "evaluating %s %s failed, skipped: %s", position.account_id,

@@ -43,6 +43,8 @@ class AccountReadiness:
     yet); ``max_data_age_s`` is the bound past which nothing acts on it
     (``[poll] max_data_age_s``). ``polling_covering`` means the REST poller is keeping the data
     fresh on its own (for example at the fast interval while the WebSocket is down).
+    ``key_refused`` is what the exchange said when it last refused the account's key
+    (``None``: accepted).
     """
 
     account: str
@@ -50,10 +52,14 @@ class AccountReadiness:
     max_data_age_s: float
     ws_connected: bool
     polling_covering: bool
+    key_refused: str | None = None
 
     def problems(self) -> list[str]:
         """Why this account is not ready, one sentence each; empty when it is."""
         found = []
+        if self.key_refused is not None:
+            found.append(f"account {self.account}: the exchange refuses its key "
+                         f"({self.key_refused})")
         if self.data_age_s is None:
             found.append(f"account {self.account}: no position data received yet")
         elif self.data_age_s > self.max_data_age_s:
@@ -106,6 +112,7 @@ class Readiness:
                     "max_data_age_s": a.max_data_age_s,
                     "ws_connected": a.ws_connected,
                     "polling_covering": a.polling_covering,
+                    "key_refused": a.key_refused,
                     "ready": not a.problems(),
                 }
                 for a in self.accounts

@@ -15,6 +15,10 @@ Secrets are kept out by construction (``SecretStr``); the redaction filter is de
 It masks every value registered with ``register_secret``, any ``secret=...``-style pair, and any
 bare base58 string the length of a 32- or 64-byte ed25519 key. Orderly public keys have the same
 shape as secrets, so they are masked too: accounts are named by ``account``, not by key.
+
+Accounts are named as the config names them: every account id registered with
+``name_accounts`` is written as its name, in the message and in the ``account`` field (the
+66-character ids stay in the audit log). Alerts and metric labels use ``account_name`` too.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any, Final, Literal, TypeVar
 
@@ -45,6 +49,9 @@ _context: contextvars.ContextVar[tuple[tuple[str, object], ...]] = contextvars.C
     "guardbot_log_context", default=()
 )
 _secrets: set[str] = set()
+_names: dict[str, str] = {}
+# An Orderly account id: 0x and 64 hex digits (docs/exchange.md §2).
+_ACCOUNT_ID = re.compile(r"(?<![0-9A-Za-z])0x[0-9a-fA-F]{64}(?![0-9A-Za-z])")
 
 _BASE58 = "1-9A-HJ-NP-Za-km-z"
 # 32 bytes encode to 43-44 base58 characters, 64 bytes to 87-88 (docs/exchange.md §2).
@@ -67,6 +74,23 @@ def register_secret(value: str) -> None:
         _secrets.add(value)
         if value.startswith("ed25519:"):
             _secrets.add(value.removeprefix("ed25519:"))
+
+
+def name_accounts(names: Mapping[str, str]) -> None:
+    """Name these accounts (id -> config name) wherever a human reads about them: log lines,
+    alerts, metric labels. Called by the daemon at start-up."""
+    _names.update({account_id.lower(): name for account_id, name in names.items()})
+
+
+def account_name(account_id: str) -> str:
+    """The config name of an account id registered with ``name_accounts``, else the id."""
+    return _names.get(account_id.lower(), account_id)
+
+
+def _named(text: str) -> str:
+    if not _names or "0x" not in text:
+        return text
+    return _ACCOUNT_ID.sub(lambda m: _names.get(m.group(0).lower(), m.group(0)), text)
 
 
 def redact(text: str) -> str:
@@ -100,7 +124,7 @@ class RedactingFilter(logging.Filter):
         for name, value in _context.get():
             if getattr(record, name, None) is None:
                 setattr(record, name, value)
-        record.msg = redact(record.getMessage())
+        record.msg = redact(_named(record.getMessage()))
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -111,7 +135,7 @@ class RedactingFilter(logging.Filter):
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
             if isinstance(value, str):
-                setattr(record, name, redact(value))
+                setattr(record, name, redact(_named(value)))
         return True
 
 

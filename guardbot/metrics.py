@@ -1,13 +1,22 @@
 """Prometheus metrics (served on ``/metrics`` by the health server).
 
 One module so every metric name is defined once; the rest of the code imports the objects.
-Label values are small closed sets (account ids, symbols, policy names, kinds, outcomes,
-exchange error codes); never a secret.
+Label values are small closed sets (account names as the config gives them, through
+``account_label``; symbols, policy names, kinds, outcomes, exchange error codes); never a
+secret.
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from guardbot.logs import account_name
+
+
+def account_label(account_id: str) -> str:
+    """The ``account`` label of an account: its config name (``guardbot.logs``)."""
+    return account_name(account_id)
+
 
 SNAPSHOTS = Counter(
     "guardbot_snapshots_total", "Position snapshots received", ["account", "source"]

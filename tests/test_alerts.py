@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
+from guardbot import logs
 from guardbot.alerts import Alert, Alerter, AlertKind, StormFolder
 from guardbot.clock import ManualClock
 from guardbot.config import ConfigError, WebhookSettings
@@ -283,3 +284,16 @@ async def test_the_digest_goes_out_when_the_window_closes_without_further_alerts
     assert "digest" not in first
     assert digest["digest"] == {"count": 4, "window_s": 0.2}
     assert len(receiver.received) == 2
+
+
+async def test_an_alert_names_the_account_as_the_config_does(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    account_id = "0x" + "ef" * 32
+    monkeypatch.setattr(logs, "_names", {})
+    logs.name_accounts({account_id: "hedge"})
+    async with Alerter([receiver.hook("/ok/json")], clock=ManualClock()) as alerter:
+        alerter.notify(Alert(AlertKind.REJECTED, account_id, "PERP_ETH_USDC", "ADD rejected"))
+        (body,) = await receiver.wait_for(1)
+    assert body["account"] == "hedge"
+    assert account_id not in str(body)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -16,9 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
+from e2e.helpers import eventually, pin_mark
 from sqlalchemy import create_engine, text
 
-from guardbot import metrics
+from guardbot import __version__, feeds, metrics
 from guardbot.audit import schema
 from guardbot.audit.errors import NotRecorded
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
@@ -29,13 +33,15 @@ from guardbot.daemon import (
     _exchange_failure,
     config_hash,
     run_daemon,
+    startup_banner,
 )
 from guardbot.domain import ActionKind, MarginMode, Source
 from guardbot.exchange.client import OrderlyExchange
 from guardbot.exchange.errors import MalformedResponse, Rejected, RetryLater
 from guardbot.exchange.port import PositionsPushed
 from guardbot.policies.loader import load_policies
-from guardbot.sim.admin import SimAccount
+from guardbot.sim.admin import SimAccount, open_account
+from guardbot.sim.keys import generate_key
 from guardbot.sim.server import SimServer
 
 ETH = "PERP_ETH_USDC"
@@ -193,7 +199,8 @@ async def started_daemon(
     try:
         async with OrderlyExchange.from_settings(settings.accounts[0], settings.exchange) as ex:
             daemon = Daemon(settings, {ex.account_id: ex}, audit,
-                            load_policies(settings.policies, Path("strategies")))
+                            load_policies(settings.policies, Path("strategies")),
+                            account_names={ex.account_id: "main"})
             await daemon.start()
             yield daemon, audit, ex
     finally:
@@ -299,7 +306,7 @@ async def test_one_position_that_cannot_be_evaluated_does_not_stop_the_others(
         eth = next(p for p in snapshot.positions if p.margin_mode is MarginMode.ISOLATED)
         other = next(symbol for symbol in guard.rules if symbol != ETH)
         broken = replace(eth, symbol=other, leverage=0)  # the margin maths refuses it
-        failures = metrics.EVALUATION_FAILURES.labels(account=ex.account_id)
+        failures = metrics.EVALUATION_FAILURES.labels(account="main")
         before = failures._value.get()
         await guard.on_snapshot(replace(snapshot, positions=(broken, *snapshot.positions)))
         assert guard.executor.blocked() == {(ex.account_id, ETH, MarginMode.ISOLATED)}
@@ -368,7 +375,7 @@ async def test_the_budget_left_today_is_published(
         margin = guard.book.isolated_positions(ex.account_id)[0].margin
         await record_sent(audit, ex.account_id, margin, "700")
         await daemon.publish_gauges()
-        gauge = metrics.BUDGET_LEFT.labels(account=ex.account_id)
+        gauge = metrics.BUDGET_LEFT.labels(account="main")  # the config's name, not the id
         assert gauge._value.get() == float(guard.settings.budgets.per_account_per_day - 700)
 
 
@@ -442,3 +449,135 @@ async def test_an_audit_failure_while_handling_a_push_does_not_stop_the_guard(
         monkeypatch.setattr(guard.executor, "observe", disk_full)
         await guard.on_event(ex.account_id, PositionsPushed((newer,)))
         assert guard.book.get(newer.key) == newer
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def webhook_receiver() -> AsyncIterator[tuple[str, list[dict[str, object]]]]:
+    """A local webhook that keeps every alert body it receives."""
+    received: list[dict[str, object]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}/hook", received
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_refused_key_on_one_account_never_stops_the_guarding_of_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One account's key is not registered at start-up: it is named in one line, alerted
+    and shown on /readyz, the other account is guarded (topped up), and the refused key is
+    retried, so once it is registered that account is guarded too; revoked at run time, it
+    is refused again and nothing stops."""
+    monkeypatch.setattr(feeds, "AUTH_RETRY_CAP_S", 1.0)  # retries every second, not minute
+    caplog.set_level(logging.INFO, "guardbot.daemon")
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    schema.upgrade(url)
+    book = [(ETH, "ISOLATED", "1", 10)]
+    port = free_port()
+    ready_url = f"http://127.0.0.1:{port}/readyz"
+    async with (SimServer(seed=7, scenario="calm", speed=0) as sim,
+                webhook_receiver() as (hook_url, alerts), httpx.AsyncClient() as http):
+        good = await open_account(sim.rest_url, "20000", book)
+        bad = await open_account(sim.rest_url, "20000", book)
+        new_key, new_secret = generate_key()  # for `bad`, not registered yet
+        data = settings_for(sim, good, url, tmp_path, health={"port": port},
+                            alerts={"webhooks": [{"url": hook_url, "min_interval_s": 0}]})
+        data["accounts"] = [*data["accounts"],  # type: ignore[misc]
+                            {"name": "bad", "account_id": bad.account_id,
+                             "orderly_key": new_key, "orderly_secret": new_secret}]
+        settings = parse_config(data)
+
+        def margin(account: SimAccount) -> Decimal:
+            return next(p.margin for p in sim.engine.positions(sim.engine.account(
+                account.account_id)) if p.symbol == ETH)
+
+        async def key_problems() -> list[str]:
+            body = (await http.get(ready_url)).json()
+            return [p for p in body["problems"] if "account bad: the exchange refuses" in p]
+
+        before = margin(good), margin(bad)
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_daemon(settings, stop=stop))
+        try:
+            await eventually(lambda: any(a.get("kind") == "key_refused" for a in alerts))
+            refused = [r for r in caplog.records
+                       if "the exchange refused its key" in r.getMessage()]
+            assert len(refused) == 1 and refused[0].levelname == "ERROR"
+            assert refused[0].getMessage().startswith(
+                "account bad: the exchange refused its key (authentication failed: code -1002")
+            assert [a["account"] for a in alerts if a["kind"] == "key_refused"] == ["bad"]
+            [problem] = await key_problems()
+            assert "orderly key is not registered to this account" in problem
+
+            await pin_mark(sim, ETH, "2850")  # both below topup's trigger
+            await eventually(lambda: margin(good) > before[0])
+            assert margin(bad) == before[1], "nothing reads or acts on the refused account"
+            assert not task.done()
+
+            async with httpx.AsyncClient(base_url=sim.rest_url) as admin:
+                (await admin.post("/sim/keys", json={
+                    "account_id": bad.account_id, "orderly_key": new_key})).raise_for_status()
+            await eventually(lambda: margin(bad) > before[1], timeout_s=15)
+            assert await key_problems() == []
+            assert any("account bad: the exchange accepts its key again" in r.getMessage()
+                       for r in caplog.records)
+
+            async with httpx.AsyncClient(base_url=sim.rest_url) as admin:
+                (await admin.request("DELETE", "/sim/keys", json={"orderly_key": new_key})
+                 ).raise_for_status()
+            for _ in range(100):
+                if await key_problems():
+                    break
+                await asyncio.sleep(0.1)
+            assert await key_problems(), "revoked at run time: readiness is down again"
+            assert [a["account"] for a in alerts if a["kind"] == "key_refused"] == ["bad"] * 2
+            assert not task.done(), "and the daemon goes on"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+
+
+def test_the_start_up_banner_says_what_is_guarded_and_how_and_shows_no_secret(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    data = settings_for(sim, sim_account, "postgresql+psycopg://guard:hunter2@db/audit",
+                        tmp_path, guard={"dry_run": True},
+                        budgets={"per_action": "250", "cooldown_s": 15},
+                        policies=[{"use": "topup", "params": {"trigger": "0.04"}},
+                                  {"use": "sweep", "name": "sweep-eth", "symbols": [ETH],
+                                   "params": {"safe": "0.25"}}])
+    settings = parse_config(data)
+    lines = startup_banner(settings, load_policies(settings.policies, Path("strategies")))
+    text = "\n".join(lines)
+    assert lines[0] == f"guardbot {__version__} starting, DRY-RUN: decisions are recorded, no " \
+        "margin call is sent"
+    assert f"exchange: sim (REST {sim.rest_url}, public WebSocket {sim.public_ws_url}" in text
+    assert "accounts (1): main" in lines
+    assert "policy topup (topup): trigger=0.04; trigger 0.04, add_target 0.10; every " \
+        "position" in lines
+    assert "policy sweep-eth (sweep): safe=0.25; reduce_floor 0.25; symbols PERP_ETH_USDC" in lines
+    assert "budgets (USDC): per action 250, per position per day 5000, per account per day " \
+        "20000, minimum 1, reserve 0; cooldown 15 s" in lines
+    assert "hunter2" not in text and sim_account.orderly_secret not in text
+    assert sim_account.orderly_key not in text and sim_account.account_id not in text
+    live = startup_banner(parse_config(settings_for(sim, sim_account, "sqlite:///a.db", tmp_path)),
+                          load_policies([], Path("strategies")))
+    assert live[0].endswith("LIVE: margin calls are sent")

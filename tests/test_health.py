@@ -73,7 +73,8 @@ async def test_readyz_ready(served: tuple[Probe, httpx.AsyncClient]) -> None:
         "problems": [],
         "database": {"reachable": True, "error": None},
         "accounts": [{"account": "main", "data_age_s": 2.0, "max_data_age_s": 15,
-                      "ws_connected": True, "polling_covering": False, "ready": True}],
+                      "ws_connected": True, "polling_covering": False, "key_refused": None,
+                      "ready": True}],
         "spool_depth": 0,
     }
 

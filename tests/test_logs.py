@@ -25,6 +25,7 @@ def _restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(logs.LEVEL_ENV, raising=False)
     monkeypatch.delenv(logs.FORMAT_ENV, raising=False)
     monkeypatch.setattr(logs, "_secrets", set())
+    monkeypatch.setattr(logs, "_names", {})
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     yield
@@ -188,3 +189,20 @@ def test_default_stream_follows_stderr_redirection(capsys: pytest.CaptureFixture
     logging.getLogger("guardbot.x").info("back")
     assert "redirected" in elsewhere.getvalue()
     assert "back" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_accounts_are_named_as_the_config_names_them(fmt: str) -> None:
+    out = io.StringIO()
+    setup_logging("INFO", fmt, stream=out)
+    logs.name_accounts({ACCOUNT_ID: "main"})
+    other = "0x" + "cd" * 32
+    logging.getLogger("guardbot.feeds.poller").warning(
+        "poll of %s failed; %s unknown", ACCOUNT_ID.upper().replace("0X", "0x"), other,
+        extra={"account": ACCOUNT_ID})
+    written = out.getvalue()
+    assert ACCOUNT_ID not in written.lower()
+    assert f"poll of main failed; {other} unknown" in written
+    if fmt == "json":
+        assert json_lines(out)[0]["account"] == "main"
+    assert logs.account_name(ACCOUNT_ID) == "main" and logs.account_name(other) == other

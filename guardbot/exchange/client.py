@@ -178,7 +178,7 @@ class OrderlyExchange:
             envelope.data, account_id=self.account_id, timestamp_ms=envelope.timestamp_ms,
             received_ms=asked_ms,
         ))
-        metrics.SNAPSHOTS.labels(self.account_id, Source.REST.value).inc()
+        metrics.SNAPSHOTS.labels(metrics.account_label(self.account_id), Source.REST.value).inc()
         return snapshot
 
     async def get_position(
@@ -205,7 +205,7 @@ class OrderlyExchange:
             envelope.data, account_id=self.account_id, received_ms=asked_ms,
             source=Source.REST,
         ))
-        metrics.SNAPSHOTS.labels(self.account_id, Source.REST.value).inc()
+        metrics.SNAPSHOTS.labels(metrics.account_label(self.account_id), Source.REST.value).inc()
         return position if position.is_open else None
 
     async def adjust_margin(self, symbol: str, kind: ActionKind, amount: Decimal) -> None:
@@ -301,7 +301,7 @@ def private_parser(account_id: str, clock_ms: Callable[[], int]) -> Parse:
     def parse(topic: str, data: Any, ts_ms: int) -> StreamEvent | None:
         if topic == "position":
             positions = wire.pushed_positions(data, account_id=account_id, received_ms=clock_ms())
-            metrics.SNAPSHOTS.labels(account_id, Source.WS.value).inc()
+            metrics.SNAPSHOTS.labels(metrics.account_label(account_id), Source.WS.value).inc()
             return PositionsPushed(positions)
         if topic == "balance":
             return HoldingsPushed(wire.pushed_balances(data, ts_ms))

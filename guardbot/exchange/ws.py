@@ -115,6 +115,7 @@ class Stream:
         loop = asyncio.get_running_loop()
         while True:
             up_since: float | None = None
+            closed_cleanly = False  # the server said goodbye (1000, 1001): a routine reconnect
             try:
                 async with connect(
                     self.url,
@@ -142,13 +143,15 @@ class Stream:
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd else "no close frame"
                 gap_reason = f"connection closed ({code})"
+                closed_cleanly = code in (1000, 1001)
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 gap_reason = f"cannot connect ({type(exc).__name__}: {exc})"
             metrics.WS_RECONNECTS.labels(self.name).inc()
             if up_since is not None and loop.time() - up_since >= self._timing.backoff_cap_s:
                 delays = self._delays()  # it was a long-lived link: come back quickly
             delay = next(delays)
-            log.warning("%s stream: %s; reconnecting in %.2f s", self.name, gap_reason, delay)
+            log.log(logging.INFO if closed_cleanly else logging.WARNING,
+                    "%s stream: %s; reconnecting in %.2f s", self.name, gap_reason, delay)
             gap_reason = f"reconnected after {gap_reason}"
             await asyncio.sleep(delay)
 

@@ -7,6 +7,8 @@ Polling is the source of truth the WebSocket pushes are merged into
 and on demand (``poll_now``) after a stream gap.
 One job per account ticks at the fast interval and decides whether a poll is due, so an
 account speeds up or slows down on its next tick without rescheduling anything.
+An account whose key the exchange refuses is polled with back-off instead
+(``guardbot.feeds.auth_retry_delay``), and is back on its interval once the key works.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from guardbot.clock import SYSTEM_CLOCK, Clock
 from guardbot.domain import AccountSnapshot
-from guardbot.exchange.errors import ExchangeError
+from guardbot.exchange.errors import AuthError, ExchangeError
 from guardbot.exchange.port import Exchange
+from guardbot.feeds import KeyReport, auth_retry_delay
+from guardbot.logs import log_context
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,8 @@ class Poller:
 
     ``on_snapshot`` receives every successful poll; ``is_urgent(account_id)`` selects the
     fast interval. A failed poll is logged and counted; the next tick tries again (the
-    guard meanwhile refuses to act on the ageing data).
+    guard meanwhile refuses to act on the ageing data). A refused key goes to ``on_key``
+    (without it, it is logged) and is retried with back-off.
     """
 
     def __init__(
@@ -45,8 +50,11 @@ class Poller:
         fast_interval_s: float,
         is_urgent: Callable[[str], bool] = lambda _account_id: False,
         clock: Clock = SYSTEM_CLOCK,
+        on_key: KeyReport | None = None,
     ) -> None:
         self._exchanges = dict(exchanges)
+        self._on_key = on_key
+        self._refusals: dict[str, int] = {}  # refused keys in a row, per account
         self._on_snapshot = on_snapshot
         self._interval_s = interval_s
         self._fast_interval_s = min(fast_interval_s, interval_s)
@@ -92,6 +100,8 @@ class Poller:
         if last is None:
             return True
         interval = self._fast_interval_s if self._is_urgent(account_id) else self._interval_s
+        if refusals := self._refusals.get(account_id):
+            interval = max(interval, auth_retry_delay(refusals))
         # A little slack so a tick that fires a hair early still counts.
         return self._clock.monotonic() - last >= interval * 0.95
 
@@ -113,10 +123,20 @@ class Poller:
         async with self._locks[account_id]:
             self._last_poll[account_id] = self._clock.monotonic()
             try:
-                snapshot = await self._exchanges[account_id].get_positions()
+                with log_context(account=account_id):  # the client's own lines name it too
+                    snapshot = await self._exchanges[account_id].get_positions()
+            except AuthError as exc:
+                self._refusals[account_id] = self._refusals.get(account_id, 0) + 1
+                if self._on_key is not None:
+                    self._on_key(account_id, "rest", exc)
+                else:
+                    log.error("poll of %s refused: %s", account_id, exc)
+                return None
             except ExchangeError as exc:
                 log.warning("poll of %s failed: %s", account_id, exc)
                 return None
+            if self._refusals.pop(account_id, 0) and self._on_key is not None:
+                self._on_key(account_id, "rest", None)
             self.polls[account_id] += 1
             await self._on_snapshot(snapshot)
             return snapshot

@@ -4,6 +4,11 @@ prices, consumed from the ``Exchange`` port and handed on as they arrive.
 A ``StreamGap`` means pushes may have been missed: the account is resynchronised over REST
 *before* the gap is passed on, so nothing downstream trusts pushes across a hole
 (docs/exchange.md §6, "always re-fetch the REST snapshot after reconnecting").
+
+The first connect and a reconnect whose resync worked are routine (INFO); a gap the REST
+resync could not cover, or a stream that ended or failed, is a WARNING. A refused key (a
+failed private login) is reported (``guardbot.feeds.KeyReport``) and retried with back-off:
+it never stops the other stream, nor any other account's.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from guardbot.backoff import delay
 from guardbot.clock import SYSTEM_CLOCK, Clock
 from guardbot.exchange.errors import AuthError, ExchangeError
 from guardbot.exchange.port import Exchange, StreamEvent, StreamGap
+from guardbot.feeds import KeyReport, auth_retry_delay
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +32,8 @@ Resync = Callable[[str], Awaitable[object]]
 # fails outright, growing so a dead endpoint is not hammered.
 RESTART_BASE_S = 0.5
 RESTART_CAP_S = 10.0
+# The reason of the gap ``exchange.ws`` yields after its first connect.
+FIRST_CONNECT = "connected"
 
 
 def restart_delay(failures: int) -> float:
@@ -37,7 +45,8 @@ class Streams:
     """Consumes one account's private and public event streams until cancelled.
 
     ``on_event(account_id, event)`` gets every push; ``resync(account_id)`` is awaited on a
-    ``StreamGap`` (the poller's ``poll_now``) before the gap itself is handed on. The
+    ``StreamGap`` (the poller's ``poll_now``, ``None`` when it failed) before the gap itself
+    is handed on. ``on_key`` hears of refused keys (without it they are logged). The
     restart delays run on ``clock``.
     """
 
@@ -49,12 +58,14 @@ class Streams:
         *,
         public: bool = True,
         clock: Clock = SYSTEM_CLOCK,
+        on_key: KeyReport | None = None,
     ) -> None:
         self._exchange = exchange
         self._on_event = on_event
         self._resync = resync
         self._public = public
         self._clock = clock
+        self._on_key = on_key
 
     async def run(self) -> None:
         """Run both streams until cancelled."""
@@ -67,24 +78,46 @@ class Streams:
         self, name: str, open_stream: Callable[[], AsyncIterator[StreamEvent]]
     ) -> None:
         account_id = self._exchange.account_id
-        failures = 0
+        failures = refusals = 0
         while True:
             try:
                 async for event in open_stream():
                     failures = 0
+                    if refusals:
+                        refusals = 0
+                        self._report(account_id, name, None)
                     if isinstance(event, StreamGap):
                         await self._gap(account_id, event)
                     await self._on_event(account_id, event)
-            except AuthError:
-                # A key problem will not fix itself: stop and tell the operator.
-                raise
+            except AuthError as exc:
+                # Retrying at once cannot fix a key; the operator may register it.
+                refusals += 1
+                self._report(account_id, name, exc)
+                await self._clock.sleep(auth_retry_delay(refusals))
+                continue  # the next login's gap resynchronises
             except ExchangeError as exc:
                 log.warning("%s stream of %s failed: %s", name, account_id, exc)
             # The iterator ended or failed: whatever it missed must come from REST.
             failures += 1
             await self._clock.sleep(restart_delay(failures))
-            await self._gap(account_id, StreamGap(stream=name, reason="stream restarted"))
+            await self._gap(account_id, StreamGap(stream=name, reason="stream restarted"),
+                            routine=False)
 
-    async def _gap(self, account_id: str, gap: StreamGap) -> None:
-        log.info("%s stream gap for %s (%s): resync over REST", gap.stream, account_id, gap.reason)
-        await self._resync(account_id)
+    def _report(self, account_id: str, name: str, error: AuthError | None) -> None:
+        if self._on_key is not None:
+            self._on_key(account_id, name, error)
+        elif error is not None:
+            log.error("%s stream of %s: %s; retrying", name, account_id, error)
+
+    async def _gap(self, account_id: str, gap: StreamGap, *, routine: bool = True) -> None:
+        """Resynchronise over REST; a routine (re)connect is INFO, a gap REST could not
+        cover (or a stream that ended) a WARNING."""
+        covered = await self._resync(account_id) is not None
+        if routine and covered:
+            what = "connected" if gap.reason == FIRST_CONNECT else f"reconnected ({gap.reason})"
+            log.info("%s stream of %s %s: account read over REST", gap.stream, account_id,
+                     what)
+        else:
+            log.warning("%s stream gap for %s (%s): pushes may have been missed%s", gap.stream,
+                        account_id, gap.reason,
+                        "" if covered else "; the REST resync failed, the poller keeps trying")

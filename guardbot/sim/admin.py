@@ -103,6 +103,7 @@ class AdminApi:
         return [
             ("POST", "/sim/accounts", self._accounts),
             ("POST", "/sim/keys", self._keys),
+            ("DELETE", "/sim/keys", self._revoke),
             ("POST", "/sim/positions", self._positions),
             ("POST", "/sim/marks", self._marks),
             ("POST", "/sim/tick", self._tick),
@@ -134,6 +135,11 @@ class AdminApi:
             str(body.get("scopes", "read,trading")),
             expires,
         )
+        return reply({"orderly_key": body["orderly_key"]})
+
+    async def _revoke(self, request: web.Request) -> web.StreamResponse:
+        body = await read_body(request, {"orderly_key"})
+        self.engine.remove_key(str(body.get("orderly_key")))
         return reply({"orderly_key": body["orderly_key"]})
 
     async def _positions(self, request: web.Request) -> web.StreamResponse:

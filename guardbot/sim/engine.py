@@ -107,6 +107,11 @@ class Engine:
         self.account(account_id)
         self.keys[orderly_key] = self._new_key(orderly_key, account_id, scopes, expires_ms)
 
+    def remove_key(self, orderly_key: str) -> None:
+        """Revoke a key: every later request signed with it is refused (-1002)."""
+        if self.keys.pop(orderly_key, None) is None:
+            raise EngineError(-1006, "this orderly_key is not registered", 404)
+
     def _new_key(
         self, orderly_key: str, account_id: str, scopes: str, expires_ms: int | None
     ) -> ApiKey:

@@ -6,7 +6,7 @@ import asyncio
 
 from guardbot.clock import ManualClock
 from guardbot.domain import AccountSnapshot
-from guardbot.exchange.errors import RetryLater
+from guardbot.exchange.errors import AuthError, RetryLater
 from guardbot.exchange.fake import FakeExchange
 from guardbot.feeds.poller import Poller
 
@@ -101,3 +101,33 @@ async def test_concurrent_polls_of_one_account_are_serial() -> None:
     await asyncio.gather(*(poller.poll_now("a") for _ in range(concurrent)))
     assert len(exchange.reads) == concurrent
     assert peak == 1
+
+
+async def test_a_refused_key_is_reported_and_polled_with_back_off_until_it_works() -> None:
+    clock = ManualClock()
+    exchange = FakeExchange("a", clock=clock)
+    reports: list[tuple[str, str, str | None]] = []
+
+    async def on_snapshot(snapshot: AccountSnapshot) -> None:
+        pass
+
+    poller = Poller({"a": exchange}, on_snapshot, interval_s=1.0, fast_interval_s=1.0,
+                    clock=clock,
+                    on_key=lambda a, source, e: reports.append((a, source, e and e.message)))
+    exchange.read_failure = lambda: AuthError(-1002, "orderly key is not registered")
+    waits = []
+    for _ in range(4):
+        assert await poller.poll_now("a") is None
+        waited = 0.0
+        while not poller.due("a"):
+            clock.advance(0.5)
+            waited += 0.5
+        waits.append(waited)
+    # not every second: 1, 2, 4, 8 s after the refusals (guardbot.feeds.auth_retry_delay)
+    assert waits == [1.0, 2.0, 4.0, 8.0]
+    assert reports == [("a", "rest", "orderly key is not registered")] * 4
+    exchange.read_failure = None  # the operator registered the key
+    assert await poller.poll_now("a") is not None
+    assert reports[-1] == ("a", "rest", None)
+    clock.advance(1.0)
+    assert poller.due("a"), "back on its interval"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -13,6 +14,7 @@ from guardbot.domain import MarkPrice
 from guardbot.exchange.errors import AuthError, RetryLater
 from guardbot.exchange.fake import FakeExchange
 from guardbot.exchange.port import MarksPushed, StreamEvent, StreamGap
+from guardbot.feeds import auth_retry_delay
 from guardbot.feeds.streams import EventHandler, Resync, Streams, restart_delay
 
 MARK = MarksPushed(marks=(MarkPrice("PERP_ETH_USDC", Decimal("2000"), 1),))
@@ -93,17 +95,62 @@ async def test_both_streams_run_and_an_ended_one_is_reopened() -> None:
     assert sorted(order) == ["MarksPushed", "resync"]
 
 
-async def test_an_auth_error_stops_the_streams() -> None:
-    exchange = FakeExchange("acct", clock=ManualClock())
+async def test_a_refused_key_is_reported_retried_with_back_off_and_its_recovery_too() -> None:
+    order: list[str] = []
+    reports: list[tuple[str, str, str | None]] = []
+    clock = ManualClock()
+    exchange = FakeExchange("acct", clock=clock)
     exchange.fail("private", AuthError(-1002, "key revoked"))
+    exchange.fail("private", AuthError(-1002, "key revoked"))
+    exchange.push("private", MARK)
+    exchange.push("public", MARK)
+    streams = Streams(exchange, *recording(order), clock=clock,
+                      on_key=lambda a, name, e: reports.append((a, name, e and e.message)))
+    task = asyncio.create_task(streams.run())
+    await settle(lambda: len(reports) == 1)
+    assert order == ["MarksPushed"], "the public stream goes on"
+    assert reports == [("acct", "private", "key revoked")]
+    clock.advance(auth_retry_delay(1))
+    await settle(lambda: len(reports) == 2)
+    assert exchange.opened["private"] == 2
+    clock.advance(auth_retry_delay(2) - 0.01)
+    await settle()
+    assert exchange.opened["private"] == 2, "the second retry waits longer"
+    clock.advance(0.01)
+    await settle(lambda: len(reports) == 3)
+    await stop(task)
+    assert auth_retry_delay(2) > auth_retry_delay(1)
+    assert reports[-1] == ("acct", "private", None), "served again: reported"
+    assert order == ["MarksPushed", "MarksPushed"]
 
-    async def ignore(*_: object) -> None:
+
+async def test_a_first_connect_is_routine_and_a_gap_rest_cannot_cover_is_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock()
+    exchange = FakeExchange("acct", clock=clock)
+    exchange.push("private", StreamGap(stream="private", reason="connected"))
+    exchange.push("private", StreamGap(stream="private", reason="reconnected after x"))
+    covered = [True, False]
+
+    async def on_event(account_id: str, event: StreamEvent) -> None:
         pass
 
-    streams = Streams(exchange, ignore, ignore, public=False)
-    with pytest.raises(ExceptionGroup) as caught:
-        await streams.run()
-    assert caught.group_contains(AuthError)
+    async def resync(account_id: str) -> object:
+        return object() if covered.pop(0) else None
+
+    streams = Streams(exchange, on_event, resync, public=False, clock=clock)
+    with caplog.at_level(logging.INFO, "guardbot.feeds.streams"):
+        task = asyncio.create_task(streams.run())
+        await settle(lambda: not covered)
+        await settle()
+        await stop(task)
+    records = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert records == [
+        ("INFO", "private stream of acct connected: account read over REST"),
+        ("WARNING", "private stream gap for acct (reconnected after x): pushes may have been "
+                    "missed; the REST resync failed, the poller keeps trying"),
+    ]
 
 
 def test_restart_delay_grows_and_caps() -> None:
