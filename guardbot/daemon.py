@@ -220,6 +220,7 @@ class Daemon:
             log.info("stopping the guard")
             guard.acting = False
             await guard.executor.drain()
+            await guard.recorded()
             for task in tasks:
                 task.cancel()
 

@@ -35,7 +35,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from guardbot import metrics
@@ -70,7 +70,7 @@ from guardbot.policies.base import PolicyContext, PositionView, Quiet
 from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.quiet import MarkBand, mark_band
 from guardbot.policies.runner import evaluate_policies
-from guardbot.settlement import Settlement
+from guardbot.settlement import VISIBLE_AFTER_MS, Settlement
 from guardbot.trail import Trail
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,20 @@ LIQUIDATION_READ_S = 2.0
 # Refusals the operator is told about at once.
 _REFUSAL_ALERTS = {Refusal.BUDGET: AlertKind.BUDGET_EXHAUSTED,
                    Refusal.TOO_MANY_UNCERTAIN: AlertKind.UNCERTAIN}
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    """A guarded isolated position that left the book, while what became of it is found:
+    a liquidation of ``qty`` (when known) stamped from ``since_ms`` to ``until_ms`` by the
+    exchange's clock explains it."""
+
+    key: PositionKey
+    closed_ms: int  # local time of the close: the record's time
+    since_ms: int
+    until_ms: int
+    qty: Decimal | None
+    detail: dict[str, str]
 
 
 class Guard:
@@ -161,12 +175,13 @@ class Guard:
         # already attributed (a push and a REST read report the same liquidation).
         self._pushed: dict[str, deque[Liquidation]] = {}
         self._attributed: deque[tuple[str, int]] = deque(maxlen=ATTRIBUTED)
-        # Closes recorded while the liquidation data could not be read: a later push can
-        # still tell that the position was liquidated.
-        self._unexplained: dict[PositionKey, int] = {}
-        # Margin, quantity and the count of the guard's calls on each position when no call
-        # of it was unsettled: a later move with the same quantity and no call since is
-        # someone else's.
+        # Closes recorded as closes: a liquidation pushed later can still explain them.
+        self._unexplained: dict[PositionKey, _Close] = {}
+        # Closes being recorded (their cause is looked up in the background).
+        self._recording: set[asyncio.Task[None]] = set()
+        # Margin, quantity and the time of a snapshot of each position no call of the guard
+        # can have moved: a later move with the same quantity and no call since is someone
+        # else's.
         self._margins: dict[PositionKey, tuple[Decimal, Decimal, int]] = {}
 
     # -- inputs ---------------------------------------------------------------------------
@@ -205,7 +220,9 @@ class Guard:
         if isinstance(event, PositionsPushed):
             self.ws_connected[account_id] = True
             for position in event.positions:
-                last = None if position.is_open else self.book.confirmed(position.key)
+                isolated = position.margin_mode is MarginMode.ISOLATED
+                gone = isolated and not position.is_open
+                last = self.book.confirmed(position.key) if gone else None
                 if not self.book.apply(position):
                     continue
                 await self._observe(position)
@@ -247,16 +264,21 @@ class Guard:
         await self.executor.observe(position)
         key = position.key
         settlement = self.executor.settlement
-        if not position.is_open or settlement.unsettled(key):
+        if (not position.is_open or settlement.unsettled(key)
+                or key[0] not in self.owned or key[2] is not MarginMode.ISOLATED):
             # The guard's own calls explain (or may explain) what moves now.
             self._margins.pop(key, None)
             return
+        touched = settlement.last_touched(key)
+        if touched is not None and position.received_ms <= touched + VISIBLE_AFTER_MS:
+            # A call of the guard may have moved it: not a baseline (nor someone else's).
+            self._margins.pop(key, None)
+            return
         before = self._margins.get(key)
-        calls = settlement.calls_made(key)
-        self._margins[key] = (position.margin, position.qty, calls)
-        if (before is None or before[1] != position.qty or before[2] != calls
-                or before[0] == position.margin):
-            return  # new, a fill (the quantity moved), a call of the guard since, unchanged
+        self._margins[key] = (position.margin, position.qty, position.received_ms)
+        if (before is None or before[1] != position.qty or before[0] == position.margin
+                or (touched is not None and touched >= before[2])):
+            return  # new, a fill (the quantity moved), unchanged, or a call of the guard since
         change = position.margin - before[0]
         log.warning("%s %s: margin moved by %s without a call of the guard (by hand or "
                     "another bot)", self.name(key[0]), key[1], change)
@@ -266,42 +288,74 @@ class Guard:
             "source": position.source.value})
 
     async def closed(self, key: PositionKey, last: Position | None = None) -> None:
-        """An isolated position left the book (``last``: how the guard last saw it). A new
-        position on the symbol starts with nothing of this one: its calls are settled, its
-        hold-back, cooldown and net margin added are gone (the ledger counts from the close
-        record). A liquidation is recorded as ``position_liquidated`` from the exchange's
-        liquidation data, with the guard's last decisions on the position; anything else as
-        ``position_closed``."""
+        """An isolated position left the book (``last``: as the exchange last confirmed it).
+        A new position on the symbol starts with nothing of this one: its calls are settled,
+        its hold-back, cooldown and net margin added are gone (the ledger is told at once).
+        What became of it is recorded in the background, at the time of the close: a
+        liquidation (``position_liquidated``, from the exchange's liquidation data, with the
+        guard's last decisions) or a close (``position_closed``). The account's other
+        positions are decided on meanwhile: finding the cause never holds up a rescue."""
         self._bands.get(key[0], {}).pop(key[1], None)
         self._margins.pop(key, None)
         await self.executor.closed(key)
+        notes = self.trail.take(key)
+        if key[0] not in self.owned:
+            return  # the instance guarding the account records it
         now = self.clock.now_ms()
-        seen_ms = last.received_ms if last is not None else now
-        liquidation, unknown = await self._liquidation_of(key, seen_ms)
-        detail = {"margin_mode": key[2].value, "guard_last": self.trail.take(key)}
+        self.ledger.position_closed(key[0], key[1], now)
+        detail = {"margin_mode": key[2].value, "guard_last": notes}
         if last is not None:
             detail |= self._last_seen(last)
-        name = self.name(key[0])
-        if liquidation is None:
+        # The liquidation, if any, is stamped by the exchange's clock: the window is too.
+        seen = now if last is None else last.exchange_ms
+        waited = 0 if last is None else max(0, now - last.received_ms)
+        close = _Close(key, now, seen - LIQUIDATION_SLACK_MS,
+                       seen + waited + LIQUIDATION_SLACK_MS,
+                       None if last is None else abs(last.qty), detail)
+        task = asyncio.create_task(self._explain(close))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def recorded(self) -> None:
+        """Wait until every close seen so far is recorded (before the audit log closes)."""
+        while self._recording:
+            await asyncio.gather(*self._recording)
+
+    async def _explain(self, close: _Close) -> None:
+        key, name = close.key, self.name(close.key[0])
+        try:
+            liquidation, unknown = await self._liquidation_of(close)
+            if liquidation is None:  # pushed while the read was out?
+                liquidation = self._matching(close, self._pushed.get(key[0], ()))
+            if liquidation is not None:
+                await self._record_liquidation(close, liquidation, close.detail)
+                return
+            detail = dict(close.detail)
             if unknown is not None:
                 detail["cause_unknown"] = unknown
-                self._unexplained[key] = seen_ms
-            await self.audit.record_observation(key[0], key[1], "position_closed", detail)
-            self.notify(Alert(AlertKind.LIQUIDATION, name, key[1],
-                              "isolated position closed" + (
-                                  "" if unknown is None else " (or liquidated: unknown)")))
-            log.warning("isolated position %s %s is gone (%s)", name, key[1],
-                        "closed" if unknown is None else f"closed or liquidated: {unknown}")
+            # From here a liquidation the exchange reports later still explains it (the
+            # order of its push and the position's is not documented, docs/exchange.md).
+            self._unexplained[key] = close
+            await self.audit.record_observation(key[0], key[1], "position_closed", detail,
+                                                at_ms=close.closed_ms)
+        except AuditError as exc:
+            log.error("%s %s: the close could not be recorded: %s", name, key[1], exc)
             return
-        await self._record_liquidation(key, liquidation, detail, now)
+        except Exception:  # a bug here must not go unseen, nor stop anything else
+            log.exception("%s %s: recording the close failed", name, key[1])
+            return
+        self.notify(Alert(AlertKind.LIQUIDATION, name, key[1], "isolated position closed"
+                          + ("" if unknown is None else " (or liquidated: unknown)")))
+        log.warning("isolated position %s %s is gone (%s)", name, key[1],
+                    "closed" if unknown is None else f"closed or liquidated: {unknown}")
 
-    async def _record_liquidation(self, key: PositionKey, liquidation: Liquidation,
-                                  detail: dict[str, str], now: int) -> None:
-        self._attributed.append((key[0], liquidation.liquidation_id))
+    async def _record_liquidation(self, close: _Close, liquidation: Liquidation,
+                                  detail: dict[str, str]) -> None:
+        key = close.key
         net_added = None
         with contextlib.suppress(AuditError):
-            net_added = await self.ledger.net_added(key, now)
-        detail |= {
+            net_added = await self.ledger.net_added(key, close.closed_ms)
+        detail = detail | {
             "liquidation_id": str(liquidation.liquidation_id),
             "liquidated_ms": str(liquidation.time_ms),
             "qty": str(liquidation.qty),
@@ -313,16 +367,18 @@ class Guard:
             detail["to_insurance_fund"] = str(liquidation.to_insurance_fund)
         if net_added is not None:
             detail["guard_net_added"] = str(net_added)
-        await self.audit.record_observation(key[0], key[1], "position_liquidated", detail)
+        await self.audit.record_observation(key[0], key[1], "position_liquidated", detail,
+                                            at_ms=close.closed_ms)
+        self._attributed.append((key[0], liquidation.liquidation_id))
         name = self.name(key[0])
         self.notify(Alert(AlertKind.LIQUIDATION, name, key[1],
                           f"isolated position liquidated at {liquidation.transfer_price}"))
         log.warning("isolated position %s %s was LIQUIDATED at %s (guardbot audit why)", name,
-                  key[1], liquidation.transfer_price)
+                    key[1], liquidation.transfer_price)
 
     def _last_seen(self, last: Position) -> dict[str, str]:
         seen = {"last_seen_ms": str(last.received_ms), "last_margin": str(last.margin),
-                "last_mark": str(last.mark_price)}
+                "last_mark": str(last.mark_price), "last_qty": str(last.qty)}
         rules = self.rules.get(last.symbol)
         if rules is not None:
             with contextlib.suppress(Exception):  # a record never fails on the math
@@ -333,54 +389,68 @@ class Guard:
                     seen["last_distance"] = str(view.distance)
         return seen
 
-    async def _liquidation_of(self, key: PositionKey, seen_ms: int
+    async def _liquidation_of(self, close: _Close
                               ) -> tuple[Liquidation | None, str | None]:  # fmt: skip
         """The exchange's liquidation of the position that just left the book, if it was
         liquidated: one pushed already, else from ``GET /v1/liquidations``. The second value
-        says why it cannot be known (the read failed)."""
-        since = seen_ms - LIQUIDATION_SLACK_MS
-        pushed = self._pushed.get(key[0], ())
-        for liquidation in pushed:
-            if self._explains(key, liquidation, since):
-                return liquidation, None
+        says why it cannot be known (the read failed or took too long)."""
+        key = close.key
+        found = self._matching(close, self._pushed.get(key[0], ()))
+        if found is not None:
+            return found, None
+        name = self.name(key[0])
         try:
             async with asyncio.timeout(LIQUIDATION_READ_S):
-                found = await self.exchanges[key[0]].get_liquidations(since)
+                listed = await self.exchanges[key[0]].get_liquidations(close.since_ms)
         except TimeoutError:
-            log.error("%s %s: the liquidations did not answer within %.0f s",
-                      self.name(key[0]), key[1], LIQUIDATION_READ_S)
+            log.error("%s %s: the liquidations did not answer within %g s", name, key[1],
+                      LIQUIDATION_READ_S)
             return None, f"liquidations not read within {LIQUIDATION_READ_S:g} s"
         except ExchangeError as exc:
-            log.error("%s %s: cannot read the liquidations: %s", self.name(key[0]), key[1],
-                      exc)
+            log.error("%s %s: cannot read the liquidations: %s", name, key[1], exc)
             return None, f"liquidations not readable: {exc}"[:300]
-        for liquidation in found:
-            if self._explains(key, liquidation, since):
-                return liquidation, None
-        return None, None
+        return self._matching(close, listed), None
 
-    def _explains(self, key: PositionKey, liquidation: Liquidation, since: int) -> bool:
-        return (liquidation.symbol == key[1] and liquidation.time_ms >= since
-                and (key[0], liquidation.liquidation_id) not in self._attributed)
+    def _matching(self, close: _Close, liquidations: Iterable[Liquidation]
+                  ) -> Liquidation | None:  # fmt: skip
+        """The newest liquidation that can be this position's: its symbol, inside the close's
+        window, of its size (a cross position on the symbol is another size, or the same
+        and then indistinguishable), and not attributed already."""
+        account_id, symbol = close.key[0], close.key[1]
+        candidates = [
+            liquidation for liquidation in liquidations
+            if liquidation.symbol == symbol
+            and close.since_ms <= liquidation.time_ms <= close.until_ms
+            and (close.qty is None or abs(liquidation.qty) == close.qty)
+            and (account_id, liquidation.liquidation_id) not in self._attributed]
+        return max(candidates, key=lambda item: item.time_ms, default=None)
 
     async def _liquidations_pushed(self, account_id: str,
                                    liquidations: Sequence[Liquidation]) -> None:
         """A ``liquidationsaccount`` push. It does not say isolated or cross, so it closes
         nothing itself: kept until the position's own update shows it gone. One that
-        explains a close already recorded without knowing its cause is recorded now."""
+        explains a close recorded already (the push came after the read) is recorded now,
+        at the time of that close."""
+        if account_id not in self.owned:
+            return
         pushed = self._pushed.get(account_id)
         if pushed is None:
             pushed = self._pushed[account_id] = deque(maxlen=RECENT_LIQUIDATIONS)
         now = self.clock.now_ms()
+        for key in [k for k, c in self._unexplained.items()
+                    if now - c.closed_ms > 2 * LIQUIDATION_SLACK_MS]:
+            del self._unexplained[key]
         for liquidation in liquidations:
             key = (account_id, liquidation.symbol, MarginMode.ISOLATED)
-            closed_ms = self._unexplained.get(key)
-            if closed_ms is not None and self._explains(
-                    key, liquidation, closed_ms - LIQUIDATION_SLACK_MS):
+            close = self._unexplained.get(key)
+            if close is not None and self._matching(close, (liquidation,)) is not None:
                 del self._unexplained[key]
-                await self._record_liquidation(
-                    key, liquidation, {"margin_mode": key[2].value,
-                                       "recorded_after_close": "true"}, now)
+                try:
+                    await self._record_liquidation(
+                        close, liquidation, close.detail | {"recorded_after_close": "true"})
+                except AuditError as exc:
+                    log.error("%s %s: the liquidation could not be recorded: %s",
+                              self.name(account_id), liquidation.symbol, exc)
             else:
                 pushed.append(liquidation)
 

@@ -148,9 +148,9 @@ class Settlement:
         self._calls: dict[str, Call] = {}
         # Calls still on the wire when their position changed: settled when they answer.
         self._orphans: dict[str, str] = {}  # action id -> why
-        # Calls ever sent or adopted per position: a margin move is the guard's own whenever
-        # this changed since the margin was last seen.
-        self._counts: dict[PositionKey, int] = {}
+        # When a call on each position last went out or answered (ms): a margin move seen
+        # by a snapshot asked before this plus VISIBLE_AFTER_MS may be the guard's own.
+        self._touched: dict[PositionKey, int] = {}
 
     # -- questions ------------------------------------------------------------------------
 
@@ -190,9 +190,10 @@ class Settlement:
         times = [c.done_ms for c in chain.calls if c.state is CallState.UNCERTAIN]
         return max(times, default=None)
 
-    def calls_made(self, key: PositionKey) -> int:
-        """How many calls were ever sent or adopted on this position (key)."""
-        return self._counts.get(key, 0)
+    def last_touched(self, key: PositionKey) -> int | None:
+        """When a call of the guard on this position last went out or answered (ms), if
+        ever: any margin move up to ``VISIBLE_AFTER_MS`` after it may be that call's."""
+        return self._touched.get(key)
 
     def calls(self) -> Iterator[Call]:
         for chain in self._chains.values():
@@ -231,6 +232,7 @@ class Settlement:
         if call is None:
             return []
         call.state, call.done_ms = CallState.SUCCEEDED, now_ms
+        self._touched[call.key] = max(self._touched.get(call.key, 0), now_ms)
         if action_id in self._orphans:
             return [self._settle(call, *_gone(call, self._orphans[action_id]))]
         return self._match(call.key, now_ms)
@@ -243,6 +245,7 @@ class Settlement:
         if call is None:
             return [], []
         call.state, call.done_ms = CallState.UNCERTAIN, now_ms
+        self._touched[call.key] = max(self._touched.get(call.key, 0), now_ms)
         if action_id in self._orphans:
             return [self._settle(call, *_gone(call, self._orphans[action_id]))], []
         return self._match(call.key, now_ms), self._reads(call)
@@ -294,8 +297,8 @@ class Settlement:
     def drop_account(self, account_id: str) -> None:
         """Another instance guards the account now: it settles what is left (from the audit
         log, as unfinished actions)."""
-        for key in [k for k in self._counts if k[0] == account_id]:
-            del self._counts[key]
+        for key in [k for k in self._touched if k[0] == account_id]:
+            del self._touched[key]
         for key in [k for k in self._chains if k[0] == account_id]:
             for call in self._chains.pop(key).calls:
                 self._calls.pop(call.action_id, None)
@@ -309,7 +312,7 @@ class Settlement:
             chain = self._chains[call.key] = _Chain(base=call.margin_before, qty=call.qty)
         chain.calls.append(call)
         self._calls[call.action_id] = call
-        self._counts[call.key] = self._counts.get(call.key, 0) + 1
+        self._touched[call.key] = max(self._touched.get(call.key, 0), call.sent_ms)
 
     def _remove(self, call: Call) -> None:
         chain = self._chains.get(call.key)

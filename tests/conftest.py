@@ -10,6 +10,7 @@ import pytest
 
 from guardbot.audit import schema
 from guardbot.audit.store import AuditLog
+from guardbot.clock import ManualClock
 from guardbot.sim.admin import SimAccount, open_account
 from guardbot.sim.server import SimServer
 
@@ -42,6 +43,24 @@ async def audit(tmp_path: Path) -> AsyncIterator[AuditLog]:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     schema.upgrade(url)
     log = await AuditLog.open(url, tmp_path / "spool")
+    await log.start_run("test", "hash", "host")
+    yield log
+    await log.aclose()
+
+
+@pytest.fixture
+def guard_clock() -> ManualClock:
+    """The one clock of a guard under test (``timed_audit`` runs on it too)."""
+    return ManualClock(1_700_000_000_000)
+
+
+@pytest.fixture
+async def timed_audit(tmp_path: Path, guard_clock: ManualClock) -> AsyncIterator[AuditLog]:
+    """``audit`` on ``guard_clock``, as the daemon opens the audit log on its one clock: the
+    guard's records and the store's agree on time."""
+    url = f"sqlite:///{tmp_path / 'timed.db'}"
+    schema.upgrade(url)
+    log = await AuditLog.open(url, tmp_path / "timed-spool", clock=guard_clock)
     await log.start_run("test", "hash", "host")
     yield log
     await log.aclose()

@@ -336,7 +336,7 @@ def why_command(db_url: str | None, config_file: Path | None, account: str | Non
     found = postmortem.deaths(engine, since=since, until=until, account=account,
                               symbol=symbol)
     if fmt == "json":
-        click.echo(json.dumps([_plain(d.as_dict()) for d in found], indent=2))
+        click.echo(json.dumps([d.as_dict() for d in found], indent=2))
         return
     if not found:
         click.echo("no guarded position was liquidated in that window")
@@ -388,7 +388,7 @@ def _shown(name: str, raw: str) -> str:
 def _from_ms(raw: str | None) -> datetime | None:
     try:
         return datetime.fromtimestamp(int(raw) / 1000, UTC) if raw else None
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return None
 
 

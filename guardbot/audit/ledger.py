@@ -187,20 +187,28 @@ class Ledger:
 
             return undo
         if kind == "observation" and record["kind"] in CLOSES and record["symbol"]:
-            closes = self._closed_ms.setdefault(record["account_id"], {})
-            symbol, previous = record["symbol"], closes.get(record["symbol"])
-            closes[symbol] = max(previous or 0, record["time_ms"])
-            for key in [k for k in self._older_net if k[:2] == (record["account_id"], symbol)]:
-                del self._older_net[key]
-
-            def reopen() -> None:
-                if previous is None:
-                    closes.pop(symbol, None)
-                else:
-                    closes[symbol] = previous
-
-            return reopen
+            return self.position_closed(record["account_id"], record["symbol"],
+                                        record["time_ms"])
         return None
+
+    def position_closed(self, account_id: str, symbol: str, at_ms: int
+                        ) -> Callable[[], None]:  # fmt: skip
+        """The isolated position on ``symbol`` closed at ``at_ms``: actions before count no
+        more for a position opened later (told at once by the guard, and again by the close
+        record; the later of the two times wins). Returns how to forget it."""
+        closes = self._closed_ms.setdefault(account_id, {})
+        previous = closes.get(symbol)
+        closes[symbol] = max(previous or 0, at_ms)
+        for key in [k for k in self._older_net if k[:2] == (account_id, symbol)]:
+            del self._older_net[key]
+
+        def reopen() -> None:
+            if previous is None:
+                closes.pop(symbol, None)
+            else:
+                closes[symbol] = previous
+
+        return reopen
 
     # -- loading -------------------------------------------------------------------------
 

@@ -46,9 +46,11 @@ class Death:
         return explain(self)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"time": self.time, "account_id": self.account_id, "symbol": self.symbol,
-                "verdict": self.verdict, "liquidation": self.detail,
-                "added": self.added, "guard_last": self.guard_last, "actions": self.actions}
+        """Plain JSON values (money and times as strings)."""
+        return {"time": self.time.isoformat(), "account_id": self.account_id,
+                "symbol": self.symbol, "verdict": self.verdict, "liquidation": self.detail,
+                "added": str(self.added), "guard_last": self.guard_last,
+                "actions": [{k: _text(v) for k, v in a.items()} for a in self.actions]}
 
 
 def deaths(engine: Engine, *, since: datetime | None = None, until: datetime | None = None,
@@ -81,18 +83,30 @@ def deaths(engine: Engine, *, since: datetime | None = None, until: datetime | N
                    if after is None or a["time"] > after]
         result.append(Death(row.time, row.account_id, row.symbol, detail,
                             _notes(detail.pop("guard_last", "[]")), actions, after,
-                            _added(engine, [a["id"] for a in actions])))
+                            _added(engine, row.account_id, row.symbol, after, row.time)))
     return result
 
 
-def _added(engine: Engine, action_ids: list[str]) -> Decimal:
-    if not action_ids:
-        return Decimal(0)
+def _added(engine: Engine, account_id: str, symbol: str, after: datetime | None,
+           until: datetime) -> Decimal:
+    """Margin the guard's applied ADDs moved into the position, over its whole life (not
+    only the actions shown)."""
+    query = select(OUTCOMES.c.amount).where(
+        OUTCOMES.c.account_id == account_id, OUTCOMES.c.symbol == symbol,
+        OUTCOMES.c.applied, OUTCOMES.c.action_kind == "ADD", OUTCOMES.c.dry_run.is_(False),
+        OUTCOMES.c.action_time < until)
+    if after is not None:
+        query = query.where(OUTCOMES.c.action_time > after)
     with engine.connect() as connection:
-        amounts = connection.execute(select(OUTCOMES.c.amount).where(
-            OUTCOMES.c.action_id.in_(action_ids), OUTCOMES.c.applied,
-            OUTCOMES.c.action_kind == "ADD", OUTCOMES.c.dry_run.is_(False)))
-        return sum((Decimal(a) for (a,) in amounts), Decimal(0))
+        return sum((Decimal(a) for (a,) in connection.execute(query)), Decimal(0))
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
 
 
 def _notes(raw: str) -> list[dict[str, str]]:
@@ -100,7 +114,9 @@ def _notes(raw: str) -> list[dict[str, str]]:
         notes = json.loads(raw)
     except ValueError:
         return []
-    return [n for n in notes if isinstance(n, dict)] if isinstance(notes, list) else []
+    if not isinstance(notes, list):
+        return []
+    return [{str(k): str(v) for k, v in n.items()} for n in notes if isinstance(n, dict)]
 
 
 def _number(detail: dict[str, str], name: str) -> Decimal | None:
@@ -115,14 +131,18 @@ def explain(death: Death) -> str:
     detail = death.detail
     added = death.added
     refused = [a for a in death.actions if a["status"] == "SKIPPED"]
+    unknown = [a for a in death.actions if a["kind"] == "ADD" and not a["dry_run"]
+               and a["status"] in ("INTENT", "SENT", "UNCERTAIN")]
     noted_refusals = [n for n in death.guard_last if " refused " in n.get("what", "")]
     stale = [n for n in death.guard_last if n.get("what", "").startswith("not acting")]
     distance = _number(detail, "last_distance")
     last_mark, price = _number(detail, "last_mark"), _number(detail, "transfer_price")
     parts = []
     if added:
-        parts.append(f"the guard added {added} USDC in "
-                     f"{sum(1 for a in death.actions if a['kind'] == 'ADD')} top-up(s)")
+        parts.append(f"the guard added {added} USDC")
+    if unknown:
+        parts.append(f"{len(unknown)} top-up(s) of {sum(a['amount'] for a in unknown)} USDC "
+                     "decided but not answered (outcome unknown)")
     if noted_refusals:
         parts.append(f"last refusal: {noted_refusals[-1]['what']}")
     elif refused:
@@ -136,6 +156,6 @@ def explain(death: Death) -> str:
                      f"liquidated at {price} ({move:+.2%} since)")
     if not parts:
         return "no decision of the guard is recorded on this position"
-    if not added and not refused and not noted_refusals and not stale:
+    if not added and not unknown and not refused and not noted_refusals and not stale:
         parts.insert(0, "the guard never acted")
     return "; ".join(parts)

@@ -271,12 +271,14 @@ class AuditLog:
             detail=detail, latency_ms=latency_ms))
 
     async def record_observation(
-        self, account_id: str, symbol: str | None, kind: str, detail: Mapping[str, str]
+        self, account_id: str, symbol: str | None, kind: str, detail: Mapping[str, str],
+        *, at_ms: int | None = None,
     ) -> None:
         """Record something the bot saw but did not cause (liquidation, margin changed by
-        someone else, budget state)."""
-        await self._submit(
-            observation_record(account_id, symbol, kind, detail, self._clock.now_ms()))
+        someone else, budget state); ``at_ms``: when it was seen, if before now (a close
+        whose cause took a read to find)."""
+        await self._submit(observation_record(
+            account_id, symbol, kind, detail, self._clock.now_ms() if at_ms is None else at_ms))
 
     async def _submit(self, record: Record) -> None:
         if self._closing:

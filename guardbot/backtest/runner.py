@@ -216,6 +216,7 @@ class Scenario:
                 # Calls whose answers were lost settle from the polls within the window.
                 await clock.sleep(daemon.guard.settle_window_ms / 1000 + 1)
                 await daemon.guard.executor.drain()
+                await daemon.guard.recorded()
                 for task in background:
                     task.cancel()
             await audit.flush()

@@ -1,11 +1,12 @@
-"""Adversarial review of db08108 and 7e3023b (liquidation data, position_liquidated,
-margin_changed_by_others, ``guardbot audit why``, the 2 s liquidation read).
-
-EVERY TEST IN THIS FILE FAILS ON PURPOSE against the code as committed: each one pins a way
-the change loses a trader money or makes the audit log say something untrue, and passes once
-that problem is fixed. Driven like tests/test_guard.py: a ManualClock, the shipped
-FakeExchange and a real SQLite audit log; the executor's workers do not run, so an approved
-action stays queued and is read back from the audit log.
+"""The guard's record of deaths, found by an adversarial review of the first version of
+liquidation records (each test failed on it): finding a close's cause never holds up the
+account's rescues, a liquidation is attributed only to the position it can be (symbol,
+size, the exchange's clock, newest first), a cross close is no guarded death, a liquidation
+reported late is still recorded at the time of its close, a standby instance records
+nothing, and ``guardbot audit why`` tells what the guard did and never shows a traceback.
+Driven like tests/test_guard.py: a ManualClock shared with a real SQLite audit log
+(``timed_audit``), the shipped FakeExchange; the executor's workers do not run, so an
+approved action stays queued and is read back from the audit log.
 """
 
 from __future__ import annotations
@@ -70,14 +71,15 @@ def cross_liquidation(liquidation_id: int, at_ms: int, qty: D = D(3)) -> Liquida
 
 
 async def test_a_close_does_not_hold_up_the_rescue_of_a_sibling_in_the_same_snapshot(
-    audit: AuditLog, monkeypatch: pytest.MonkeyPatch,
+    timed_audit: AuditLog, guard_clock: ManualClock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """In a crash one isolated position is liquidated and, in the same snapshot, another of
     the account is 1.1 % from liquidation. The guard must queue the sibling's top-up without
     waiting for ``GET /v1/liquidations`` (slow in a crash: up to LIQUIDATION_READ_S, 2 s).
-    FAILS: ``on_snapshot`` (and the push handler) awaits ``closed()`` -- and with it the
-    REST read -- for every position that left before ``evaluate`` looks at the others."""
-    clock = ManualClock(START)
+    The first version failed: ``on_snapshot`` (and the push handler) awaits ``closed()``
+    -- and with it the REST read -- for every position that left before ``evaluate``
+    looks at the others."""
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()], rules=(ALT_RULES, OTHER_RULES))
     fake = fake_of(harness)
     entered, release = asyncio.Event(), asyncio.Event()
@@ -93,8 +95,8 @@ async def test_a_close_does_not_hold_up_the_rescue_of_a_sibling_in_the_same_snap
     update = asyncio.create_task(
         harness.snapshot(ACCOUNT, replace(DANGER, symbol=OTH, seq=2)))
     await asyncio.wait_for(entered.wait(), 5)
-    for _ in range(20):
-        await asyncio.sleep(0)
+    # The update is handled (the sibling decided) while the read still hangs.
+    await asyncio.wait_for(asyncio.shield(update), 5)
     rescues = [(symbol, kind) for symbol, kind, _, _ in await queued(audit, ACCOUNT)]
     release.set()
     await update
@@ -103,7 +105,7 @@ async def test_a_close_does_not_hold_up_the_rescue_of_a_sibling_in_the_same_snap
 
 
 async def test_several_closes_in_one_update_hold_the_account_up_no_longer_than_the_bound(
-    audit: AuditLog, monkeypatch: pytest.MonkeyPatch,
+    timed_audit: AuditLog, guard_clock: ManualClock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """7e3023b promises that a hanging liquidation read holds the account's stream or poll
     up for at most LIQUIDATION_READ_S. FAILS: the bound is per closed position and the reads
@@ -113,7 +115,7 @@ async def test_several_closes_in_one_update_hold_the_account_up_no_longer_than_t
     monkeypatch.setattr(guard_module, "LIQUIDATION_READ_S", 0.05)
     symbols = ("PERP_A_USDC", "PERP_B_USDC", "PERP_C_USDC", "PERP_D_USDC")
     rules = [replace(ALT_RULES, symbol=s) for s in symbols]
-    clock = ManualClock(START)
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()], rules=rules)
     fake = fake_of(harness)
 
@@ -127,14 +129,14 @@ async def test_several_closes_in_one_update_hold_the_account_up_no_longer_than_t
     started = time.monotonic()
     await asyncio.wait_for(harness.snapshot(ACCOUNT), 5)
     held_s = time.monotonic() - started
-    assert len(await observations(audit, "position_closed")) == 4
+    assert len(await observations(audit, "position_closed", harness.guard)) == 4
     assert held_s < 2 * guard_module.LIQUIDATION_READ_S, (
         f"one update held the account {held_s:.2f} s, "
         f"bound {guard_module.LIQUIDATION_READ_S} s")
 
 
 async def test_a_cross_position_leaving_the_book_is_not_a_guarded_death(
-    audit: AuditLog, monkeypatch: pytest.MonkeyPatch,
+    timed_audit: AuditLog, guard_clock: ManualClock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The account's CROSS position on ALT is liquidated and its push shows it gone. The
     guard never guards cross positions. FAILS: ``_on_event`` calls ``closed()`` for any
@@ -144,7 +146,7 @@ async def test_a_cross_position_leaving_the_book_is_not_a_guarded_death(
     (``audit why`` lists it as a guarded position that died, the alert says "isolated
     position liquidated"), and the ledger's close marker, kept per symbol, restarts the
     ISOLATED position's cooldown and net margin added."""
-    clock = ManualClock(START)
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
     reads: list[int] = []
@@ -161,7 +163,8 @@ async def test_a_cross_position_leaving_the_book_is_not_a_guarded_death(
     clock.advance(1)
     fake.liquidations.append(cross_liquidation(1, clock.now_ms()))
     await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(cross, clock.now_ms()),)))
-    assert await observations(audit, "position_liquidated") == [], "not a guarded position"
+    assert await observations(audit, "position_liquidated", harness.guard) == [], (
+        "not a guarded position")
     assert reads == [], "the private push handler read the liquidations for a cross close"
 
 
@@ -169,7 +172,7 @@ async def test_a_cross_position_leaving_the_book_is_not_a_guarded_death(
 
 
 async def test_a_cross_liquidation_on_the_symbol_does_not_explain_the_owner_closing_isolated(
-    audit: AuditLog,
+    timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
     """The account's cross position on ALT (qty 3) is liquidated; 30 s later the owner, in a
     hurry, closes the isolated ALT position (qty 10) himself. FAILS: ``_explains`` only
@@ -177,7 +180,7 @@ async def test_a_cross_liquidation_on_the_symbol_does_not_explain_the_owner_clos
     ``position_liquidated`` with the cross position's liquidation id, qty and price -- a
     death that did not happen, and ``audit why`` explains it. The liquidation's
     ``position_qty`` (3, not 10) tells them apart."""
-    clock = ManualClock(START)
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
     await harness.snapshot(ACCOUNT, FAR)
@@ -187,19 +190,19 @@ async def test_a_cross_liquidation_on_the_symbol_does_not_explain_the_owner_clos
     await harness.snapshot(ACCOUNT, replace(FAR, seq=2))
     clock.advance(10)
     await harness.snapshot(ACCOUNT)  # the owner closed it: no longer listed
-    assert await observations(audit, "position_liquidated") == []
-    assert len(await observations(audit, "position_closed")) == 1
+    assert await observations(audit, "position_liquidated", harness.guard) == []
+    assert len(await observations(audit, "position_closed", harness.guard)) == 1
 
 
 async def test_the_pushed_liquidation_of_the_isolated_position_wins_over_an_older_cross_one(
-    audit: AuditLog,
+    timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
     """Both liquidations of the crash are pushed before the isolated position's update: the
     cross position's (id 7, qty 3) first, then the isolated one's (id 8, qty 10). FAILS: the
     guard takes the first pushed liquidation on the symbol (oldest first), so the isolated
     position's record carries the cross liquidation's id, qty and price, and its own
     liquidation is never recorded."""
-    clock = ManualClock(START)
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     await harness.snapshot(ACCOUNT, FAR)
     clock.advance(1)
@@ -209,13 +212,13 @@ async def test_the_pushed_liquidation_of_the_isolated_position_wins_over_an_olde
     isolated = Liquidation(ACCOUNT, 8, clock.now_ms(), ALT, D(10), D(84), D(0), D(0))
     await harness.guard.on_event(ACCOUNT, LiquidationsPushed((isolated,)))
     await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(FAR, clock.now_ms()),)))
-    [record] = await observations(audit, "position_liquidated")
+    [record] = await observations(audit, "position_liquidated", harness.guard)
     assert (record["liquidation_id"], record["qty"], record["transfer_price"]) == (
         "8", "10", "84")
 
 
 async def test_a_close_of_unknown_cause_is_not_explained_by_a_liquidation_an_hour_later(
-    audit: AuditLog,
+    timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
     """The liquidations cannot be read when the owner closes the isolated ALT position: the
     close is recorded with its cause unknown. An hour later the account's cross ALT position
@@ -223,24 +226,24 @@ async def test_a_close_of_unknown_cause_is_not_explained_by_a_liquidation_an_hou
     no upper time bound, so the hour-old close is re-recorded as ``position_liquidated``
     with the cross liquidation's data (and, being a close marker, it restarts the ledger of
     whatever isolated ALT position is open now)."""
-    clock = ManualClock(START)
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
     await harness.snapshot(ACCOUNT, FAR)
     fake.read_failure = unreadable
     clock.advance(1)
     await harness.snapshot(ACCOUNT)
-    [closed] = await observations(audit, "position_closed")
+    [closed] = await observations(audit, "position_closed", harness.guard)
     assert "cause_unknown" in closed
     fake.read_failure = None
     clock.advance(3600)
     await harness.guard.on_event(
         ACCOUNT, LiquidationsPushed((cross_liquidation(5, clock.now_ms()),)))
-    assert await observations(audit, "position_liquidated") == []
+    assert await observations(audit, "position_liquidated", harness.guard) == []
 
 
 async def test_a_liquidation_the_rest_read_did_not_list_yet_is_still_recorded_when_pushed(
-    audit: AuditLog,
+    timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
     """docs/exchange.md 6.8: whether the ``liquidationsaccount`` push comes before or after
     the ``position`` push is unconfirmed (the simulator sends the position first). When the
@@ -248,7 +251,7 @@ async def test_a_liquidation_the_rest_read_did_not_list_yet_is_still_recorded_wh
     yet, the guard records ``position_closed`` with no doubt attached. FAILS: the push that
     follows a second later is only kept in memory; the liquidation is never recorded and
     the audit log says the owner closed a position the exchange liquidated."""
-    clock = ManualClock(START)
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     await harness.snapshot(ACCOUNT, FAR)
     clock.advance(1)
@@ -257,15 +260,15 @@ async def test_a_liquidation_the_rest_read_did_not_list_yet_is_still_recorded_wh
     clock.advance(1)
     liquidation = Liquidation(ACCOUNT, 3, liquidated_ms, ALT, D(10), D(84), D(0), D(0))
     await harness.guard.on_event(ACCOUNT, LiquidationsPushed((liquidation,)))
-    assert [r["liquidation_id"] for r in await observations(audit, "position_liquidated")] \
-        == ["3"]
+    records = await observations(audit, "position_liquidated", harness.guard)
+    assert [r["liquidation_id"] for r in records] == ["3"]
 
 
 # -- 3. the late record moves the ledger's close marker and hides the guard's work -----------
 
 
 async def test_a_late_liquidation_record_does_not_restart_a_reopened_positions_ledger(
-    audit: AuditLog,
+    timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
     """The first ALT position is liquidated while the liquidations cannot be read
     (position_closed, cause unknown). The owner reopens on ALT, the guard tops the new
@@ -274,7 +277,7 @@ async def test_a_late_liquidation_record_does_not_restart_a_reopened_positions_l
     every such record as the symbol's close (CLOSES): the reopened position's top-up is
     forgotten, so its cooldown restarts and its net margin added drops to 0, though it is
     the same, still-open position."""
-    clock = ManualClock(START)
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
     await harness.snapshot(ACCOUNT, FAR)
@@ -296,15 +299,16 @@ async def test_a_late_liquidation_record_does_not_restart_a_reopened_positions_l
 
 
 async def test_audit_why_of_a_liquidation_recorded_after_its_close_shows_what_the_guard_did(
-    audit: AuditLog,
+    timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
     """The guard decided a top-up on the position, which was then liquidated while the
     liquidations could not be read; the push records the liquidation after the close.
-    FAILS: ``postmortem.deaths`` starts the position at the latest close before the record
-    -- the same position's own ``position_closed`` -- so ``audit why`` shows no action on
-    it, and the late record carries no ``guard_last`` (the trail went into the close
-    record): "the guard never acted" / "none since it started", though it did."""
-    clock = ManualClock(START)
+    The first version failed: ``postmortem.deaths`` starts the position at the latest
+    close before the record -- the same position's own ``position_closed`` -- so ``audit
+    why`` shows no action on it, and the late record carries no ``guard_last`` (the trail
+    went into the close record): "the guard never acted" / "none since it started", though
+    it did."""
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
     await harness.snapshot(ACCOUNT, DANGER)
@@ -319,7 +323,9 @@ async def test_audit_why_of_a_liquidation_recorded_after_its_close_shows_what_th
     await harness.guard.on_event(ACCOUNT, LiquidationsPushed((liquidation,)))
     await audit.flush()
     [death] = postmortem.deaths(audit.engine)
-    assert death.opened_after is not None  # the position's own position_closed record
+    # Recorded at the time of the position's own close, which it explains.
+    assert len(await observations(audit, "position_closed", harness.guard)) == 1
+    assert death.detail["recorded_after_close"] == "true"
     assert [a["kind"] for a in death.actions] == ["ADD"], death.actions
     assert death.guard_last, "the guard's decision on the position is lost"
     assert "never acted" not in death.verdict, death.verdict
@@ -337,13 +343,13 @@ def _record(kind: ActionKind, amount: D) -> ActionRecord:
 
 
 async def test_audit_why_does_not_say_the_guard_never_acted_when_its_top_up_was_lost(
-    audit: AuditLog,
+    timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
     """The classic crash: the guard sends a top-up, the overloaded exchange does not answer
     (UNCERTAIN), the position is liquidated. FAILS: ``explain`` counts only applied ADDs
     and SKIPPED refusals, so the verdict reads "the guard never acted; ..." while the audit
     log holds the guard's sent top-up whose outcome is unknown."""
-    clock = ManualClock(START)
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
     await harness.snapshot(ACCOUNT, DANGER)
@@ -356,6 +362,7 @@ async def test_audit_why_does_not_say_the_guard_never_acted_when_its_top_up_was_
     clock.advance(1)
     await asyncio.sleep(0.01)  # the audit log's own clock: the death comes after the action
     await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(DANGER, clock.now_ms()),)))
+    await harness.guard.recorded()
     await audit.flush()
     [death] = postmortem.deaths(audit.engine)
     assert [a["status"] for a in death.actions] == ["UNCERTAIN"]
@@ -363,12 +370,15 @@ async def test_audit_why_does_not_say_the_guard_never_acted_when_its_top_up_was_
         death.verdict)
 
 
-async def test_audit_why_counts_every_top_up_of_a_long_lived_position(audit: AuditLog) -> None:
+async def test_audit_why_counts_every_top_up_of_a_long_lived_position(
+    timed_audit: AuditLog, guard_clock: ManualClock,
+) -> None:
     """Five top-ups of 20 landed, then the budget ran out and the refusal was recorded once a
     minute for an hour (60 SKIPPED actions) before the position died. FAILS: ``deaths``
     reads at most ACTIONS_SHOWN (50) actions, newest first, and sums the applied ADDs of
     those only: "the guard added" says 0 (and the verdict omits the 100 USDC the guard put
     in), though ``guard_net_added`` in the same record says 100."""
+    audit, clock = timed_audit, guard_clock
     for _ in range(5):
         action_id = await audit.record_action(_record(ActionKind.ADD, D(20)))
         await audit.record_event(action_id, ACCOUNT, EventKind.SENT)
@@ -377,7 +387,7 @@ async def test_audit_why_counts_every_top_up_of_a_long_lived_position(audit: Aud
         action_id = await audit.record_action(_record(ActionKind.ADD, D(20)))
         await audit.record_event(action_id, ACCOUNT, EventKind.SKIPPED,
                                  message="budget: per position per day spent")
-    await asyncio.sleep(0.01)
+    clock.advance(1)
     await audit.record_observation(ACCOUNT, ALT, "position_liquidated", {
         "margin_mode": "ISOLATED", "guard_last": "[]", "liquidation_id": "1",
         "transfer_price": "98.9", "guard_net_added": "100"})
@@ -387,13 +397,13 @@ async def test_audit_why_counts_every_top_up_of_a_long_lived_position(audit: Aud
 
 
 async def test_audit_why_json_prints_a_death_with_actions(
-    audit: AuditLog, tmp_path: Path,
+    timed_audit: AuditLog, guard_clock: ManualClock, tmp_path: Path,
 ) -> None:
     """``guardbot audit why --format json`` for a liquidated position the guard acted on.
-    FAILS: ``_plain`` converts Decimals and datetimes inside dicts but not inside lists, and
-    ``as_dict`` holds the actions as a list of rows with a ``time`` and an ``amount``:
-    ``json.dumps`` raises TypeError, a traceback instead of the answer."""
-    clock = ManualClock(START)
+    The first version failed: ``_plain`` converts Decimals and datetimes inside dicts but
+    not inside lists, and ``as_dict`` holds the actions as a list of rows with a ``time``
+    and an ``amount``: ``json.dumps`` raises TypeError, a traceback instead of the answer."""
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
     await harness.snapshot(ACCOUNT, DANGER)
@@ -402,9 +412,11 @@ async def test_audit_why_json_prints_a_death_with_actions(
     clock.advance(1)
     await asyncio.sleep(0.01)  # the audit log's own clock: the death comes after the action
     await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(DANGER, clock.now_ms()),)))
+    await harness.guard.recorded()
     await audit.flush()
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    result = CliRunner().invoke(cli.main, ["audit", "why", "--db", url, "--format", "json"])
+    url = f"sqlite:///{tmp_path / 'timed.db'}"
+    result = CliRunner().invoke(cli.main, ["audit", "why", "--db", url, "--format", "json",
+                                             "--since", "2023-01-01"])
     assert result.exception is None, repr(result.exception)
     assert result.exit_code == 0, result.output
     [death] = json.loads(result.output)
@@ -415,7 +427,7 @@ async def test_audit_why_json_prints_a_death_with_actions(
 
 
 async def test_the_guards_own_top_up_landing_after_a_fill_is_not_someone_elses(
-    audit: AuditLog,
+    timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
     """A top-up of 50 is on the wire when a fill doubles the position (settlement gives up
     on reading its effect: the call becomes an orphan, settled when it answers). It answers
@@ -423,7 +435,7 @@ async def test_the_guards_own_top_up_landing_after_a_fill_is_not_someone_elses(
     the push of the landed top-up shows 450. FAILS: that poll sets the baseline (400, with
     the call already counted), so the guard's own +50 is recorded as
     ``margin_changed_by_others``."""
-    clock = ManualClock(START)
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     await harness.snapshot(ACCOUNT, FAR)
     settlement = harness.guard.executor.settlement
@@ -441,14 +453,14 @@ async def test_the_guards_own_top_up_landing_after_a_fill_is_not_someone_elses(
     landed: Position = replace(filled, margin=D(450), seq=3, exchange_ms=now,
                                received_ms=now, source=Source.WS)
     await harness.guard.on_event(ACCOUNT, PositionsPushed((landed,)))
-    assert await observations(audit, "margin_changed_by_others") == []
+    assert await observations(audit, "margin_changed_by_others", harness.guard) == []
 
 
 # -- 6. the close record now comes after the read; the 60 s slack and clock skew ---------------
 
 
 async def test_a_position_reopened_during_the_liquidation_read_keeps_its_top_up(
-    audit: AuditLog, monkeypatch: pytest.MonkeyPatch,
+    timed_audit: AuditLog, guard_clock: ManualClock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The private push shows the ALT position gone; while the guard waits for
     ``GET /v1/liquidations`` (up to 2 s in a crash), the owner's bot reopens on ALT and a
@@ -456,7 +468,7 @@ async def test_a_position_reopened_during_the_liquidation_read_keeps_its_top_up(
     written only once the read is over, so its time (the ledger's close marker for the
     symbol) comes after the new position's top-up, which stops counting for its cooldown
     and net margin added (before db08108 the close was recorded at once)."""
-    clock = ManualClock(START)
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
     entered, release = asyncio.Event(), asyncio.Event()
@@ -487,7 +499,7 @@ async def test_a_position_reopened_during_the_liquidation_read_keeps_its_top_up(
 
 
 async def test_a_liquidation_is_found_when_this_hosts_clock_runs_90_s_ahead(
-    audit: AuditLog,
+    timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
     """This host's clock is 90 s ahead of the exchange's (Orderly accepts signed requests
     within 300 s, so the daemon runs normally). The exchange liquidates the position and
@@ -497,7 +509,7 @@ async def test_a_liquidation_is_found_when_this_hosts_clock_runs_90_s_ahead(
     owner's ``position_closed``. The position's own ``exchange_ms`` (the exchange's
     ``updated_time``) is on the exchange's clock and would bound it correctly."""
     skew = 90_000
-    clock = ManualClock(START)
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
     now = clock.now_ms()
@@ -511,8 +523,8 @@ async def test_a_liquidation_is_found_when_this_hosts_clock_runs_90_s_ahead(
         Liquidation(ACCOUNT, 1, now - skew, ALT, D(10), D(84), D(0), D(0)))
     pushed = replace(gone(FAR, now), exchange_ms=now - skew)
     await harness.guard.on_event(ACCOUNT, PositionsPushed((pushed,)))
-    assert [r["liquidation_id"] for r in await observations(audit, "position_liquidated")] \
-        == ["1"]
+    records = await observations(audit, "position_liquidated", harness.guard)
+    assert [r["liquidation_id"] for r in records] == ["1"]
 
 
 @pytest.mark.parametrize("guard_last", [
@@ -520,18 +532,19 @@ async def test_a_liquidation_is_found_when_this_hosts_clock_runs_90_s_ahead(
     '[{"at_ms": "1700000000000", "what": 5}]',  # not a string
 ], ids=["huge-time", "what-not-text"])
 async def test_audit_why_survives_odd_guard_last_notes(
-    audit: AuditLog, tmp_path: Path, guard_last: str,
+    timed_audit: AuditLog, guard_clock: ManualClock, tmp_path: Path, guard_last: str,
 ) -> None:
     """A ``position_liquidated`` whose ``guard_last`` is valid JSON with odd values (a record
     written by another version or edited by hand). FAILS: ``_from_ms`` catches only
     ValueError (a time past year 9999 raises OSError/OverflowError) and ``explain`` assumes
     every note's ``what`` is a string (TypeError): a traceback instead of one clear line
     (docs: no command may show a traceback)."""
+    audit = timed_audit
     await audit.record_observation(ACCOUNT, ALT, "position_liquidated", {
         "margin_mode": "ISOLATED", "guard_last": guard_last, "liquidation_id": "1",
         "transfer_price": "98.9"})
     await audit.flush()
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    url = f"sqlite:///{tmp_path / 'timed.db'}"
     result = CliRunner().invoke(cli.main, ["audit", "why", "--db", url])
     assert result.exception is None or isinstance(result.exception, SystemExit), (
         repr(result.exception))
@@ -541,7 +554,7 @@ async def test_audit_why_survives_odd_guard_last_notes(
 
 
 async def test_a_standby_instance_does_not_record_the_owners_top_up_as_someone_elses(
-    audit: AuditLog,
+    timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
     """Two ``guardbot run`` processes share the accounts and the PostgreSQL audit database;
     this one does not own the account (ownership gave it to the peer) but still polls and
@@ -549,21 +562,23 @@ async def test_a_standby_instance_does_not_record_the_owners_top_up_as_someone_e
     up by 50. FAILS: ``_observe`` runs for accounts the guard does not own, and this
     instance made no call, so it records the peer guard's own top-up in the shared audit
     log as ``margin_changed_by_others`` -- every top-up of a two-instance deployment."""
-    clock = ManualClock(START)
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     harness.guard.owned = frozenset()  # the peer guards it
     await harness.snapshot(ACCOUNT, FAR)
     clock.advance(1)
     await harness.snapshot(ACCOUNT, replace(FAR, margin=D(250), seq=2))
-    assert await observations(audit, "margin_changed_by_others") == []
+    assert await observations(audit, "margin_changed_by_others", harness.guard) == []
 
 
-async def test_a_standby_instance_does_not_record_a_second_death(audit: AuditLog) -> None:
+async def test_a_standby_instance_does_not_record_a_second_death(
+    timed_audit: AuditLog, guard_clock: ManualClock,
+) -> None:
     """Same deployment: the peer owns the account and records the liquidation. FAILS: this
     instance records its own ``position_liquidated`` too (after its own liquidation read),
     with no trail, so ``guardbot audit why`` lists the one death twice, the second time as
     "the guard never acted"."""
-    clock = ManualClock(START)
+    audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     harness.guard.owned = frozenset()
     fake = fake_of(harness)
@@ -572,4 +587,4 @@ async def test_a_standby_instance_does_not_record_a_second_death(audit: AuditLog
     fake.liquidate(ALT, D(84))
     clock.advance(1)
     await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(FAR, clock.now_ms()),)))
-    assert await observations(audit, "position_liquidated") == []
+    assert await observations(audit, "position_liquidated", harness.guard) == []
