@@ -517,6 +517,12 @@ class Guard:
         # without a new version, and a blocked position's call may go out while this round
         # awaits: these are evaluated in full, as is everything without a band.
         in_full = blocked | held_back.keys() | settlement.unsettled_keys()
+        shadow: dict[PositionKey, Decimal] = {}
+        if self.settings.guard.dry_run:
+            # What the dry run would have sent so far: decided on (in full) as if it had been.
+            shadow = await self.ledger.dry_run_effects(
+                account_id, self.book.isolated_keys(account_id), now)
+            in_full = in_full | shadow.keys()
         views: dict[PositionKey, PositionView] = {}
         intents: list[Intent] = []
         urgent = False
@@ -540,7 +546,8 @@ class Guard:
                     continue
             position = self.book.current(held)
             try:
-                view, found = await self._evaluate_position(position, blocked, now)
+                view, found = await self._evaluate_position(position, blocked, now,
+                                                            shadow.get(position.key, Decimal(0)))
             except (AuditError, ExchangeError):
                 raise  # the whole round: nothing of this account can be trusted now
             except Exception as exc:
@@ -574,7 +581,7 @@ class Guard:
             unsettled={k: n for k in keys if (n := settlement.unsettled(k))},
             uncertain={k: n for k in keys if (n := settlement.uncertain_calls(k))},
             kill_switch=kill_switch is not None and kill_switch.exists(),
-            dry_run=self.settings.guard.dry_run,
+            dry_run=self.settings.guard.dry_run, dry_run_effects=shadow,
         )  # fmt: skip
         decisions = self.arbiter.decide(intents, state)
         await asyncio.gather(*(self._act(d, views, now) for d in decisions))
@@ -589,10 +596,12 @@ class Guard:
         return self.free_balance.get(account_id)
 
     async def _evaluate_position(
-        self, position: Position, blocked: frozenset[PositionKey], now: int
+        self, position: Position, blocked: frozenset[PositionKey], now: int,
+        shadow: Decimal = Decimal(0),
     ) -> tuple[PositionView | None, list[Intent]]:
         """The position's view (``None``: not guarded now) and its policies' intents (none
-        while it is blocked, its data is stale, or not yet fresh enough)."""
+        while it is blocked, its data is stale, or not yet fresh enough). ``shadow``: the
+        margin a dry run would have moved on it (``Ledger.dry_run_effects``)."""
         account_id = position.account_id
         rules = self.rules.get(position.symbol)
         age = self.book.age_ms(position.key, now)
@@ -606,6 +615,8 @@ class Guard:
             # Calls the exchange confirmed that no snapshot shows yet: deciding on the
             # snapshot's margin alone would add what is already there.
             position = replace(position, margin=position.margin + known)
+        if shadow:
+            position = replace(position, margin=position.margin + shadow)
         view = PositionView.of(position, rules, age)
         if position.key in blocked:
             return view, []
@@ -619,7 +630,8 @@ class Guard:
             # counts: the read is made after the answer was given up on) can show it did not
             # land yet. The executor reads it at once; decide on that.
             return view, []
-        evaluation = evaluate_policies(self.policies, view, await self._context(position, now),
+        evaluation = evaluate_policies(self.policies, view,
+                                       await self._context(position, now, shadow),
                                        self.account_names.get(account_id))
         for failure in evaluation.failures:
             self.trail.note(position.key, now, f"policy {failure.policy} failed: "
@@ -677,8 +689,11 @@ class Guard:
                     position.account_id, position.symbol, "evaluation_failed",
                     {"error": error[:500]})
 
-    async def _context(self, position: Position, now: int) -> PolicyContext:
+    async def _context(self, position: Position, now: int, shadow: Decimal = Decimal(0)
+                       ) -> PolicyContext:  # fmt: skip
         net_added = await self.ledger.net_added(position.key, now)
+        if net_added is not None:
+            net_added += shadow  # a dry run's shadow counts as added, as it would have been
         return PolicyContext(
             now_ms=now,
             free_balance=self.free_balance.get(position.account_id),

@@ -263,7 +263,8 @@ def show_command(db_url: str | None, config_file: Path | None, action_id: str,
 
 
 SUMMARY_COLUMNS = ("key", "actions", "added", "reduced", "failures", "uncertain",
-                   "latency_mean_ms", "latency_p99_ms")  # fmt: skip
+                   "latency_mean_ms", "latency_p99_ms", "dry_run_added",
+                   "dry_run_reduced")  # fmt: skip
 
 
 @audit.command("summary")

@@ -19,6 +19,14 @@ An action's status follows its events:
 A position closed or liquidated (``position_closed`` or ``position_liquidated``
 observation) starts over: actions before the close
 count for neither cooldowns nor the net margin added of a position opened later.
+
+Dry runs never count in a live guard's budgets (``may_have_added``). A dry-run guard keeps a
+shadow of what it would have sent: a dry-run action recorded ``DRY_RUN`` (or still queued)
+*would have moved* its amount. Its budgets count those amounts on top of the real ones, and
+each open position's shadow effect (``dry_run_effects``: the dry-run ADDs minus REDUCEs
+since it opened) is added to the margin its policies see and taken from the free balance,
+so a dry run decides what the live guard would have, refusals included, and does not repeat
+an ADD whose effect live would already show. A close resets the shadow with the rest.
 """
 
 # Size (about 410 lines): the in-memory ledger and ``SqlHistory``, the query that fills it
@@ -106,6 +114,8 @@ class Entry:
     # When the call was last known to be open (sent, or its answer lost): while the outcome
     # is unknown it may land until a settle window after this.
     open_ms: int | None = None
+    # A dry run that reached the point of sending (its DRY_RUN event): live would have sent it.
+    simulated: bool = False
 
     @property
     def last_open_ms(self) -> int:
@@ -120,6 +130,17 @@ class Entry:
         """An ADD that may have moved money: not a dry run, not known to be unapplied."""
         return (self.kind is ActionKind.ADD and not self.dry_run
                 and self.status is not Status.NOT_APPLIED)
+
+    @property
+    def would_have_moved(self) -> bool:
+        """A dry-run action live would have sent: recorded ``DRY_RUN``, or still queued."""
+        return self.dry_run and (self.simulated or self.status is Status.UNKNOWN)
+
+    def counts_as_added(self, dry_run: bool) -> bool:
+        """Whether this counts in the daily budgets of a guard that is (``dry_run``) or is not
+        a dry run: real ADDs always (``may_have_added``), the shadow's only in a dry run."""
+        return self.may_have_added or (dry_run and self.kind is ActionKind.ADD
+                                       and self.would_have_moved)
 
     @property
     def signed(self) -> Decimal:
@@ -174,16 +195,21 @@ class Ledger:
             if entry is None:
                 return None
             before, answered, opened = entry.status, entry.answered_ms, entry.open_ms
+            simulated = entry.simulated
             entry.status = status_after(before, record["kind"], record["detail"])
             if record["kind"] == "SUCCEEDED":
                 entry.answered_ms = record.get("time_ms")
             elif record["kind"] in ("SENT", "UNCERTAIN"):
                 entry.open_ms = record.get("time_ms")
-            if (entry.status, entry.answered_ms, entry.open_ms) == (before, answered, opened):
+            elif record["kind"] == "DRY_RUN":
+                entry.simulated = True
+            if (entry.status, entry.answered_ms, entry.open_ms, entry.simulated) == (
+                    before, answered, opened, simulated):
                 return None
 
             def undo() -> None:
                 entry.status, entry.answered_ms, entry.open_ms = before, answered, opened
+                entry.simulated = simulated
 
             return undo
         if kind == "observation" and record["kind"] in CLOSES and record["symbol"]:
@@ -234,6 +260,7 @@ class Ledger:
             known = entries.setdefault(action_id, entry)
             if known.status is Status.UNKNOWN:
                 known.status = entry.status
+            known.simulated = known.simulated or entry.simulated
         closes = self._closed_ms.setdefault(account_id, {})
         for symbol, at_ms in found.closed_ms.items():
             closes[symbol] = max(closes.get(symbol, 0), at_ms)
@@ -263,18 +290,33 @@ class Ledger:
     # -- questions -----------------------------------------------------------------------
 
     async def added_since(
-        self, account_id: str, since_ms: int, now_ms: int, symbol: str | None = None
+        self, account_id: str, since_ms: int, now_ms: int, symbol: str | None = None,
+        *, dry_run: bool = False,
     ) -> Decimal:
         """Margin added to the account (or one symbol of it) since ``since_ms`` by ADDs that
         are not dry-run and not known to be unapplied (in flight and uncertain ones
-        included: budgets hold under any failure)."""
+        included: budgets hold under any failure); for a dry-run guard (``dry_run``), the
+        dry-run ADDs that would have been sent as well."""
         await self.load(account_id, now_ms)
         return sum(
             (e.amount for e in self._entries.get(account_id, {}).values()
-             if e.may_have_added and e.time_ms >= since_ms
+             if e.counts_as_added(dry_run) and e.time_ms >= since_ms
              and (symbol is None or e.symbol == symbol)),
             ZERO,
         )  # fmt: skip
+
+    async def dry_run_effects(self, account_id: str, keys: Iterable[PositionKey], now_ms: int
+                              ) -> dict[PositionKey, Decimal]:  # fmt: skip
+        """The shadow of a dry run: per open position of ``keys``, the margin the dry-run
+        actions that would have been sent since it opened would have moved (ADDs minus
+        REDUCEs); positions without any are left out."""
+        await self.load(account_id, now_ms)
+        effects = {}
+        for key in keys:
+            effect = sum((e.signed for e in self._since_open(key) if e.would_have_moved), ZERO)
+            if effect:
+                effects[key] = effect
+        return effects
 
     def added_after_read(self, account_id: str, read_ms: int, settle_window_ms: int
                          ) -> Decimal:  # fmt: skip
@@ -351,22 +393,28 @@ class Ledger:
         uncertain: Mapping[PositionKey, int] | None = None,
         kill_switch: bool = False,
         dry_run: bool = False,
+        dry_run_effects: Mapping[PositionKey, Decimal] | None = None,
     ) -> ArbiterState:
         """What the arbiter needs for one round of ``account_id``. The free balance is only
         re-read on polls (asked at ``balance_read_ms``): ADDs that may have landed after it
         was read are not in it yet, and must not spend the reserve twice; ADDs the exchange
-        had confirmed before it was read are in it, and must not be counted twice."""
+        had confirmed before it was read are in it, and must not be counted twice. A dry
+        run counts its shadow too: its ADDs in the budgets, and ``dry_run_effects`` (the
+        shadow margin of the open positions) taken from the free balance."""
         day = utc_day_start_ms(now_ms)
         keys = list(keys)
         since_cooldown = now_ms - int(cooldown_s * 1000)
-        added_today = await self.added_since(account_id, day, now_ms)
-        by_position = {key: await self.added_since(account_id, day, now_ms, key[1])
+        added_today = await self.added_since(account_id, day, now_ms, dry_run=dry_run)
+        by_position = {key: await self.added_since(account_id, day, now_ms, key[1],
+                                                   dry_run=dry_run)
                        for key in keys}  # fmt: skip
         last_action = {key: last for key in keys
                        if (last := self.last_action(key, since_cooldown, dry_run)) is not None}
         balances = {}
         if free_balance is not None:
             spent = self.added_after_read(account_id, balance_read_ms, settle_window_ms)
+            if dry_run and dry_run_effects:
+                spent += sum(dry_run_effects.values(), ZERO)
             balances[account_id] = free_balance - spent
         return ArbiterState(
             now_ms=now_ms, free_balance=balances, blocked=blocked, held=dict(held or {}),
@@ -410,6 +458,7 @@ class SqlHistory:
                 entry = entries.get(row.action_id)
                 if entry is not None:  # None: written between the two reads, noted anyway
                     entry.status = status_after(entry.status, row.kind, row.detail)
+                    entry.simulated = entry.simulated or row.kind == "DRY_RUN"
             closed = {row[0]: chain.to_ms(row[1]) for row in connection.execute(closes)
                       if row[0] is not None}  # fmt: skip
         return AccountHistory(entries, closed)

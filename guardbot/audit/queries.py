@@ -155,7 +155,9 @@ class SummaryRow:
     """One group of ``audit summary``. ``added``/``reduced``: margin the exchange confirmed
     (SUCCEEDED) or reconciliation found applied (RECONCILED with ``applied=true``), dry runs
     excluded. ``failures``: REJECTED and FAILED outcomes; ``uncertain``: UNCERTAIN ones.
-    Latency (continuous percentile) is over the outcome events that carry one."""
+    Latency (continuous percentile) is over the outcome events that carry one.
+    ``dry_run_added``/``dry_run_reduced``: what dry runs would have moved (their actions
+    that reached the point of sending, a DRY_RUN event), never counted in the two above."""
 
     key: str
     actions: int
@@ -165,6 +167,8 @@ class SummaryRow:
     uncertain: int
     latency_mean_ms: float | None
     latency_p99_ms: float | None
+    dry_run_added: Decimal = Decimal(0)
+    dry_run_reduced: Decimal = Decimal(0)
 
 
 def _outcome_totals() -> list[ColumnElement[Any]]:
@@ -185,13 +189,7 @@ def _outcome_totals() -> list[ColumnElement[Any]]:
 def _grouped(by: GroupBy, since: datetime | None,
              until: datetime | None) -> tuple[Select[Any], Select[Any]]:  # fmt: skip
     """(key, actions) and (key, latency, outcome totals), each grouped in one pass."""
-
-    def key(table: Table, time: str) -> ColumnElement[Any]:
-        if by == "day":
-            return utc_day(table.c[time]).label("key")
-        return table.c[{"account": "account_id", "symbol": "symbol", "policy": "policy"}[by]]
-
-    action_key, outcome_key = key(ACTIONS, "time"), key(OUTCOMES, "action_time")
+    action_key, outcome_key = _key(by, ACTIONS, "time"), _key(by, OUTCOMES, "action_time")
     counts = select(action_key, func.count()).group_by(action_key)
     outcomes = select(outcome_key, OUTCOMES.c.latency_ms, *_outcome_totals()).group_by(
         outcome_key, OUTCOMES.c.latency_ms
@@ -203,6 +201,30 @@ def _grouped(by: GroupBy, since: datetime | None,
         counts = counts.where(ACTIONS.c.time < until)
         outcomes = outcomes.where(OUTCOMES.c.action_time < until)
     return counts, outcomes
+
+
+def _key(by: GroupBy, table: Table, time: str) -> ColumnElement[Any]:
+    if by == "day":
+        return utc_day(table.c[time]).label("key")
+    return table.c[{"account": "account_id", "symbol": "symbol", "policy": "policy"}[by]]
+
+
+def _dry_run_totals(by: GroupBy, since: datetime | None,
+                    until: datetime | None) -> Select[Any]:  # fmt: skip
+    """(key, added, reduced) by the dry-run actions that reached the point of sending."""
+    key = _key(by, ACTIONS, "time")
+    would_send = exists().where(EVENTS.c.action_id == ACTIONS.c.id, EVENTS.c.kind == "DRY_RUN")
+
+    def moved_by(kind: str) -> ColumnElement[Any]:
+        return money_sum(case((ACTIONS.c.kind == kind, ACTIONS.c.amount)))
+
+    query = (select(key, moved_by("ADD"), moved_by("REDUCE"))
+             .where(ACTIONS.c.dry_run.is_(True), would_send).group_by(key))
+    if since is not None:
+        query = query.where(ACTIONS.c.time >= since)
+    if until is not None:
+        query = query.where(ACTIONS.c.time < until)
+    return query
 
 
 _DAY = timedelta(days=1)  # a UTC day is exactly 24 hours (PostgreSQL ignores leap seconds)
@@ -280,6 +302,10 @@ def summarize(engine: Engine, since: datetime | None = None,
             group.uncertain += uncertain
             if latency_ms is not None:
                 group.latencies.append((latency_ms, events))
+        for key, added, reduced in connection.execute(_dry_run_totals(by, since, until)):
+            group = groups.setdefault(key, _Group())
+            group.dry_run_added += added or 0
+            group.dry_run_reduced += reduced or 0
     rows = [group.row(str(key)) for key, group in groups.items()]
     return sorted(rows, key=lambda row: row.key)
 
@@ -292,12 +318,15 @@ class _Group:
     failures: int = 0
     uncertain: int = 0
     latencies: list[tuple[int, int]] = field(default_factory=list)  # (ms, how many)
+    dry_run_added: Decimal = Decimal(0)
+    dry_run_reduced: Decimal = Decimal(0)
 
     def row(self, key: str) -> SummaryRow:
         total = sum(count for _, count in self.latencies)
         mean = sum(ms * count for ms, count in self.latencies) / total if total else None
         return SummaryRow(key, self.actions, self.added, self.reduced, self.failures,
-                          self.uncertain, mean, percentile(self.latencies, 0.99))  # fmt: skip
+                          self.uncertain, mean, percentile(self.latencies, 0.99),
+                          self.dry_run_added, self.dry_run_reduced)  # fmt: skip
 
 
 def percentile(histogram: list[tuple[int, int]], fraction: float) -> float | None:

@@ -73,11 +73,13 @@ def test_summary_formats(url: str, history: dict[str, str]) -> None:
     result = run("audit", "summary", "--db", url, "--by", "day", "--format", "json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [(r["day"], r["actions"], r["added"], r["reduced"]) for r in rows] == [
-        ("2025-11-22", 3, "10", "5"), ("2025-11-23", 3, "7", "0")]  # fmt: skip
+    assert [(r["day"], r["actions"], r["added"], r["reduced"], r["dry_run_added"])
+            for r in rows] == [("2025-11-22", 3, "10", "5", "0"),
+                               ("2025-11-23", 3, "7", "0", "3")]  # fmt: skip
     table = run("audit", "summary", "--db", url).stdout.splitlines()
     assert table[0].split() == ["account", "actions", "added", "reduced", "failures",
-                                "uncertain", "latency_mean_ms", "latency_p99_ms"]  # fmt: skip
+                                "uncertain", "latency_mean_ms", "latency_p99_ms",
+                                "dry_run_added", "dry_run_reduced"]  # fmt: skip
     assert len(table) == 3
 
 

@@ -3,6 +3,7 @@ cooldowns and net margin added count, across restarts, outages and closed positi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -255,3 +256,49 @@ async def test_a_ledger_with_no_history_counts_what_it_is_fed() -> None:
     undo()  # the event never became durable
     assert await ledger.net_added(ETH, T0) == 0
     assert await ledger.added_since(ACCOUNT, 0, T0) == Decimal("12.5")
+
+
+async def test_a_dry_run_counts_its_shadow_and_a_live_guard_never_does(
+    url: str, spool_dir: Path, clock: ManualClock
+) -> None:
+    """What a dry run would have sent counts in a dry run's budgets, margin and free balance
+    (so it decides as live would, and never repeats an ADD live would see applied), and
+    nowhere in a live guard's: the live round is the same with or without dry runs logged."""
+    log = await open_log(url, spool_dir, clock)
+    ledger = log.ledger
+    btc: PositionKey = (ACCOUNT, "PERP_BTC_USDC", MarginMode.ISOLATED)
+    await record(log, "40", EventKind.SENT, EventKind.SUCCEEDED)  # a real top-up
+    clock.advance(1)
+
+    async def live_round() -> object:
+        return await ledger.arbiter_state(ACCOUNT, [ETH, btc], clock.now_ms(), cooldown_s=30,
+                                          free_balance=Decimal(1000), balance_read_ms=T0 + 1)
+
+    before = await live_round()
+    await record(log, "100", EventKind.DRY_RUN, dry_run=True)  # would have been sent
+    await record(log, "30", EventKind.DRY_RUN, dry_run=True, kind=REDUCE)
+    await record(log, "7", dry_run=True)  # still queued: counts, as an ADD on the wire would
+    await record(log, "500", EventKind.FAILED, dry_run=True)  # not sent (stale): counts not
+    await record(log, "9", EventKind.DRY_RUN, dry_run=True, symbol="PERP_BTC_USDC")
+    clock.advance(1)
+    assert await live_round() == replace(before, now_ms=clock.now_ms()), "live: unchanged"
+    assert await ledger.added_since(ACCOUNT, 0, clock.now_ms()) == Decimal(40)
+
+    effects = await ledger.dry_run_effects(ACCOUNT, [ETH, btc], clock.now_ms())
+    assert effects == {ETH: Decimal(100 - 30 + 7), btc: Decimal(9)}
+    dry = await ledger.arbiter_state(
+        ACCOUNT, [ETH, btc], clock.now_ms(), cooldown_s=0, free_balance=Decimal(1000),
+        balance_read_ms=clock.now_ms(), dry_run=True, dry_run_effects=effects)
+    assert dry.added_today_by_account == {ACCOUNT: Decimal(40 + 100 + 7 + 9)}
+    assert dry.added_today_by_position == {ETH: Decimal(147), btc: Decimal(9)}
+    assert dry.free_balance == {ACCOUNT: Decimal(1000 - 77 - 9)}
+    await log.aclose()
+
+    # A restart keeps the shadow (it is in the log); a close resets it.
+    again = await AuditLog.open(url, spool_dir, clock=clock)
+    assert await again.ledger.dry_run_effects(ACCOUNT, [ETH, btc], clock.now_ms()) == effects
+    clock.advance(1)
+    await closed(again)
+    assert await again.ledger.dry_run_effects(ACCOUNT, [ETH, btc], clock.now_ms()) == {
+        btc: Decimal(9)}
+    await again.aclose()

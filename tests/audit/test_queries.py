@@ -92,6 +92,9 @@ def test_summary_by_account(engine: Engine) -> None:
     assert (other.actions, other.added, other.reduced, other.failures, other.uncertain) == (
         2, Decimal(7), Decimal(0), 0, 1)  # fmt: skip
     assert other.latency_mean_ms == pytest.approx(3000)
+    # What dry runs would have moved is shown on its own, never in added/reduced.
+    assert (other.dry_run_added, other.dry_run_reduced) == (Decimal(3), Decimal(0))
+    assert (mine.dry_run_added, mine.dry_run_reduced) == (Decimal(0), Decimal(0))
 
 
 def test_summary_by_day_and_since(engine: Engine) -> None:

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from e2e.helpers import ETH, AuditReader, eventually, guard_settings, guarding, pin_mark
 from guardbot import cli
+from guardbot.audit import queries
 from guardbot.audit.store import SETTLED, ActionRecord, AuditLog, EventKind
 from guardbot.domain import ActionKind, MarginMode, Source
 from guardbot.exchange.client import OrderlyExchange
@@ -201,6 +202,45 @@ async def test_dry_run_audits_decisions_and_makes_no_calls(
     assert CountingExchange.margin_calls == 0
     assert audit.events("SENT") == []
     assert all(a.dry_run for a in audit.actions())
+
+
+async def test_dry_run_models_what_it_would_have_sent_and_does_not_repeat_it(
+    sqlite_url: str, tmp_path: Path, reader_for: Callable[[str], AuditReader],
+) -> None:
+    """A dry-run top-up's effect is applied to the shadow of the position: the same ADD is
+    not decided again every cooldown (it was before), a further fall below the trigger as
+    live would see it decides the next one, and ``audit summary`` shows both as what the
+    dry run would have added, apart from what was really moved (nothing)."""
+    CountingExchange.margin_calls = 0
+    async with SimServer(seed=7, scenario="calm", speed=0) as sim:
+        account = await open_account(sim.rest_url, "20000", BOOK)
+        # target 7 %: after the first top-up (at 2850) the shadow's liquidation is near
+        # 2650, so at 2780 the shadow is below the trigger again while the real position,
+        # liquidated near 2714.5, still lives.
+        settings = guard_settings(sim, account, sqlite_url, tmp_path / "spool",
+                                  guard={"dry_run": True},
+                                  policies=[{"use": "topup",
+                                             "params": {"trigger": "0.05", "target": "0.07"}}])
+        audit = reader_for(sqlite_url)
+        margin_before = margin_of(sim, account.account_id)
+        async with guarding(settings, exchange_factory=CountingExchange.from_settings):
+            await pin_mark(sim, ETH, BELOW_TRIGGER)
+            await eventually(lambda: bool(audit.events("DRY_RUN")))
+            # Many cooldowns (0.2 s) and polls (0.5-1 s) later, nothing more was decided.
+            await asyncio.sleep(3)
+            first = audit.events("DRY_RUN")
+            assert len(first) == 1, "the shadow shows the top-up: not decided again"
+            await pin_mark(sim, ETH, "2780")
+            await eventually(lambda: len(audit.events("DRY_RUN")) == 2)
+            await asyncio.sleep(1)
+        assert margin_of(sim, account.account_id) == margin_before
+    assert CountingExchange.margin_calls == 0
+    dry = audit.events("DRY_RUN")
+    assert len(dry) == 2 and {e.action_kind for e in dry} == {"ADD"}
+    [row] = queries.summarize(audit.engine)
+    assert (row.added, row.reduced) == (Decimal(0), Decimal(0))
+    assert row.dry_run_added == sum(e.amount for e in dry) > 0
+    assert row.dry_run_reduced == 0
 
 
 async def test_a_raising_plugin_is_audited_and_the_others_go_on(
