@@ -273,7 +273,6 @@ class Daemon:
         async with self._ownership_lock:
             await self.guard.release(accounts)
 
-    def readiness(self) -> Readiness:
     def on_key(self, account_id: str, source: str, error: AuthError | None) -> None:
         """What a feed (``source``) learnt of the account's key: refused (``error``), or
         served again (``None``). The operator hears when the account's key goes from
@@ -298,6 +297,7 @@ class Daemon:
             if was_refused:
                 log.info("account %s: the exchange accepts its key again; guarding it", name)
 
+    def readiness(self) -> Readiness:
         """What ``/readyz`` reports: per owned account, how old its data is."""
         guard = self.guard
         now = self.clock.now_ms()
@@ -314,9 +314,9 @@ class Daemon:
                 ws_connected=guard.ws_connected.get(account_id, False),
                 polling_covering=since_poll is not None
                 and since_poll <= self.settings.poll.max_data_age_s,
-            ))
                 key_refused="; ".join(sorted(set(self._key_refused.get(account_id, {}).values())))
                 or None,
+            ))
         return Readiness(database_reachable=guard.audit.database_ok, accounts=tuple(accounts),
                          spool_depth=guard.audit.spool_depth,
                          database_error=guard.audit.last_database_error)
@@ -394,10 +394,10 @@ async def run_daemon(
             register_secret(account.secret().get_secret_value())  # masked in every log line
     except ConfigError as exc:
         raise StartupError(str(exc), exits.USAGE) from None
-    try:
     name_accounts({a.account_id: a.name for a in settings.accounts})
     for line in startup_banner(settings, policies):
         log.info("%s", line)
+    try:
         audit = await AuditLog.open(settings.audit.url, settings.audit.spool_dir, clock=clock)
     except SchemaOutOfDate as exc:
         raise StartupError(str(exc), exits.DATABASE) from None  # it names `guardbot db upgrade`
