@@ -23,7 +23,7 @@ from sqlalchemy import select
 from guardbot import guard as guard_module
 from guardbot.alerts import Alert, AlertKind
 from guardbot.audit import postmortem
-from guardbot.audit.store import AuditLog
+from guardbot.audit.store import ActionRecord, AuditLog, EventKind
 from guardbot.audit.tables import Observation
 from guardbot.clock import ManualClock
 from guardbot.config import parse_config
@@ -99,13 +99,15 @@ class Harness:
 
     def __init__(self, audit: AuditLog, clock: ManualClock, policies: Sequence[Policy],
                  accounts: Sequence[str] = (ACCOUNT,), *, quiet_bands: bool = True,
-                 rules: Sequence[SymbolRules] = (ALT_RULES,)) -> None:  # fmt: skip
+                 rules: Sequence[SymbolRules] = (ALT_RULES,),
+                 dry_run: bool = False) -> None:  # fmt: skip
         self.clock = clock
         self.alerts: list[Alert] = []
         settings = parse_config({
             "budgets": {"cooldown_s": 0, "per_action": "100000", "min_amount": "0.01",
                         "per_position_per_day": "1000000", "per_account_per_day": "10000000"},
             "poll": {"max_data_age_s": 5},
+            "guard": {"dry_run": dry_run},
         })  # fmt: skip
         self.guard = Guard(
             settings, {a: FakeExchange(a, clock=clock) for a in accounts}, audit,
@@ -555,3 +557,38 @@ async def test_the_guards_own_top_up_is_never_someone_elses_move(
     clock.advance(1)
     await harness.snapshot(ACCOUNT, replace(FAR, margin=D(250), seq=(FAR.seq or 0) + 2))
     assert await observations(audit, "margin_changed_by_others", harness.guard) == []
+
+
+async def test_a_dry_runs_shadow_moves_only_a_dry_run_and_never_a_live_decision(
+    audit: AuditLog,
+) -> None:
+    """Three accounts with the same position at a mark below topup's trigger. A live guard
+    asks for the same top-up whether or not a dry run recorded one on its position; a dry
+    run that recorded that top-up sees it made (its shadow) and asks for nothing more."""
+    fresh, live, dry = ACCOUNT, "0x" + "cd" * 32, "0x" + "ef" * 32
+    clock = ManualClock()
+    first = Harness(audit, clock, [TopUp()], [fresh])
+    await first.snapshot(fresh, FAR)
+    await first.tick(fresh, PERP_ALT_USDC=D(86))
+    [(_, kind, amount, _)] = await queued(audit, fresh)
+    assert kind == "ADD" and amount > 0
+    for account in (live, dry):  # a dry run of an earlier run topped each of them up
+        action_id = await audit.record_action(ActionRecord(
+            account_id=account, symbol=ALT, margin_mode=FAR.margin_mode, policy="topup",
+            kind=ActionKind.ADD, amount=amount, reason="dry run", dry_run=True,
+            mark_price=D(86), margin=FAR.margin, qty=FAR.qty, data_age_ms=0,
+            source=Source.REST))
+        await audit.record_event(action_id, account, EventKind.DRY_RUN)
+    clock.advance(1)
+    again = Harness(audit, clock, [TopUp()], [live])
+    await again.snapshot(live, FAR)
+    await again.tick(live, PERP_ALT_USDC=D(86))
+    assert await queued(audit, live) == [(ALT, "ADD", amount, "topup")], "live: the same ADD"
+    shadowed = Harness(audit, clock, [TopUp()], [dry], dry_run=True)
+    await shadowed.snapshot(dry, FAR)
+    await shadowed.tick(dry, PERP_ALT_USDC=D(86))
+    assert await queued(audit, dry) == [], "dry run: its top-up counts as made"
+    clock.advance(1)
+    await shadowed.tick(dry, PERP_ALT_USDC=D(80))  # below the trigger even with the shadow
+    [(_, kind, more, _)] = await queued(audit, dry)
+    assert kind == "ADD" and more > 0
