@@ -22,6 +22,7 @@ from guardbot.clock import SYSTEM_CLOCK, Clock
 from guardbot.exchange.errors import AuthError, ExchangeError
 from guardbot.exchange.port import Exchange, StreamEvent, StreamGap
 from guardbot.feeds import KeyReport, auth_retry_delay
+from guardbot.logs import log_context
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class Streams:
         failures = refusals = 0
         while True:
             try:
-                async for event in open_stream():
+                async for event in self._named(name, open_stream()):
                     failures = 0
                     if refusals:
                         refusals = 0
@@ -102,6 +103,24 @@ class Streams:
             await self._clock.sleep(restart_delay(failures))
             await self._gap(account_id, StreamGap(stream=name, reason="stream restarted"),
                             routine=False)
+
+    async def _named(self, name: str, events: AsyncIterator[StreamEvent]
+                     ) -> AsyncIterator[StreamEvent]:  # fmt: skip
+        """``events``, with the exchange client's own lines about a private stream (connects,
+        reconnects, refusals) naming the account; what the consumer does with each event is
+        outside that context (a mark push re-evaluates every account)."""
+        if name != "private":
+            async for event in events:
+                yield event
+            return
+        iterator = aiter(events)
+        while True:
+            with log_context(account=self._exchange.account_id):
+                try:
+                    event = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+            yield event
 
     def _report(self, account_id: str, name: str, error: AuthError | None) -> None:
         if self._on_key is not None:

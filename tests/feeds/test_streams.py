@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from decimal import Decimal
 
 import pytest
@@ -16,6 +18,7 @@ from guardbot.exchange.fake import FakeExchange
 from guardbot.exchange.port import MarksPushed, StreamEvent, StreamGap
 from guardbot.feeds import auth_retry_delay
 from guardbot.feeds.streams import EventHandler, Resync, Streams, restart_delay
+from guardbot.logs import JsonFormatter, RedactingFilter
 
 MARK = MarksPushed(marks=(MarkPrice("PERP_ETH_USDC", Decimal("2000"), 1),))
 
@@ -155,3 +158,53 @@ async def test_a_first_connect_is_routine_and_a_gap_rest_cannot_cover_is_a_warni
 
 def test_restart_delay_grows_and_caps() -> None:
     assert [restart_delay(n) for n in range(7)] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
+
+
+async def test_the_clients_lines_about_a_private_stream_name_its_account() -> None:
+    """exchange/ws.py logs connects and reconnects without the account; the private
+    stream's name it through the log context, and what a push leads to does not."""
+    clock = ManualClock()
+    client_log = logging.getLogger("guardbot.exchange.ws")
+
+    class Logging(FakeExchange):
+        def private_events(self) -> AsyncGenerator[StreamEvent, None]:
+            async def events() -> AsyncGenerator[StreamEvent, None]:
+                client_log.warning("private stream subscribed")
+                yield MARK
+                client_log.warning("private stream: connection closed")
+            return events()
+
+        def public_events(self) -> AsyncGenerator[StreamEvent, None]:
+            async def events() -> AsyncGenerator[StreamEvent, None]:
+                client_log.warning("public stream subscribed")
+                yield MARK
+                await asyncio.Event().wait()
+            return events()
+
+    pushed: list[object] = []
+
+    async def on_event(account_id: str, event: StreamEvent) -> None:
+        client_log.warning("handling a push")
+        pushed.append(event)
+
+    async def resync(account_id: str) -> object:
+        return object()
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(RedactingFilter())  # fills in the context, as the daemon's handler
+    handler.setFormatter(JsonFormatter())
+    client_log.addHandler(handler)
+    try:
+        streams = Streams(Logging("acct", clock=clock), on_event, resync, clock=clock)
+        task = asyncio.create_task(streams.run())
+        await settle(lambda: len(pushed) == 2 and "closed" in out.getvalue())
+        await stop(task)
+    finally:
+        client_log.removeHandler(handler)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    accounts = {line["message"]: line.get("account") for line in lines}
+    assert accounts["private stream subscribed"] == "acct"
+    assert accounts["private stream: connection closed"] == "acct"
+    assert accounts["public stream subscribed"] is None
+    assert accounts["handling a push"] is None
