@@ -23,7 +23,7 @@ Example (every key is listed in docs/config.md, generated from these models by
 
     [[policies]]
     use = "topup"
-    params = { trigger = "0.05", target = "0.10" }
+    params = { trigger = "0.05", target = "0.09" }
 """
 
 # Size (about 420 lines): every setting carries its plain-words description here, because

@@ -76,7 +76,7 @@ def demo_settings(sim: SimServer, account: SimAccount, audit_url: str, spool: Pa
                       "orderly_key": account.orderly_key,
                       "orderly_secret": account.orderly_secret}],
         "policies": [
-            {"use": "topup", "params": {"trigger": "0.05", "target": "0.10"}},
+            {"use": "topup", "params": {"trigger": "0.05", "target": "0.09"}},
             {"use": "sweep", "params": {"safe": "0.25", "min_amount": "10"}},
         ],
     })  # fmt: skip

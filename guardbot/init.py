@@ -133,7 +133,7 @@ POLICIES = """
 # Distances are fractions of the mark: 0.05 = the liquidation price is 5 % away.
 [[policies]]
 use = "topup"                # below `trigger`, add what puts liquidation `target` away
-params = { trigger = "0.05", target = "0.10" }
+params = { trigger = "0.05", target = "0.09" }
 
 [[policies]]
 use = "sweep"                # beyond `safe`, take the excess back to the free balance

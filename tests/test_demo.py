@@ -52,7 +52,7 @@ def test_piped_the_demo_prints_a_legend_and_a_line_per_event_and_ends_when_settl
     assert "\x1b" not in result.output  # no screen control codes in a pipe
     legend = "\n".join(lines[:8])
     assert "guarded    guardbot watches it" in legend and "unguarded  its twin" in legend
-    assert "less than 5 % of the mark away, back to 10 %" in legend  # topup's thresholds
+    assert "less than 5 % of the mark away, back to 9 %" in legend  # topup's thresholds
     assert "beyond 25 %" in legend  # sweep's
     events = [line[9:] for line in lines if line[5:9] == " s  "]  # "  2.3 s  <event>"
     assert events[0] == "phase: calm"

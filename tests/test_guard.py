@@ -196,7 +196,7 @@ async def test_a_top_up_on_margin_ratio_is_evaluated_on_every_tick(audit: AuditL
     the distance is 0.095, far above the trigger, but the equity (130) is below 3x the
     maintenance margin (139.5)."""
     clock = ManualClock()
-    topup = Counting(TopUp(margin_ratio=3))
+    topup = Counting(TopUp(margin_ratio=3, target="0.10"))
     harness = Harness(audit, clock, [topup])
     await harness.snapshot(ACCOUNT, FAR)
     await harness.tick(ACCOUNT, PERP_ALT_USDC=D(95))

@@ -68,7 +68,7 @@ def test_no_policy_configured_means_topup_with_defaults() -> None:
     [only] = load_policies([], REPO_STRATEGIES)
     assert only.label == "topup"
     assert isinstance(only.policy, TopUp)
-    assert (only.policy.trigger, only.policy.target) == (D("0.05"), D("0.10"))
+    assert (only.policy.trigger, only.policy.target) == (D("0.05"), D("0.09"))
     assert only.applies_to("0xany", "PERP_ANY_USDC")
 
 

@@ -41,7 +41,7 @@ CTX = PolicyContext(now_ms=1_000)
 )
 def test_topup(make_view: ViewMaker, side: str, changes: dict[str, D], amount: D | None) -> None:
     view = make_view(side, **changes)
-    intents = TopUp().evaluate(view, CTX)
+    intents = TopUp(target="0.10").evaluate(view, CTX)
     if amount is None:
         assert intents == []
         return
@@ -52,6 +52,16 @@ def test_topup(make_view: ViewMaker, side: str, changes: dict[str, D], amount: D
     assert "below trigger 0.05" in intent.reason
     restored = view.distance_with_margin(view.position.margin + amount)
     assert restored is not None and restored >= D("0.10")
+
+
+def test_the_default_target_is_9_percent(make_view: ViewMaker) -> None:
+    """Defaults: trigger 0.05, target 0.09 (the efficacy suite's choice, README). A long at
+    1.05 % (margin 60) is topped up to liquidate at 91: 10*91*0.05 - 910 + 1000 = 135.5, so
+    75.5 is added."""
+    policy = TopUp()
+    assert (policy.trigger, policy.target) == (D("0.05"), D("0.09"))
+    [intent] = policy.evaluate(make_view("long", margin=D(60)), CTX)
+    assert intent.amount == D("75.5") and intent.rescue
 
 
 def test_custom_trigger_and_target(make_view: ViewMaker) -> None:
@@ -116,7 +126,7 @@ def test_topup_adds_exactly_what_restores_the_target(
     rules = replace(RULES, imr_factor=imr_factor)
     assume(risk.mmr(qty * 200, rules) < D("0.4"))  # within any leverage the exchange allows
     view = PositionView.of(position, rules)
-    intents = TopUp().evaluate(view, CTX)
+    intents = TopUp(target="0.10").evaluate(view, CTX)
     event("topped up" if intents else "no top-up")
     if not intents:
         assert view.distance is None or view.distance >= D("0.05")
