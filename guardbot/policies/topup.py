@@ -40,8 +40,8 @@ class TopUp:
         *,
         trigger: Number = Decimal("0.05"),
         # 0.09, not 0.10: on the efficacy suite a rescue to 9 % saves as many positions at
-        # 0.2-3 %/s and with 2 s latencies, more at 5 %/s (budgets last), for less capital;
-        # a closer target saves less when the exchange is slow (README, "Backtest").
+        # 0.2-3 %/s and with 2 s latencies, for a little less capital; a closer target saves
+        # less when the exchange is slow (README, "Backtest").
         target: Number = Decimal("0.09"),
         margin_ratio: Number | None = None,
     ) -> None:
