@@ -411,7 +411,9 @@ class Daemon:
                     return
             except httpx.ConnectError:
                 since = self.log_text()[logged_before:]
-                if since.count("private stream gap") >= accounts:
+                # "private stream of <name> connected: ..." (routine) or "... gap for ..."
+                resynced = since.count("private stream of ") + since.count("private stream gap")
+                if resynced >= accounts:
                     return
             except httpx.HTTPError:
                 pass
