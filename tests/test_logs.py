@@ -4,6 +4,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import redirect_stderr
 
@@ -29,6 +30,11 @@ def _restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     yield
+    # The CLI's --log-level/--log-format write these for the config loaded after them; the
+    # delenv above restores nothing when they were unset, and a leak made later commands'
+    # stderr JSON at DEBUG (test_commands' --online tests failed after this module).
+    os.environ.pop(logs.LEVEL_ENV, None)
+    os.environ.pop(logs.FORMAT_ENV, None)
     for handler in root.handlers[:]:
         if handler not in handlers:
             root.removeHandler(handler)
