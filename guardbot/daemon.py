@@ -350,7 +350,9 @@ class Daemon:
             label = metrics.account_label(account_id)
             metrics.DATA_AGE.labels(account=label).set(max(ages, default=0) / 1000)
             try:
-                added = await guard.ledger.added_since(account_id, day, now)
+                # a dry run's budget counts what it would have added (ledger.py)
+                added = await guard.ledger.added_since(account_id, day, now,
+                                                       dry_run=self.settings.guard.dry_run)
             except AuditError:
                 continue  # the database is away and the account not loaded yet
             left = max(self.settings.budgets.per_account_per_day - added, Decimal(0))

@@ -379,6 +379,25 @@ async def test_the_budget_left_today_is_published(
         assert gauge._value.get() == float(guard.settings.budgets.per_account_per_day - 700)
 
 
+async def test_a_dry_runs_budget_left_counts_what_it_would_have_added(
+    sim: SimServer, sim_account: SimAccount, tmp_path: Path,
+) -> None:
+    async with started_daemon(sim, sim_account, tmp_path, guard={"dry_run": True}) as (
+            daemon, audit, ex):
+        guard = daemon.guard
+        margin = guard.book.isolated_positions(ex.account_id)[0].margin
+        await record_sent(audit, ex.account_id, margin, "700")  # a real one counts too
+        action_id = await audit.record_action(ActionRecord(
+            account_id=ex.account_id, symbol=ETH, margin_mode=MarginMode.ISOLATED,
+            policy="topup", kind=ActionKind.ADD, amount=Decimal(300), reason="test",
+            dry_run=True, mark_price=Decimal(3000), margin=margin, qty=Decimal(1),
+            data_age_ms=0, source=Source.REST))
+        await audit.record_event(action_id, ex.account_id, EventKind.DRY_RUN)
+        await daemon.publish_gauges()
+        gauge = metrics.BUDGET_LEFT.labels(account="main")
+        assert gauge._value.get() == float(guard.settings.budgets.per_account_per_day - 1000)
+
+
 async def test_start_up_waits_out_a_flaky_exchange(
     sim: SimServer, sim_account: SimAccount, tmp_path: Path,
 ) -> None:
