@@ -133,7 +133,8 @@ class Streams:
         cover (or a stream that ended) a WARNING."""
         covered = await self._resync(account_id) is not None
         if routine and covered:
-            what = "connected" if gap.reason == FIRST_CONNECT else f"reconnected ({gap.reason})"
+            what = ("connected" if gap.reason == FIRST_CONNECT else gap.reason
+                    if gap.reason.startswith("reconnected") else f"reconnected ({gap.reason})")
             log.info("%s stream of %s %s: account read over REST", gap.stream, account_id,
                      what)
         else:

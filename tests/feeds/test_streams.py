@@ -133,8 +133,10 @@ async def test_a_first_connect_is_routine_and_a_gap_rest_cannot_cover_is_a_warni
     clock = ManualClock()
     exchange = FakeExchange("acct", clock=clock)
     exchange.push("private", StreamGap(stream="private", reason="connected"))
+    exchange.push("private", StreamGap(stream="private",
+                                       reason="reconnected after connection closed (1000)"))
     exchange.push("private", StreamGap(stream="private", reason="reconnected after x"))
-    covered = [True, False]
+    covered = [True, True, False]
 
     async def on_event(account_id: str, event: StreamEvent) -> None:
         pass
@@ -151,6 +153,8 @@ async def test_a_first_connect_is_routine_and_a_gap_rest_cannot_cover_is_a_warni
     records = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert records == [
         ("INFO", "private stream of acct connected: account read over REST"),
+        ("INFO", "private stream of acct reconnected after connection closed (1000): account "
+                 "read over REST"),
         ("WARNING", "private stream gap for acct (reconnected after x): pushes may have been "
                     "missed; the REST resync failed, the poller keeps trying"),
     ]
