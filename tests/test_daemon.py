@@ -595,8 +595,10 @@ def test_the_start_up_banner_says_what_is_guarded_and_how_and_shows_no_secret(
         "margin call is sent"
     assert f"exchange: sim (REST {sim.rest_url}, public WebSocket {sim.public_ws_url}" in text
     assert "accounts (1): main" in lines
-    assert "policy topup (topup): trigger=0.04; trigger 0.04, add_target 0.09; every " \
-        "position" in lines
+    [topup] = [line for line in lines if line.startswith("policy topup (topup): ")]
+    # its configured params, then its declared distances (the default target included)
+    assert topup.startswith("policy topup (topup): trigger=0.04; trigger 0.04, add_target 0.")
+    assert topup.endswith("; every position")
     assert "policy sweep-eth (sweep): safe=0.25; reduce_floor 0.25; symbols PERP_ETH_USDC" in lines
     assert "budgets (USDC): per action 250, per position per day 5000, per account per day " \
         "20000, minimum 1, reserve 0; cooldown 15 s" in lines
