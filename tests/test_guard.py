@@ -144,7 +144,7 @@ async def test_a_far_position_costs_no_evaluation_and_a_plugin_promising_nothing
     audit: AuditLog,
 ) -> None:
     clock = ManualClock()
-    topup, sweep, anywhere = Counting(TopUp()), Counting(Sweep()), Anywhere()
+    topup, sweep, anywhere = Counting(TopUp(reach_s=0)), Counting(Sweep()), Anywhere()
     harness = Harness(audit, clock, [topup, sweep, anywhere])
     await harness.snapshot(ACCOUNT, FAR)
     for price in ("99", "101", "98.5", "102"):
@@ -211,7 +211,7 @@ async def test_urgency_and_stale_data_are_kept_for_positions_in_their_band(
     audit: AuditLog,
 ) -> None:
     clock = ManualClock()
-    topup = Counting(TopUp())  # trigger 0.05: urgent below 0.10
+    topup = Counting(TopUp(reach_s=0))  # trigger 0.05: urgent below 0.10
     harness = Harness(audit, clock, [topup])
     await harness.snapshot(ACCOUNT, FAR)
     await harness.tick(ACCOUNT, PERP_ALT_USDC=D(91))  # distance 0.075

@@ -57,7 +57,8 @@ def test_a_raising_policy_is_isolated(make_view: ViewMaker) -> None:
     view = make_view(margin=D(60))  # topup wants 85
     before = count("bad-plugin", "error"), count("topup-r", "intent")
     result = evaluate_policies(
-        [LoadedPolicy("bad-plugin", Raises()), LoadedPolicy("topup-r", TopUp(target="0.10"))], view, CTX
+        [LoadedPolicy("bad-plugin", Raises()), LoadedPolicy("topup-r", TopUp(target="0.10"))],
+        view, CTX,
     )
     [intent] = result.intents
     assert (intent.policy, intent.amount) == ("topup-r", D(85))

@@ -10,7 +10,7 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 from guardbot import risk
-from guardbot.domain import ActionKind
+from guardbot.domain import ActionKind, MarkPrice
 from guardbot.policies.base import PolicyContext, PolicyParamError, PositionView
 from guardbot.policies.topup import TopUp
 
@@ -136,3 +136,39 @@ def test_topup_adds_exactly_what_restores_the_target(
     assert after is None or after >= D("0.10") - D("1e-9")
     short_by_a_cent = view.distance_with_margin(position.margin + intent.amount - D("0.01"))
     assert short_by_a_cent is not None and short_by_a_cent < D("0.10")
+
+
+def falling(start: D, per_s: D, seconds: int, now_ms: int = 10_000) -> tuple[MarkPrice, ...]:
+    """Marks once a second up to ``now_ms``, the price moving by ``per_s`` of ``start`` a
+    second (negative: falling)."""
+    return tuple(MarkPrice("PERP_ALT_USDC", start * (1 + per_s * i), now_ms - (seconds - i) * 1000)
+                 for i in range(seconds + 1))  # fmt: skip
+
+
+def test_in_a_fall_too_fast_for_the_band_the_trigger_looks_ahead(make_view: ViewMaker) -> None:
+    """At 5 %/s the next mark can carry a position from above the 5 % trigger past its
+    liquidation price. A long 6.6 % away (margin 110: liquidates at 93.68 with mark 100.3)
+    is rescued when the mark has fallen 5 %/s for 4 s: the trigger looks 1.5 s ahead (7.5 %)
+    and the target moves out with it (7.5 % + 4 % = 11.5 %); in a slow fall it is not."""
+    view = make_view("long", margin=D(110), mark_price=D("100.3"))
+    assert view.distance is not None and D("0.05") < view.distance < D("0.075")
+    fast = PolicyContext(now_ms=10_000, recent_marks=falling(D("125.375"), D("-0.05"), 4))
+    [intent] = TopUp().evaluate(view, fast)
+    assert "below trigger 0.075" in intent.reason and intent.rescue
+    restored = view.distance_with_margin(view.position.margin + intent.amount)
+    assert restored is not None and restored >= D("0.115")
+    slow = PolicyContext(now_ms=10_000, recent_marks=falling(D("101.1"), D("-0.002"), 4))
+    assert TopUp().evaluate(view, slow) == []
+    assert TopUp(reach_s=0).evaluate(view, fast) == [], "no look-ahead without reach_s"
+
+
+def test_the_look_ahead_follows_the_side_and_stops_at_max_trigger(make_view: ViewMaker) -> None:
+    """A short looks at rises, not falls; however fast the move, the trigger stops at
+    ``max_trigger``."""
+    view = make_view("long", margin=D(110), mark_price=D("100.3"))
+    rising = PolicyContext(now_ms=10_000, recent_marks=falling(D("80"), D("0.05"), 4))
+    assert TopUp().evaluate(view, rising) == [], "a rise is no danger to a long"
+    crash = PolicyContext(now_ms=10_000, recent_marks=falling(D("300"), D("-0.2"), 4))
+    [intent] = TopUp(max_trigger="0.07").evaluate(view, crash)
+    assert "below trigger 0.07" in intent.reason
+    assert TopUp(max_trigger="0.07").acts_below == D("0.07")
