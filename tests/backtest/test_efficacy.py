@@ -1,5 +1,6 @@
 """The efficacy suite: the scenario library through the backtest with the default config,
-at falls of 0.2 %/s, 1 %/s and 3 %/s (where each shape falls fastest: ``speed_for``), longs
+at falls of 0.2 %/s, 1 %/s, 3 %/s and 5 %/s (where each shape falls fastest: ``speed_for``;
+at 5 %/s a mark a second crosses the whole trigger band, which topup's look-ahead covers), longs
 and shorts at 5x, 10x and 20x, with every answer and with 30 % of ``position_margin``
 answers lost.
 
@@ -24,7 +25,7 @@ from guardbot.backtest.runner import AuditTemplate, RunOptions, Scenario
 from guardbot.backtest.venue import VenueParams
 from guardbot.daemon import load_policies
 
-RATES = (0.002, 0.01, 0.03)  # falls per second
+RATES = (0.002, 0.01, 0.03, 0.05)  # falls per second
 LEVERAGES = (5, 10, 20)
 LOST = (0.0, 0.3)
 # Longs on ETH see the shape, shorts on BTC its mirror (a symbol held short only).
