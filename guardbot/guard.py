@@ -66,7 +66,7 @@ from guardbot.exchange.port import (
 )
 from guardbot.executor import REJECT_BACKOFF_MS, Executor, Job
 from guardbot.logs import Once
-from guardbot.policies.base import PolicyContext, PositionView, Quiet
+from guardbot.policies.base import PolicyContext, PositionView, Quiet, mark_speed
 from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.quiet import MarkBand, mark_band
 from guardbot.policies.runner import evaluate_policies
@@ -87,6 +87,9 @@ DEFAULT_TRIGGER = Decimal("0.05")
 # A liquidation explains a position that disappeared if the exchange stamped it no earlier
 # than this before the guard last saw the position open (the two clocks differ).
 LIQUIDATION_SLACK_MS = 60_000
+# A promise that holds while the mark is calm is trusted only below this share of its speed
+# (the policy's own reading of the same marks may round in the last digits).
+SPEED_SLACK = Decimal("0.999999")
 # Liquidation ids already attributed to a death, kept per instance.
 ATTRIBUTED = 1024
 RECENT_LIQUIDATIONS = 32  # pushed liquidations kept per account
@@ -237,7 +240,8 @@ class Guard:
                 recent = self.marks.get(mark.symbol)
                 if recent is None:
                     recent = self.marks[mark.symbol] = deque(maxlen=RECENT_MARKS)
-                recent.append(mark)
+                if not recent or mark.exchange_ms >= recent[-1].exchange_ms:
+                    recent.append(mark)  # in exchange-time order: a late one is dropped
                 accounts |= self.book.apply_mark(mark.symbol, mark.price, mark.exchange_ms)
             if accounts:
                 await asyncio.gather(*(self.evaluate(a) for a in accounts))
@@ -529,6 +533,8 @@ class Guard:
         held_marks = self.book.isolated_marks(account_id)
         bands = self._bands.setdefault(account_id, {})
         rules = self.rules
+        # whether each symbol's mark moves fast this round (_moving)
+        moving: dict[tuple[str, tuple[tuple[Decimal, Decimal], ...]], bool] = {}
         for held, mark in held_marks:
             if self.quiet_bands and not (in_full and held.key in in_full):
                 symbol = held.key[1]
@@ -537,6 +543,9 @@ class Guard:
                     cached = bands[symbol] = self._band(held)
                 band = cached[2]
                 near = None if band is None else band.urgency(mark)
+                if near is not None and band is not None and band.speeds and self._moving(
+                        symbol, band.speeds, moving):
+                    near = None  # a promise that holds only while the mark is calm
                 if near is not None:
                     # No policy of it can act at this mark: only what a tick does besides.
                     urgent = urgent or near
@@ -651,6 +660,19 @@ class Guard:
                            account_id, symbol, age):
             self.notify(Alert(AlertKind.DATA_STALE, self.name(account_id), symbol,
                               f"data {age / 1000:.1f} s old: not acting"))
+
+    def _moving(self, symbol: str, speeds: tuple[tuple[Decimal, Decimal], ...],
+                moving: dict[tuple[str, tuple[tuple[Decimal, Decimal], ...]], bool]) -> bool:
+        """Whether the symbol's mark moves at least as fast as one of ``speeds``
+        (``Quiet.calm``), read as the policies read it (``policies.base.mark_speed``,
+        either direction); once per symbol, speeds and round."""
+        found = moving.get((symbol, speeds))
+        if found is None:
+            marks = self.marks.get(symbol, ())
+            found = moving[(symbol, speeds)] = any(
+                abs(mark_speed(marks, window_s)) >= limit * SPEED_SLACK
+                for limit, window_s in speeds)
+        return found
 
     def _band(self, held: Held) -> tuple[Held, SymbolRules | None, MarkBand | None]:
         """The band of ``held``'s version under the current rules of its symbol, with what

@@ -72,6 +72,10 @@ class Counting:
     def acts_above(self) -> D | None:
         return getattr(self.inner, "acts_above", None)
 
+    @property
+    def calm_while(self) -> tuple[D, D] | None:
+        return getattr(self.inner, "calm_while", None)
+
     def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
         self.calls[view.position.symbol] += 1
         return self.inner.evaluate(view, ctx)
@@ -288,7 +292,10 @@ def policy_sets(draw: st.DrawFn) -> list[Policy]:
         trigger = draw(ratio("0.01", "0.2"))
         # a margin ratio acts above the trigger (about 0.05 * (ratio - 1) away, flat)
         ratio_ = draw(st.one_of(st.none(), ratio("1.5", "5", 1)))
-        chosen.append(TopUp(trigger=trigger, target=trigger + D("0.05"), margin_ratio=ratio_))
+        # the look-ahead: off, the default, or far (its promise holds only while calm)
+        reach = draw(st.sampled_from([D(0), D("1.5"), D(20)]))
+        chosen.append(TopUp(trigger=trigger, target=trigger + D("0.05"), margin_ratio=ratio_,
+                            reach_s=reach))
     if draw(st.booleans()):
         chosen.append(Sweep(safe=draw(ratio("0.25", "0.6")),
                             min_amount=draw(ratio("0.01", "30", 2))))  # fmt: skip
@@ -592,3 +599,37 @@ async def test_a_dry_runs_shadow_moves_only_a_dry_run_and_never_a_live_decision(
     await shadowed.tick(dry, PERP_ALT_USDC=D(80))  # below the trigger even with the shadow
     [(_, kind, more, _)] = await queued(audit, dry)
     assert kind == "ADD" and more > 0
+
+
+async def test_a_fast_fall_is_evaluated_in_full_though_the_position_is_in_its_band(
+    audit: AuditLog,
+) -> None:
+    """topup's band holds only while the mark is calm (``calm_while``: slower than 5 % /
+    1.5 s over the last 5 s). A position 10.5 % from liquidation (it liquidates at 89.47)
+    costs no evaluation on calm ticks; when the mark falls 5 % in a second, to 95, it is
+    5.8 % away, inside the calm band beyond the 5 % trigger, yet evaluated and rescued at
+    once (looking 1.5 s ahead: 7.5 %), exactly as by the guard that evaluates everything."""
+    clock = ManualClock()
+    other = "0x" + "ef" * 32
+    topup = Counting(TopUp())
+    harness = Harness(audit, clock, [topup])
+    reference = Harness(audit, clock, [TopUp()], [other], quiet_bands=False)
+    start = replace(FAR, margin=D(150))
+    both = ((harness, ACCOUNT), (reference, other))
+    for guard, account in both:
+        await guard.snapshot(account, start)
+    for wait, price in ((1, "100"), (1, "99.9"), (1, "100"), (10, "100")):
+        clock.advance(wait)
+        for guard, account in both:
+            await guard.tick(account, PERP_ALT_USDC=D(price))
+    assert topup.calls[ALT] == 0, "calm ticks in the band cost no evaluation"
+    assert not harness.blocked() and not reference.blocked(other)
+    for guard, account in both:  # a poll: the data is fresh (marks alone do not confirm it)
+        await guard.snapshot(account, replace(start, seq=(start.seq or 0) + 1))
+    clock.advance(1)
+    for guard, account in both:
+        await guard.tick(account, PERP_ALT_USDC=D(95))
+    assert topup.calls[ALT] == 1 and harness.blocked() == reference.blocked(other) == {ALT}
+    [(_, kind, amount, _)] = await queued(audit, ACCOUNT)
+    [(_, kind_ref, amount_ref, _)] = await queued(audit, other)
+    assert kind == kind_ref == "ADD" and amount == amount_ref

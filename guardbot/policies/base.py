@@ -42,19 +42,27 @@ comparison per tick instead of an evaluation (``guardbot.policies.quiet``). The 
                                    # liquidation price: at 0.20 or closer it returns []
 
 Declaring both (``acts_below <= acts_above``) means it acts only outside [acts_below,
-acts_above]. The promise must hold whatever else ``evaluate`` sees (context, time, marks,
-parameters): a policy that may also act on something else (a margin ratio, volatility, a
-schedule) at those distances declares nothing, and is evaluated on every tick. ``topup``
-declares ``acts_below`` = ``trigger`` (none with ``margin_ratio``), ``sweep`` ``acts_above``
-= ``safe``. The promise is read from the class that defines ``evaluate``: a subclass that
-overrides ``evaluate`` must declare again, or it is evaluated on every tick (an inherited
-promise about someone else's ``evaluate`` is ignored). A wrong promise leaves positions
-unguarded: when in doubt, declare nothing.
+acts_above]. A promise may hold only while the market is calm::
+
+    calm_while = (Decimal("0.0333"), Decimal(5))   # the promise holds while the mark has
+                                   # moved less than 3.33 % a second over the 5 s up to the
+                                   # newest of ctx.recent_marks (``mark_speed``)
+
+and the guard evaluates the position whenever its mark moves at least that fast, in either
+direction. Otherwise the promise must hold whatever else ``evaluate`` sees (context, time,
+marks, parameters): a policy that may also act on something else (a margin ratio,
+volatility, a schedule) at those distances declares nothing, and is evaluated on every
+tick. ``topup`` declares ``acts_below`` = ``trigger`` with ``calm_while`` = ``(trigger /
+reach_s, speed_window_s)`` (it looks ahead in fast falls; nothing with ``margin_ratio``),
+``sweep`` ``acts_above`` = ``safe``. The promise is read from the class that defines
+``evaluate``: a subclass that overrides ``evaluate`` must declare again, or it is evaluated
+on every tick (an inherited promise about someone else's ``evaluate`` is ignored). A wrong
+promise leaves positions unguarded: when in doubt, declare nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, runtime_checkable
@@ -213,12 +221,16 @@ class Quiet:
 
     low: Decimal | None = None
     high: Decimal | None = None
+    # (speed, window_s) pairs: it holds only while the mark moves slower than each speed
+    # (fraction of the price a second) over its window (``calm_while`` above)
+    calm: tuple[tuple[Decimal, Decimal], ...] = ()
 
     def __and__(self, other: Quiet) -> Quiet:
         """Where neither acts."""
         lows = [b for b in (self.low, other.low) if b is not None]
         highs = [b for b in (self.high, other.high) if b is not None]
-        return Quiet(max(lows, default=None), min(highs, default=None))
+        return Quiet(max(lows, default=None), min(highs, default=None),
+                     self.calm + other.calm)
 
 
 def declared_quiet(policy: object) -> Quiet | None:
@@ -234,7 +246,37 @@ def declared_quiet(policy: object) -> Quiet | None:
                 if value is not None]  # fmt: skip
     if not declared or not all(_declared_with_evaluate(policy, name) for name in declared):
         return None
-    return Quiet(below, above)
+    calm = getattr(policy, "calm_while", None)
+    if calm is None:
+        return Quiet(below, above)
+    if not _declared_with_evaluate(policy, "calm_while"):
+        return None  # a condition written for another evaluate: no promise
+    if not (isinstance(calm, tuple) and len(calm) == 2
+            and all(isinstance(v, Decimal) and v.is_finite() and v > 0 for v in calm)):
+        raise PolicyParamError("calm_while", f"must be (speed, window_s), two positive "
+                               f"Decimals, got {calm!r}")
+    return Quiet(below, above, (calm,))
+
+
+def _stamp(mark: MarkPrice) -> int:
+    return mark.exchange_ms
+
+
+def mark_speed(marks: Sequence[MarkPrice], window_s: Decimal) -> Decimal:
+    """How fast the mark moved: ``(newest - first) / first`` per second, ``newest`` the mark
+    stamped last and ``first`` the earliest stamped at most ``window_s`` before it, on the
+    exchange's clock (the host's may be off; the marks' order does not matter); 0 with
+    fewer than two or no time between them. The one reading of a speed for ``calm_while``
+    and the policies that declare it."""
+    if len(marks) < 2:
+        return Decimal(0)
+    newest = max(marks, key=_stamp)
+    since = newest.exchange_ms - int(window_s * 1000)
+    first = min((m for m in marks if m.exchange_ms >= since), key=_stamp)
+    if newest.exchange_ms <= first.exchange_ms:
+        return Decimal(0)
+    seconds = Decimal(newest.exchange_ms - first.exchange_ms) / 1000
+    return (newest.price - first.price) / first.price / seconds
 
 
 def _declared_with_evaluate(policy: object, attribute: str) -> bool:

@@ -51,6 +51,8 @@ class MarkBand:
     calm_high: Decimal
     near_low: Decimal
     near_high: Decimal
+    # the band holds only while the mark moves slower than these (``Quiet.calm``)
+    speeds: tuple[tuple[Decimal, Decimal], ...] = ()
 
     def urgency(self, mark: Decimal) -> bool | None:
         """Whether the position is near (below the watch) at ``mark``; ``None`` when some
@@ -71,7 +73,7 @@ def mark_band(view: PositionView, quiet: Quiet, watch: Decimal) -> MarkBand | No
         # No liquidation price at any mark (margin covers the cost): infinitely far.
         if quiet.high is not None:
             return None
-        return MarkBand(ZERO, INFINITY, *_EMPTY)
+        return MarkBand(ZERO, INFINITY, *_EMPTY, quiet.calm)
     if qty > 0 and liquidation >= view.position.mark_price:
         return None
     low = None if quiet.low is None else quiet.low + SLACK
@@ -82,7 +84,7 @@ def mark_band(view: PositionView, quiet: Quiet, watch: Decimal) -> MarkBand | No
     near = _marks(liquidation, qty, low, near_to)
     if _empty(calm) and _empty(near):
         return None
-    return MarkBand(*calm, *near)
+    return MarkBand(*calm, *near, quiet.calm)
 
 
 def _empty(marks: tuple[Decimal, Decimal]) -> bool:

@@ -16,9 +16,9 @@ Parameters: ``trigger`` (0.05) < ``target`` (0.09), fractions of the mark; ``rea
 (1.5; 0 turns the look-ahead off), ``max_trigger`` (0.15), ``speed_window_s`` (5);
 ``margin_ratio`` (off; e.g. 2 = act when equity < 2 x maintenance margin), a second,
 optional trigger (docs/architecture.md, "Policies"). Without ``margin_ratio`` it declares
-``acts_below`` (``max_trigger``, or ``trigger`` without the look-ahead): it never acts
-farther, so the guard does not evaluate it on mark ticks there (base.py); with it, it is
-evaluated on every tick.
+``acts_below`` = ``trigger`` while the mark moves slower than ``trigger / reach_s``
+(``calm_while``): the guard skips it on mark ticks farther than that, and evaluates it on
+every tick once the mark moves faster; with ``margin_ratio`` it is evaluated on every tick.
 """
 
 from __future__ import annotations
@@ -33,10 +33,12 @@ from guardbot.policies.base import (
     PolicyParamError,
     PositionView,
     decimal_param,
+    mark_speed,
 )
 
 ZERO, ONE = Decimal(0), Decimal(1)
 STEP = Decimal("0.0001")  # a looked-ahead trigger, rounded up to this
+MAX_TARGET = Decimal("0.99")  # a looked-ahead target stays a distance
 
 
 class TopUp:
@@ -80,37 +82,34 @@ class TopUp:
 
     @property
     def add_target(self) -> Decimal:
-        """The distance this policy's ADDs restore: no REDUCE may go below it. (A rescue in
-        a fast fall restores more, for as long as the fall lasts: once it stops, the margin
-        above ``target`` is the sweep's to take back.)"""
-        return self.target
-
-    def _far(self) -> Decimal:
-        """The farthest distance it may act at."""
-        return max(self.trigger, self.max_trigger) if self.reach_s > 0 else self.trigger
+        """The farthest distance this policy's ADDs restore (a looked-ahead rescue restores
+        up to ``max_trigger`` plus the band): no REDUCE may go below it, or a sweep in a
+        fast fall would hand back what the rescue just added."""
+        if self.reach_s <= 0:
+            return self.target
+        return min(MAX_TARGET, max(self.target, self.max_trigger + self.target - self.trigger))
 
     def speed(self, view: PositionView, ctx: PolicyContext) -> Decimal:
         """How fast the mark moves against the position: the fraction of the price per
-        second, from the oldest mark of the last ``speed_window_s`` to the current one (0
-        when it moves the other way or there are too few marks)."""
-        since = ctx.now_ms - int(self.speed_window_s * 1000)
-        marks = [m for m in ctx.recent_marks if since <= m.exchange_ms <= ctx.now_ms]
-        if len(marks) < 2:
-            return ZERO
-        first, last = marks[0], marks[-1]
-        span_s = Decimal(last.exchange_ms - first.exchange_ms) / 1000
-        if span_s <= 0:
-            return ZERO
-        move = (view.position.mark_price - first.price) / first.price
-        adverse = -move if view.position.qty > 0 else move
-        return max(ZERO, adverse / span_s)
+        second over the last ``speed_window_s`` of marks (``base.mark_speed``; 0 when it
+        moves the other way or there are too few marks)."""
+        move = mark_speed(ctx.recent_marks, self.speed_window_s)
+        return max(ZERO, -move if view.position.qty > 0 else move)
+
+    @property
+    def calm_while(self) -> tuple[Decimal, Decimal] | None:
+        """It looks ahead only once the mark moves faster than ``trigger / reach_s``: until
+        then ``acts_below`` holds (base.py)."""
+        if self.reach_s <= 0:
+            return None
+        return self.trigger / self.reach_s, self.speed_window_s
 
     @property
     def acts_below(self) -> Decimal | None:
-        """It acts only below ``max_trigger`` (``trigger`` without the look-ahead; base.py,
+        """It acts only below ``trigger`` while the mark is calm (``calm_while``; base.py,
         where a policy never acts); with ``margin_ratio`` it may act at any distance, so it
         promises nothing."""
-        return self._far() if self.margin_ratio is None else None
+        return self.trigger if self.margin_ratio is None else None
 
     def evaluate(self, view: PositionView, ctx: PolicyContext) -> list[Intent]:
         distance = view.distance
@@ -121,7 +120,8 @@ class TopUp:
             ahead = min(self.max_trigger, (self.speed(view, ctx) * self.reach_s).quantize(
                 STEP, rounding=ROUND_UP))
             if ahead > trigger:  # the next mark may cross the whole band: look ahead
-                trigger, target = ahead, ahead + (self.target - self.trigger)
+                trigger = ahead
+                target = min(MAX_TARGET, ahead + (self.target - self.trigger))
         why = self._trigger(view, distance, trigger)
         if why is None:
             return []

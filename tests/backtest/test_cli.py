@@ -32,11 +32,11 @@ def test_json_for_one_path_at_two_speeds(config: Path) -> None:
 def test_a_param_prints_the_trade_off(config: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, [
         "backtest", "--config", str(config), "--path", "crash", "--lost", "0.3",
-        "--param", "topup.trigger=0.02,0.05", "--chart", str(tmp_path / "charts")])
+        "--param", "topup.trigger=0.04,0.05", "--chart", str(tmp_path / "charts")])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith("SETTINGS") and len(lines) == 3
-    assert lines[1].startswith("topup.trigger=0.02") and lines[2].startswith("topup.trigger=0.05")
+    assert lines[1].startswith("topup.trigger=0.04") and lines[2].startswith("topup.trigger=0.05")
     assert (tmp_path / "charts" / "topup.trigger_0.05" / "crash-x1.html").is_file()
 
 

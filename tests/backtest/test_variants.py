@@ -13,14 +13,14 @@ from guardbot.daemon import load_policies
 
 
 def test_every_combination_of_several_params() -> None:
-    params = [parse_param("topup.trigger=0.03,0.05"), parse_param("budgets.cooldown_s=0,30")]
+    params = [parse_param("topup.trigger=0.04,0.05"), parse_param("budgets.cooldown_s=0,30")]
     found = variants(written_config(), params)
     assert [label for label, _ in found] == [
-        "topup.trigger=0.03 budgets.cooldown_s=0", "topup.trigger=0.03 budgets.cooldown_s=30",
+        "topup.trigger=0.04 budgets.cooldown_s=0", "topup.trigger=0.04 budgets.cooldown_s=30",
         "topup.trigger=0.05 budgets.cooldown_s=0", "topup.trigger=0.05 budgets.cooldown_s=30"]
     first = found[0][1]
     assert first.budgets.cooldown_s == 0
-    assert load_policies(first)[0].trigger == Decimal("0.03")
+    assert load_policies(first)[0].trigger == Decimal("0.04")
     assert written_config().budgets.cooldown_s == 30, "the loaded config is left alone"
 
 

@@ -147,8 +147,9 @@ def test_a_promise_counts_only_for_the_evaluate_it_was_made_for() -> None:
 
 def test_the_built_ins_promise_where_they_never_act() -> None:
     assert declared_quiet(TopUp(trigger="0.04", reach_s=0)) == Quiet(low=D("0.04"))
-    # looking ahead in a fast fall, it may act up to max_trigger
-    assert declared_quiet(TopUp(trigger="0.04")) == Quiet(low=D("0.15"))
+    # it looks ahead once the mark moves faster than trigger / reach_s over its window
+    assert declared_quiet(TopUp(trigger="0.04", reach_s=2)) == Quiet(
+        low=D("0.04"), calm=((D("0.02"), D(5)),))
     assert declared_quiet(TopUp(margin_ratio=2)) is None, "the ratio may act at any distance"
     assert declared_quiet(Sweep(safe="0.3")) == Quiet(high=D("0.3"))
 

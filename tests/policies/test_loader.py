@@ -128,11 +128,15 @@ def test_labels_must_be_unique() -> None:
 
 def test_sweep_safe_must_clear_the_topup_target() -> None:
     text = fails(
-        {"use": "topup", "params": {"target": "0.3"}},
+        {"use": "topup", "params": {"target": "0.3", "reach_s": "0"}},
         {"use": "sweep", "params": {"safe": "0.2"}},
     )
     assert text.startswith("policies: 'sweep' reduce_floor (0.2) must be at least 'topup' "
                            "add_target (0.3)")
+    # looking ahead, topup restores up to max_trigger plus its band: 0.15 + 0.25
+    text = fails({"use": "topup", "params": {"target": "0.3"}},
+                 {"use": "sweep", "params": {"safe": "0.2"}})
+    assert "add_target (0.40)" in text
 
 
 @pytest.mark.parametrize("sweep", ["sweep", "file:profit_sweep"])
@@ -239,7 +243,7 @@ def test_where_policies_never_act_is_read_at_load() -> None:
     assert (top.quiet, ratio.quiet) == (Quiet(low=D("0.04")), None)
     assert sweep.quiet == Quiet(high=D("0.25"))
     [default] = load_policies([], REPO_STRATEGIES)
-    assert default.quiet == Quiet(low=D("0.15")), "it may look ahead up to max_trigger"
+    assert default.quiet == Quiet(low=D("0.05"), calm=((D("0.05") / D("1.5"), D(5)),))
 
 
 @pytest.mark.parametrize(
