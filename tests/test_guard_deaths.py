@@ -58,6 +58,21 @@ def fake_of(harness: Harness) -> FakeExchange:
     return fake
 
 
+def slow_liquidations(monkeypatch: pytest.MonkeyPatch, fake: FakeExchange
+                      ) -> tuple[asyncio.Event, asyncio.Event]:  # fmt: skip
+    """``GET /v1/liquidations`` on ``fake`` answers nothing until ``release`` is set;
+    ``entered`` is set once it is asked."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(since_ms: int) -> tuple[Liquidation, ...]:
+        entered.set()
+        await release.wait()
+        return ()
+
+    monkeypatch.setattr(fake, "get_liquidations", slow)
+    return entered, release
+
+
 def unreadable() -> Rejected:
     return Rejected(-1000, "unknown error", 500)
 
@@ -82,14 +97,7 @@ async def test_a_close_does_not_hold_up_the_rescue_of_a_sibling_in_the_same_snap
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()], rules=(ALT_RULES, OTHER_RULES))
     fake = fake_of(harness)
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(since_ms: int) -> tuple[Liquidation, ...]:
-        entered.set()
-        await release.wait()
-        return ()
-
-    monkeypatch.setattr(fake, "get_liquidations", slow)
+    entered, release = slow_liquidations(monkeypatch, fake)
     await harness.snapshot(ACCOUNT, FAR, replace(FAR, symbol=OTH))
     clock.advance(1)
     update = asyncio.create_task(
@@ -471,14 +479,7 @@ async def test_a_position_reopened_during_the_liquidation_read_keeps_its_top_up(
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(since_ms: int) -> tuple[Liquidation, ...]:
-        entered.set()
-        await release.wait()
-        return ()
-
-    monkeypatch.setattr(fake, "get_liquidations", slow)
+    entered, release = slow_liquidations(monkeypatch, fake)
     await harness.snapshot(ACCOUNT, FAR)
     clock.advance(1)
     close = asyncio.create_task(harness.guard.on_event(
