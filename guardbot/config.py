@@ -180,7 +180,7 @@ class AuditSettings(_Section):
 
 class PollSettings(_Section):
     """How often positions are read over REST, besides the WebSocket pushes.
-    `fast_interval_s` must not exceed `interval_s`."""
+    `fast_interval_s` must not exceed `interval_s`, nor `interval_s` `max_data_age_s`."""
 
     interval_s: float = Field(
         default=5.0, gt=0, description="Seconds between reads of an account's positions.")
@@ -196,6 +196,12 @@ class PollSettings(_Section):
     def _fast_not_slower(self) -> PollSettings:
         if self.fast_interval_s > self.interval_s:
             raise ValueError("fast_interval_s must not exceed interval_s")
+        if self.interval_s > self.max_data_age_s:
+            # With quiet streams, every position's data would age past the limit between two
+            # polls, and nothing would be done on it until the next.
+            raise ValueError(f"interval_s ({self.interval_s:g}) must not exceed max_data_age_s "
+                             f"({self.max_data_age_s:g}): between two polls nothing could be "
+                             "done on data the streams do not refresh")
         return self
 
 

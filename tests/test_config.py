@@ -31,6 +31,9 @@ def test_defaults_and_presets() -> None:
     [
         ({"exchange": {"prest": "sim"}}, "exchange.prest: unknown key"),
         ({"poll": {"interval_s": -1}}, "poll.interval_s"),
+        # polls further apart than the data limit: nothing could be done between them
+        ({"poll": {"interval_s": 20, "max_data_age_s": 15}},
+         "poll: interval_s (20) must not exceed max_data_age_s (15)"),
         ({"budgets": {"per_action": "abc"}}, "budgets.per_action"),
         ({"accounts": [{**ACCOUNT, "account_id": "0x12"}]},
          'accounts[1] (name "main").account_id: must be 0x'),
