@@ -258,6 +258,9 @@ def declared_quiet(policy: object) -> Quiet | None:
     return Quiet(below, above, (calm,))
 
 
+MIN_SPAN_S = Decimal(1)  # the shortest time a speed is measured over (the marks' cadence)
+
+
 def _stamp(mark: MarkPrice) -> int:
     return mark.exchange_ms
 
@@ -265,9 +268,9 @@ def _stamp(mark: MarkPrice) -> int:
 def mark_speed(marks: Sequence[MarkPrice], window_s: Decimal) -> Decimal:
     """How fast the mark moved: ``(newest - first) / first`` per second, ``newest`` the mark
     stamped last and ``first`` the earliest stamped at most ``window_s`` before it, on the
-    exchange's clock (the host's may be off; the marks' order does not matter); 0 with
-    fewer than two or no time between them. The one reading of a speed for ``calm_while``
-    and the policies that declare it."""
+    exchange's clock (the host's may be off; the marks' order does not matter), over at
+    least ``MIN_SPAN_S``; 0 with fewer than two or no time between them. The one reading of
+    a speed for ``calm_while`` and the policies that declare it."""
     if len(marks) < 2:
         return Decimal(0)
     newest = max(marks, key=_stamp)
@@ -275,7 +278,9 @@ def mark_speed(marks: Sequence[MarkPrice], window_s: Decimal) -> Decimal:
     first = min((m for m in marks if m.exchange_ms >= since), key=_stamp)
     if newest.exchange_ms <= first.exchange_ms:
         return Decimal(0)
-    seconds = Decimal(newest.exchange_ms - first.exchange_ms) / 1000
+    # Marks come once a second: two a few ms apart (a pushed mark right after a REST one, a
+    # resync) would make a 1 % step read as a crash.
+    seconds = max(MIN_SPAN_S, Decimal(newest.exchange_ms - first.exchange_ms) / 1000)
     return (newest.price - first.price) / first.price / seconds
 
 

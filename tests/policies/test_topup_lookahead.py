@@ -188,3 +188,14 @@ def test_a_wide_band_in_a_fast_fall_still_rescues() -> None:
     policy = TopUp(trigger="0.10", target="0.95")
     [intent] = policy.evaluate(view, crash)
     assert intent.kind is ActionKind.ADD
+
+
+def test_two_marks_a_few_ms_apart_are_no_crash() -> None:
+    """A mark pushed 5 ms after another (a REST snapshot's and the stream's, a resync)
+    moved 1 %: a speed is measured over at least a second (the marks' cadence), so that is
+    1 %/s, not 200 %/s, and a position 6.6 % away is not topped up to 16 %."""
+    view = long_at(D("100.3"), D(110))
+    marks = (MarkPrice(ALT, D("101.31"), NOW - 5), MarkPrice(ALT, D("100.3"), NOW))
+    speed = TopUp().speed(view, PolicyContext(now_ms=NOW, recent_marks=marks))
+    assert D("0.0099") < speed < D("0.0101")
+    assert TopUp().evaluate(view, PolicyContext(now_ms=NOW, recent_marks=marks)) == []
