@@ -186,6 +186,8 @@ class Guard:
         # can have moved: a later move with the same quantity and no call since is someone
         # else's.
         self._margins: dict[PositionKey, tuple[Decimal, Decimal, int]] = {}
+        # Per symbol and window: the newest mark a speed was read at, and the speed.
+        self._speeds: dict[tuple[str, Decimal], tuple[MarkPrice, Decimal]] = {}
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -533,8 +535,6 @@ class Guard:
         held_marks = self.book.isolated_marks(account_id)
         bands = self._bands.setdefault(account_id, {})
         rules = self.rules
-        # whether each symbol's mark moves fast this round (_moving)
-        moving: dict[tuple[str, tuple[tuple[Decimal, Decimal], ...]], bool] = {}
         for held, mark in held_marks:
             if self.quiet_bands and not (in_full and held.key in in_full):
                 symbol = held.key[1]
@@ -544,7 +544,7 @@ class Guard:
                 band = cached[2]
                 near = None if band is None else band.urgency(mark)
                 if near is not None and band is not None and band.speeds and self._moving(
-                        symbol, band.speeds, moving):
+                        symbol, band.speeds):
                     near = None  # a promise that holds only while the mark is calm
                 if near is not None:
                     # No policy of it can act at this mark: only what a tick does besides.
@@ -643,8 +643,8 @@ class Guard:
                                        await self._context(position, now, shadow),
                                        self.account_names.get(account_id))
         for failure in evaluation.failures:
-            self.trail.note(position.key, now, f"policy {failure.policy} failed: "
-                            f"{failure.error[:200]}", tag=f"failed {failure.policy}")
+            self.trail.note(position.key, now, "failed", f"failed {failure.policy}",
+                            f"policy {failure.policy} failed: {failure.error[:200]}")
             if self._once.warn(("policy", failure.policy, *position.key), now,
                                "policy %s failed on %s %s: %s", failure.policy, account_id,
                                position.symbol, failure.error):
@@ -655,24 +655,31 @@ class Guard:
 
     def _warn_stale(self, key: PositionKey, age: int, now: int) -> None:
         account_id, symbol = key[0], key[1]
-        self.trail.note(key, now, f"not acting: data {age / 1000:.1f} s old", tag="stale")
+        self.trail.note(key, now, "stale", "stale",
+                        lambda: f"not acting: data {age / 1000:.1f} s old")
         if self._once.warn(("stale", *key), now, "%s %s: data %d ms old, not acting",
                            account_id, symbol, age):
             self.notify(Alert(AlertKind.DATA_STALE, self.name(account_id), symbol,
                               f"data {age / 1000:.1f} s old: not acting"))
 
-    def _moving(self, symbol: str, speeds: tuple[tuple[Decimal, Decimal], ...],
-                moving: dict[tuple[str, tuple[tuple[Decimal, Decimal], ...]], bool]) -> bool:
+    def _moving(self, symbol: str, speeds: tuple[tuple[Decimal, Decimal], ...]) -> bool:
         """Whether the symbol's mark moves at least as fast as one of ``speeds``
         (``Quiet.calm``), read as the policies read it (``policies.base.mark_speed``,
-        either direction); once per symbol, speeds and round."""
-        found = moving.get((symbol, speeds))
-        if found is None:
-            marks = self.marks.get(symbol, ())
-            found = moving[(symbol, speeds)] = any(
-                abs(mark_speed(marks, window_s)) >= limit * SPEED_SLACK
-                for limit, window_s in speeds)
-        return found
+        either direction)."""
+        return any(abs(self._speed(symbol, window_s)) >= limit * SPEED_SLACK
+                   for limit, window_s in speeds)
+
+    def _speed(self, symbol: str, window_s: Decimal) -> Decimal:
+        """``mark_speed`` of the symbol's recent marks, read once per new mark (a tick
+        re-evaluates every account holding the symbol)."""
+        marks = self.marks.get(symbol)
+        if not marks:
+            return Decimal(0)
+        newest = marks[-1]
+        cached = self._speeds.get((symbol, window_s))
+        if cached is None or cached[0] is not newest:
+            cached = self._speeds[(symbol, window_s)] = (newest, mark_speed(marks, window_s))
+        return cached[1]
 
     def _band(self, held: Held) -> tuple[Held, SymbolRules | None, MarkBand | None]:
         """The band of ``held``'s version under the current rules of its symbol, with what
@@ -735,17 +742,17 @@ class Guard:
                   liquidation_price=view.liquidation_price, distance=view.distance,
                   dry_run=decision.dry_run, measured_ms=now)
         if decision.approved:
-            self.trail.note(intent.key, now, f"{intent.kind} {intent.amount} decided"
-                            f"{' (dry run)' if decision.dry_run else ''}: {intent.reason}",
-                            tag=f"decided {intent.kind}")
+            self.trail.note(intent.key, now, "decided", f"decided {intent.kind}",
+                            lambda: f"{intent.kind} {intent.amount} decided"
+                            f"{' (dry run)' if decision.dry_run else ''}: {intent.reason}")
             await self.executor.submit(job)
             return
         # Refusals are audited once a minute per position and refusal; routine ones
         # (cooldown, ranking, a call still open) are pacing, not news.
         refusal = decision.refusal
-        self.trail.note(intent.key, now, f"{intent.kind} {intent.amount} refused "
-                        f"({refusal.value if refusal else 'refused'}): {decision.reason}",
-                        tag=f"refused {intent.kind} {refusal}")
+        self.trail.note(intent.key, now, "refused", f"refused {intent.kind} {refusal}",
+                        lambda: f"{intent.kind} {intent.amount} refused "
+                        f"({refusal.value if refusal else 'refused'}): {decision.reason}")
         if refusal is None or refusal.routine:
             return
         if not self._once.warn(("refused", *intent.key, refusal.value), now,

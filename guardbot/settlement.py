@@ -232,7 +232,7 @@ class Settlement:
         if call is None:
             return []
         call.state, call.done_ms = CallState.SUCCEEDED, now_ms
-        self._touched[call.key] = max(self._touched.get(call.key, 0), now_ms)
+        self._touch(call.key, now_ms)
         if action_id in self._orphans:
             return [self._settle(call, *_gone(call, self._orphans[action_id]))]
         return self._match(call.key, now_ms)
@@ -245,7 +245,7 @@ class Settlement:
         if call is None:
             return [], []
         call.state, call.done_ms = CallState.UNCERTAIN, now_ms
-        self._touched[call.key] = max(self._touched.get(call.key, 0), now_ms)
+        self._touch(call.key, now_ms)
         if action_id in self._orphans:
             return [self._settle(call, *_gone(call, self._orphans[action_id]))], []
         return self._match(call.key, now_ms), self._reads(call)
@@ -312,7 +312,10 @@ class Settlement:
             chain = self._chains[call.key] = _Chain(base=call.margin_before, qty=call.qty)
         chain.calls.append(call)
         self._calls[call.action_id] = call
-        self._touched[call.key] = max(self._touched.get(call.key, 0), call.sent_ms)
+        self._touch(call.key, call.sent_ms)
+
+    def _touch(self, key: PositionKey, at_ms: int) -> None:
+        self._touched[key] = max(self._touched.get(key, 0), at_ms)
 
     def _remove(self, call: Call) -> None:
         chain = self._chains.get(call.key)

@@ -13,23 +13,27 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from guardbot.domain import PositionKey
 
 NOTES = 8  # kept per position
+Text = str | Callable[[], str]  # a callable is worded only when the notes are taken
 
 
 @dataclass(slots=True)
 class Note:
     first_ms: int
     last_ms: int
-    text: str  # the latest wording
+    kind: str  # "decided", "refused", "stale", "failed"
     tag: str  # notes with the same tag in a row are one note
+    text: Text  # the latest wording
     times: int = 1
 
     def as_dict(self) -> dict[str, str]:
-        note = {"at_ms": str(self.first_ms), "what": self.text}
+        text = self.text if isinstance(self.text, str) else self.text()
+        note = {"at_ms": str(self.first_ms), "kind": self.kind, "what": text}
         if self.times > 1:
             note |= {"times": str(self.times), "last_ms": str(self.last_ms)}
         return note
@@ -41,10 +45,10 @@ class Trail:
     def __init__(self) -> None:
         self._notes: dict[PositionKey, deque[Note]] = {}
 
-    def note(self, key: PositionKey, now_ms: int, text: str, tag: str | None = None) -> None:
-        """Note ``text``; right after a note of the same ``tag`` (default: the text), it
-        only counts again and takes the new wording."""
-        tag = text if tag is None else tag
+    def note(self, key: PositionKey, now_ms: int, kind: str, tag: str, text: Text) -> None:
+        """Note ``text`` (worded lazily if a callable: the guard notes on every tick);
+        right after a note of the same ``tag`` it only counts again and takes the new
+        wording."""
         notes = self._notes.get(key)
         if notes is None:
             notes = self._notes[key] = deque(maxlen=NOTES)
@@ -53,7 +57,7 @@ class Trail:
             last.times += 1
             last.last_ms, last.text = now_ms, text
             return
-        notes.append(Note(now_ms, now_ms, text, tag))
+        notes.append(Note(now_ms, now_ms, kind, tag, text))
 
     def take(self, key: PositionKey) -> str:
         """The notes of a position that is gone, as JSON (oldest first), forgetting them."""

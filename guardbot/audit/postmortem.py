@@ -133,8 +133,8 @@ def explain(death: Death) -> str:
     refused = [a for a in death.actions if a["status"] == "SKIPPED"]
     unknown = [a for a in death.actions if a["kind"] == "ADD" and not a["dry_run"]
                and a["status"] in ("INTENT", "SENT", "UNCERTAIN")]
-    noted_refusals = [n for n in death.guard_last if " refused " in n.get("what", "")]
-    stale = [n for n in death.guard_last if n.get("what", "").startswith("not acting")]
+    noted_refusals = [n for n in death.guard_last if n.get("kind") == "refused"]
+    stale = [n for n in death.guard_last if n.get("kind") == "stale"]
     distance = _number(detail, "last_distance")
     last_mark, price = _number(detail, "last_mark"), _number(detail, "transfer_price")
     parts = []

@@ -407,6 +407,9 @@ _LIQUIDATION_FIELDS = {
 }
 
 
+_FEES = ("abs_liquidator_fee", "abs_insurance_fund_fee")
+
+
 def _spelled(item: JsonObject) -> JsonObject:
     """``item`` with its camelCase keys under their snake_case names."""
     spelled = dict(item)
@@ -437,9 +440,9 @@ def liquidations(items: Any, *, account_id: str, where: str) -> tuple[Liquidatio
             pat = f"{at}.positions_by_perp[{j}]"
             perp = _spelled(obj(raw_perp, pat))
             # The two fees, or (as the push's documented example shows) their total.
-            names = [n for n in ("abs_liquidator_fee", "abs_insurance_fund_fee")
-                     if perp.get(n) is not None] or [
-                n for n in ("abs_liquidation_fee",) if perp.get(n) is not None]
+            names = [n for n in _FEES if perp.get(n) is not None]
+            if not names and perp.get("abs_liquidation_fee") is not None:
+                names = ["abs_liquidation_fee"]
             fees = [dec(perp, name, pat) for name in names]
             result.append(Liquidation(
                 account_id=account_id, liquidation_id=liquidation_id, time_ms=time_ms,
