@@ -6,9 +6,7 @@ audit log as unfinished."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -18,28 +16,22 @@ import pytest
 from factories import ACCOUNT, ALT_RULES, LONG, SHORT
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
 
-from guardbot import guard as guard_module
 from guardbot.alerts import Alert, AlertKind
-from guardbot.audit import postmortem
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
-from guardbot.audit.tables import Observation
 from guardbot.clock import ManualClock
 from guardbot.config import parse_config
 from guardbot.domain import (
     AccountSnapshot,
     ActionKind,
     Intent,
-    Liquidation,
     MarkPrice,
     Position,
     Source,
     SymbolRules,
 )
-from guardbot.exchange.errors import Rejected
 from guardbot.exchange.fake import FakeExchange
-from guardbot.exchange.port import LiquidationsPushed, MarksPushed, PositionsPushed
+from guardbot.exchange.port import MarksPushed, PositionsPushed
 from guardbot.guard import Guard
 from guardbot.policies.base import Policy, PolicyContext, PositionView
 from guardbot.policies.loader import LoadedPolicy
@@ -386,184 +378,6 @@ async def test_a_free_balance_older_than_the_data_limit_is_unknown(audit: AuditL
     await harness.snapshot(ACCOUNT, replace(danger, seq=(danger.seq or 0) + 1))
     assert [(symbol, kind) for symbol, kind, _, _ in await queued(audit, ACCOUNT)] == [
         (ALT, "ADD")]
-
-
-# -- deaths: liquidations, closes and margin moved by others -----------------------------------
-
-
-
-
-async def observations(audit: AuditLog, kind: str, guard: Guard | None = None
-                       ) -> list[dict[str, str]]:  # fmt: skip
-    """The details of the observations of ``kind``, oldest first, from the database, once
-    ``guard`` recorded every close it saw."""
-    if guard is not None:
-        await guard.recorded()
-    await audit.flush()
-    with audit.engine.connect() as connection:
-        rows = connection.execute(select(Observation).where(Observation.kind == kind)
-                                  .order_by(Observation.time))
-        return [dict(row.detail) for row in rows]
-
-
-def gone(position: Position, now: int) -> Position:
-    """``position``'s update once it is closed (quantity 0)."""
-    return replace(position, qty=D(0), margin=D(0), seq=(position.seq or 0) + 1,
-                   exchange_ms=now, received_ms=now, source=Source.WS)
-
-
-async def test_a_liquidated_position_is_recorded_as_a_liquidation_with_the_guards_last_words(
-    timed_audit: AuditLog, guard_clock: ManualClock,
-) -> None:
-    """The guard wanted to top up but its daily budget was spent; the exchange liquidates
-    the position. The record is a ``position_liquidated`` with the exchange's data, how the
-    guard last saw the position and its refusal; ``audit why`` names the refusal."""
-    audit, clock = timed_audit, guard_clock
-    harness = Harness(audit, clock, [TopUp()])
-    harness.guard.arbiter.budgets = harness.guard.settings.budgets.model_copy(
-        update={"per_position_per_day": D(5), "min_amount": D(10)})
-    fake = harness.guard.exchanges[ACCOUNT]
-    assert isinstance(fake, FakeExchange)
-    danger = replace(LONG, margin=D(60))  # 1.1 % from liquidation: topup wants to add
-    await harness.snapshot(ACCOUNT, danger)
-    assert await queued(audit, ACCOUNT) == [], "refused: the budget is spent"
-    clock.advance(1)
-    fake.set_position(danger)
-    fake.liquidate(ALT, D("98.9"))
-    await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(danger, clock.now_ms()),)))
-
-    assert await observations(audit, "position_closed", harness.guard) == []
-    [record] = await observations(audit, "position_liquidated", harness.guard)
-    assert record["liquidation_id"] == "1" and record["transfer_price"] == "98.9"
-    assert record["last_margin"] == "60" and "last_liquidation_price" in record
-    notes = json.loads(record["guard_last"])
-    assert any("refused (budget)" in note["what"] for note in notes), notes
-    [death] = postmortem.deaths(audit.engine)
-    assert "last refusal" in death.verdict and "budget" in death.verdict, death.verdict
-    assert [a["status"] for a in death.actions] == ["SKIPPED"]
-    assert [a.kind for a in harness.alerts if a.kind is AlertKind.LIQUIDATION]
-
-
-async def test_a_position_closed_by_its_owner_is_a_close_not_a_liquidation(
-    timed_audit: AuditLog, guard_clock: ManualClock,
-) -> None:
-    audit, clock = timed_audit, guard_clock
-    harness = Harness(audit, clock, [TopUp()])
-    await harness.snapshot(ACCOUNT, FAR)
-    clock.advance(1)
-    await harness.snapshot(ACCOUNT)  # no longer listed, and no liquidation on record
-    [record] = await observations(audit, "position_closed", harness.guard)
-    assert "cause_unknown" not in record and record["last_margin"] == "200"
-    assert await observations(audit, "position_liquidated", harness.guard) == []
-    assert postmortem.deaths(audit.engine) == []
-
-
-async def test_a_liquidation_pushed_after_an_unexplained_close_is_still_recorded(
-    timed_audit: AuditLog, guard_clock: ManualClock,
-) -> None:
-    """The liquidations cannot be read when the position disappears: the close is recorded
-    with its cause unknown, and the ``liquidationsaccount`` push that comes later records
-    the liquidation (once, though the push repeats)."""
-    audit, clock = timed_audit, guard_clock
-    harness = Harness(audit, clock, [TopUp()])
-    fake = harness.guard.exchanges[ACCOUNT]
-    assert isinstance(fake, FakeExchange)
-    await harness.snapshot(ACCOUNT, FAR)
-    fake.set_position(FAR)
-    liquidation = fake.liquidate(ALT, D(84))
-    fake.read_failure = lambda: Rejected(-1000, "unknown error", 500)
-    clock.advance(1)
-    await harness.snapshot(ACCOUNT)
-    [closed] = await observations(audit, "position_closed", harness.guard)
-    assert closed["cause_unknown"].startswith("liquidations not readable")
-    for _ in range(2):
-        await harness.guard.on_event(ACCOUNT, LiquidationsPushed((liquidation,)))
-    [record] = await observations(audit, "position_liquidated", harness.guard)
-    assert record["recorded_after_close"] == "true" and record["transfer_price"] == "84"
-
-
-async def test_a_liquidation_pushed_first_explains_the_close_that_follows(
-    timed_audit: AuditLog, guard_clock: ManualClock,
-) -> None:
-    audit, clock = timed_audit, guard_clock
-    harness = Harness(audit, clock, [TopUp()])
-    await harness.snapshot(ACCOUNT, FAR)
-    clock.advance(1)
-    pushed = Liquidation(ACCOUNT, 9, clock.now_ms(), ALT, D(10), D(84), None, None)
-    await harness.guard.on_event(ACCOUNT, LiquidationsPushed((pushed,)))
-    assert await observations(audit, "position_liquidated", harness.guard) == [], (
-        "not until it is gone")
-    fake = harness.guard.exchanges[ACCOUNT]
-    assert isinstance(fake, FakeExchange)
-    fake.read_failure = lambda: Rejected(-1000, "unknown error", 500)  # the push alone tells
-    await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(FAR, clock.now_ms()),)))
-    [record] = await observations(audit, "position_liquidated", harness.guard)
-    assert record["liquidation_id"] == "9"
-
-
-async def test_margin_moved_by_someone_else_is_an_observation_not_the_guards(
-    timed_audit: AuditLog, guard_clock: ManualClock,
-) -> None:
-    """The owner adds 50 by hand: recorded as ``margin_changed_by_others``; the guard's
-    net margin added stays 0, so neither the budgets nor a later sweep count it."""
-    audit, clock = timed_audit, guard_clock
-    harness = Harness(audit, clock, [TopUp()])
-    await harness.snapshot(ACCOUNT, FAR)
-    clock.advance(1)
-    await harness.snapshot(ACCOUNT, replace(FAR, margin=D(250), seq=(FAR.seq or 0) + 1))
-    [record] = await observations(audit, "margin_changed_by_others", harness.guard)
-    assert (record["margin_before"], record["margin_after"], record["change"]) == (
-        "200", "250", "50")
-    assert await harness.guard.ledger.net_added(FAR.key, clock.now_ms()) == 0
-    clock.advance(1)
-    filled = replace(FAR, qty=D(20), margin=D(400), seq=(FAR.seq or 0) + 2)
-    await harness.snapshot(ACCOUNT, filled)
-    moves = await observations(audit, "margin_changed_by_others", harness.guard)
-    assert len(moves) == 1, "a fill is not"
-
-
-async def test_a_liquidation_read_that_hangs_holds_the_account_up_only_briefly(
-    timed_audit: AuditLog, guard_clock: ManualClock, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The exchange does not answer ``GET /v1/liquidations`` (a crash, an overloaded API):
-    the close is recorded with its cause unknown after ``LIQUIDATION_READ_S`` instead of
-    stalling the account's stream for the client's whole timeout."""
-    monkeypatch.setattr(guard_module, "LIQUIDATION_READ_S", 0.05)
-    audit, clock = timed_audit, guard_clock
-    harness = Harness(audit, clock, [TopUp()])
-    fake = harness.guard.exchanges[ACCOUNT]
-    assert isinstance(fake, FakeExchange)
-
-    async def hang(since_ms: int) -> tuple[Liquidation, ...]:
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-    monkeypatch.setattr(fake, "get_liquidations", hang)
-    await harness.snapshot(ACCOUNT, FAR)
-    clock.advance(1)
-    await asyncio.wait_for(harness.snapshot(ACCOUNT), 2)
-    [closed] = await observations(audit, "position_closed", harness.guard)
-    assert closed["cause_unknown"] == "liquidations not read within 0.05 s"
-
-
-async def test_the_guards_own_top_up_is_never_someone_elses_move(
-    timed_audit: AuditLog, guard_clock: ManualClock,
-) -> None:
-    """A top-up goes out and lands between two snapshots (no snapshot saw it on the wire):
-    the snapshot that shows it is the guard's own move, not ``margin_changed_by_others``."""
-    audit, clock = timed_audit, guard_clock
-    harness = Harness(audit, clock, [TopUp()])
-    await harness.snapshot(ACCOUNT, FAR)  # the margin before: 200
-    settlement = harness.guard.executor.settlement
-    settlement.sent("a1", FAR.key, ActionKind.ADD, D(50), D(200), FAR.qty, clock.now_ms())
-    settlement.succeeded("a1", clock.now_ms())
-    clock.advance(1)
-    # Shows it: verified, and nothing unsettled is left once it is.
-    await harness.snapshot(ACCOUNT, replace(FAR, margin=D(250), seq=(FAR.seq or 0) + 1))
-    assert settlement.unsettled(FAR.key) == 0
-    clock.advance(1)
-    await harness.snapshot(ACCOUNT, replace(FAR, margin=D(250), seq=(FAR.seq or 0) + 2))
-    assert await observations(audit, "margin_changed_by_others", harness.guard) == []
 
 
 async def test_a_dry_runs_shadow_moves_only_a_dry_run_and_never_a_live_decision(

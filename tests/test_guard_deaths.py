@@ -21,13 +21,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from factories import ACCOUNT, ALT_RULES, LONG
-from test_guard import FAR, Harness, gone, observations, queued
+from sqlalchemy import select
+from test_guard import FAR, Harness, queued
 
 from guardbot import cli
 from guardbot import guard as guard_module
+from guardbot.alerts import AlertKind
 from guardbot.audit import postmortem
 from guardbot.audit.records import ActionRecord, EventKind
 from guardbot.audit.store import AuditLog
+from guardbot.audit.tables import Observation
 from guardbot.clock import ManualClock
 from guardbot.domain import (
     AccountSnapshot,
@@ -41,6 +44,7 @@ from guardbot.domain import (
 from guardbot.exchange.errors import Rejected
 from guardbot.exchange.fake import FakeExchange
 from guardbot.exchange.port import LiquidationsPushed, PositionsPushed
+from guardbot.guard import Guard
 from guardbot.policies.topup import TopUp
 
 ALT = ALT_RULES.symbol
@@ -56,6 +60,196 @@ def fake_of(harness: Harness) -> FakeExchange:
     fake = harness.guard.exchanges[ACCOUNT]
     assert isinstance(fake, FakeExchange)
     return fake
+
+
+# -- deaths: liquidations, closes and margin moved by others -----------------------------------
+
+
+
+
+async def observations(audit: AuditLog, kind: str, guard: Guard | None = None
+                       ) -> list[dict[str, str]]:  # fmt: skip
+    """The details of the observations of ``kind``, oldest first, from the database, once
+    ``guard`` recorded every close it saw."""
+    if guard is not None:
+        await guard.recorded()
+    await audit.flush()
+    with audit.engine.connect() as connection:
+        rows = connection.execute(select(Observation).where(Observation.kind == kind)
+                                  .order_by(Observation.time))
+        return [dict(row.detail) for row in rows]
+
+
+def gone(position: Position, now: int) -> Position:
+    """``position``'s update once it is closed (quantity 0)."""
+    return replace(position, qty=D(0), margin=D(0), seq=(position.seq or 0) + 1,
+                   exchange_ms=now, received_ms=now, source=Source.WS)
+
+
+async def test_a_liquidated_position_is_recorded_as_a_liquidation_with_the_guards_last_words(
+    timed_audit: AuditLog, guard_clock: ManualClock,
+) -> None:
+    """The guard wanted to top up but its daily budget was spent; the exchange liquidates
+    the position. The record is a ``position_liquidated`` with the exchange's data, how the
+    guard last saw the position and its refusal; ``audit why`` names the refusal."""
+    audit, clock = timed_audit, guard_clock
+    harness = Harness(audit, clock, [TopUp()])
+    harness.guard.arbiter.budgets = harness.guard.settings.budgets.model_copy(
+        update={"per_position_per_day": D(5), "min_amount": D(10)})
+    fake = harness.guard.exchanges[ACCOUNT]
+    assert isinstance(fake, FakeExchange)
+    danger = replace(LONG, margin=D(60))  # 1.1 % from liquidation: topup wants to add
+    await harness.snapshot(ACCOUNT, danger)
+    assert await queued(audit, ACCOUNT) == [], "refused: the budget is spent"
+    clock.advance(1)
+    fake.set_position(danger)
+    fake.liquidate(ALT, D("98.9"))
+    await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(danger, clock.now_ms()),)))
+
+    assert await observations(audit, "position_closed", harness.guard) == []
+    [record] = await observations(audit, "position_liquidated", harness.guard)
+    assert record["liquidation_id"] == "1" and record["transfer_price"] == "98.9"
+    assert record["last_margin"] == "60" and "last_liquidation_price" in record
+    notes = json.loads(record["guard_last"])
+    assert any("refused (budget)" in note["what"] for note in notes), notes
+    [death] = postmortem.deaths(audit.engine)
+    assert "last refusal" in death.verdict and "budget" in death.verdict, death.verdict
+    assert [a["status"] for a in death.actions] == ["SKIPPED"]
+    assert [a.kind for a in harness.alerts if a.kind is AlertKind.LIQUIDATION]
+
+
+async def test_a_position_closed_by_its_owner_is_a_close_not_a_liquidation(
+    timed_audit: AuditLog, guard_clock: ManualClock,
+) -> None:
+    audit, clock = timed_audit, guard_clock
+    harness = Harness(audit, clock, [TopUp()])
+    await harness.snapshot(ACCOUNT, FAR)
+    clock.advance(1)
+    await harness.snapshot(ACCOUNT)  # no longer listed, and no liquidation on record
+    [record] = await observations(audit, "position_closed", harness.guard)
+    assert "cause_unknown" not in record and record["last_margin"] == "200"
+    assert await observations(audit, "position_liquidated", harness.guard) == []
+    assert postmortem.deaths(audit.engine) == []
+
+
+async def test_a_liquidation_pushed_after_an_unexplained_close_is_still_recorded(
+    timed_audit: AuditLog, guard_clock: ManualClock,
+) -> None:
+    """The liquidations cannot be read when the position disappears: the close is recorded
+    with its cause unknown, and the ``liquidationsaccount`` push that comes later records
+    the liquidation (once, though the push repeats)."""
+    audit, clock = timed_audit, guard_clock
+    harness = Harness(audit, clock, [TopUp()])
+    fake = harness.guard.exchanges[ACCOUNT]
+    assert isinstance(fake, FakeExchange)
+    await harness.snapshot(ACCOUNT, FAR)
+    fake.set_position(FAR)
+    liquidation = fake.liquidate(ALT, D(84))
+    fake.read_failure = lambda: Rejected(-1000, "unknown error", 500)
+    clock.advance(1)
+    await harness.snapshot(ACCOUNT)
+    [closed] = await observations(audit, "position_closed", harness.guard)
+    assert closed["cause_unknown"].startswith("liquidations not readable")
+    for _ in range(2):
+        await harness.guard.on_event(ACCOUNT, LiquidationsPushed((liquidation,)))
+    [record] = await observations(audit, "position_liquidated", harness.guard)
+    assert record["recorded_after_close"] == "true" and record["transfer_price"] == "84"
+
+
+async def test_a_liquidation_pushed_first_explains_the_close_that_follows(
+    timed_audit: AuditLog, guard_clock: ManualClock,
+) -> None:
+    audit, clock = timed_audit, guard_clock
+    harness = Harness(audit, clock, [TopUp()])
+    await harness.snapshot(ACCOUNT, FAR)
+    clock.advance(1)
+    pushed = Liquidation(ACCOUNT, 9, clock.now_ms(), ALT, D(10), D(84), None, None)
+    await harness.guard.on_event(ACCOUNT, LiquidationsPushed((pushed,)))
+    assert await observations(audit, "position_liquidated", harness.guard) == [], (
+        "not until it is gone")
+    fake = harness.guard.exchanges[ACCOUNT]
+    assert isinstance(fake, FakeExchange)
+    fake.read_failure = lambda: Rejected(-1000, "unknown error", 500)  # the push alone tells
+    await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(FAR, clock.now_ms()),)))
+    [record] = await observations(audit, "position_liquidated", harness.guard)
+    assert record["liquidation_id"] == "9"
+
+
+async def test_margin_moved_by_someone_else_is_an_observation_not_the_guards(
+    timed_audit: AuditLog, guard_clock: ManualClock,
+) -> None:
+    """The owner adds 50 by hand: recorded as ``margin_changed_by_others``; the guard's
+    net margin added stays 0, so neither the budgets nor a later sweep count it."""
+    audit, clock = timed_audit, guard_clock
+    harness = Harness(audit, clock, [TopUp()])
+    await harness.snapshot(ACCOUNT, FAR)
+    clock.advance(1)
+    await harness.snapshot(ACCOUNT, replace(FAR, margin=D(250), seq=(FAR.seq or 0) + 1))
+    [record] = await observations(audit, "margin_changed_by_others", harness.guard)
+    assert (record["margin_before"], record["margin_after"], record["change"]) == (
+        "200", "250", "50")
+    assert await harness.guard.ledger.net_added(FAR.key, clock.now_ms()) == 0
+    clock.advance(1)
+    filled = replace(FAR, qty=D(20), margin=D(400), seq=(FAR.seq or 0) + 2)
+    await harness.snapshot(ACCOUNT, filled)
+    moves = await observations(audit, "margin_changed_by_others", harness.guard)
+    assert len(moves) == 1, "a fill is not"
+
+
+async def test_a_liquidation_read_that_hangs_holds_the_account_up_only_briefly(
+    timed_audit: AuditLog, guard_clock: ManualClock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exchange does not answer ``GET /v1/liquidations`` (a crash, an overloaded API):
+    the close is recorded with its cause unknown after ``LIQUIDATION_READ_S`` instead of
+    stalling the account's stream for the client's whole timeout."""
+    monkeypatch.setattr(guard_module, "LIQUIDATION_READ_S", 0.05)
+    audit, clock = timed_audit, guard_clock
+    harness = Harness(audit, clock, [TopUp()])
+    fake = harness.guard.exchanges[ACCOUNT]
+    assert isinstance(fake, FakeExchange)
+
+    async def hang(since_ms: int) -> tuple[Liquidation, ...]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(fake, "get_liquidations", hang)
+    await harness.snapshot(ACCOUNT, FAR)
+    clock.advance(1)
+    await asyncio.wait_for(harness.snapshot(ACCOUNT), 2)
+    [closed] = await observations(audit, "position_closed", harness.guard)
+    assert closed["cause_unknown"] == "liquidations not read within 0.05 s"
+
+
+async def test_the_guards_own_top_up_is_never_someone_elses_move(
+    timed_audit: AuditLog, guard_clock: ManualClock,
+) -> None:
+    """A top-up goes out and lands between two snapshots (no snapshot saw it on the wire):
+    the snapshot that shows it is the guard's own move, not ``margin_changed_by_others``."""
+    audit, clock = timed_audit, guard_clock
+    harness = Harness(audit, clock, [TopUp()])
+    await harness.snapshot(ACCOUNT, FAR)  # the margin before: 200
+    settlement = harness.guard.executor.settlement
+    settlement.sent("a1", FAR.key, ActionKind.ADD, D(50), D(200), FAR.qty, clock.now_ms())
+    settlement.succeeded("a1", clock.now_ms())
+    clock.advance(1)
+    # Shows it: verified, and nothing unsettled is left once it is.
+    await harness.snapshot(ACCOUNT, replace(FAR, margin=D(250), seq=(FAR.seq or 0) + 1))
+    assert settlement.unsettled(FAR.key) == 0
+    clock.advance(1)
+    await harness.snapshot(ACCOUNT, replace(FAR, margin=D(250), seq=(FAR.seq or 0) + 2))
+    assert await observations(audit, "margin_changed_by_others", harness.guard) == []
+
+
+async def liquidated_and_pushed(harness: Harness, fake: FakeExchange, clock: ManualClock,
+                                audit: AuditLog) -> None:  # fmt: skip
+    """A second later the exchange liquidates ``DANGER`` at 98.9 and pushes it gone; the
+    guard has recorded the death and the audit log holds it."""
+    fake.set_position(DANGER)
+    fake.liquidate(ALT, D("98.9"))
+    clock.advance(1)
+    await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(DANGER, clock.now_ms()),)))
+    await harness.guard.recorded()
+    await audit.flush()
 
 
 def slow_liquidations(monkeypatch: pytest.MonkeyPatch, fake: FakeExchange
@@ -115,11 +309,11 @@ async def test_a_close_does_not_hold_up_the_rescue_of_a_sibling_in_the_same_snap
 async def test_several_closes_in_one_update_hold_the_account_up_no_longer_than_the_bound(
     timed_audit: AuditLog, guard_clock: ManualClock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """7e3023b promises that a hanging liquidation read holds the account's stream or poll
-    up for at most LIQUIDATION_READ_S. FAILS: the bound is per closed position and the reads
-    run one after another, so a crash that takes 4 positions at once (a cross liquidation
-    closes all of an account's cross positions, each of which also goes through
-    ``closed()``) holds the account up 4 x LIQUIDATION_READ_S (8 s with the default)."""
+    """7e3023b promises that a hanging liquidation read holds the account's stream or poll up for at
+    most LIQUIDATION_READ_S. The first version failed: the bound is per closed position and the
+    reads run one after another, so a crash that takes 4 positions at once (a cross liquidation
+    closes all of an account's cross positions, each of which also goes through ``closed()``) holds
+    the account up 4 x LIQUIDATION_READ_S (8 s with the default)."""
     monkeypatch.setattr(guard_module, "LIQUIDATION_READ_S", 0.05)
     symbols = ("PERP_A_USDC", "PERP_B_USDC", "PERP_C_USDC", "PERP_D_USDC")
     rules = [replace(ALT_RULES, symbol=s) for s in symbols]
@@ -146,14 +340,14 @@ async def test_several_closes_in_one_update_hold_the_account_up_no_longer_than_t
 async def test_a_cross_position_leaving_the_book_is_not_a_guarded_death(
     timed_audit: AuditLog, guard_clock: ManualClock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The account's CROSS position on ALT is liquidated and its push shows it gone. The
-    guard never guards cross positions. FAILS: ``_on_event`` calls ``closed()`` for any
-    position of the book that closes, cross included, so it reads the liquidations inside
-    the private push handler (holding up the isolated positions' pushes in exactly the
-    crash where they need rescue), records a ``position_liquidated`` with margin_mode CROSS
-    (``audit why`` lists it as a guarded position that died, the alert says "isolated
-    position liquidated"), and the ledger's close marker, kept per symbol, restarts the
-    ISOLATED position's cooldown and net margin added."""
+    """The account's CROSS position on ALT is liquidated and its push shows it gone. The guard never
+    guards cross positions. The first version failed: ``_on_event`` calls ``closed()`` for any
+    position of the book that closes, cross included, so it reads the liquidations inside the
+    private push handler (holding up the isolated positions' pushes in exactly the crash where they
+    need rescue), records a ``position_liquidated`` with margin_mode CROSS (``audit why`` lists it
+    as a guarded position that died, the alert says "isolated position liquidated"), and the
+    ledger's close marker, kept per symbol, restarts the ISOLATED position's cooldown and net margin
+    added."""
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
@@ -182,12 +376,12 @@ async def test_a_cross_position_leaving_the_book_is_not_a_guarded_death(
 async def test_a_cross_liquidation_on_the_symbol_does_not_explain_the_owner_closing_isolated(
     timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
-    """The account's cross position on ALT (qty 3) is liquidated; 30 s later the owner, in a
-    hurry, closes the isolated ALT position (qty 10) himself. FAILS: ``_explains`` only
+    """The account's cross position on ALT (qty 3) is liquidated; 30 s later the owner, in a hurry,
+    closes the isolated ALT position (qty 10) himself. The first version failed: ``_explains`` only
     compares the symbol and the time (60 s slack), so the owner's close is recorded as
-    ``position_liquidated`` with the cross position's liquidation id, qty and price -- a
-    death that did not happen, and ``audit why`` explains it. The liquidation's
-    ``position_qty`` (3, not 10) tells them apart."""
+    ``position_liquidated`` with the cross position's liquidation id, qty and price -- a death that
+    did not happen, and ``audit why`` explains it. The liquidation's ``position_qty`` (3, not 10)
+    tells them apart."""
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
@@ -205,10 +399,10 @@ async def test_a_cross_liquidation_on_the_symbol_does_not_explain_the_owner_clos
 async def test_the_pushed_liquidation_of_the_isolated_position_wins_over_an_older_cross_one(
     timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
-    """Both liquidations of the crash are pushed before the isolated position's update: the
-    cross position's (id 7, qty 3) first, then the isolated one's (id 8, qty 10). FAILS: the
-    guard takes the first pushed liquidation on the symbol (oldest first), so the isolated
-    position's record carries the cross liquidation's id, qty and price, and its own
+    """Both liquidations of the crash are pushed before the isolated position's update: the cross
+    position's (id 7, qty 3) first, then the isolated one's (id 8, qty 10). The first version
+    failed: the guard takes the first pushed liquidation on the symbol (oldest first), so the
+    isolated position's record carries the cross liquidation's id, qty and price, and its own
     liquidation is never recorded."""
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
@@ -228,12 +422,12 @@ async def test_the_pushed_liquidation_of_the_isolated_position_wins_over_an_olde
 async def test_a_close_of_unknown_cause_is_not_explained_by_a_liquidation_an_hour_later(
     timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
-    """The liquidations cannot be read when the owner closes the isolated ALT position: the
-    close is recorded with its cause unknown. An hour later the account's cross ALT position
-    is liquidated and pushed. FAILS: ``_unexplained`` never expires and ``_explains`` has
-    no upper time bound, so the hour-old close is re-recorded as ``position_liquidated``
-    with the cross liquidation's data (and, being a close marker, it restarts the ledger of
-    whatever isolated ALT position is open now)."""
+    """The liquidations cannot be read when the owner closes the isolated ALT position: the close is
+    recorded with its cause unknown. An hour later the account's cross ALT position is liquidated
+    and pushed. The first version failed: ``_unexplained`` never expires and ``_explains`` has no
+    upper time bound, so the hour-old close is re-recorded as ``position_liquidated`` with the cross
+    liquidation's data (and, being a close marker, it restarts the ledger of whatever isolated ALT
+    position is open now)."""
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
@@ -253,12 +447,12 @@ async def test_a_close_of_unknown_cause_is_not_explained_by_a_liquidation_an_hou
 async def test_a_liquidation_the_rest_read_did_not_list_yet_is_still_recorded_when_pushed(
     timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
-    """docs/exchange.md 6.8: whether the ``liquidationsaccount`` push comes before or after
-    the ``position`` push is unconfirmed (the simulator sends the position first). When the
-    position update comes first and ``GET /v1/liquidations`` does not list the liquidation
-    yet, the guard records ``position_closed`` with no doubt attached. FAILS: the push that
-    follows a second later is only kept in memory; the liquidation is never recorded and
-    the audit log says the owner closed a position the exchange liquidated."""
+    """docs/exchange.md 6.8: whether the ``liquidationsaccount`` push comes before or after the
+    ``position`` push is unconfirmed (the simulator sends the position first). When the position
+    update comes first and ``GET /v1/liquidations`` does not list the liquidation yet, the guard
+    records ``position_closed`` with no doubt attached. The first version failed: the push that
+    follows a second later is only kept in memory; the liquidation is never recorded and the audit
+    log says the owner closed a position the exchange liquidated."""
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     await harness.snapshot(ACCOUNT, FAR)
@@ -278,13 +472,13 @@ async def test_a_liquidation_the_rest_read_did_not_list_yet_is_still_recorded_wh
 async def test_a_late_liquidation_record_does_not_restart_a_reopened_positions_ledger(
     timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
-    """The first ALT position is liquidated while the liquidations cannot be read
-    (position_closed, cause unknown). The owner reopens on ALT, the guard tops the new
-    position up, and then the push about the FIRST position's liquidation arrives. FAILS:
-    ``_liquidations_pushed`` records ``position_liquidated`` now, and the ledger takes
-    every such record as the symbol's close (CLOSES): the reopened position's top-up is
-    forgotten, so its cooldown restarts and its net margin added drops to 0, though it is
-    the same, still-open position."""
+    """The first ALT position is liquidated while the liquidations cannot be read (position_closed,
+    cause unknown). The owner reopens on ALT, the guard tops the new position up, and then the push
+    about the FIRST position's liquidation arrives. The first version failed:
+    ``_liquidations_pushed`` records ``position_liquidated`` now, and the ledger takes every such
+    record as the symbol's close (CLOSES): the reopened position's top-up is forgotten, so its
+    cooldown restarts and its net margin added drops to 0, though it is the same, still-open
+    position."""
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
@@ -325,9 +519,8 @@ async def test_audit_why_of_a_liquidation_recorded_after_its_close_shows_what_th
     liquidation = fake.liquidate(ALT, D("98.9"))
     fake.read_failure = unreadable
     clock.advance(1)
-    await asyncio.sleep(0.01)  # the audit log's own clock: the close comes after the action
     await harness.snapshot(ACCOUNT)
-    await asyncio.sleep(0.01)
+    await harness.guard.recorded()  # the close is recorded (cause unknown) before the push
     await harness.guard.on_event(ACCOUNT, LiquidationsPushed((liquidation,)))
     await audit.flush()
     [death] = postmortem.deaths(audit.engine)
@@ -354,9 +547,9 @@ async def test_audit_why_does_not_say_the_guard_never_acted_when_its_top_up_was_
     timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
     """The classic crash: the guard sends a top-up, the overloaded exchange does not answer
-    (UNCERTAIN), the position is liquidated. FAILS: ``explain`` counts only applied ADDs
-    and SKIPPED refusals, so the verdict reads "the guard never acted; ..." while the audit
-    log holds the guard's sent top-up whose outcome is unknown."""
+    (UNCERTAIN), the position is liquidated. The first version failed: ``explain`` counts only
+    applied ADDs and SKIPPED refusals, so the verdict reads "the guard never acted; ..." while the
+    audit log holds the guard's sent top-up whose outcome is unknown."""
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
@@ -365,13 +558,7 @@ async def test_audit_why_does_not_say_the_guard_never_acted_when_its_top_up_was_
     await audit.record_event(action.action_id, ACCOUNT, EventKind.SENT)
     await audit.record_event(action.action_id, ACCOUNT, EventKind.UNCERTAIN,
                              message="read timeout after the request was sent")
-    fake.set_position(DANGER)
-    fake.liquidate(ALT, D("98.9"))
-    clock.advance(1)
-    await asyncio.sleep(0.01)  # the audit log's own clock: the death comes after the action
-    await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(DANGER, clock.now_ms()),)))
-    await harness.guard.recorded()
-    await audit.flush()
+    await liquidated_and_pushed(harness, fake, clock, audit)
     [death] = postmortem.deaths(audit.engine)
     assert [a["status"] for a in death.actions] == ["UNCERTAIN"]
     assert "never acted" not in death.verdict and "no decision" not in death.verdict, (
@@ -381,11 +568,11 @@ async def test_audit_why_does_not_say_the_guard_never_acted_when_its_top_up_was_
 async def test_audit_why_counts_every_top_up_of_a_long_lived_position(
     timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
-    """Five top-ups of 20 landed, then the budget ran out and the refusal was recorded once a
-    minute for an hour (60 SKIPPED actions) before the position died. FAILS: ``deaths``
-    reads at most ACTIONS_SHOWN (50) actions, newest first, and sums the applied ADDs of
-    those only: "the guard added" says 0 (and the verdict omits the 100 USDC the guard put
-    in), though ``guard_net_added`` in the same record says 100."""
+    """Five top-ups of 20 landed, then the budget ran out and the refusal was recorded once a minute
+    for an hour (60 SKIPPED actions) before the position died. The first version failed: ``deaths``
+    reads at most ACTIONS_SHOWN (50) actions, newest first, and sums the applied ADDs of those only:
+    "the guard added" says 0 (and the verdict omits the 100 USDC the guard put in), though
+    ``guard_net_added`` in the same record says 100."""
     audit, clock = timed_audit, guard_clock
     for _ in range(5):
         action_id = await audit.record_action(_record(ActionKind.ADD, D(20)))
@@ -415,13 +602,7 @@ async def test_audit_why_json_prints_a_death_with_actions(
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
     await harness.snapshot(ACCOUNT, DANGER)
-    fake.set_position(DANGER)
-    fake.liquidate(ALT, D("98.9"))
-    clock.advance(1)
-    await asyncio.sleep(0.01)  # the audit log's own clock: the death comes after the action
-    await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(DANGER, clock.now_ms()),)))
-    await harness.guard.recorded()
-    await audit.flush()
+    await liquidated_and_pushed(harness, fake, clock, audit)
     url = f"sqlite:///{tmp_path / 'timed.db'}"
     result = CliRunner().invoke(cli.main, ["audit", "why", "--db", url, "--format", "json",
                                              "--since", "2023-01-01"])
@@ -437,11 +618,11 @@ async def test_audit_why_json_prints_a_death_with_actions(
 async def test_the_guards_own_top_up_landing_after_a_fill_is_not_someone_elses(
     timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
-    """A top-up of 50 is on the wire when a fill doubles the position (settlement gives up
-    on reading its effect: the call becomes an orphan, settled when it answers). It answers
-    "done"; a poll asked just before it landed still shows the fill's margin (400), and then
-    the push of the landed top-up shows 450. FAILS: that poll sets the baseline (400, with
-    the call already counted), so the guard's own +50 is recorded as
+    """A top-up of 50 is on the wire when a fill doubles the position (settlement gives up on
+    reading its effect: the call becomes an orphan, settled when it answers). It answers "done";
+    a poll asked just before it landed still shows the fill's margin (400), and then the push of
+    the landed top-up shows 450. The first version failed: that poll sets the baseline (400,
+    with the call already counted), so the guard's own +50 is recorded as
     ``margin_changed_by_others``."""
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
@@ -470,12 +651,12 @@ async def test_the_guards_own_top_up_landing_after_a_fill_is_not_someone_elses(
 async def test_a_position_reopened_during_the_liquidation_read_keeps_its_top_up(
     timed_audit: AuditLog, guard_clock: ManualClock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The private push shows the ALT position gone; while the guard waits for
-    ``GET /v1/liquidations`` (up to 2 s in a crash), the owner's bot reopens on ALT and a
-    poll shows it 1.1 % from liquidation: the guard tops it up. FAILS: the close record is
-    written only once the read is over, so its time (the ledger's close marker for the
-    symbol) comes after the new position's top-up, which stops counting for its cooldown
-    and net margin added (before db08108 the close was recorded at once)."""
+    """The private push shows the ALT position gone; while the guard waits for ``GET
+    /v1/liquidations`` (up to 2 s in a crash), the owner's bot reopens on ALT and a poll shows
+    it 1.1 % from liquidation: the guard tops it up. The first version failed: the close record
+    is written only once the read is over, so its time (the ledger's close marker for the
+    symbol) comes after the new position's top-up, which stops counting for its cooldown and net
+    margin added (before db08108 the close was recorded at once)."""
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     fake = fake_of(harness)
@@ -486,13 +667,11 @@ async def test_a_position_reopened_during_the_liquidation_read_keeps_its_top_up(
         ACCOUNT, PositionsPushed((gone(FAR, clock.now_ms()),))))
     await asyncio.wait_for(entered.wait(), 5)
     clock.advance(1)
-    await asyncio.sleep(0.01)  # the audit log's own clock moves on too
     reopened = replace(DANGER, seq=5)
     await harness.snapshot(ACCOUNT, reopened)
     assert [(s, k) for s, k, _, _ in await queued(audit, ACCOUNT)] == [(ALT, "ADD")]
     ledger = harness.guard.ledger
     assert ledger.last_action(reopened.key, 0) is not None
-    await asyncio.sleep(0.01)
     release.set()
     await close
     assert ledger.last_action(reopened.key, 0) is not None, (
@@ -502,13 +681,13 @@ async def test_a_position_reopened_during_the_liquidation_read_keeps_its_top_up(
 async def test_a_liquidation_is_found_when_this_hosts_clock_runs_90_s_ahead(
     timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
-    """This host's clock is 90 s ahead of the exchange's (Orderly accepts signed requests
-    within 300 s, so the daemon runs normally). The exchange liquidates the position and
-    stamps the liquidation with its own clock. FAILS: the guard looks for liquidations
-    since the LOCAL time it last saw the position minus 60 s (and sends that as
-    ``start_t``), so the liquidation is outside the window and the death is recorded as the
-    owner's ``position_closed``. The position's own ``exchange_ms`` (the exchange's
-    ``updated_time``) is on the exchange's clock and would bound it correctly."""
+    """This host's clock is 90 s ahead of the exchange's (Orderly accepts signed requests within
+    300 s, so the daemon runs normally). The exchange liquidates the position and stamps the
+    liquidation with its own clock. The first version failed: the guard looks for liquidations
+    since the LOCAL time it last saw the position minus 60 s (and sends that as ``start_t``), so
+    the liquidation is outside the window and the death is recorded as the owner's
+    ``position_closed``. The position's own ``exchange_ms`` (the exchange's ``updated_time``) is
+    on the exchange's clock and would bound it correctly."""
     skew = 90_000
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
@@ -536,9 +715,9 @@ async def test_audit_why_survives_odd_guard_last_notes(
     timed_audit: AuditLog, guard_clock: ManualClock, tmp_path: Path, guard_last: str,
 ) -> None:
     """A ``position_liquidated`` whose ``guard_last`` is valid JSON with odd values (a record
-    written by another version or edited by hand). FAILS: ``_from_ms`` catches only
-    ValueError (a time past year 9999 raises OSError/OverflowError) and ``explain`` assumes
-    every note's ``what`` is a string (TypeError): a traceback instead of one clear line
+    written by another version or edited by hand). The first version failed: ``_from_ms``
+    catches only ValueError (a time past year 9999 raises OSError/OverflowError) and ``explain``
+    assumes every note's ``what`` is a string (TypeError): a traceback instead of one clear line
     (docs: no command may show a traceback)."""
     audit = timed_audit
     await audit.record_observation(ACCOUNT, ALT, "position_liquidated", {
@@ -557,12 +736,12 @@ async def test_audit_why_survives_odd_guard_last_notes(
 async def test_a_standby_instance_does_not_record_the_owners_top_up_as_someone_elses(
     timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
-    """Two ``guardbot run`` processes share the accounts and the PostgreSQL audit database;
-    this one does not own the account (ownership gave it to the peer) but still polls and
-    streams it, as the daemon does for every configured account. The peer tops the position
-    up by 50. FAILS: ``_observe`` runs for accounts the guard does not own, and this
-    instance made no call, so it records the peer guard's own top-up in the shared audit
-    log as ``margin_changed_by_others`` -- every top-up of a two-instance deployment."""
+    """Two ``guardbot run`` processes share the accounts and the PostgreSQL audit database; this one
+    does not own the account (ownership gave it to the peer) but still polls and streams it, as the
+    daemon does for every configured account. The peer tops the position up by 50. The first version
+    failed: ``_observe`` runs for accounts the guard does not own, and this instance made no call,
+    so it records the peer guard's own top-up in the shared audit log as
+    ``margin_changed_by_others`` -- every top-up of a two-instance deployment."""
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
     harness.guard.owned = frozenset()  # the peer guards it
@@ -575,9 +754,9 @@ async def test_a_standby_instance_does_not_record_the_owners_top_up_as_someone_e
 async def test_a_standby_instance_does_not_record_a_second_death(
     timed_audit: AuditLog, guard_clock: ManualClock,
 ) -> None:
-    """Same deployment: the peer owns the account and records the liquidation. FAILS: this
-    instance records its own ``position_liquidated`` too (after its own liquidation read),
-    with no trail, so ``guardbot audit why`` lists the one death twice, the second time as
+    """Same deployment: the peer owns the account and records the liquidation. The first version
+    failed: this instance records its own ``position_liquidated`` too (after its own liquidation
+    read), with no trail, so ``guardbot audit why`` lists the one death twice, the second time as
     "the guard never acted"."""
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
