@@ -206,6 +206,15 @@ class Daemon:
         """Guard until ``stop`` is set (or a part fails)."""
         guard = self.guard
         await self.start()
+        try:
+            await self._run(stop)
+        finally:
+            # A poll or push handled while the parts stopped may have seen a close: its
+            # record is written before the audit log closes.
+            await guard.recorded()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        guard = self.guard
         async with self.poller, asyncio.TaskGroup() as group:
             tasks = [group.create_task(guard.executor.run(), name="executor")]
             for index, exchange in enumerate(guard.exchanges.values()):

@@ -114,6 +114,7 @@ class _Close:
     until_ms: int
     qty: Decimal | None
     detail: dict[str, str]
+    net_added: Decimal | None  # what the guard had added to it, read before the close
 
 
 class Guard:
@@ -269,6 +270,11 @@ class Guard:
         in this guard made is recorded as an observation (never counted as the guard's)."""
         await self.executor.observe(position)
         key = position.key
+        unexplained = self._unexplained.get(key)
+        if (unexplained is not None and position.is_open
+                and position.exchange_ms < unexplained.until_ms):
+            # Open again: only a liquidation stamped before the reopen explains that close.
+            self._unexplained[key] = replace(unexplained, until_ms=position.exchange_ms)
         settlement = self.executor.settlement
         if (not position.is_open or settlement.unsettled(key)
                 or key[0] not in self.owned or key[2] is not MarginMode.ISOLATED):
@@ -308,6 +314,9 @@ class Guard:
         if key[0] not in self.owned:
             return  # the instance guarding the account records it
         now = self.clock.now_ms()
+        net_added = None
+        with contextlib.suppress(AuditError):  # before the ledger starts the symbol over
+            net_added = await self.ledger.net_added(key, now)
         self.ledger.position_closed(key[0], key[1], now)
         detail = {"margin_mode": key[2].value, "guard_last": notes}
         if last is not None:
@@ -317,7 +326,7 @@ class Guard:
         waited = 0 if last is None else max(0, now - last.received_ms)
         close = _Close(key, now, seen - LIQUIDATION_SLACK_MS,
                        seen + waited + LIQUIDATION_SLACK_MS,
-                       None if last is None else abs(last.qty), detail)
+                       None if last is None else abs(last.qty), detail, net_added)
         task = asyncio.create_task(self._explain(close))
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
@@ -358,9 +367,6 @@ class Guard:
     async def _record_liquidation(self, close: _Close, liquidation: Liquidation,
                                   detail: dict[str, str]) -> None:
         key = close.key
-        net_added = None
-        with contextlib.suppress(AuditError):
-            net_added = await self.ledger.net_added(key, close.closed_ms)
         detail = detail | {
             "liquidation_id": str(liquidation.liquidation_id),
             "liquidated_ms": str(liquidation.time_ms),
@@ -371,8 +377,8 @@ class Guard:
             detail["fee"] = str(liquidation.fee)
         if liquidation.to_insurance_fund is not None:
             detail["to_insurance_fund"] = str(liquidation.to_insurance_fund)
-        if net_added is not None:
-            detail["guard_net_added"] = str(net_added)
+        if close.net_added is not None:
+            detail["guard_net_added"] = str(close.net_added)
         await self.audit.record_observation(key[0], key[1], "position_liquidated", detail,
                                             at_ms=close.closed_ms)
         self._attributed.append((key[0], liquidation.liquidation_id))

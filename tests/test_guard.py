@@ -447,3 +447,35 @@ async def test_a_fast_fall_is_evaluated_in_full_though_the_position_is_in_its_ba
     [(_, kind, amount, _)] = await queued(audit, ACCOUNT)
     [(_, kind_ref, amount_ref, _)] = await queued(audit, other)
     assert kind == kind_ref == "ADD" and amount == amount_ref
+
+
+async def test_a_trigger_off_the_look_ahead_step_keeps_topups_calm_promise(
+    audit: AuditLog,
+) -> None:
+    """topup with trigger 0.05005 (a legal value) promises acts_below 0.05005 while the mark moves
+    slower than trigger / reach_s = 3.3367 %/s. A fall from 100 to 96.665 in a second is 3.335
+    %/s: below that, so the guard keeps the position 5.0056 % from liquidation in its band. The
+    first version failed: topup rounds the looked-ahead trigger UP to 0.0001 (0.050025 ->
+    0.0501), which is above 0.05005, so it does act there (an ADD of 36.73) -- the guard that
+    evaluates everything sends the rescue, the band-skipping one sends nothing: the promise is
+    broken whenever the trigger is not a multiple of 0.0001 (the guard's limit should use the
+    rounded reading, or topup should round to the trigger, or calm_while should be
+    (floor(trigger to STEP) / reach_s, window))."""
+    clock = ManualClock()
+    other = "0x" + "ef" * 32
+    topup = TopUp(trigger="0.05005")
+    harness = Harness(audit, clock, [topup])
+    reference = Harness(audit, clock, [TopUp(trigger="0.05005")], [other], quiet_bands=False)
+    start = replace(FAR, margin=D("127.65"))  # liquidates at 91.826: 8.2 % at 100
+    both = ((harness, ACCOUNT), (reference, other))
+    clock.advance(10)
+    for guard, account in both:
+        await guard.snapshot(account, start)
+        await guard.tick(account, PERP_ALT_USDC=D(100))
+    clock.advance(1)
+    for guard, account in both:
+        await guard.tick(account, PERP_ALT_USDC=D("96.665"))
+    [(_, kind, amount, _)] = await queued(audit, other)
+    assert (kind, amount) == ("ADD", D("36.73")), "the full evaluation rescues"
+    assert await queued(audit, ACCOUNT) == [("PERP_ALT_USDC", "ADD", D("36.73"), "topup")], (
+        "skipped in its band though topup acts at this mark and speed")

@@ -768,3 +768,67 @@ async def test_a_standby_instance_does_not_record_a_second_death(
     clock.advance(1)
     await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(FAR, clock.now_ms()),)))
     assert await observations(audit, "position_liquidated", harness.guard) == []
+
+
+async def test_a_liquidation_record_says_what_the_guard_added_to_the_dead_position(
+    timed_audit: AuditLog, guard_clock: ManualClock,
+) -> None:
+    """The guard topped the position up by 20 (applied), then the exchange liquidated it.
+    The first version failed: ``Guard.closed`` tells the ledger of the close at once
+    (``ledger.position_closed(now)``) and only then, in the background, does
+    ``_record_liquidation`` ask ``ledger.net_added(key, closed_ms)``: every action of the dead
+    position is now before the close marker, so ``guard_net_added`` is always "0" (or, after
+    a reopen, the NEW position's figure). The record of a death misstates the money the
+    guard put into the position the trader lost."""
+    audit, clock = timed_audit, guard_clock
+    harness = Harness(audit, clock, [TopUp()])
+    fake = fake_of(harness)
+    await harness.snapshot(ACCOUNT, FAR)
+    action_id = await audit.record_action(ActionRecord(
+        account_id=ACCOUNT, symbol=ALT, margin_mode=FAR.margin_mode, policy="topup",
+        kind=ActionKind.ADD, amount=D(20), reason="distance below trigger", dry_run=False,
+        mark_price=D(100), margin=FAR.margin, qty=FAR.qty, data_age_ms=0,
+        source=Source.REST))
+    await audit.record_event(action_id, ACCOUNT, EventKind.SENT)
+    await audit.record_event(action_id, ACCOUNT, EventKind.SUCCEEDED, latency_ms=50)
+    assert await harness.guard.ledger.net_added(FAR.key, clock.now_ms()) == D(20)
+    fake.set_position(FAR)
+    fake.liquidate(ALT, D(84))
+    clock.advance(1)
+    await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(FAR, clock.now_ms()),)))
+    [record] = await observations(audit, "position_liquidated", harness.guard)
+    assert record["guard_net_added"] == "20", record
+
+
+async def test_a_reopened_positions_liquidation_is_not_given_to_the_earlier_close(
+    timed_audit: AuditLog, guard_clock: ManualClock,
+) -> None:
+    """The owner closes the ALT position (recorded ``position_closed``, kept in ``_unexplained`` in
+    case a late liquidation push explains it), reopens the same size five seconds later, and
+    that NEW position is liquidated five seconds after that; the exchange pushes the liquidation
+    before the position update (an order docs/exchange.md leaves open). The first version
+    failed: ``_liquidations_pushed`` matches it to the earlier close (same symbol and size,
+    inside its 60 s window; a reopen never clears ``_unexplained``), records the owner's close
+    as a liquidation, and the new position's death -- its liquidation now "attributed" -- is
+    recorded as a plain close: the operator is told "isolated position closed" for a liquidation
+    the guard failed to prevent, and ``audit why`` blames the wrong position."""
+    audit, clock = timed_audit, guard_clock
+    harness = Harness(audit, clock, [TopUp()])
+    fake = fake_of(harness)
+    await harness.snapshot(ACCOUNT, FAR)
+    clock.advance(1)
+    await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(FAR, clock.now_ms()),)))
+    assert len(await observations(audit, "position_closed", harness.guard)) == 1
+    clock.advance(5)
+    reopened = replace(FAR, seq=(FAR.seq or 0) + 2)
+    await harness.snapshot(ACCOUNT, reopened)
+    clock.advance(5)
+    fake.set_position(replace(reopened, exchange_ms=clock.now_ms()))
+    liquidation = fake.liquidate(ALT, D(84))
+    await harness.guard.on_event(ACCOUNT, LiquidationsPushed((liquidation,)))
+    await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(reopened, clock.now_ms()),)))
+    liquidated = await observations(audit, "position_liquidated", harness.guard)
+    closed = await observations(audit, "position_closed", harness.guard)
+    assert [r.get("recorded_after_close") for r in liquidated] == [None], (
+        "the new position's liquidation was given to the owner's earlier close")
+    assert len(closed) == 1, "the liquidated position is recorded as a plain close"

@@ -23,7 +23,7 @@ every tick once the mark moves faster; with ``margin_ratio`` it is evaluated on 
 
 from __future__ import annotations
 
-from decimal import ROUND_UP, Decimal
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 from guardbot import risk
 from guardbot.domain import ActionKind, Intent
@@ -39,6 +39,7 @@ from guardbot.policies.base import (
 ZERO, ONE = Decimal(0), Decimal(1)
 STEP = Decimal("0.0001")  # a looked-ahead trigger, rounded up to this
 MAX_TARGET = Decimal("0.99")  # a looked-ahead target stays a distance
+MIN_CALM = Decimal("1e-12")  # calm_while's speed must be positive
 
 
 class TopUp:
@@ -102,7 +103,11 @@ class TopUp:
         then ``acts_below`` holds (base.py)."""
         if self.reach_s <= 0:
             return None
-        return self.trigger / self.reach_s, self.speed_window_s
+        # It looks ahead once the rounded-up reach is above the trigger, that is once the
+        # reach is above the trigger rounded down to STEP.
+        floor = self.trigger.quantize(STEP, rounding=ROUND_DOWN)
+        # (a trigger below STEP looks ahead at any speed: calm only while the mark is still)
+        return max(floor, MIN_CALM) / self.reach_s, self.speed_window_s
 
     @property
     def acts_below(self) -> Decimal | None:

@@ -172,3 +172,11 @@ def test_the_look_ahead_follows_the_side_and_stops_at_max_trigger(make_view: Vie
     [intent] = TopUp(max_trigger="0.07").evaluate(view, crash)
     assert "below trigger 0.07" in intent.reason
     assert TopUp(max_trigger="0.07").acts_below == D("0.05"), "while the mark is calm"
+
+
+def test_a_trigger_below_the_look_ahead_step_is_calm_only_while_the_mark_is_still() -> None:
+    """``calm_while`` holds only below the trigger rounded down to the look-ahead's step;
+    a trigger below that step promises calm at no speed at all (but stays positive)."""
+    speed, window = TopUp(trigger="0.00005", target="0.01").calm_while or (None, None)
+    assert speed is not None and D(0) < speed < D("1e-11") and window == D(5)
+    assert TopUp(trigger="0.05005", reach_s=1).calm_while == (D("0.0500"), D(5))
