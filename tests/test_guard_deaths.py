@@ -96,8 +96,7 @@ async def test_a_liquidated_position_is_recorded_as_a_liquidation_with_the_guard
     harness = Harness(audit, clock, [TopUp()])
     harness.guard.arbiter.budgets = harness.guard.settings.budgets.model_copy(
         update={"per_position_per_day": D(5), "min_amount": D(10)})
-    fake = harness.guard.exchanges[ACCOUNT]
-    assert isinstance(fake, FakeExchange)
+    fake = fake_of(harness)
     danger = replace(LONG, margin=D(60))  # 1.1 % from liquidation: topup wants to add
     await harness.snapshot(ACCOUNT, danger)
     assert await queued(audit, ACCOUNT) == [], "refused: the budget is spent"
@@ -140,8 +139,7 @@ async def test_a_liquidation_pushed_after_an_unexplained_close_is_still_recorded
     the liquidation (once, though the push repeats)."""
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
-    fake = harness.guard.exchanges[ACCOUNT]
-    assert isinstance(fake, FakeExchange)
+    fake = fake_of(harness)
     await harness.snapshot(ACCOUNT, FAR)
     fake.set_position(FAR)
     liquidation = fake.liquidate(ALT, D(84))
@@ -167,8 +165,7 @@ async def test_a_liquidation_pushed_first_explains_the_close_that_follows(
     await harness.guard.on_event(ACCOUNT, LiquidationsPushed((pushed,)))
     assert await observations(audit, "position_liquidated", harness.guard) == [], (
         "not until it is gone")
-    fake = harness.guard.exchanges[ACCOUNT]
-    assert isinstance(fake, FakeExchange)
+    fake = fake_of(harness)
     fake.read_failure = lambda: Rejected(-1000, "unknown error", 500)  # the push alone tells
     await harness.guard.on_event(ACCOUNT, PositionsPushed((gone(FAR, clock.now_ms()),)))
     [record] = await observations(audit, "position_liquidated", harness.guard)
@@ -205,8 +202,7 @@ async def test_a_liquidation_read_that_hangs_holds_the_account_up_only_briefly(
     monkeypatch.setattr(guard_module, "LIQUIDATION_READ_S", 0.05)
     audit, clock = timed_audit, guard_clock
     harness = Harness(audit, clock, [TopUp()])
-    fake = harness.guard.exchanges[ACCOUNT]
-    assert isinstance(fake, FakeExchange)
+    fake = fake_of(harness)
 
     async def hang(since_ms: int) -> tuple[Liquidation, ...]:
         await asyncio.Event().wait()
