@@ -31,7 +31,7 @@ version, so a late copy cannot bring it back: only a strictly newer version reop
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from decimal import Decimal
 
@@ -145,21 +145,25 @@ class PositionBook:
                 self.remove(key)
         return applied
 
-    def apply_mark(self, symbol: str, price: Decimal, exchange_ms: int) -> set[str]:
+    def apply_mark(self, symbol: str, price: Decimal, exchange_ms: int) -> bool:
         """Re-price every open position on ``symbol`` at a new mark (source ``MARK``).
 
         ``unsettled_pnl`` follows the mark with the funding owed kept as it was
         (``upnl = q*mark - cost - funding``). Marks older than the last one applied for the
-        symbol are ignored. Returns the accounts whose positions it re-priced (cross ones
-        included).
+        symbol are ignored (``False``); the cost does not depend on how many positions the
+        symbol has (``accounts_on`` lists the accounts it re-priced).
         """
         if price <= 0:
             raise ValueError(f"{symbol}: mark price must be positive, got {price}")
         last = self._marks.get(symbol)
         if last is not None and exchange_ms < last.exchange_ms:
-            return set()
+            return False
         self._stamp += 1
         self._marks[symbol] = _Mark(price, exchange_ms, self._stamp)
+        return True
+
+    def accounts_on(self, symbol: str) -> set[str]:
+        """The accounts with an open position on ``symbol`` (cross ones included)."""
         return {key[0] for key in self._by_symbol.get(symbol, ())}
 
     def remove(self, key: PositionKey) -> Position | None:
@@ -198,13 +202,18 @@ class PositionBook:
         """The keys of one account's open isolated positions, by symbol."""
         return [held.key for held in self._isolated.get(account_id, {}).values()]
 
-    def isolated_marks(self, account_id: str) -> list[tuple[Held, Decimal]]:
-        """One account's open isolated positions, by symbol, each with the mark it is priced
-        at now (``current`` builds the position itself): what a mark tick looks at."""
+    def isolated_marks(self, account_id: str, symbols: Iterable[str] | None = None
+                       ) -> list[tuple[Held, Decimal]]:  # fmt: skip
+        """One account's open isolated positions (all, or those on ``symbols``), by symbol,
+        each with the mark it is priced at now (``current`` builds the position itself):
+        what a mark tick looks at."""
         marks = self._marks
+        isolated = self._isolated.get(account_id, {})
+        chosen = isolated.values() if symbols is None else [
+            isolated[s] for s in sorted(symbols) if s in isolated]
         found = []
-        for symbol, held in self._isolated.get(account_id, {}).items():
-            mark = marks.get(symbol)
+        for held in chosen:
+            mark = marks.get(held.key[1])
             price = mark.price if mark is not None and mark.stamp > held.stamp else None
             found.append((held, held.position.mark_price if price is None else price))
         return found

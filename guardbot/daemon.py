@@ -340,6 +340,7 @@ class Daemon:
                 await guard.executor.expire()
             except AuditError as exc:
                 log.error("could not record expired verifications: %s", exc)
+            guard.check_stale()
             if ticks % RULES_REFRESH_S == 0:
                 # New listings and changed margin parameters, without a restart.
                 try:

@@ -6,15 +6,14 @@ decide over the ledger's budgets, and hands approved actions to the executor. It
 on data older than ``[poll] max_data_age_s``, never on a CROSS position (the book only hands
 out isolated ones), and only on accounts it owns.
 
-A mark tick costs a price comparison per position whose policies all promise not to act at
-its distance (``acts_below``/``acts_above``, guardbot/policies/base.py): once per confirmed
-version of a position (a REST or WS update; a position with calls not settled yet is
-evaluated in full, its known effect and evidence rules change without a new version) the
-guard computes the band of marks in which none of its policies can act and whether it is
-near its trigger there (``guardbot.policies.quiet``). A position whose mark is in its band
-is not evaluated: it still counts for the fast-polling flag and is still warned about when
-its data is stale. Everything else (outside the band, no band, a policy that promises
-nothing) is evaluated exactly as before.
+A mark tick visits only the positions that might act at the new mark (docs/architecture.md,
+"The hot path"): once per confirmed version of a position the guard computes the band of
+marks in which none of its policies can act (``acts_below``/``acts_above``,
+guardbot/policies/base.py; ``guardbot.policies.quiet``), and ``guardbot.watch`` finds the
+positions whose mark left it. A position with calls not settled yet is evaluated in full on
+every tick (its known effect and evidence rules change without a new version), as is one
+without a band (a policy that promises nothing). The accounts of a tick are decided most
+endangered first. Stale data is warned about by the housekeeping (``check_stale``).
 
 It does no I/O of its own and reads time only from its clock: the daemon drives it over
 REST and WebSockets on the system clock (``guardbot.daemon``), the backtest in virtual time
@@ -72,6 +71,7 @@ from guardbot.policies.quiet import MarkBand, mark_band
 from guardbot.policies.runner import evaluate_policies
 from guardbot.settlement import VISIBLE_AFTER_MS, Settlement
 from guardbot.trail import Trail
+from guardbot.watch import MarkWatch
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ RECENT_LIQUIDATIONS = 32  # pushed liquidations kept per account
 # or poll: at most this long (then the close is recorded with its cause unknown, and a
 # later push can still record the liquidation).
 LIQUIDATION_READ_S = 2.0
+ONE = Decimal(1)
 # Refusals the operator is told about at once.
 _REFUSAL_ALERTS = {Refusal.BUDGET: AlertKind.BUDGET_EXHAUSTED,
                    Refusal.TOO_MANY_UNCERTAIN: AlertKind.UNCERTAIN}
@@ -155,7 +156,7 @@ class Guard:
             settlement=Settlement(settle_window_ms=self.settle_window_ms),
             on_reread=self.on_reread, notify=self.notify, max_data_age_ms=self.max_age_ms,
             reject_backoff_ms=max(int(settings.budgets.cooldown_s * 1000), REJECT_BACKOFF_MS))
-        self.rules: dict[str, SymbolRules] = {}
+        self._rules: dict[str, SymbolRules] = {}
         self.free_balance: dict[str, Decimal] = {}
         self.balance_ms: dict[str, int] = {}  # when each free balance was read
         self.last_snapshot_ms: dict[str, int] = {}
@@ -189,6 +190,23 @@ class Guard:
         self._margins: dict[PositionKey, tuple[Decimal, Decimal, int]] = {}
         # Per symbol and window: the newest mark a speed was read at, and the speed.
         self._speeds: dict[tuple[str, Decimal], tuple[MarkPrice, Decimal]] = {}
+        # What a mark tick visits (guardbot.watch), the positions near their trigger per
+        # account (the fast-polling flag), and the liquidation price (and side) of the
+        # version last looked at, which orders a tick's accounts.
+        self.watch = MarkWatch()
+        self._near: dict[str, set[PositionKey]] = {}
+        self._liquidations: dict[PositionKey, tuple[Decimal | None, bool]] = {}
+
+    @property
+    def rules(self) -> dict[str, SymbolRules]:
+        """Every symbol's margin rules (the daemon loads and refreshes them)."""
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: dict[str, SymbolRules]) -> None:
+        if rules != self._rules:
+            self.watch.reset()  # every cell was computed under the old rules
+        self._rules = rules
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -238,20 +256,81 @@ class Guard:
         elif isinstance(event, LiquidationsPushed):
             await self._liquidations_pushed(account_id, event.liquidations)
         elif isinstance(event, MarksPushed):
-            accounts: set[str] = set()
+            ticked: dict[str, Decimal] = {}
             for mark in event.marks:
                 recent = self.marks.get(mark.symbol)
                 if recent is None:
                     recent = self.marks[mark.symbol] = deque(maxlen=RECENT_MARKS)
                 if not recent or mark.exchange_ms >= recent[-1].exchange_ms:
                     recent.append(mark)  # in exchange-time order: a late one is dropped
-                accounts |= self.book.apply_mark(mark.symbol, mark.price, mark.exchange_ms)
-            if accounts:
-                await asyncio.gather(*(self.evaluate(a) for a in accounts))
+                if self.book.apply_mark(mark.symbol, mark.price, mark.exchange_ms):
+                    ticked[mark.symbol] = mark.price
+            if ticked:
+                await self._ticked(ticked)
         elif isinstance(event, HoldingsPushed):
             self.ws_connected[account_id] = True
         else:  # StreamGap: the streams already resynchronised over REST
             self.ws_connected[account_id] = False
+
+    async def _ticked(self, ticked: Mapping[str, Decimal]) -> None:
+        """New marks of ``ticked`` symbols: the positions that may need something at them
+        (``guardbot.watch``), account by account, the accounts of the most endangered
+        positions first."""
+        if not self.quiet_bands:
+            accounts = set().union(*(self.book.accounts_on(s) for s in ticked))
+            await asyncio.gather(*(self.evaluate(a) for a in accounts))
+            return
+        visits: dict[str, set[PositionKey]] = {}
+        for symbol, mark in ticked.items():
+            moving = [s for s in self.watch.speeds(symbol) if self._moving(symbol, s)]
+            for key in self.watch.visit(symbol, mark, moving=moving):
+                visits.setdefault(key[0], set()).add(key)
+        for key in self._in_full():
+            if key[1] in ticked:
+                visits.setdefault(key[0], set()).add(key)
+        if not visits:
+            return
+        closest = {account: min(self._distance(k, ticked[k[1]]) for k in keys)
+                   for account, keys in visits.items()}  # fmt: skip
+        order = sorted(visits, key=closest.__getitem__)
+        # In waves of 1, 2, 4... accounts: the most endangered one is decided and its
+        # action recorded and queued (its worker sends it while the next wave is decided)
+        # before the rest; within a wave the audit log's writes overlap.
+        start, size = 0, 1
+        while start < len(order):
+            wave = order[start:start + size]
+            await asyncio.gather(*(self.evaluate(a, visits[a]) for a in wave))
+            start, size = start + size, size * 2
+
+    def _in_full(self) -> frozenset[PositionKey]:
+        """Positions evaluated in full on every update: calls not settled yet change their
+        known effect and evidence rule without a new version, and a blocked position's call
+        may go out while a round awaits."""
+        return (self.executor.busy() | self.executor.held().keys()
+                | self.executor.settlement.unsettled_keys())
+
+    def _distance(self, key: PositionKey, mark: Decimal) -> Decimal:
+        """The position's distance to liquidation at ``mark``, from the liquidation price
+        of the version last looked at (only to order a round: unknown ones go first)."""
+        found = self._liquidations.get(key)
+        if found is None:
+            return Decimal(-1)
+        price, long = found
+        if price is None:
+            return Decimal(1)
+        return ONE - price / mark if long else price / mark - ONE
+
+    def check_stale(self) -> None:
+        """Warn about positions whose data is older than the guard may act on, also those
+        no tick visits (housekeeping: the daemon and the backtest call it every second)."""
+        if not self.acting:
+            return
+        now = self.clock.now_ms()
+        for account_id in self.owned:
+            for held, _ in self.book.isolated_marks(account_id):
+                age = now - held.confirmed_ms
+                if age > self.max_age_ms:
+                    self._warn_stale(held.key, age, now)
 
     async def on_reread(self, position: Position | None, key: PositionKey) -> None:
         """A position the executor read (evidence for a call, or after a back-off)."""
@@ -309,6 +388,7 @@ class Guard:
         positions are decided on meanwhile: finding the cause never holds up a rescue."""
         self._bands.get(key[0], {}).pop(key[1], None)
         self._margins.pop(key, None)
+        self._forget(key)
         await self.executor.closed(key)
         notes = self.trail.take(key)
         if key[0] not in self.owned:
@@ -499,6 +579,11 @@ class Guard:
             await self.executor.release(account_id)
         self.ledger.forget(account_id)
         self.trail.forget_account(account_id)
+        self.watch.forget_account(account_id)
+        for key in [k for k in self._liquidations if k[0] == account_id]:
+            del self._liquidations[key]
+        self._near.pop(account_id, None)
+        self._urgent.discard(account_id)
 
     # -- deciding -------------------------------------------------------------------------
 
@@ -509,26 +594,29 @@ class Guard:
     def name(self, account_id: str) -> str:
         return self.account_names.get(account_id, account_id)
 
-    async def evaluate(self, account_id: str) -> None:
-        """Evaluate the account's fresh isolated positions and act on the decisions."""
+    def _forget(self, key: PositionKey) -> None:
+        self.watch.forget(key)
+        self._liquidations.pop(key, None)
+        self._near.get(key[0], set()).discard(key)
+
+    async def evaluate(self, account_id: str, only: set[PositionKey] | None = None) -> None:
+        """Evaluate the account's fresh isolated positions (all, or those on the symbols of
+        ``only``) and act on the decisions."""
         if not self.acting or account_id not in self.owned:
             return
         async with self._locks[account_id]:
             try:
-                await self._evaluate(account_id)
+                await self._evaluate(account_id, only)
             except (AuditError, ExchangeError) as exc:
                 # One failed round must not stop the guard: the next update tries again.
                 log.error("evaluation of %s failed: %s", account_id, exc)
 
-    async def _evaluate(self, account_id: str) -> None:
+    async def _evaluate(self, account_id: str, only: set[PositionKey] | None = None) -> None:
         now = self.clock.now_ms()
         blocked = self.executor.busy()
         held_back = self.executor.held()
         settlement = self.executor.settlement
-        # Calls not settled yet change their position's known effect and evidence rule
-        # without a new version, and a blocked position's call may go out while this round
-        # awaits: these are evaluated in full, as is everything without a band.
-        in_full = blocked | held_back.keys() | settlement.unsettled_keys()
+        in_full = self._in_full()  # as is everything without a band
         shadow: dict[PositionKey, Decimal] = {}
         if self.settings.guard.dry_run:
             # What the dry run would have sent so far: decided on (in full) as if it had been.
@@ -537,28 +625,37 @@ class Guard:
             in_full = in_full | shadow.keys()
         views: dict[PositionKey, PositionView] = {}
         intents: list[Intent] = []
-        urgent = False
-        held_marks = self.book.isolated_marks(account_id)
+        held_marks = self.book.isolated_marks(
+            account_id, None if only is None else {k[1] for k in only})
+        near = self._near.setdefault(account_id, set())
+        if only is None:
+            near.clear()
         bands = self._bands.setdefault(account_id, {})
         rules = self.rules
+        watch = self.watch
         for held, mark in held_marks:
-            if self.quiet_bands and not (in_full and held.key in in_full):
-                symbol = held.key[1]
+            key = held.key
+            near.discard(key)
+            if self.quiet_bands and not (in_full and key in in_full):
+                symbol = key[1]
                 cached = bands.get(symbol)
                 if cached is None or cached[0] is not held or cached[1] is not rules.get(symbol):
                     cached = bands[symbol] = self._band(held)
                 band = cached[2]
-                near = None if band is None else band.urgency(mark)
-                if near is not None and band is not None and band.speeds and self._moving(
-                        symbol, band.speeds):
-                    near = None  # a promise that holds only while the mark is calm
-                if near is not None:
+                cell = None if band is None else band.cell(mark)
+                if cell is not None and cell.speeds and self._moving(symbol, cell.speeds):
+                    cell = None  # a promise that holds only while the mark is calm
+                if cell is not None:
                     # No policy of it can act at this mark: only what a tick does besides.
-                    urgent = urgent or near
+                    watch.cell(key, cell)
+                    if cell.near:
+                        near.add(key)
                     age = now - held.confirmed_ms
                     if age > self.max_age_ms:
-                        self._warn_stale(held.key, age, now)
+                        self._warn_stale(key, age, now)
                     continue
+            if self.quiet_bands:
+                watch.always(key)
             position = self.book.current(held)
             try:
                 view, found = await self._evaluate_position(position, blocked, now,
@@ -572,12 +669,13 @@ class Guard:
                 continue
             if view is None:
                 continue
+            self._liquidations[key] = (view.liquidation_price, position.qty > 0)
             if view.distance is not None and view.distance < self._watch:
-                urgent = True
+                near.add(key)
             if found:
                 views[position.key] = view
                 intents.extend(found)
-        if urgent:
+        if near:
             self._urgent.add(account_id)
         else:
             self._urgent.discard(account_id)
@@ -695,7 +793,9 @@ class Guard:
         band = None
         if rules is not None and quiet is not None:
             try:
-                band = mark_band(PositionView.of(held.position, rules), quiet, self._watch)
+                view = PositionView.of(held.position, rules)
+                band = mark_band(view, quiet, self._watch)
+                self._liquidations[held.key] = (view.liquidation_price, held.position.qty > 0)
             except Exception:  # the full evaluation reports why (_position_failed)
                 band = None
         return held, rules, band

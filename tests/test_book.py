@@ -101,8 +101,10 @@ def test_mark_reprices_between_pushes_keeping_funding() -> None:
     for position in (ETH, cross, btc):
         book.apply(position)
     # the accounts it re-priced, cross positions included
-    assert book.apply_mark("PERP_ETH_USDC", D(1900), 10_500) == {ACCOUNT, OTHER}
-    assert book.apply_mark("PERP_SOL_USDC", D(150), 10_500) == set()
+    assert book.apply_mark("PERP_ETH_USDC", D(1900), 10_500)
+    assert book.accounts_on("PERP_ETH_USDC") == {ACCOUNT, OTHER}
+    assert book.apply_mark("PERP_SOL_USDC", D(150), 10_500)
+    assert book.accounts_on("PERP_SOL_USDC") == set()
     held = book.get(ETH.key)
     assert held is not None
     assert held.mark_price == D(1900)
@@ -118,7 +120,7 @@ def test_older_marks_are_ignored() -> None:
     book = PositionBook()
     book.apply(ETH)
     book.apply_mark("PERP_ETH_USDC", D(1900), 10_500)
-    assert book.apply_mark("PERP_ETH_USDC", D(2100), 10_400) == set()
+    assert not book.apply_mark("PERP_ETH_USDC", D(2100), 10_400)
     held = book.get(ETH.key)
     assert held is not None and held.mark_price == D(1900)
 
@@ -255,9 +257,9 @@ def test_the_indexes_follow_opens_closes_and_removals() -> None:
     book.apply(version(101, 10_100, qty=D(0)))  # ETH isolated closes
     assert book.isolated_keys(ACCOUNT) == [btc.key]
     assert ETH.key not in book
-    assert book.apply_mark("PERP_ETH_USDC", D(1900), 10_500) == {ACCOUNT}, "the cross one"
+    assert book.accounts_on("PERP_ETH_USDC") == {ACCOUNT}, "the cross one"
     book.remove(cross.key)
-    assert book.apply_mark("PERP_ETH_USDC", D(1901), 10_501) == set()
+    assert book.accounts_on("PERP_ETH_USDC") == set()
     book.apply(version(102, 10_200))  # reopened
     assert book.isolated_keys(ACCOUNT) == [btc.key, ETH.key]
     assert [p.mark_price for p in book.isolated_positions(ACCOUNT)] == [D(2000), D(2000)]

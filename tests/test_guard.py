@@ -32,6 +32,7 @@ from guardbot.domain import (
 )
 from guardbot.exchange.fake import FakeExchange
 from guardbot.exchange.port import MarksPushed, PositionsPushed
+from guardbot.executor import Job
 from guardbot.guard import Guard
 from guardbot.policies.base import Policy, PolicyContext, PositionView
 from guardbot.policies.loader import LoadedPolicy
@@ -216,6 +217,8 @@ async def test_urgency_and_stale_data_are_kept_for_positions_in_their_band(
     assert not harness.guard.is_urgent(ACCOUNT)
     clock.advance(6)  # past max_data_age_s (5)
     await harness.tick(ACCOUNT, PERP_ALT_USDC=D(98))
+    assert harness.alerts == [], "a tick inside the cell does not visit the position"
+    harness.guard.check_stale()  # the housekeeping, every second
     assert [a.kind for a in harness.alerts] == [AlertKind.DATA_STALE]
     assert topup.calls[ALT] == 0, "all of it without one evaluation"
 
@@ -313,9 +316,10 @@ async def test_skipping_positions_in_their_band_changes_no_decision(
     script: list[tuple[str, object]],
 ) -> None:
     """The same books, marks, pushes and time for a guard that skips positions in their
-    band and one that evaluates everything: after every step the same positions are
-    blocked (an action queued on the step that asked for it), the same urgency, the same
-    alerts; at the end the same actions, amount for amount."""
+    band and one that evaluates everything: after every step (and the housekeeping that
+    warns about stale data) the same positions are blocked (an action queued on the step
+    that asked for it), the same urgency, the same alerts; at the end the same actions,
+    amount for amount."""
     clock = ManualClock()
     skipping, full = new_account(), new_account()
     guards = [Harness(audit, clock, policies, [skipping], rules=RULES),
@@ -350,6 +354,8 @@ async def test_skipping_positions_in_their_band_changes_no_decision(
             assert isinstance(arg, float | int)
             clock.advance(arg)
         one, other = guards
+        for harness in guards:
+            harness.guard.check_stale()  # the housekeeping (every second): stale data
         assert one.blocked(skipping) == other.blocked(full), (kind, arg)
         assert one.guard.is_urgent(skipping) is other.guard.is_urgent(full)
         assert [a.kind for a in one.alerts] == [a.kind for a in other.alerts]
@@ -479,3 +485,51 @@ async def test_a_trigger_off_the_look_ahead_step_keeps_topups_calm_promise(
     assert (kind, amount) == ("ADD", D("36.73")), "the full evaluation rescues"
     assert await queued(audit, ACCOUNT) == [("PERP_ALT_USDC", "ADD", D("36.73"), "topup")], (
         "skipped in its band though topup acts at this mark and speed")
+
+
+async def test_a_tick_visits_only_the_positions_leaving_their_band(audit: AuditLog) -> None:
+    """Fifty accounts hold the same position; one was confirmed at a lower margin. A tick
+    that takes only that one out of its band evaluates it alone: the others are not
+    visited at all (not even for a band check)."""
+    clock = ManualClock()
+    topup = Counting(TopUp(reach_s=0))
+    accounts = [f"0x{n:064x}" for n in range(1, 51)]
+    harness = Harness(audit, clock, [topup], accounts)
+    for account in accounts[1:]:
+        await harness.snapshot(account, FAR)
+    await harness.snapshot(accounts[0], replace(FAR, margin=D(120)))  # L 92.63, 0.074 at 100
+    visited = []
+    cell = harness.guard.watch.cell
+
+    def spy(key: tuple[str, str, object], found: object) -> None:
+        visited.append(key[0])
+        cell(key, found)  # type: ignore[arg-type]
+
+    harness.guard.watch.cell = spy  # type: ignore[method-assign]
+    await harness.tick(accounts[0], PERP_ALT_USDC=D(97))  # 0.045 for it, 0.132 for the rest
+    assert visited == [] and topup.calls[ALT] == 1
+    assert await queued(audit, accounts[0]) != []
+    for account in accounts[1:]:
+        assert await queued(audit, account) == []
+
+
+async def test_the_most_endangered_account_is_decided_first(audit: AuditLog) -> None:
+    """A market-wide tick puts three accounts below the trigger at different distances:
+    the most endangered one's action is submitted first, whatever the accounts' order."""
+    clock = ManualClock()
+    accounts = [f"0x{n:064x}" for n in (3, 1, 2)]
+    harness = Harness(audit, clock, [TopUp(reach_s=0)], accounts)
+    for account, margin in zip(accounts, (D(125), D(110), D(118)), strict=True):
+        await harness.snapshot(account, replace(FAR, margin=margin))
+    submitted = []
+    submit = harness.guard.executor.submit
+
+    async def spy(job: Job) -> str | None:
+        submitted.append(job.intent.account_id)
+        return await submit(job)
+
+    harness.guard.executor.submit = spy  # type: ignore[method-assign]
+    await harness.tick(accounts[0], PERP_ALT_USDC=D(96))
+    # liquidation prices 92.11, 93.68 and 92.84: distances 0.041, 0.024 and 0.033; the
+    # closest is decided alone, then the next two together
+    assert submitted[0] == accounts[1] and sorted(submitted[1:]) == sorted(accounts[::2])

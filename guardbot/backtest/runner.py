@@ -286,10 +286,12 @@ class Scenario:
             await asyncio.gather(*(daemon.poller.tick(a) for a in accounts))
 
     async def _expire(self, daemon: Daemon, clock: ManualClock) -> None:
-        """The daemon's housekeeping that bears on decisions: verifications expire."""
+        """The daemon's housekeeping that bears on decisions and their trail: verifications
+        expire, stale data is noted."""
         while True:
             await clock.sleep(1.0)
             await daemon.guard.executor.expire()
+            daemon.guard.check_stale()
 
     def _settle(self, positions: dict[tuple[str, str], PositionResult],
                 ids: dict[str, tuple[str, str]], engine: Engine, venue: Venue,

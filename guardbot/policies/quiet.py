@@ -41,6 +41,21 @@ SLACK = Decimal("1e-9")
 _EMPTY = (INFINITY, ZERO)
 
 
+Speeds = tuple[tuple[Decimal, Decimal], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """Marks from ``low`` to ``high`` (both included) at which the position needs nothing;
+    ``near``: it is near its trigger there (polled fast); ``speeds``: the cell holds only
+    while the mark is calm (``Quiet.calm``)."""
+
+    low: Decimal
+    high: Decimal
+    near: bool
+    speeds: Speeds = ()
+
+
 @dataclass(frozen=True, slots=True)
 class MarkBand:
     """The marks at which no policy of a position acts, for one version of it: ``calm``
@@ -52,16 +67,22 @@ class MarkBand:
     near_low: Decimal
     near_high: Decimal
     # the band holds only while the mark moves slower than these (``Quiet.calm``)
-    speeds: tuple[tuple[Decimal, Decimal], ...] = ()
+    speeds: Speeds = ()
+
+    def cell(self, mark: Decimal) -> Cell | None:
+        """The part of the band (calm or near) that holds ``mark``; ``None`` when some
+        policy may act there: the position must be evaluated."""
+        if self.calm_low <= mark <= self.calm_high:
+            return Cell(self.calm_low, self.calm_high, False, self.speeds)
+        if self.near_low <= mark <= self.near_high:
+            return Cell(self.near_low, self.near_high, True, self.speeds)
+        return None
 
     def urgency(self, mark: Decimal) -> bool | None:
         """Whether the position is near (below the watch) at ``mark``; ``None`` when some
         policy may act there: the position must be evaluated."""
-        if self.calm_low <= mark <= self.calm_high:
-            return False
-        if self.near_low <= mark <= self.near_high:
-            return True
-        return None
+        cell = self.cell(mark)
+        return None if cell is None else cell.near
 
 
 def mark_band(view: PositionView, quiet: Quiet, watch: Decimal) -> MarkBand | None:
