@@ -98,6 +98,8 @@ RECENT_LIQUIDATIONS = 32  # pushed liquidations kept per account
 # later push can still record the liquidation).
 LIQUIDATION_READ_S = 2.0
 ONE = Decimal(1)
+# Reads of positions' histories warming the ledger at once (``Guard._warm``).
+WARM_READS = 2
 # Refusals the operator is told about at once.
 _REFUSAL_ALERTS = {Refusal.BUDGET: AlertKind.BUDGET_EXHAUSTED,
                    Refusal.TOO_MANY_UNCERTAIN: AlertKind.UNCERTAIN}
@@ -196,6 +198,12 @@ class Guard:
         self.watch = MarkWatch()
         self._near: dict[str, set[PositionKey]] = {}
         self._liquidations: dict[PositionKey, tuple[Decimal | None, bool]] = {}
+        # Positions whose history the ledger has been asked for (in the background, when
+        # the position is first seen): the first rescue of a position does not wait on a
+        # read of the audit database.
+        self._warmed: set[PositionKey] = set()
+        self._warming: set[asyncio.Task[None]] = set()
+        self._warm_slots = asyncio.Semaphore(WARM_READS)
 
     @property
     def rules(self) -> dict[str, SymbolRules]:
@@ -349,6 +357,12 @@ class Guard:
         in this guard made is recorded as an observation (never counted as the guard's)."""
         await self.executor.observe(position)
         key = position.key
+        if (key not in self._warmed and position.is_open and key[0] in self.owned
+                and key[2] is MarginMode.ISOLATED):
+            self._warmed.add(key)
+            task = asyncio.create_task(self._warm(key))
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
         unexplained = self._unexplained.get(key)
         if (unexplained is not None and position.is_open
                 and position.exchange_ms < unexplained.until_ms):
@@ -410,6 +424,21 @@ class Guard:
         task = asyncio.create_task(self._explain(close))
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
+
+    async def _warm(self, key: PositionKey) -> None:
+        """Read the position's history into the ledger (budgets, net margin added), a few
+        reads at a time so that a start-up with thousands of positions does not queue the
+        decisions' own reads behind them."""
+        async with self._warm_slots:
+            try:
+                await self.ledger.net_added(key, self.clock.now_ms())
+            except AuditError as exc:  # the evaluation reads it again, and reports it
+                log.debug("could not read the history of %s %s yet: %s", key[0], key[1], exc)
+
+    async def warmed(self) -> None:
+        """Wait until the history of every position seen so far is read (benchmarks)."""
+        while self._warming:
+            await asyncio.gather(*self._warming)
 
     async def recorded(self) -> None:
         """Wait until every close seen so far is recorded (before the audit log closes)."""
@@ -582,6 +611,7 @@ class Guard:
         self.watch.forget_account(account_id)
         for key in [k for k in self._liquidations if k[0] == account_id]:
             del self._liquidations[key]
+        self._warmed = {k for k in self._warmed if k[0] != account_id}
         self._near.pop(account_id, None)
         self._urgent.discard(account_id)
 
@@ -595,6 +625,7 @@ class Guard:
         return self.account_names.get(account_id, account_id)
 
     def _forget(self, key: PositionKey) -> None:
+        self._warmed.discard(key)
         self.watch.forget(key)
         self._liquidations.pop(key, None)
         self._near.get(key[0], set()).discard(key)
