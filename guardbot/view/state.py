@@ -13,7 +13,9 @@ recent decisions (routine refusals included), the audit records the daemon wrote
 started (``AuditLog.listen``) and, once at start, those of the last ``hours`` from the
 database (``seed``). Building it does no I/O once the ledger is loaded.
 
-Money, prices, quantities and distances are strings of their ``Decimal`` (never a float);
+Money, prices, quantities and distances are strings of their ``Decimal`` (never a float;
+liquidation prices rounded to the symbol's price step and distances to six places, for
+people: the guard decides on its own unrounded figures);
 times are milliseconds since the epoch, ages seconds. Nothing secret is in it: no key, no
 secret, no token, no database URL; free texts (reasons, exchange messages, notes) go
 through ``logs.redact`` like log lines.
@@ -63,6 +65,8 @@ RECENT_ACTIONS = 200  # recorded actions kept (with their events)
 SHOWN_ACTIONS = 50  # the newest shown in the snapshot
 RECENT_OBSERVATIONS = 50
 SHOWN_OBSERVATIONS = 20
+# Shown distances have six places (a ten-thousandth of a percent); the zone is read unrounded.
+DISTANCE_SHOWN = Decimal("0.000001")
 
 
 def text(value: Decimal | None) -> str | None:
@@ -226,6 +230,7 @@ class _Row:
     liquidation: Decimal | None
     distance: Decimal | None
     age_ms: int | None
+    tick: Decimal  # the symbol's price step: liquidation prices are shown to it
 
 
 class LiveState:
@@ -303,6 +308,7 @@ class LiveState:
                 position = replace(position, margin=position.margin + effect)
             rules = guard.rules.get(position.symbol)
             liquidation = distance = None
+            tick = DISTANCE_SHOWN if rules is None else rules.quote_tick
             if rules is not None:
                 try:
                     liquidation = risk.liquidation_price(position, rules)
@@ -311,7 +317,7 @@ class LiveState:
                 except (ArithmeticError, ValueError):
                     liquidation = distance = None
             rows.append(_Row(key, position, liquidation, distance,
-                             guard.book.age_ms(key, now_ms)))
+                             guard.book.age_ms(key, now_ms), tick))
         return rows
 
     def sample(self, now_ms: int | None = None) -> None:
@@ -425,7 +431,8 @@ class LiveState:
             "side": "LONG" if position.qty > 0 else "SHORT", "qty": text(position.qty),
             "mark": text(position.mark_price), "margin": text(position.margin),
             "leverage": position.leverage,
-            "liquidation_price": text(row.liquidation), "distance": text(row.distance),
+            "liquidation_price": text(_shown(row.liquidation, row.tick)),
+            "distance": text(_shown(row.distance, DISTANCE_SHOWN)),
             "zone": bands.zone(row.distance), "bands": bands.as_json(),
             "data_age_s": age_s,
             "stale": age_s is not None and age_s > self.settings.poll.max_data_age_s,
@@ -491,12 +498,22 @@ class LiveState:
                 applied=status in (EventKind.SUCCEEDED.value, EventKind.VERIFIED.value),
                 title=f"{chart.clock_label(record['time_ms'])} {record['kind']} "
                       f"{record['amount']} ({status}): {redact(str(record['reason']))}"))
-        # From the first point (at least the last five minutes) up to now.
+        # From the first point (at most ``hours`` ago; at least ten seconds) up to now.
         first = min([t for t, _ in mark[:1]] + [m.t for m in markers] + [float(now)])
-        start = max(float(since), min(first, float(now - 300_000)))
+        start = max(float(since), min(first, float(now - 10_000)))
         return chart.position_chart(chart.Series(
             start=start, end=float(now), mark=mark, liquidation=liquidation,
             margin=margin, markers=markers), chart.CLOCK)
+
+
+def _shown(value: Decimal | None, step: Decimal) -> Decimal | None:
+    """A derived figure rounded for people (the guard decides on its own, unrounded)."""
+    if value is None:
+        return None
+    try:
+        return value.quantize(step)
+    except ArithmeticError:
+        return value
 
 
 def epoch_ms(value: Any) -> int:
