@@ -25,6 +25,7 @@ import signal
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 
@@ -34,7 +35,7 @@ from guardbot.audit.ledger import utc_day_start_ms
 from guardbot.audit.store import AuditError, AuditLog, SchemaOutOfDate
 from guardbot.backoff import backoff
 from guardbot.clock import SYSTEM_CLOCK, Clock
-from guardbot.config import ConfigError, Settings
+from guardbot.config import ConfigError, HealthSettings, Settings
 from guardbot.exchange.errors import (
     AuthError,
     ExchangeError,
@@ -53,6 +54,10 @@ from guardbot.ownership import AccountOwnership, OwnershipError
 from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.loader import load_policies as _load_policies
 from guardbot.preflight import check_settings, port_problem
+
+if TYPE_CHECKING:
+    from guardbot.view.server import View
+    from guardbot.view.state import LiveState
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +186,9 @@ class Daemon:
         # Taking and giving away accounts never interleave (a take-over's reconcile must not
         # re-add an account given away meanwhile).
         self._ownership_lock = asyncio.Lock()
+        # What people see of it (``live_state``; run_daemon sets it): the page, ``guardbot
+        # top`` and chat commands read this one model.
+        self.live: LiveState | None = None
 
     @property
     def exchanges(self) -> dict[str, Exchange]:
@@ -369,6 +377,31 @@ class Daemon:
             metrics.BUDGET_LEFT.labels(account=label).set(float(left))
 
 
+def live_state(daemon: Daemon, instance_id: str,
+               live_instances: Callable[[], int] | None = None) -> LiveState:
+    """The live state of the daemon (``guardbot.view.state``): what the page, ``guardbot
+    top`` and chat commands show."""
+    from guardbot.view.state import LiveState
+
+    health = daemon.settings.health
+    return LiveState(daemon.guard, daemon.settings, daemon.readiness, instance_id=instance_id,
+                     live_instances=live_instances, hours=health.chart_hours,
+                     sample_s=health.chart_sample_s)
+
+
+def live_view(state: LiveState, health: HealthSettings) -> View | None:
+    """The live page over ``state``, or ``None`` when ``[health] view`` is off. Its token is
+    masked in every log line from here on."""
+    from guardbot.view.server import View
+
+    if not health.view:
+        return None
+    token = health.view_token()  # check_settings read it already: it is readable
+    if token is not None:
+        register_secret(token.get_secret_value())
+    return View(state, token=token, push_s=health.push_s)
+
+
 def _exchange_failure(error: BaseException, url: str) -> str:
     """What went wrong with the exchange, in the operator's terms."""
     if isinstance(error, MalformedResponse):
@@ -453,10 +486,12 @@ async def run_daemon(
                             account_names={a.account_id: a.name for a in settings.accounts},
                             owned=ownership.owned(), notify=alerter.notify, clock=clock)
             daemons.append(daemon)
+            daemon.live = live_state(daemon, instance_id, lambda: ownership.live_instances)
             if settings.health.enabled:
                 try:
                     await stack.enter_async_context(HealthServer(
-                        settings.health.host, settings.health.port, daemon.readiness))
+                        settings.health.host, settings.health.port, daemon.readiness,
+                        view=live_view(daemon.live, settings.health)))
                 except OSError as exc:  # taken since check_settings looked
                     raise StartupError(port_problem(settings.health) or f"health server: {exc}",
                                        exits.USAGE) from None
