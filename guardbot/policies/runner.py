@@ -11,9 +11,13 @@ policies applying to the position, for the arbiter's floor check. Each evaluatio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from prometheus_client import Counter
 
 from guardbot.domain import ActionKind, Intent
 from guardbot.metrics import POLICY_EVALUATIONS
@@ -55,23 +59,37 @@ def evaluate_policies(
     intents: list[Intent] = []
     failures: list[PolicyFailure] = []
     for loaded in applicable:
+        label = loaded.label
         try:
-            result = loaded.policy.evaluate(view, replace(ctx, params=loaded.params))
-            checked = [_checked(intent, view, floor) for intent in _as_list(result)]
+            result = loaded.policy.evaluate(view, _with_params(ctx, loaded.params))
+            checked = [_checked(intent, view, floor, label) for intent in _as_list(result)]
         except Exception as exc:  # isolation is the point: any failure of a plugin
-            POLICY_EVALUATIONS.labels(loaded.label, "error").inc()
+            _counted(label, "error").inc()
             failures.append(
                 PolicyFailure(
-                    policy=loaded.label,
+                    policy=label,
                     account_id=position.account_id,
                     symbol=position.symbol,
                     error=f"{type(exc).__name__}: {exc}",
                 )
             )
             continue
-        POLICY_EVALUATIONS.labels(loaded.label, "intent" if checked else "none").inc()
-        intents.extend(replace(intent, policy=loaded.label) for intent in checked)
+        _counted(label, "intent" if checked else "none").inc()
+        intents.extend(checked)
     return Evaluation(tuple(intents), tuple(failures))
+
+
+def _with_params(ctx: PolicyContext, params: Mapping[str, Any]) -> PolicyContext:
+    """``ctx`` with a policy's own ``params`` (the same ``ctx`` when both are empty)."""
+    if ctx.params is params or (not params and not ctx.params):
+        return ctx
+    return replace(ctx, params=params)
+
+
+@lru_cache(maxsize=1024)
+def _counted(label: str, outcome: str) -> Counter:
+    """The evaluations counter of one policy label and outcome (looked up once)."""
+    return POLICY_EVALUATIONS.labels(label, outcome)
 
 
 class InvalidIntent(ValueError):
@@ -84,7 +102,9 @@ def _as_list(result: object) -> list[object]:
     return list(result)
 
 
-def _checked(intent: object, view: PositionView, floor: Decimal | None) -> Intent:
+def _checked(intent: object, view: PositionView, floor: Decimal | None, label: str) -> Intent:
+    """``intent``, validated, relabelled ``label`` and (a REDUCE) given what the arbiter's
+    floor check needs."""
     if not isinstance(intent, Intent):
         raise InvalidIntent(f"expected an Intent, got {type(intent).__name__}")
     position = view.position
@@ -108,5 +128,7 @@ def _checked(intent: object, view: PositionView, floor: Decimal | None) -> Inten
     if intent.kind is ActionKind.REDUCE:
         # What the arbiter needs to keep every REDUCE out of the top-ups' band.
         after = view.distance_with_margin(position.margin - amount)
-        return replace(intent, add_floor=floor, distance_after=after)
-    return replace(intent, add_floor=None, distance_after=None)
+        return replace(intent, policy=label, add_floor=floor, distance_after=after)
+    if intent.policy == label and intent.add_floor is None and intent.distance_after is None:
+        return intent
+    return replace(intent, policy=label, add_floor=None, distance_after=None)
