@@ -9,12 +9,13 @@ The symbols' rules are looked up per position, as the guard does (``Guard.rules`
     .venv/bin/python benchmarks/decision_layer.py [--positions 100] [--rounds 50]
     .venv/bin/python benchmarks/decision_layer.py --positions 1000 --rounds 10 --compare main
 
-Prints the median and worst round and the evaluations per second (positions / median
-round), for small positions (flat MMR, the liquidation price solved exactly) and whale
-positions (MMR growing with notional, solved numerically), and a digest of the decisions
-(kind, amount, approval, refusal of each). ``--compare REV`` measures revision REV too
-(``git archive``, imported instead of this tree), alternating the two ``--repeat`` times in
-one session so that both see the same load, and says whether they decided the same.
+Prints the median round (wall and CPU time), the worst and the evaluations per second
+(positions / median wall time of a round), for small positions (flat MMR, the liquidation
+price solved exactly) and whale positions (MMR growing with notional, solved
+numerically), and a digest of the decisions (kind, amount, approval, refusal of each).
+``--compare REV`` measures revision REV too (``git archive``, imported instead of this
+tree), alternating the two ``--repeat`` times in one session so that both see the same
+load, and says whether they decided the same.
 """
 
 from __future__ import annotations
@@ -95,17 +96,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         book = positions(args.positions, qty)
         rules = {p.symbol: SymbolRules(p.symbol, ETH.base_imr, ETH.base_mmr, ETH.imr_factor)
                  for p in book}  # fmt: skip
-        timings = []
+        timings, cpu = [], []
         decisions: list[Decision] = []
         for _ in range(args.rounds):
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             decisions = one_round(book, rules, policies, arbiter)
+            cpu.append(time.process_time() - started_cpu)
             timings.append(time.perf_counter() - started)
         median = statistics.median(timings)
         figures[name] = {
             "median_ms": median * 1000, "worst_ms": max(timings) * 1000,
-            "per_s": args.positions / median, "decisions": len(decisions),
-            "approved": sum(d.approved for d in decisions), "digest": digest(decisions),
+            "cpu_ms": statistics.median(cpu) * 1000, "per_s": args.positions / median,
+            "decisions": len(decisions), "approved": sum(d.approved for d in decisions),
+            "digest": digest(decisions),
         }  # fmt: skip
     return figures
 
@@ -114,9 +117,9 @@ def report(figures: dict[str, Any]) -> None:
     for name, label, _ in CASES:
         case = figures[name]
         print(f"{label}: {figures['positions']} positions, {case['decisions']} decisions/round "
-              f"({case['approved']} approved): median {case['median_ms']:.2f} ms, worst "
-              f"{case['worst_ms']:.2f} ms per round, {case['per_s']:,.0f} evaluations/s; "
-              f"decisions {case['digest']}")
+              f"({case['approved']} approved): median {case['median_ms']:.2f} ms (CPU "
+              f"{case['cpu_ms']:.2f} ms), worst {case['worst_ms']:.2f} ms per round, "
+              f"{case['per_s']:,.0f} evaluations/s; decisions {case['digest']}")
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -125,8 +128,8 @@ def compare(args: argparse.Namespace) -> None:
         trees = {args.compare: checkout(args.compare, Path(folder) / "old"),
                  "this tree": REPO}  # fmt: skip
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
-        print(f"{'code':<12} {'case':<8} {'median ms':>10} {'worst ms':>10} {'evals/s':>9}  "
-              "decisions")
+        print(f"{'code':<12} {'case':<8} {'median ms':>10} {'CPU ms':>8} {'worst ms':>10} "
+              f"{'evals/s':>9}  decisions")
         for _ in range(args.repeat):
             for code, tree in trees.items():
                 figures = child(__file__, tree, argv)
@@ -134,7 +137,8 @@ def compare(args: argparse.Namespace) -> None:
                 for name, _, _ in CASES:
                     case = figures[name]
                     print(f"{code:<12} {name:<8} {case['median_ms']:>10.2f} "
-                          f"{case['worst_ms']:>10.2f} {case['per_s']:>9,.0f}  "
+                          f"{case['cpu_ms']:>8.2f} {case['worst_ms']:>10.2f} "
+                          f"{case['per_s']:>9,.0f}  "
                           f"{case['digest']}", flush=True)
         print(f"medians over {args.repeat} runs of {args.positions} positions:")
         for name, label, _ in CASES:

@@ -216,8 +216,10 @@ class Arbiter:
                     f"cooldown {budgets.cooldown_s:g} s",
                 )
 
-        limits: list[tuple[Decimal, str, Refusal | None]] = [
-            (budgets.per_action, f"per-action cap {budgets.per_action}", None)
+        # (limit, how to name it: a template and its values, formatted only when it clips,
+        # the refusal it stands for when it leaves too little)
+        limits: list[tuple[Decimal, str, tuple[Decimal, ...], Refusal | None]] = [
+            (budgets.per_action, "per-action cap {}", (budgets.per_action,), None)
         ]
         if intent.kind is ActionKind.ADD:
             account = intent.account_id
@@ -229,9 +231,9 @@ class Arbiter:
                 - state.added_today_by_account.get(account, ZERO)
                 - spent_by_account.get(account, ZERO)
             )
-            limits.append((position_left, f"position daily budget left {position_left}",
+            limits.append((position_left, "position daily budget left {}", (position_left,),
                            Refusal.BUDGET))
-            limits.append((account_left, f"account daily budget left {account_left}",
+            limits.append((account_left, "account daily budget left {}", (account_left,),
                            Refusal.BUDGET))
             balance = state.free_balance.get(account)
             if balance is None:
@@ -242,22 +244,20 @@ class Arbiter:
                     )
             else:
                 spendable = balance - budgets.reserve - spent_by_account.get(account, ZERO)
-                limits.append(
-                    (spendable, f"free balance above reserve {budgets.reserve} is {spendable}",
-                     Refusal.BALANCE)
-                )
+                limits.append((spendable, "free balance above reserve {} is {}",
+                               (budgets.reserve, spendable), Refusal.BALANCE))
 
         amount = intent.amount
         clips = []
         binding = Refusal.BELOW_MINIMUM
-        for limit, description, refusal in limits:
+        for limit, template, values, refusal in limits:
             if amount > limit:
                 amount = max(limit, ZERO)
-                clips.append(description)
+                clips.append(template.format(*values))
                 binding = refusal or binding
         if intent.kind is ActionKind.ADD and not clips:
             rounded = round_up(amount)
-            amount = rounded if all(rounded <= lim for lim, _, _ in limits) else round_down(amount)
+            amount = rounded if all(rounded <= limit[0] for limit in limits) else round_down(amount)
         else:
             amount = round_down(amount)
         if amount < budgets.min_amount:

@@ -24,7 +24,7 @@ module (docs/architecture.md, "Risk math"): each side checks the other.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, getcontext
 from functools import lru_cache
 
@@ -52,7 +52,7 @@ def imr(notional: Decimal, leverage: int, rules: SymbolRules) -> Decimal:
     """
     if leverage <= 0:
         raise ValueError(f"leverage must be positive, got {leverage}")
-    return _rate(max(ONE / Decimal(leverage), rules.base_imr), rules.imr_factor, notional)
+    return _imr_rate(leverage, rules.base_imr, rules.imr_factor).at(notional)
 
 
 def mmr(notional: Decimal, rules: SymbolRules) -> Decimal:
@@ -60,7 +60,7 @@ def mmr(notional: Decimal, rules: SymbolRules) -> Decimal:
     ``max(base_mmr, (base_mmr/base_imr) * imr_factor * notional^0.8)``."""
     if rules.base_imr <= 0:
         raise ValueError(f"{rules.symbol}: base_imr must be positive, got {rules.base_imr}")
-    return _curve(rules.base_imr, rules.base_mmr, rules.imr_factor).mmr(notional)
+    return _curve(rules.base_imr, rules.base_mmr, rules.imr_factor).mmr.at(notional)
 
 
 def funding_owed(position: Position) -> Decimal:
@@ -102,7 +102,7 @@ def liquidation_price(
     own = position.margin if margin is None else margin
     k = own - position.cost_position - funding_owed(position)
     curve = _curve(rules.base_imr, base_mmr, rules.imr_factor)
-    flat_end = curve.flat_end
+    flat_end = curve.mmr.start
     if qty > 0:
         if k >= 0:
             return None
@@ -209,19 +209,39 @@ def round_down(amount: Decimal, step: Decimal = MARGIN_STEP) -> Decimal:
 
 
 def _to_step(amount: Decimal, step: Decimal, rounding: str) -> Decimal:
+    if step is MARGIN_STEP:
+        # the same as below for any amount of up to 28 digits, in one operation
+        return amount.quantize(MARGIN_STEP, rounding=rounding)
     if step <= 0:
         raise ValueError(f"step must be positive, got {step}")
     # quantize: the result carries the step's decimals ("50.00"), as sent on the wire
     return ((amount / step).to_integral_value(rounding=rounding) * step).quantize(step)
 
 
-def _rate(floor: Decimal, factor: Decimal, notional: Decimal) -> Decimal:
-    """``max(floor, factor * notional^0.8)``, skipping the power below the notional where
-    the second term takes over."""
-    start = _growth_start(floor, factor)
-    if start is None or notional <= start:
-        return floor
-    return max(floor, factor * _power(notional))
+@dataclass(frozen=True, slots=True)
+class _Rate:
+    """``max(floor, factor * N^0.8)`` of a notional ``N``, with ``start``, the notional
+    where the second term takes over (``None``: never), so that below it no power is
+    taken."""
+
+    floor: Decimal
+    factor: Decimal
+    start: Decimal | None
+
+    @classmethod
+    def of(cls, floor: Decimal, factor: Decimal) -> _Rate:
+        # the notional where factor * N^0.8 reaches floor
+        return cls(floor, factor, None if factor <= 0 else (floor / factor) ** Decimal("1.25"))
+
+    def at(self, notional: Decimal) -> Decimal:
+        if self.start is None or notional <= self.start:
+            return self.floor
+        return max(self.floor, self.factor * _power(notional))
+
+
+@lru_cache(maxsize=1024)
+def _imr_rate(leverage: int, base_imr: Decimal, imr_factor: Decimal) -> _Rate:
+    return _Rate.of(max(ONE / Decimal(leverage), base_imr), imr_factor)
 
 
 def _power(notional: Decimal) -> Decimal:
@@ -229,11 +249,12 @@ def _power(notional: Decimal) -> Decimal:
     float power corrected in Decimal.
 
     With ``y`` the float result and ``u = notional^4 / y^5 - 1`` (about 1e-16),
-    ``notional^0.8 = y * (1 + u)^(1/5) = y * (1 + u/5 - 2u^2/25 + O(u^3))``; computed with
-    ``_WIDE``'s digits and rounded once in the caller's context, that is the Decimal power
-    correctly rounded unless the true value lies within about 1e-20 of a unit in the last
-    place from a rounding tie. The Decimal power itself is taken where the float cannot
-    serve (out of its range, or a context wider than ``_WIDE`` can correct for)."""
+    ``notional^0.8 = y * (1 + u)^(1/5) = y * (1 + u/5 - 2u^2/25 + O(u^3))``: computed with
+    ``_WIDE``'s digits and rounded once, in the caller's context, its error is about 1e-48,
+    so it is the Decimal power correctly rounded (as the Decimal power itself almost
+    always is) unless the true value lies within about 1e-20 of a unit in the last place
+    from a rounding tie. The Decimal power itself is taken where the float cannot serve:
+    out of its range, or for a context wider than the correction."""
     if getcontext().prec > _FAST_PREC:
         return notional**_EXPONENT
     guess = float(notional) ** 0.8
@@ -249,47 +270,37 @@ def _power(notional: Decimal) -> Decimal:
     return y * _WIDE.add(ONE, mul(u, _WIDE.subtract(_FIFTH, mul(_SECOND_ORDER, u))))
 
 
-_WIDE = Context(prec=64)  # the correction's digits: 1e-48 of error needs more than 48
-_FAST_PREC = 34  # widest caller context the correction serves (Decimal's default is 28)
+_WIDE = Context(prec=64)  # the correction's digits, well beyond its 1e-48
+_FAST_PREC = 34  # the widest caller's context it serves (Decimal's default is 28 digits)
 _MAX_FLOAT_ERROR = Decimal("1e-14")
 _FIFTH, _SECOND_ORDER = Decimal("0.2"), Decimal("0.08")
-
-
-@lru_cache(maxsize=1024)
-def _growth_start(floor: Decimal, factor: Decimal) -> Decimal | None:
-    """The notional where ``factor * N^0.8`` reaches ``floor``; ``None`` if it never does."""
-    if factor <= 0:
-        return None
-    return (floor / factor) ** Decimal("1.25")
+_GROWTH = Decimal("1.8")  # d(N*mmr)/dN = 1.8*mmr where mmr grows as N^0.8
 
 
 @dataclass(frozen=True, slots=True)
 class _Curve:
-    """What the maintenance curve of a symbol's rules fixes once: the MMR's slope, the
-    notional where it starts growing (``None``: flat) and, for a long's surplus, its peak
-    (where MMR reaches 1/1.8) with the maintenance margin there."""
+    """What a symbol's maintenance rules fix once: the MMR and, where it grows (the flat
+    part ends at ``mmr.start``), the peak of a long's surplus (where MMR reaches 1/1.8)
+    with the maintenance margin there; the floats the root finder starts from."""
 
-    base_mmr: Decimal
-    slope: Decimal
-    flat_end: Decimal | None
+    mmr: _Rate
     peak: Decimal | None
     peak_maintenance: Decimal | None
-
-    def mmr(self, notional: Decimal) -> Decimal:
-        if self.flat_end is None or notional <= self.flat_end:
-            return self.base_mmr
-        return max(self.base_mmr, self.slope * _power(notional))
+    factor_fifth: Decimal  # mmr.factor ** 5, to 64 digits
+    base_f: float
+    slope_f: float
 
 
 @lru_cache(maxsize=1024)
 def _curve(base_imr: Decimal, base_mmr: Decimal, imr_factor: Decimal) -> _Curve:
-    slope = base_mmr / base_imr * imr_factor
-    flat_end = _growth_start(base_mmr, slope)
-    peak = None if flat_end is None else _growth_start(ONE / _GROWTH, slope)
-    curve = _Curve(base_mmr, slope, flat_end, peak, None)
-    if peak is None:
-        return curve
-    return replace(curve, peak_maintenance=peak * curve.mmr(peak))
+    rate = _Rate.of(base_mmr, base_mmr / base_imr * imr_factor)
+    floats = float(base_mmr), float(rate.factor)
+    fifth = _WIDE.power(rate.factor, 5)
+    if rate.start is None:
+        return _Curve(rate, None, None, fifth, *floats)
+    peak = _Rate.of(ONE / _GROWTH, rate.factor).start
+    assert peak is not None  # the factor is positive
+    return _Curve(rate, peak, peak * rate.at(peak), fifth, *floats)
 
 
 def _solve(
@@ -302,30 +313,51 @@ def _solve(
     for a falling one (a short). The callers know ``low`` and ``high`` to be on either
     side of the root.
 
-    The root is found in floats (``_float_root``), then bracketed in Decimal: two Decimal
-    evaluations of the surplus, 4e-13 either side of the float root, decide. Where the
-    floats were further off (a surplus nearly flat at its root), Newton in Decimal goes on
-    inside the bracket known so far, bisecting when a step would leave it."""
+    The root is found in floats (``_float_root``), then bracketed in Decimal: the signs of
+    the surplus 4e-13 either side of the float root decide, exactly, without a Decimal power
+    (``negative``). Where the floats were further off (a surplus nearly flat at its root),
+    Newton in Decimal goes on inside the bracket known so far, bisecting when a step would
+    leave it."""
     sign = ONE if rising else -ONE
+    mmr = curve.mmr
 
     def surplus(notional: Decimal) -> tuple[Decimal, Decimal]:
         """The surplus and the maintenance ratio at ``notional``."""
-        ratio = curve.mmr(notional)
+        ratio = mmr.at(notional)
         return k + sign * notional - notional * ratio, ratio
+
+    def negative(notional: Decimal) -> bool:
+        """Whether the surplus is negative at ``notional``. Where MMR grows it is
+        ``k +- N - factor * N^1.8``: negative when ``k +- N`` is, or else when
+        ``(k +- N)^5 < factor^5 * N^9``, both sides to 64 digits (far closer than the
+        1e-12 from the root where this is asked)."""
+        if mmr.start is None or notional <= mmr.start:
+            return surplus(notional)[0] < 0
+        excess = _WIDE.add(k, sign * notional)
+        if excess <= 0:
+            return True
+        mul = _WIDE.multiply
+        squared, excess_squared = mul(notional, notional), mul(excess, excess)
+        fourth = mul(squared, squared)
+        return mul(mul(excess_squared, excess_squared), excess) < mul(
+            curve.factor_fifth, mul(mul(fourth, fourth), notional)
+        )
 
     def below(value: Decimal) -> bool:
         """Whether a surplus is on ``low``'s side of the root."""
         return (value < 0) == rising
 
-    guess = _float_root(curve, k, sign, low, high, start)
-    if guess is not None:
+    guess = _float_root(
+        curve, float(k), 1.0 if rising else -1.0, float(low), float(high), float(start)
+    )
+    if guess is not None and low < guess < high:
         near_low, near_high = max(low, guess * _BELOW), min(high, guess * _ABOVE)
-        low_holds = near_low == low or below(surplus(near_low)[0])
-        high_holds = near_high == high or not below(surplus(near_high)[0])
+        low_holds = near_low == low or negative(near_low) == rising
+        high_holds = near_high == high or negative(near_high) != rising
         if low_holds and high_holds:
             return near_high if rising else near_low
-        # The floats missed: keep what the two evaluations showed, unless rounding noise
-        # on a nearly flat surplus made them contradict each other.
+        # The floats missed: keep what the two signs showed, unless rounding noise on a
+        # nearly flat surplus made them contradict each other.
         narrowed = (
             near_low if low_holds else (near_high if not high_holds else low),
             near_high if high_holds else (near_low if not low_holds else high),
@@ -344,7 +376,7 @@ def _solve(
         if high - low <= tolerance:
             break
         # N*mmr(N) grows as 1.8*mmr where mmr grows as N^0.8, as mmr where it is flat
-        slope = sign - (ratio * _GROWTH if ratio > curve.base_mmr else ratio)
+        slope = sign - (ratio * _GROWTH if ratio > mmr.floor else ratio)
         following = x - value / slope if slope != 0 else x
         if abs(following - x) <= tolerance / 2:
             # Converged from one side: probe just past it to close the bracket.
@@ -355,31 +387,30 @@ def _solve(
     return high if rising else low
 
 
-_GROWTH = Decimal("1.8")  # d(N*mmr)/dN = 1.8*mmr where mmr grows as N^0.8
 _BELOW = ONE - Decimal("4e-13")
 _ABOVE = ONE + Decimal("4e-13")
 
 
 def _float_root(
-    curve: _Curve, k: Decimal, sign: Decimal, low: Decimal, high: Decimal, start: Decimal
+    curve: _Curve, k: float, sign: float, low: float, high: float, x: float
 ) -> Decimal | None:
-    """Newton in floats on the same surplus from ``start``, kept inside (low, high): a
-    root to about 1e-15, as a Decimal strictly inside the bracket, or ``None``."""
-    k_f, sign_f = float(k), float(sign)
-    base_f, slope_f = float(curve.base_mmr), float(curve.slope)
-    lo, hi, x = float(low), float(high), float(start)
-    if not (math.isfinite(k_f) and math.isfinite(lo) and math.isfinite(hi)):
+    """Newton in floats on the surplus ``k + sign*N - N*mmr(N)`` from ``x``, kept inside
+    (low, high): a root to about 1e-15 (``_solve`` checks it), or ``None`` out of the
+    floats' range."""
+    if not (math.isfinite(k) and math.isfinite(low) and math.isfinite(high)):
         return None
+    base, slope = curve.base_f, curve.slope_f
     for _ in range(60):
-        ratio = max(base_f, slope_f * x**0.8)
-        growth = ratio * 1.8 if ratio > base_f else ratio
-        value, slope = k_f + sign_f * x - x * ratio, sign_f - growth
-        following = x - value / slope if slope != 0 else (lo + hi) / 2
-        if not lo < following < hi:  # outside, or NaN
-            following = (lo + hi) / 2
-        if abs(following - x) <= 1e-15 * abs(x):
-            x = following
-            break
+        ratio = slope * x**0.8
+        if ratio > base:
+            value, derivative = k + sign * x - x * ratio, sign - 1.8 * ratio
+        else:
+            value, derivative = k + sign * x - x * base, sign - base
+        following = x - value / derivative if derivative else (low + high) / 2
+        if not low < following < high:  # outside, or NaN
+            following = (low + high) / 2
+        if abs(following - x) <= 1e-9 * abs(x):
+            # converging quadratically: the step just taken leaves about its square
+            return Decimal(repr(following))
         x = following
-    guess = Decimal(repr(x))
-    return guess if low < guess < high else None
+    return Decimal(repr(x))

@@ -147,7 +147,7 @@ class PositionView:
             reason=reason,
             urgency=urgency,
             rescue=rescue,
-            details=dict(details),
+            details=details,  # a fresh dict already
         )
 
 
