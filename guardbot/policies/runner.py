@@ -55,14 +55,18 @@ def evaluate_policies(
     applicable = [
         p for p in policies if p.applies_to(position.account_id, position.symbol, account_name)
     ]
-    floor = max((p.add_target for p in applicable if p.add_target is not None), default=None)
     intents: list[Intent] = []
     failures: list[PolicyFailure] = []
     for loaded in applicable:
         label = loaded.label
         try:
             result = loaded.policy.evaluate(view, _with_params(ctx, loaded.params))
-            checked = [_checked(intent, view, floor, label) for intent in _as_list(result)]
+            returned = _as_list(result)
+            checked: Sequence[Intent] = (
+                [_checked(intent, view, applicable, label) for intent in returned]
+                if returned
+                else ()  # nothing asked, the common case: no list built
+            )
         except Exception as exc:  # isolation is the point: any failure of a plugin
             _counted(label, "error").inc()
             failures.append(
@@ -96,15 +100,17 @@ class InvalidIntent(ValueError):
     """A policy returned something the arbiter must not see."""
 
 
-def _as_list(result: object) -> list[object]:
+def _as_list(result: object) -> list[object] | tuple[object, ...]:
     if not isinstance(result, list | tuple):
         raise InvalidIntent(f"evaluate must return a list of Intent, got {type(result).__name__}")
-    return list(result)
+    return result
 
 
-def _checked(intent: object, view: PositionView, floor: Decimal | None, label: str) -> Intent:
+def _checked(
+    intent: object, view: PositionView, applicable: Sequence[LoadedPolicy], label: str
+) -> Intent:
     """``intent``, validated, relabelled ``label`` and (a REDUCE) given what the arbiter's
-    floor check needs."""
+    floor check needs: the highest ``add_target`` of the ``applicable`` policies."""
     if not isinstance(intent, Intent):
         raise InvalidIntent(f"expected an Intent, got {type(intent).__name__}")
     position = view.position
@@ -128,6 +134,7 @@ def _checked(intent: object, view: PositionView, floor: Decimal | None, label: s
     if intent.kind is ActionKind.REDUCE:
         # What the arbiter needs to keep every REDUCE out of the top-ups' band.
         after = view.distance_with_margin(position.margin - amount)
+        floor = max((p.add_target for p in applicable if p.add_target is not None), default=None)
         return replace(intent, policy=label, add_floor=floor, distance_after=after)
     if intent.policy == label and intent.add_floor is None and intent.distance_after is None:
         return intent
