@@ -9,9 +9,11 @@ quantity ``q``, signed cost ``C``, funding owed
     liquidated when equity(P) <= |q|*P*MMR(|q|*P)
 
 ``MMR`` grows with notional (``imr_factor * notional^0.8``), so the liquidation price is
-solved exactly where ``MMR`` is flat (``base_mmr``) and numerically (bracketed Newton) where
-it is not. The inverse problem (the margin that puts the liquidation price at a given
-price) is explicit.
+solved exactly where ``MMR`` is flat (``base_mmr``) and numerically where it is not: in
+floats, then bracketed in Decimal (``_solve``). The inverse problem (the margin that puts
+the liquidation price at a given price) is explicit. Floats serve only inside the
+searches and the power (``_power``, the Decimal power to the digit): every result is
+Decimal, and what depends only on the rules is computed once per rules (``_curve``).
 
 A ``Position`` carries ``unsettled_pnl = q*mark - C - F`` but not the current
 ``sum_unitary_funding``, so ``F`` is recovered from the snapshot itself
