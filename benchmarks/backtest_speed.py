@@ -27,17 +27,16 @@ import cProfile
 import hashlib
 import json
 import logging
-import os
 import pstats
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from revisions import REPO, checkout, child
 
 from guardbot.backtest.paths import random_path
 from guardbot.backtest.portfolio import Book, BookAccount, BookPosition
@@ -55,7 +54,6 @@ AREAS = {
     "guardbot/backtest": "backtest driver and venue", "guardbot/feeds": "poller and streams",
     "asyncio": "event loop", "json": "json", "decimal": "decimal", "sqlalchemy": "audit log",
 }  # fmt: skip
-REPO = Path(__file__).resolve().parent.parent
 
 
 def book(positions: int) -> Book:
@@ -151,23 +149,6 @@ def report(figures: dict[str, Any]) -> None:
             print(f"  {name:<32} {seconds:7.1f} s  {seconds / total:5.1%}")
 
 
-def child(tree: Path, argv: list[str]) -> dict[str, Any]:
-    """One run in a fresh interpreter importing the ``guardbot`` of ``tree``."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, __file__, *argv, "--json"], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return dict(json.loads(out.splitlines()[-1]))
-
-
-def checkout(revision: str, folder: Path) -> Path:
-    """The files of ``revision`` in ``folder`` (``git archive``)."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], check=True,
-                             capture_output=True).stdout
-    folder.mkdir()
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder
-
-
 def compare(args: argparse.Namespace, argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="guardbot-bench-") as folder:
         trees = {args.compare: checkout(args.compare, Path(folder) / "old"),
@@ -178,7 +159,7 @@ def compare(args: argparse.Namespace, argv: list[str]) -> None:
               f"{'CPU s':>8} {'polls/s':>9}  digest")
         for _ in range(args.repeat):
             for name, tree in trees.items():
-                figures = child(tree, argv)
+                figures = child(__file__, tree, argv)
                 runs[name].append(figures)
                 print(f"{name:<12} {figures['positions']:>9} {figures['hours']:>6g} "
                       f"{figures['polls']:>10,} {figures['wall_s']:>8.1f} "

@@ -1,24 +1,38 @@
-"""How long the pure decision layer takes for one round over N isolated positions.
+"""How fast the pure decision layer is: position evaluations per second, for one round over
+N isolated positions on one core.
 
 One round = for each position: PositionView.of (liquidation price, distance, removable
-maximum) + evaluate_policies (topup and sweep) ; then one Arbiter.decide over all intents.
+maximum) + evaluate_policies (topup and sweep); then one Arbiter.decide over all intents.
 This is the CPU part of the tick-to-request latency; the rest is I/O (feeds, executor).
+The symbols' rules are looked up per position, as the guard does (``Guard.rules``).
 
     .venv/bin/python benchmarks/decision_layer.py [--positions 100] [--rounds 50]
+    .venv/bin/python benchmarks/decision_layer.py --positions 1000 --rounds 10 --compare main
 
-Prints the median and worst round, for small positions (flat MMR) and whale positions
-(MMR growing with notional, solved numerically).
+Prints the median round (wall and CPU time), the worst and the evaluations per second
+(positions / median wall time of a round), for small positions (flat MMR, the liquidation
+price solved exactly) and whale positions (MMR growing with notional, solved
+numerically), and a digest of the decisions (kind, amount, approval, refusal of each).
+``--compare REV`` measures revision REV too (``git archive``, imported instead of this
+tree), alternating the two ``--repeat`` times in one session so that both see the same
+load, and says whether they decided the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import statistics
+import tempfile
 import time
-from dataclasses import replace
 from decimal import Decimal as D
+from pathlib import Path
+from typing import Any
 
-from guardbot.arbiter import Arbiter, ArbiterState
+from revisions import REPO, checkout, child
+
+from guardbot.arbiter import Arbiter, ArbiterState, Decision
 from guardbot.config import BudgetSettings
 from guardbot.domain import MarginMode, Position, Source, SymbolRules
 from guardbot.policies.base import PolicyContext, PositionView
@@ -29,6 +43,8 @@ from guardbot.policies.topup import TopUp
 
 ETH = SymbolRules("PERP_ETH_USDC", D("0.01"), D("0.006"), D("0.0000002512"))
 ACCOUNT = "0x" + "ab" * 32
+CASES = (("flat", "flat MMR (1 ETH each)", D(1)),
+         ("growing", "growing MMR (1000 ETH each)", D(1000)))  # fmt: skip
 
 
 def positions(count: int, qty: D) -> list[Position]:
@@ -50,36 +66,110 @@ def positions(count: int, qty: D) -> list[Position]:
     return made
 
 
-def one_round(book: list[Position], policies: list[LoadedPolicy], arbiter: Arbiter) -> int:
+def one_round(
+    book: list[Position], rules: dict[str, SymbolRules], policies: list[LoadedPolicy],
+    arbiter: Arbiter,
+) -> list[Decision]:
     ctx = PolicyContext(now_ms=1_000, free_balance=D(10**9))
     intents = []
     for position in book:
-        view = PositionView.of(position, replace(ETH, symbol=position.symbol))
+        view = PositionView.of(position, rules[position.symbol])
         intents.extend(evaluate_policies(policies, view, ctx).intents)
     state = ArbiterState(now_ms=1_000, free_balance={ACCOUNT: D(10**9)})
-    return len(arbiter.decide(intents, state))
+    return arbiter.decide(intents, state)
+
+
+def digest(decisions: list[Decision]) -> str:
+    """What was decided, and nothing of how: equal digests, equal decisions."""
+    text = "\n".join(
+        f"{d.intent.symbol} {d.kind} {d.intent.amount} {d.approved} {d.amount} {d.refusal}"
+        for d in decisions
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    policies = [LoadedPolicy("topup", TopUp()), LoadedPolicy("sweep", Sweep())]
+    arbiter = Arbiter(BudgetSettings())
+    figures: dict[str, Any] = {"positions": args.positions, "rounds": args.rounds}
+    for name, _, qty in CASES:
+        book = positions(args.positions, qty)
+        rules = {p.symbol: SymbolRules(p.symbol, ETH.base_imr, ETH.base_mmr, ETH.imr_factor)
+                 for p in book}  # fmt: skip
+        timings, cpu = [], []
+        decisions: list[Decision] = []
+        for _ in range(args.rounds):
+            started, started_cpu = time.perf_counter(), time.process_time()
+            decisions = one_round(book, rules, policies, arbiter)
+            cpu.append(time.process_time() - started_cpu)
+            timings.append(time.perf_counter() - started)
+        median = statistics.median(timings)
+        figures[name] = {
+            "median_ms": median * 1000, "worst_ms": max(timings) * 1000,
+            "cpu_ms": statistics.median(cpu) * 1000, "per_s": args.positions / median,
+            "decisions": len(decisions), "approved": sum(d.approved for d in decisions),
+            "digest": digest(decisions),
+        }  # fmt: skip
+    return figures
+
+
+def report(figures: dict[str, Any]) -> None:
+    for name, label, _ in CASES:
+        case = figures[name]
+        print(f"{label}: {figures['positions']} positions, {case['decisions']} decisions/round "
+              f"({case['approved']} approved): median {case['median_ms']:.2f} ms (CPU "
+              f"{case['cpu_ms']:.2f} ms), worst {case['worst_ms']:.2f} ms per round, "
+              f"{case['per_s']:,.0f} evaluations/s; decisions {case['digest']}")
+
+
+def compare(args: argparse.Namespace) -> None:
+    argv = ["--positions", str(args.positions), "--rounds", str(args.rounds)]
+    with tempfile.TemporaryDirectory(prefix="guardbot-bench-") as folder:
+        trees = {args.compare: checkout(args.compare, Path(folder) / "old"),
+                 "this tree": REPO}  # fmt: skip
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+        print(f"{'code':<12} {'case':<8} {'median ms':>10} {'CPU ms':>8} {'worst ms':>10} "
+              f"{'evals/s':>9}  decisions")
+        for _ in range(args.repeat):
+            for code, tree in trees.items():
+                figures = child(__file__, tree, argv)
+                runs[code].append(figures)
+                for name, _, _ in CASES:
+                    case = figures[name]
+                    print(f"{code:<12} {name:<8} {case['median_ms']:>10.2f} "
+                          f"{case['cpu_ms']:>8.2f} {case['worst_ms']:>10.2f} "
+                          f"{case['per_s']:>9,.0f}  "
+                          f"{case['digest']}", flush=True)
+        print(f"medians over {args.repeat} runs of {args.positions} positions:")
+        for name, label, _ in CASES:
+            speeds = {code: statistics.median(f[name]["per_s"] for f in found)
+                      for code, found in runs.items()}  # fmt: skip
+            old, new = speeds.values()
+            print(f"  {label}: " + ", ".join(f"{code} {speed:,.0f}/s"
+                                             for code, speed in speeds.items())
+                  + f"; speed-up {new / old:.1f}x")  # fmt: skip
+            digests = {f[name]["digest"] for found in runs.values() for f in found}
+            print("    same decisions in every run" if len(digests) == 1
+                  else f"    DECISIONS DIFFER: {sorted(digests)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--positions", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--compare", metavar="REV",
+                        help="also measure git revision REV, alternating with this tree")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each with --compare")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    policies = [LoadedPolicy("topup", TopUp()), LoadedPolicy("sweep", Sweep())]
-    arbiter = Arbiter(BudgetSettings())
-    for label, qty in (("flat MMR (1 ETH each)", D(1)), ("growing MMR (1000 ETH each)", D(1000))):
-        book = positions(args.positions, qty)
-        timings = []
-        decisions = 0
-        for _ in range(args.rounds):
-            started = time.perf_counter()
-            decisions = one_round(book, policies, arbiter)
-            timings.append(time.perf_counter() - started)
-        print(
-            f"{label}: {args.positions} positions, {decisions} decisions/round: "
-            f"median {statistics.median(timings) * 1000:.2f} ms, "
-            f"worst {max(timings) * 1000:.2f} ms per round"
-        )
+    if args.compare:
+        compare(args)
+        return
+    figures = measure(args)
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        report(figures)
 
 
 if __name__ == "__main__":

@@ -147,11 +147,12 @@ class Arbiter:
         approved: list[Decision] = []
         refused: list[Decision] = []
         for intent in ranked:
-            if intent.key in decided:
+            key = intent.key
+            if key in decided:
                 refused.append(_refuse(intent, Refusal.OUTRANKED,
                                        "another intent for this position ranks first"))
                 continue
-            decided.add(intent.key)
+            decided.add(key)
             decision = self._decide_one(intent, state, spent_by_account)
             if decision.approved:
                 approved.append(decision)
@@ -168,20 +169,21 @@ class Arbiter:
         self, intent: Intent, state: ArbiterState, spent_by_account: Mapping[str, Decimal]
     ) -> Decision:
         budgets = self.budgets
+        key = intent.key
         rescue = intent.rescue and intent.kind is ActionKind.ADD
         if state.kill_switch:
             return _refuse(intent, Refusal.KILL_SWITCH, "kill switch engaged: no new actions")
-        if intent.key in state.blocked:
+        if key in state.blocked:
             return _refuse(intent, Refusal.BLOCKED,
                            "an action on this position is queued or on the wire")
-        if intent.kind in state.held.get(intent.key, ()):
+        if intent.kind in state.held.get(key, ()):
             return _refuse(intent, Refusal.BLOCKED,
                            f"{intent.kind} on this position held back after a rejection")
-        unsettled = state.unsettled.get(intent.key, 0)
+        unsettled = state.unsettled.get(key, 0)
         if unsettled and not rescue:
             return _refuse(intent, Refusal.UNSETTLED,
                            f"{unsettled} earlier call(s) on this position not settled yet")
-        uncertain = state.uncertain.get(intent.key, 0)
+        uncertain = state.uncertain.get(key, 0)
         if uncertain >= MAX_UNCERTAIN:
             return _refuse(intent, Refusal.TOO_MANY_UNCERTAIN,
                            f"{uncertain} earlier calls on this position have an unknown "
@@ -201,7 +203,7 @@ class Arbiter:
                 f"a REDUCE of {intent.amount} would leave distance {after:.4f}, below the "
                 f"top-up target {floor}: it would be added straight back",
             )
-        last = state.last_action.get(intent.key)
+        last = state.last_action.get(key)
         cooldown_ms = int(budgets.cooldown_s * 1000)
         add_after_sweep = (
             last is not None and last.kind is ActionKind.REDUCE and intent.kind is ActionKind.ADD
@@ -216,22 +218,24 @@ class Arbiter:
                     f"cooldown {budgets.cooldown_s:g} s",
                 )
 
-        limits: list[tuple[Decimal, str, Refusal | None]] = [
-            (budgets.per_action, f"per-action cap {budgets.per_action}", None)
+        # (limit, how to name it: a template and its values, formatted only when it clips,
+        # the refusal it stands for when it leaves too little)
+        limits: list[tuple[Decimal, str, tuple[Decimal, ...], Refusal | None]] = [
+            (budgets.per_action, "per-action cap {}", (budgets.per_action,), None)
         ]
         if intent.kind is ActionKind.ADD:
             account = intent.account_id
             position_left = budgets.per_position_per_day - state.added_today_by_position.get(
-                intent.key, ZERO
+                key, ZERO
             )
             account_left = (
                 budgets.per_account_per_day
                 - state.added_today_by_account.get(account, ZERO)
                 - spent_by_account.get(account, ZERO)
             )
-            limits.append((position_left, f"position daily budget left {position_left}",
+            limits.append((position_left, "position daily budget left {}", (position_left,),
                            Refusal.BUDGET))
-            limits.append((account_left, f"account daily budget left {account_left}",
+            limits.append((account_left, "account daily budget left {}", (account_left,),
                            Refusal.BUDGET))
             balance = state.free_balance.get(account)
             if balance is None:
@@ -242,22 +246,20 @@ class Arbiter:
                     )
             else:
                 spendable = balance - budgets.reserve - spent_by_account.get(account, ZERO)
-                limits.append(
-                    (spendable, f"free balance above reserve {budgets.reserve} is {spendable}",
-                     Refusal.BALANCE)
-                )
+                limits.append((spendable, "free balance above reserve {} is {}",
+                               (budgets.reserve, spendable), Refusal.BALANCE))
 
         amount = intent.amount
         clips = []
         binding = Refusal.BELOW_MINIMUM
-        for limit, description, refusal in limits:
+        for limit, template, values, refusal in limits:
             if amount > limit:
                 amount = max(limit, ZERO)
-                clips.append(description)
+                clips.append(template.format(*values))
                 binding = refusal or binding
         if intent.kind is ActionKind.ADD and not clips:
             rounded = round_up(amount)
-            amount = rounded if all(rounded <= lim for lim, _, _ in limits) else round_down(amount)
+            amount = rounded if all(rounded <= limit[0] for limit in limits) else round_down(amount)
         else:
             amount = round_down(amount)
         if amount < budgets.min_amount:

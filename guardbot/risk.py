@@ -9,9 +9,11 @@ quantity ``q``, signed cost ``C``, funding owed
     liquidated when equity(P) <= |q|*P*MMR(|q|*P)
 
 ``MMR`` grows with notional (``imr_factor * notional^0.8``), so the liquidation price is
-solved exactly where ``MMR`` is flat (``base_mmr``) and numerically (bracketed Newton) where
-it is not. The inverse problem (the margin that puts the liquidation price at a given
-price) is explicit.
+solved exactly where ``MMR`` is flat (``base_mmr``) and numerically where it is not: in
+floats, then bracketed in Decimal (``_solve``). The inverse problem (the margin that puts
+the liquidation price at a given price) is explicit. Floats serve only inside the
+searches and the power (``_power``, the Decimal power to the digit): every result is
+Decimal, and what depends only on the rules is computed once per rules (``_curve``).
 
 A ``Position`` carries ``unsettled_pnl = q*mark - C - F`` but not the current
 ``sum_unitary_funding``, so ``F`` is recovered from the snapshot itself
@@ -23,8 +25,9 @@ module (docs/architecture.md, "Risk math"): each side checks the other.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+import math
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, getcontext
 from functools import lru_cache
 
 from guardbot.domain import ZERO, MarginMode, Position, SymbolRules
@@ -51,13 +54,15 @@ def imr(notional: Decimal, leverage: int, rules: SymbolRules) -> Decimal:
     """
     if leverage <= 0:
         raise ValueError(f"leverage must be positive, got {leverage}")
-    return _rate(max(ONE / Decimal(leverage), rules.base_imr), rules.imr_factor, notional)
+    return _imr_rate(leverage, rules.base_imr, rules.imr_factor).at(notional)
 
 
 def mmr(notional: Decimal, rules: SymbolRules) -> Decimal:
     """Maintenance margin ratio:
     ``max(base_mmr, (base_mmr/base_imr) * imr_factor * notional^0.8)``."""
-    return _rate(rules.base_mmr, _mmr_slope(rules), notional)
+    if rules.base_imr <= 0:
+        raise ValueError(f"{rules.symbol}: base_imr must be positive, got {rules.base_imr}")
+    return _curve(rules.base_imr, rules.base_mmr, rules.imr_factor).mmr.at(notional)
 
 
 def funding_owed(position: Position) -> Decimal:
@@ -66,10 +71,13 @@ def funding_owed(position: Position) -> Decimal:
     return position.qty * position.mark_price - position.cost_position - position.unsettled_pnl
 
 
-def liquidation_price(position: Position, rules: SymbolRules) -> Decimal | None:
+def liquidation_price(
+    position: Position, rules: SymbolRules, margin: Decimal | None = None
+) -> Decimal | None:
     """The mark price at which the isolated position is liquidated, or ``None`` when no
     positive price liquidates it (a long whose margin covers its whole cost, or a closed
-    position).
+    position). ``margin`` replaces the position's own margin (what an ADD or a REDUCE
+    would leave).
 
     A long liquidates at or below the returned price, a short at or above it. If a long is
     liquidatable at every price (a maintenance ratio so high that the notional outgrows the
@@ -81,10 +89,11 @@ def liquidation_price(position: Position, rules: SymbolRules) -> Decimal | None:
     """
     if position.margin_mode is not MarginMode.ISOLATED:
         raise ValueError(f"{position.symbol} is a cross position; its liquidation is account-wide")
-    if not (ZERO <= rules.base_mmr < ONE and rules.base_imr > 0 and rules.imr_factor >= 0):
+    base_mmr = rules.base_mmr
+    if not (ZERO <= base_mmr < ONE and rules.base_imr > 0 and rules.imr_factor >= 0):
         raise ValueError(
             f"{rules.symbol}: implausible margin rules base_imr={rules.base_imr} "
-            f"base_mmr={rules.base_mmr} imr_factor={rules.imr_factor}"
+            f"base_mmr={base_mmr} imr_factor={rules.imr_factor}"
         )
     qty = position.qty
     if qty == 0:
@@ -92,52 +101,32 @@ def liquidation_price(position: Position, rules: SymbolRules) -> Decimal | None:
     size = abs(qty)
     # equity(P) - maintenance(P) as a function of the notional N = |q|*P:
     #   long:  k + N - N*mmr(N)      short: k - N - N*mmr(N)
-    k = position.margin - position.cost_position - funding_owed(position)
-    sign = ONE if qty > 0 else -ONE
-
-    def surplus(notional: Decimal) -> tuple[Decimal, Decimal]:
-        """The surplus and its derivative in N (``N*mmr(N)`` grows as ``1.8*mmr`` where
-        mmr grows as ``N^0.8``, as ``mmr`` where it is flat)."""
-        ratio = mmr(notional, rules)
-        growth = ratio * Decimal("1.8") if ratio > rules.base_mmr else ratio
-        return k + sign * notional - notional * ratio, sign - growth
-
-    # The same curve in floats, only to pick the solver's starting point (``_solve``): every
-    # branch and every result is decided in Decimal, so float error can cost a Newton step,
-    # never a wrong price.
-    k_f, sign_f, slope_f = float(k), float(sign), float(_mmr_slope(rules))
-    base_f = float(rules.base_mmr)
-
-    def surplus_hint(notional: float) -> tuple[float, float]:
-        ratio = max(base_f, slope_f * notional**0.8)
-        growth = ratio * 1.8 if ratio > base_f else ratio
-        return k_f + sign_f * notional - notional * ratio, sign_f - growth
-
-    flat_end = _flat_end(rules)
+    own = position.margin if margin is None else margin
+    k = own - position.cost_position - funding_owed(position)
+    curve = _curve(rules.base_imr, base_mmr, rules.imr_factor)
+    flat_end = curve.mmr.start
     if qty > 0:
         if k >= 0:
             return None
-        flat_root = -k / (ONE - rules.base_mmr)
+        flat_root = -k / (ONE - base_mmr)
         if flat_end is None or flat_root <= flat_end:
             return flat_root / size
         # Beyond the flat part the surplus rises until mmr reaches 1/1.8, then falls.
-        peak = _growth_start(ONE / Decimal("1.8"), _mmr_slope(rules))
-        assert peak is not None  # flat_end is not None: mmr grows
-        if surplus(peak)[0] <= 0:
+        peak, peak_maintenance = curve.peak, curve.peak_maintenance
+        assert peak is not None and peak_maintenance is not None  # flat_end: mmr grows
+        if k + peak - peak_maintenance <= 0:
             return max(peak / size, position.mark_price)
         low = min(flat_end, peak)
         start = min(max(flat_root, low), peak)
-        root = _solve(surplus, surplus_hint, low, peak, start=start, rising=True)
-        return root / size
+        return _solve(curve, k, rising=True, low=low, high=peak, start=start) / size
     if k <= 0:
         # Equity is negative at every price: liquidatable now, whatever the mark.
         return ZERO
-    flat_root = k / (ONE + rules.base_mmr)
+    flat_root = k / (ONE + base_mmr)
     if flat_end is None or flat_root <= flat_end:
         return flat_root / size
     # surplus(flat_end) > 0 and surplus(k) = -k*mmr(k) < 0; strictly falling in between.
-    root = _solve(surplus, surplus_hint, flat_end, k, start=flat_end, rising=False)
-    return root / size
+    return _solve(curve, k, rising=False, low=flat_end, high=k, start=flat_end) / size
 
 
 def liquidation_distance(
@@ -222,68 +211,174 @@ def round_down(amount: Decimal, step: Decimal = MARGIN_STEP) -> Decimal:
 
 
 def _to_step(amount: Decimal, step: Decimal, rounding: str) -> Decimal:
+    if step is MARGIN_STEP:
+        # the same as below for any amount of up to 28 digits, in one operation
+        return amount.quantize(MARGIN_STEP, rounding=rounding)
     if step <= 0:
         raise ValueError(f"step must be positive, got {step}")
     # quantize: the result carries the step's decimals ("50.00"), as sent on the wire
     return ((amount / step).to_integral_value(rounding=rounding) * step).quantize(step)
 
 
-def _rate(floor: Decimal, factor: Decimal, notional: Decimal) -> Decimal:
-    """``max(floor, factor * notional^0.8)``, skipping the (slow) Decimal power below the
-    notional where the second term takes over."""
-    start = _growth_start(floor, factor)
-    if start is None or notional <= start:
-        return floor
-    return max(floor, factor * notional**_EXPONENT)
+@dataclass(frozen=True, slots=True)
+class _Rate:
+    """``max(floor, factor * N^0.8)`` of a notional ``N``, with ``start``, the notional
+    where the second term takes over (``None``: never), so that below it no power is
+    taken."""
+
+    floor: Decimal
+    factor: Decimal
+    start: Decimal | None
+
+    @classmethod
+    def of(cls, floor: Decimal, factor: Decimal) -> _Rate:
+        # the notional where factor * N^0.8 reaches floor
+        return cls(floor, factor, None if factor <= 0 else (floor / factor) ** Decimal("1.25"))
+
+    def at(self, notional: Decimal) -> Decimal:
+        if self.start is None or notional <= self.start:
+            return self.floor
+        return max(self.floor, self.factor * _power(notional))
 
 
 @lru_cache(maxsize=1024)
-def _growth_start(floor: Decimal, factor: Decimal) -> Decimal | None:
-    """The notional where ``factor * N^0.8`` reaches ``floor``; ``None`` if it never does."""
-    if factor <= 0:
-        return None
-    return (floor / factor) ** Decimal("1.25")
+def _imr_rate(leverage: int, base_imr: Decimal, imr_factor: Decimal) -> _Rate:
+    return _Rate.of(max(ONE / Decimal(leverage), base_imr), imr_factor)
 
 
-def _mmr_slope(rules: SymbolRules) -> Decimal:
-    if rules.base_imr <= 0:
-        raise ValueError(f"{rules.symbol}: base_imr must be positive, got {rules.base_imr}")
-    return rules.base_mmr / rules.base_imr * rules.imr_factor
+def _power(notional: Decimal) -> Decimal:
+    """``notional ** Decimal("0.8")`` (a positive ``notional``), about 25 times faster: the
+    float power corrected in Decimal.
+
+    With ``y`` the float result and ``u = notional^4 / y^5 - 1`` (about 1e-16),
+    ``notional^0.8 = y * (1 + u)^(1/5) = y * (1 + u/5 - 2u^2/25 + O(u^3))``: computed with
+    ``_WIDE``'s digits and rounded once, in the caller's context, its error is about 1e-48,
+    so it is the Decimal power correctly rounded (as the Decimal power itself almost
+    always is) unless the true value lies within about 1e-20 of a unit in the last place
+    from a rounding tie. The Decimal power itself is taken where the float cannot serve:
+    out of its range, or for a context wider than the correction."""
+    if getcontext().prec > _FAST_PREC:
+        return notional**_EXPONENT
+    guess = float(notional) ** 0.8
+    if not 1e-280 < guess < 1e280:
+        return notional**_EXPONENT
+    mul = _WIDE.multiply
+    y = Decimal(repr(guess))
+    squared = mul(notional, notional)
+    y2 = mul(y, y)
+    u = _WIDE.subtract(_WIDE.divide(mul(squared, squared), mul(mul(y2, y2), y)), ONE)
+    if abs(u) > _MAX_FLOAT_ERROR:  # never with IEEE floats; the Decimal power if it were
+        return notional**_EXPONENT
+    return y * _WIDE.add(ONE, mul(u, _WIDE.subtract(_FIFTH, mul(_SECOND_ORDER, u))))
 
 
-def _flat_end(rules: SymbolRules) -> Decimal | None:
-    """The notional up to which MMR is ``base_mmr``; ``None`` if it never grows."""
-    return _growth_start(rules.base_mmr, _mmr_slope(rules))
+_WIDE = Context(prec=64)  # the correction's digits, well beyond its 1e-48
+_FAST_PREC = 34  # the widest caller's context it serves (Decimal's default is 28 digits)
+_MAX_FLOAT_ERROR = Decimal("1e-14")
+_FIFTH, _SECOND_ORDER = Decimal("0.2"), Decimal("0.08")
+_GROWTH = Decimal("1.8")  # d(N*mmr)/dN = 1.8*mmr where mmr grows as N^0.8
+
+
+@dataclass(frozen=True, slots=True)
+class _Curve:
+    """What a symbol's maintenance rules fix once: the MMR and, where it grows (the flat
+    part ends at ``mmr.start``), the peak of a long's surplus (where MMR reaches 1/1.8)
+    with the maintenance margin there; the floats the root finder starts from."""
+
+    mmr: _Rate
+    peak: Decimal | None
+    peak_maintenance: Decimal | None
+    factor_fifth: Decimal  # mmr.factor ** 5, to 64 digits
+    base_f: float
+    slope_f: float
+
+
+@lru_cache(maxsize=1024)
+def _curve(base_imr: Decimal, base_mmr: Decimal, imr_factor: Decimal) -> _Curve:
+    rate = _Rate.of(base_mmr, base_mmr / base_imr * imr_factor)
+    floats = float(base_mmr), float(rate.factor)
+    fifth = _WIDE.power(rate.factor, 5)
+    if rate.start is None:
+        return _Curve(rate, None, None, fifth, *floats)
+    peak = _Rate.of(ONE / _GROWTH, rate.factor).start
+    assert peak is not None  # the factor is positive
+    return _Curve(rate, peak, peak * rate.at(peak), fifth, *floats)
 
 
 def _solve(
-    surplus: Callable[[Decimal], tuple[Decimal, Decimal]],
-    surplus_hint: Callable[[float], tuple[float, float]],
-    low: Decimal,
-    high: Decimal,
-    *,
-    start: Decimal,
-    rising: bool,
+    curve: _Curve, k: Decimal, *, rising: bool, low: Decimal, high: Decimal, start: Decimal
 ) -> Decimal:
-    """The notional in [low, high] where ``surplus`` crosses zero: Newton's method kept
-    inside a shrinking bracket (bisection when a step would leave it), started from where
-    the same curve in floats (``surplus_hint``) crosses zero. That takes about three
-    Decimal evaluations (each a Decimal power) instead of the ~75 of plain bisection; the
-    floats only choose the starting point, the answer is the Decimal bracket's.
+    """The notional in [low, high] where the surplus ``k +- N - N*mmr(N)`` (``+`` for a
+    long, whose surplus rises there; ``-`` for a short, whose surplus falls) crosses zero,
+    bracketed to 1e-12 of its value. The result is the bracket end on the mark's side of
+    the root: ``high`` for a rising surplus (a long: liquidation at or below it), ``low``
+    for a falling one (a short). The callers know ``low`` and ``high`` to be on either
+    side of the root.
 
-    The result is the bracket end on the mark's side of the root: ``high`` for a rising
-    surplus (a long: liquidation at or below it), ``low`` for a falling one (a short).
-    """
-    x = _float_hint(surplus_hint, low, high, start)
+    The root is found in floats (``_float_root``), then bracketed in Decimal: the signs of
+    the surplus 4e-13 either side of the float root decide, exactly, without a Decimal power
+    (``negative``). Where the floats were further off (a surplus nearly flat at its root),
+    Newton in Decimal goes on inside the bracket known so far, bisecting when a step would
+    leave it."""
+    sign = ONE if rising else -ONE
+    mmr = curve.mmr
+
+    def surplus(notional: Decimal) -> tuple[Decimal, Decimal]:
+        """The surplus and the maintenance ratio at ``notional``."""
+        ratio = mmr.at(notional)
+        return k + sign * notional - notional * ratio, ratio
+
+    def negative(notional: Decimal) -> bool:
+        """Whether the surplus is negative at ``notional``. Where MMR grows it is
+        ``k +- N - factor * N^1.8``: negative when ``k +- N`` is, or else when
+        ``(k +- N)^5 < factor^5 * N^9``, both sides to 64 digits (far closer than the
+        1e-12 from the root where this is asked)."""
+        if mmr.start is None or notional <= mmr.start:
+            return surplus(notional)[0] < 0
+        excess = _WIDE.add(k, sign * notional)
+        if excess <= 0:
+            return True
+        mul = _WIDE.multiply
+        squared, excess_squared = mul(notional, notional), mul(excess, excess)
+        fourth = mul(squared, squared)
+        return mul(mul(excess_squared, excess_squared), excess) < mul(
+            curve.factor_fifth, mul(mul(fourth, fourth), notional)
+        )
+
+    def below(value: Decimal) -> bool:
+        """Whether a surplus is on ``low``'s side of the root."""
+        return (value < 0) == rising
+
+    guess = _float_root(
+        curve, float(k), 1.0 if rising else -1.0, float(low), float(high), float(start)
+    )
+    if guess is not None and low < guess < high:
+        near_low, near_high = max(low, guess * _BELOW), min(high, guess * _ABOVE)
+        low_holds = near_low == low or negative(near_low) == rising
+        high_holds = near_high == high or negative(near_high) != rising
+        if low_holds and high_holds:
+            return near_high if rising else near_low
+        # The floats missed: keep what the two signs showed, unless rounding noise on a
+        # nearly flat surplus made them contradict each other.
+        narrowed = (
+            near_low if low_holds else (near_high if not high_holds else low),
+            near_high if high_holds else (near_low if not low_holds else high),
+        )
+        if narrowed[0] < narrowed[1]:
+            low, high = narrowed
+        start = (low + high) / 2
+    x = start
     for _ in range(_SOLVER_STEPS):
-        value, slope = surplus(x)
-        if (value < 0) == rising:
+        value, ratio = surplus(x)
+        if below(value):
             low = x
         else:
             high = x
         tolerance = high * _RELATIVE_TOLERANCE
         if high - low <= tolerance:
             break
+        # N*mmr(N) grows as 1.8*mmr where mmr grows as N^0.8, as mmr where it is flat
+        slope = sign - (ratio * _GROWTH if ratio > mmr.floor else ratio)
         following = x - value / slope if slope != 0 else x
         if abs(following - x) <= tolerance / 2:
             # Converged from one side: probe just past it to close the bracket.
@@ -294,19 +389,30 @@ def _solve(
     return high if rising else low
 
 
-def _float_hint(
-    surplus: Callable[[float], tuple[float, float]], low: Decimal, high: Decimal, start: Decimal
-) -> Decimal:
-    """Newton in floats from ``start``, kept inside (low, high); ``start`` if that fails."""
-    lo, hi, x = float(low), float(high), float(start)
+_BELOW = ONE - Decimal("4e-13")
+_ABOVE = ONE + Decimal("4e-13")
+
+
+def _float_root(
+    curve: _Curve, k: float, sign: float, low: float, high: float, x: float
+) -> Decimal | None:
+    """Newton in floats on the surplus ``k + sign*N - N*mmr(N)`` from ``x``, kept inside
+    (low, high): a root to about 1e-15 (``_solve`` checks it), or ``None`` out of the
+    floats' range."""
+    if not (math.isfinite(k) and math.isfinite(low) and math.isfinite(high)):
+        return None
+    base, slope = curve.base_f, curve.slope_f
     for _ in range(60):
-        value, slope = surplus(x)
-        following = x - value / slope if slope != 0 else (lo + hi) / 2
-        if not lo < following < hi or following != following:  # outside, or NaN
-            following = (lo + hi) / 2
-        if abs(following - x) <= 1e-15 * abs(x):
-            x = following
-            break
+        ratio = slope * x**0.8
+        if ratio > base:
+            value, derivative = k + sign * x - x * ratio, sign - 1.8 * ratio
+        else:
+            value, derivative = k + sign * x - x * base, sign - base
+        following = x - value / derivative if derivative else (low + high) / 2
+        if not low < following < high:  # outside, or NaN
+            following = (low + high) / 2
+        if abs(following - x) <= 1e-9 * abs(x):
+            # converging quadratically: the step just taken leaves about its square
+            return Decimal(repr(following))
         x = following
-    guess = Decimal(x)
-    return guess if low < guess < high else start
+    return Decimal(repr(x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from decimal import Decimal as D
+from decimal import localcontext
 
 import pytest
 from factories import ALT_RULES as FLAT
@@ -320,3 +321,161 @@ def test_agrees_with_the_simulated_exchange(position: Position, symbol: str) -> 
     )
     # the simulator books 6 decimals, rounded down
     assert removable <= risk.max_removable(position, rules) < removable + D("0.000001")
+
+
+# --- the fast paths against the plain Decimal math (issue 12: the decision layer's speed) ---
+#
+# ``risk`` takes notional^0.8 as a corrected float power and finds liquidation roots in
+# floats, bracketed in Decimal. The references below are the plain definitions: the
+# Decimal power, and the root of the surplus by bisection with 80 digits.
+
+notionals_st = st.builds(
+    lambda mantissa, exponent: mantissa.scaleb(exponent),
+    st.decimals(min_value=1, max_value=10, places=27, allow_nan=False, allow_infinity=False),
+    st.integers(-8, 15),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(notionals_st)
+def test_the_fast_power_is_the_decimal_power(notional: D) -> None:
+    assume(notional > 0)
+    assert risk._power(notional) == notional ** D("0.8")
+
+
+def test_the_fast_power_out_of_the_floats_range_and_in_wide_contexts() -> None:
+    for notional in (D("1e-400"), D("3.3e-300"), D("1e400"), D(32), D(1), D("1e-20")):
+        assert risk._power(notional) == notional ** D("0.8")
+    with localcontext() as wide:
+        wide.prec = 50
+        notional = D("1234567.891011121314151617181920212223")
+        assert risk._power(notional) == notional ** D("0.8")
+
+
+@settings(max_examples=500, deadline=None)
+@given(positions_st, rules_st, st.decimals(min_value=0, max_value=D("0.99"), places=3))
+def test_rates_and_the_explicit_inverse_are_the_plain_decimal_ones(
+    position: Position, rules: SymbolRules, distance: D
+) -> None:
+    """Margins (what is sent) do not depend on the fast power: they are to the digit what
+    the plain Decimal power gives."""
+
+    def rate(floor: D, factor: D, notional: D) -> D:
+        return max(floor, factor * notional ** D("0.8")) if notional > 0 else floor
+
+    slope = rules.base_mmr / rules.base_imr * rules.imr_factor
+    notional = abs(position.qty) * position.mark_price
+    assert risk.mmr(notional, rules) == rate(rules.base_mmr, slope, notional)
+    floor = max(1 / D(position.leverage), rules.base_imr)
+    assert risk.imr(notional, position.leverage, rules) == rate(floor, rules.imr_factor, notional)
+    target = risk.target_liquidation_price(position, distance)
+    at_target = abs(position.qty) * target
+    needed = (
+        at_target * rate(rules.base_mmr, slope, at_target)
+        - position.qty * target
+        + position.cost_position
+        + risk.funding_owed(position)
+    )
+    assert risk.margin_for_distance(position, rules, distance) == max(D(0), needed)
+
+
+def _reference_liquidation_price(
+    position: Position, rules: SymbolRules, near: D | None = None
+) -> D | None:
+    """The liquidation price by the definition, with 80 digits: bisection of the surplus
+    ``k + N - N*mmr(N)`` (a long) or ``k - N - N*mmr(N)`` (a short) over the notional,
+    from within 1e-11 of the price ``near`` if the surplus's signs show the root there."""
+    size = abs(position.qty)
+    k = position.margin - position.cost_position - risk.funding_owed(position)
+    with localcontext() as context:
+        context.prec = 80
+        slope = rules.base_mmr / rules.base_imr * rules.imr_factor
+        sign = 1 if position.qty > 0 else -1
+
+        def surplus(notional: D) -> D:
+            ratio = rules.base_mmr
+            if notional > 0 and slope > 0:
+                ratio = max(ratio, slope * notional ** D("0.8"))
+            return k + sign * notional - notional * ratio
+
+        if sign > 0:
+            if k >= 0:
+                return None
+            if slope == 0:
+                return -k / (1 - rules.base_mmr) / size
+            peak = (1 / (D("1.8") * slope)) ** D("1.25")
+            if surplus(peak) <= 0:
+                return max(peak / size, position.mark_price)
+            low, high = D(0), peak
+        else:
+            if k <= 0:
+                return D(0)
+            if slope == 0:
+                return k / (1 + rules.base_mmr) / size
+            low, high = D(0), k
+        steps = 300  # to 1e-80 of the bracket
+        if near is not None:
+            close = (near * size * (1 - D("1e-11")), near * size * (1 + D("1e-11")))
+            liquidated_below = sign > 0  # a long's surplus is negative below its root
+            if (low < close[0] and close[1] < high
+                    and (surplus(close[0]) < 0) == liquidated_below
+                    and (surplus(close[1]) < 0) != liquidated_below):  # fmt: skip
+                (low, high), steps = close, 70
+        for _ in range(steps):
+            middle = (low + high) / 2
+            if (surplus(middle) < 0) == (sign > 0):
+                low = middle
+            else:
+                high = middle
+        return (low + high) / 2 / size
+
+
+def _check_against_the_reference(position: Position, rules: SymbolRules) -> None:
+    ours = risk.liquidation_price(position, rules)
+    reference = _reference_liquidation_price(position, rules, ours)
+    if ours is None or reference is None or reference == 0:
+        assert ours == reference
+        return
+    slack = D("1e-25") * reference  # the 28-digit roundings of the results
+    if position.qty > 0:  # liquidated at or below ours: ours is at or above the root
+        assert reference - slack <= ours <= reference * (1 + risk.DISTANCE_TOLERANCE) + slack
+    else:
+        assert reference * (1 - risk.DISTANCE_TOLERANCE) - slack <= ours <= reference + slack
+
+
+growing_rules_st = st.builds(
+    lambda base_imr, ratio, factor: SymbolRules(
+        "PERP_X_USDC", base_imr=base_imr, base_mmr=base_imr * ratio, imr_factor=factor
+    ),
+    st.sampled_from([D("0.01"), D("0.02"), D("0.05"), D("0.1"), D("0.5")]),
+    st.sampled_from([D("0.3"), D("0.5"), D("0.6"), D("0.8")]),
+    st.sampled_from([D(0), D("2.512e-7"), D("1e-6"), D("1e-5"), D("1e-4"), D("1e-3")]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(positions_st, growing_rules_st)
+def test_liquidation_prices_are_the_conservative_root_within_the_tolerance(
+    position: Position, rules: SymbolRules
+) -> None:
+    """Flat and growing MMR, longs and shorts, funding owed, margins from none to far more
+    than the cost (leverages from below 1 to beyond any the exchange allows): the result
+    is on the mark's side of the true root and within 1e-12 of it, the contract the
+    bracketed Decimal Newton of before kept too, so both give the same answer to 1e-12."""
+    _check_against_the_reference(position, rules)
+
+
+@pytest.mark.parametrize("above_zero", [D("1e-3"), D(1), D(1000), D("1e6")])
+def test_a_root_next_to_the_peak_of_a_long_s_surplus(above_zero: D) -> None:
+    """Where the surplus is nearly flat at its root (just below the peak, where MMR reaches
+    1/1.8), the float root is off by more than the Decimal bracket: Newton in Decimal
+    finishes it, with the same contract."""
+    rules = GROWING
+    slope = rules.base_mmr / rules.base_imr * rules.imr_factor
+    peak = (1 / (D("1.8") * slope)) ** D("1.25")
+    qty = D(1000)
+    # k + peak - peak*mmr(peak) = above_zero: the root is just below the peak
+    k = above_zero - peak + peak * risk.mmr(peak, rules)
+    long = replace(LONG, qty=qty, cost_position=-k, margin=D(0), mark_price=peak / qty * 2,
+                   unsettled_pnl=qty * peak / qty * 2 + k)  # fmt: skip
+    _check_against_the_reference(long, rules)

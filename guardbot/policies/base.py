@@ -63,7 +63,7 @@ promise leaves positions unguarded: when in doubt, declare nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, runtime_checkable
 
@@ -83,6 +83,10 @@ class PositionView:
     distance: Decimal | None
     max_removable: Decimal
     age_ms: int = 0
+    # distance_with_margin's answers: the view is of one position version, so they hold
+    _distances: dict[Decimal, Decimal | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, position: Position, rules: SymbolRules, age_ms: int = 0) -> PositionView:
@@ -109,10 +113,15 @@ class PositionView:
         return risk.margin_for_distance(self.position, self.rules, distance)
 
     def distance_with_margin(self, margin: Decimal) -> Decimal | None:
-        """The signed distance the position would have with ``margin`` instead."""
-        changed = replace(self.position, margin=margin)
-        liquidation = risk.liquidation_price(changed, self.rules)
-        return risk.liquidation_distance(changed.mark_price, liquidation, changed.qty)
+        """The signed distance the position would have with ``margin`` instead (asked by a
+        REDUCE's policy and again by the runner: solved once per margin)."""
+        if margin in self._distances:
+            return self._distances[margin]
+        position = self.position
+        liquidation = risk.liquidation_price(position, self.rules, margin)
+        distance = risk.liquidation_distance(position.mark_price, liquidation, position.qty)
+        self._distances[margin] = distance
+        return distance
 
     def intent(
         self,
@@ -138,7 +147,7 @@ class PositionView:
             reason=reason,
             urgency=urgency,
             rescue=rescue,
-            details=dict(details),
+            details=details,  # a fresh dict already
         )
 
 

@@ -11,9 +11,13 @@ policies applying to the position, for the arbiter's floor check. Each evaluatio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from prometheus_client import Counter
 
 from guardbot.domain import ActionKind, Intent
 from guardbot.metrics import POLICY_EVALUATIONS
@@ -51,40 +55,62 @@ def evaluate_policies(
     applicable = [
         p for p in policies if p.applies_to(position.account_id, position.symbol, account_name)
     ]
-    floor = max((p.add_target for p in applicable if p.add_target is not None), default=None)
     intents: list[Intent] = []
     failures: list[PolicyFailure] = []
     for loaded in applicable:
+        label = loaded.label
         try:
-            result = loaded.policy.evaluate(view, replace(ctx, params=loaded.params))
-            checked = [_checked(intent, view, floor) for intent in _as_list(result)]
+            result = loaded.policy.evaluate(view, _with_params(ctx, loaded.params))
+            returned = _as_list(result)
+            checked: Sequence[Intent] = (
+                [_checked(intent, view, applicable, label) for intent in returned]
+                if returned
+                else ()  # nothing asked, the common case: no list built
+            )
         except Exception as exc:  # isolation is the point: any failure of a plugin
-            POLICY_EVALUATIONS.labels(loaded.label, "error").inc()
+            _counted(label, "error").inc()
             failures.append(
                 PolicyFailure(
-                    policy=loaded.label,
+                    policy=label,
                     account_id=position.account_id,
                     symbol=position.symbol,
                     error=f"{type(exc).__name__}: {exc}",
                 )
             )
             continue
-        POLICY_EVALUATIONS.labels(loaded.label, "intent" if checked else "none").inc()
-        intents.extend(replace(intent, policy=loaded.label) for intent in checked)
+        _counted(label, "intent" if checked else "none").inc()
+        intents.extend(checked)
     return Evaluation(tuple(intents), tuple(failures))
+
+
+def _with_params(ctx: PolicyContext, params: Mapping[str, Any]) -> PolicyContext:
+    """``ctx`` with a policy's own ``params`` (the same ``ctx`` when both are empty)."""
+    if ctx.params is params or (not params and not ctx.params):
+        return ctx
+    return replace(ctx, params=params)
+
+
+@lru_cache(maxsize=1024)
+def _counted(label: str, outcome: str) -> Counter:
+    """The evaluations counter of one policy label and outcome (looked up once)."""
+    return POLICY_EVALUATIONS.labels(label, outcome)
 
 
 class InvalidIntent(ValueError):
     """A policy returned something the arbiter must not see."""
 
 
-def _as_list(result: object) -> list[object]:
+def _as_list(result: object) -> list[object] | tuple[object, ...]:
     if not isinstance(result, list | tuple):
         raise InvalidIntent(f"evaluate must return a list of Intent, got {type(result).__name__}")
-    return list(result)
+    return result
 
 
-def _checked(intent: object, view: PositionView, floor: Decimal | None) -> Intent:
+def _checked(
+    intent: object, view: PositionView, applicable: Sequence[LoadedPolicy], label: str
+) -> Intent:
+    """``intent``, validated, relabelled ``label`` and (a REDUCE) given what the arbiter's
+    floor check needs: the highest ``add_target`` of the ``applicable`` policies."""
     if not isinstance(intent, Intent):
         raise InvalidIntent(f"expected an Intent, got {type(intent).__name__}")
     position = view.position
@@ -108,5 +134,8 @@ def _checked(intent: object, view: PositionView, floor: Decimal | None) -> Inten
     if intent.kind is ActionKind.REDUCE:
         # What the arbiter needs to keep every REDUCE out of the top-ups' band.
         after = view.distance_with_margin(position.margin - amount)
-        return replace(intent, add_floor=floor, distance_after=after)
-    return replace(intent, add_floor=None, distance_after=None)
+        floor = max((p.add_target for p in applicable if p.add_target is not None), default=None)
+        return replace(intent, policy=label, add_floor=floor, distance_after=after)
+    if intent.policy == label and intent.add_floor is None and intent.distance_after is None:
+        return intent
+    return replace(intent, policy=label, add_floor=None, distance_after=None)

@@ -121,8 +121,9 @@ class TopUp:
         if distance is None:
             return []
         trigger, target = self.trigger, self.target
-        if self.reach_s > 0:
-            ahead = min(self.max_trigger, (self.speed(view, ctx) * self.reach_s).quantize(
+        speed = self.speed(view, ctx) if self.reach_s > 0 else ZERO
+        if speed > 0:  # (a still mark looks no further than the trigger, which is positive)
+            ahead = min(self.max_trigger, (speed * self.reach_s).quantize(
                 STEP, rounding=ROUND_UP))
             if ahead > trigger:  # the next mark may cross the whole band: look ahead
                 trigger = ahead
