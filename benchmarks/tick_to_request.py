@@ -29,9 +29,7 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,8 @@ from dataclasses import replace
 from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
+
+from revisions import REPO, checkout, child
 
 from guardbot import risk
 from guardbot.audit import schema
@@ -59,7 +59,6 @@ from guardbot.exchange.port import MarksPushed
 from guardbot.guard import Guard
 from guardbot.policies.loader import load_policies
 
-REPO = Path(__file__).resolve().parent.parent
 MARK = D(3000)
 STEP = D("0.0002")  # a tick moves every mark by this fraction
 
@@ -180,13 +179,6 @@ def report(name: str, figures: dict[str, Any]) -> None:
           f"quiet tick CPU {figures['quiet_tick_cpu_us']:,.0f} us", flush=True)
 
 
-def child(tree: Path, argv: list[str]) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, __file__, *argv, "--json"], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return dict(json.loads(out.splitlines()[-1]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=1000)
@@ -198,13 +190,9 @@ def main() -> None:
     if args.compare:
         argv = [a for a in sys.argv[1:] if a not in ("--compare", args.compare)]
         with tempfile.TemporaryDirectory(prefix="guardbot-bench-") as folder:
-            old = Path(folder) / "old"
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", args.compare],
-                                     check=True, capture_output=True).stdout
-            old.mkdir()
-            subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-            report(args.compare, child(old, argv))
-            report("this tree", child(REPO, argv))
+            old = checkout(args.compare, Path(folder) / "old")
+            report(args.compare, child(__file__, old, argv))
+            report("this tree", child(__file__, REPO, argv))
         return
     with tempfile.TemporaryDirectory(prefix="guardbot-bench-") as folder:
         figures = asyncio.run(measure(args, Path(folder)))
