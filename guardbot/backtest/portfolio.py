@@ -105,9 +105,10 @@ class Book:
     def symbols(self) -> list[str]:
         return sorted({p.symbol for a in self.accounts for p in a.positions})
 
-    def short_only(self, symbol: str) -> bool:
-        """Whether every isolated position on ``symbol`` is short (a shape is mirrored)."""
-        sides = {p.side for _, p in self.isolated() if p.symbol == symbol}
+    def short_only(self, symbol: str | None) -> bool:
+        """Whether every isolated position on ``symbol`` (``None``: of the whole book) is
+        short (a shape is mirrored)."""
+        sides = {p.side for _, p in self.isolated() if symbol in (None, p.symbol)}
         return sides == {"short"}
 
 
@@ -150,8 +151,8 @@ def _position(row: Mapping[str, Any], where: str) -> tuple[str, BookPosition]:
             raise BookError(f"{where}: {name} is missing")
     symbol = str(row["symbol"]).strip()
     if symbol not in MARKETS:
-        raise BookError(f"{where}: symbol {symbol}: the simulated exchange knows only "
-                        f"{', '.join(sorted(MARKETS))}")  # fmt: skip
+        raise BookError(f"{where}: symbol {symbol}: the simulated exchange does not list it "
+                        f"(it lists {len(MARKETS)}, from guardbot/sim/markets.csv)")  # fmt: skip
     text = str(row["qty"]).strip()
     try:
         qty = Decimal(text)

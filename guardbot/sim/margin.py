@@ -1,4 +1,5 @@
-"""The simulated exchange's own margin math (docs/exchange.md §7), as pure functions.
+"""The simulated exchange's own margin math (docs/exchange.md §7), as pure functions, and
+the markets it applies to (``MARKETS``, read from ``markets.csv`` in this package).
 
 This is deliberately a separate implementation from the bot's risk module: the two are pinned
 to the same hand-computed cases, so each checks the other. Money is ``Decimal``; every amount
@@ -7,8 +8,10 @@ the exchange books is quantized to USDC's 6 decimals (``usdc``).
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal, InvalidOperation
+from importlib import resources
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -21,7 +24,8 @@ ISOLATED_FEE_BUFFER = Decimal("0.0006")
 
 @dataclass(frozen=True, slots=True)
 class Market:
-    """One perpetual's rules, as ``GET /v1/public/info/{symbol}`` reports them."""
+    """One perpetual's rules, as ``GET /v1/public/info/{symbol}`` reports them, with the
+    simulator's own ``start_price`` and ``beta``."""
 
     symbol: str
     base_imr: Decimal
@@ -35,6 +39,10 @@ class Market:
     min_notional: Decimal = Decimal("10")
     std_liquidation_fee: Decimal = Decimal("0.012")
     liquidator_fee: Decimal = Decimal("0.006")
+    # How strongly a market-wide move reaches this symbol (BTC 1): its factor is the
+    # market's to the power ``beta`` (``guardbot.sim.prices.Reach``). The simulator's own,
+    # not an exchange field.
+    beta: Decimal = ONE
     # Below this notional ``imr_factor * notional^0.8 < base_imr`` (so the scaled MMR term is
     # below ``base_mmr`` too): the floors decide and the slow Decimal power can be skipped.
     floor_notional: Decimal = field(init=False, repr=False, compare=False)
@@ -49,41 +57,81 @@ class Market:
         return int(ONE / self.base_imr)
 
 
-# docs/exchange.md §7: BTC/ETH base_imr 0.01, base_mmr 0.006; alts 0.10 / 0.05.
-MARKETS: dict[str, Market] = {
-    m.symbol: m
-    for m in (
-        Market(
-            "PERP_BTC_USDC",
-            Decimal("0.01"),
-            Decimal("0.006"),
-            Decimal("0.0000002512"),
-            Decimal("60000"),
-            quote_tick=Decimal("0.1"),
-            base_tick=Decimal("0.00001"),
-            base_min=Decimal("0.00001"),
-        ),
-        Market(
-            "PERP_ETH_USDC",
-            Decimal("0.01"),
-            Decimal("0.006"),
-            Decimal("0.0000002512"),
-            Decimal("3000"),
-        ),
-        Market(
-            "PERP_SOL_USDC",
-            Decimal("0.1"),
-            Decimal("0.05"),
-            Decimal("0.0000045"),
-            Decimal("150"),
-            quote_tick=Decimal("0.001"),
-            base_tick=Decimal("0.01"),
-            base_min=Decimal("0.01"),
-            std_liquidation_fee=Decimal("0.024"),
-            liquidator_fee=Decimal("0.012"),
-        ),
-    )
-}
+MARKETS_FILE = "markets.csv"  # in this package; the columns are Market's fields
+_DECIMALS = tuple(f for f in Market.__dataclass_fields__ if f not in ("symbol", "floor_notional"))
+
+
+class MarketsError(ValueError):
+    """A markets table the simulator cannot use (the message names the line and the field)."""
+
+
+def load_markets(text: str, source: str = MARKETS_FILE) -> dict[str, Market]:
+    """Every market of a table in ``markets.csv``'s format: a header naming ``symbol`` and
+    every other field of ``Market``, one row per symbol, ``#`` lines are comments. Each row
+    must be a market the exchange could list (positive steps and rates, ``base_mmr <
+    base_imr <= 1`` with a whole maximum leverage, a start price on the tick, sizes on the
+    size step); the first that is not is one ``MarketsError``."""
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
+             if line.strip() and not line.lstrip().startswith("#")]  # fmt: skip
+    if not lines:
+        raise MarketsError(f"{source}: no header and no markets")
+    header_number, header = lines[0]
+    columns = [c.strip() for c in next(csv.reader([header]))]
+    missing = [c for c in ("symbol", *_DECIMALS) if c not in columns]
+    unknown = [c for c in columns if c not in ("symbol", *_DECIMALS)]
+    if missing:
+        raise MarketsError(f"{source}:{header_number}: the header lacks {', '.join(missing)}")
+    if unknown:
+        raise MarketsError(f"{source}:{header_number}: unknown column {', '.join(unknown)}")
+    markets: dict[str, Market] = {}
+    rows = csv.reader(line for _, line in lines[1:])
+    for (line_number, _), row in zip(lines[1:], rows, strict=True):
+        where = f"{source}:{line_number}"
+        if len(row) != len(columns):
+            raise MarketsError(f"{where}: {len(row)} values for {len(columns)} columns")
+        values = dict(zip(columns, (v.strip() for v in row), strict=True))
+        symbol = values.pop("symbol")
+        if not symbol or symbol in markets:
+            raise MarketsError(f"{where}: symbol {symbol!r} is empty or listed twice")
+        numbers: dict[str, Decimal] = {}
+        for name, text_value in values.items():
+            try:
+                number = Decimal(text_value)
+            except InvalidOperation:
+                raise MarketsError(f"{where}: {symbol} {name}: not a number: {text_value!r}"
+                                   ) from None  # fmt: skip
+            if not number.is_finite() or number <= 0:
+                raise MarketsError(f"{where}: {symbol} {name} must be positive, got {text_value}")
+            numbers[name] = number
+        market = Market(symbol, **numbers)
+        problem = _inconsistency(market)
+        if problem:
+            raise MarketsError(f"{where}: {symbol}: {problem}")
+        markets[symbol] = market
+    return markets
+
+
+def _inconsistency(market: Market) -> str | None:
+    """What makes ``market`` impossible on the exchange, or ``None``."""
+    if not market.base_mmr < market.base_imr <= ONE:
+        return f"needs base_mmr < base_imr <= 1 (got {market.base_mmr}, {market.base_imr})"
+    if (ONE / market.base_imr) % 1:
+        return f"1/base_imr is not a whole leverage (base_imr {market.base_imr})"
+    if market.start_price % market.quote_tick:
+        return f"start_price {market.start_price} is not a multiple of quote_tick"
+    if market.base_min % market.base_tick or market.base_max % market.base_tick:
+        return "base_min and base_max must be multiples of base_tick"
+    if market.base_min > market.base_max:
+        return f"base_min {market.base_min} is above base_max {market.base_max}"
+    if market.liquidator_fee > market.std_liquidation_fee:
+        return "liquidator_fee is above std_liquidation_fee (the liquidator's share of it)"
+    return None
+
+
+# The simulator's universe (docs/exchange.md §7.9): markets.csv, shipped with the package.
+MARKETS: dict[str, Market] = load_markets(
+    resources.files("guardbot.sim").joinpath(MARKETS_FILE).read_text(encoding="utf-8")
+)
 
 
 def usdc(amount: Decimal) -> Decimal:

@@ -29,6 +29,7 @@ from guardbot.sim.records import Liquidation
 
 PRIVATE_TOPICS = ("position", "balance", "account", "liquidationsaccount")
 MAX_QUEUED_PUSHES = 1_000  # a client this far behind is dropped, as a real server would
+MARK_TOPIC = "@markprice"  # SYMBOL@markprice: one symbol's mark
 PUBLIC_PATH = "/ws/stream/{id}"  # served by StreamHub.public_ws
 PRIVATE_PATH = "/v2/ws/private/stream/{account_id}"  # StreamHub.private_ws
 
@@ -53,10 +54,14 @@ class _Connection:
     queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
 
     def send(self, payload: dict[str, Any]) -> None:
+        self.send_text(payloads.dumps(payload))
+
+    def send_text(self, text: str) -> None:
+        """Queue an encoded message (one push encoded once for many clients)."""
         if self.queue.qsize() >= MAX_QUEUED_PUSHES:
             self.drop()
             return
-        self.queue.put_nowait(payloads.dumps(payload))
+        self.queue.put_nowait(text)
 
     def drop(self) -> None:
         """Cut the TCP connection without a close frame (what a network failure looks like)."""
@@ -303,14 +308,18 @@ class StreamHub:
         if not self.public:
             return
         now = self.now_ms()
-        marks = [{"symbol": s, "price": payloads.num(p)} for s, p in self.engine.marks.items()]
-        everything = {"topic": "markprices", "ts": now, "data": marks}
+        marks = {s: {"symbol": s, "price": payloads.num(p)} for s, p in self.engine.marks.items()}
+        everything: str | None = None  # encoded once, for every subscriber of the list
         for connection in self.public:
             if "markprices" in connection.topics:
-                connection.send(everything)
-            for mark in marks:
-                topic = f"{mark['symbol']}@markprice"
-                if topic in connection.topics:
+                if everything is None:
+                    everything = payloads.dumps(
+                        {"topic": "markprices", "ts": now, "data": list(marks.values())})
+                connection.send_text(everything)
+            # then one push per symbol subscribed (SYMBOL@markprice), by name
+            for topic in sorted(t for t in connection.topics if t.endswith(MARK_TOPIC)):
+                mark = marks.get(topic[: -len(MARK_TOPIC)])
+                if mark is not None:
                     connection.send({"topic": topic, "ts": now, "data": mark})
 
     # ------------------------------------------------------------ background

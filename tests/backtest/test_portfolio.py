@@ -114,7 +114,7 @@ def test_the_demo_book_is_the_demos() -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ('[[positions]]\nsymbol = "PERP_DOGE_USDC"\nqty = "1"\nleverage = 5\n', "knows only"),
+    ('[[positions]]\nsymbol = "PERP_NOPE_USDC"\nqty = "1"\nleverage = 5\n', "does not list it"),
     ('[[positions]]\nsymbol = "PERP_ETH_USDC"\nqty = "0"\nleverage = 5\n', "non-zero"),
     ('[[positions]]\nsymbol = "PERP_SOL_USDC"\nqty = "1"\nleverage = 20\n', "1 to 10"),
     ('[[positions]]\nsymbol = "PERP_ETH_USDC"\nqty = "1"\n', "leverage is missing"),

@@ -33,9 +33,9 @@ async def test_admin_rejects_bad_input_with_a_clear_message(
     assert response.status_code == 400
     assert "orderly_key" in response.json()["message"]
     response = await http.post(
-        sim.rest_url + "/sim/marks", json={"symbol": "PERP_DOGE_USDC", "price": "1"}
+        sim.rest_url + "/sim/marks", json={"symbol": "PERP_NOPE_USDC", "price": "1"}
     )
-    assert response.status_code == 400 and "PERP_DOGE_USDC" in response.json()["message"]
+    assert response.status_code == 400 and "PERP_NOPE_USDC" in response.json()["message"]
 
 
 async def test_admin_state_reports_accounts_marks_and_counters(

@@ -23,7 +23,7 @@ from .helpers import BTC, ETH, D, new_account, new_engine
         (ETH, "ADD", "1.0000001", -1005),
         (ETH, "ADD", True, -1005),
         (ETH, "MOVE", "5", -1005),
-        ("PERP_DOGE_USDC", "ADD", "5", -1005),
+        ("PERP_NOPE_USDC", "ADD", "5", -1005),
         (BTC, "ADD", "5", -1006),  # no isolated position there
         (ETH, "ADD", "10000", -1101),  # more than the free balance
         (ETH, "REDUCE", "1.800001", -1101),  # removable maximum is 1.8

@@ -57,8 +57,8 @@ def test_account_ids_scopes_symbols_and_leverage() -> None:
     with pytest.raises(EngineError, match="subset"):
         parse_scopes("read,withdraw")
     assert parse_symbol("PERP_ETH_USDC", MARKETS) is ETH
-    with pytest.raises(EngineError, match="PERP_DOGE_USDC"):
-        parse_symbol("PERP_DOGE_USDC", MARKETS)
+    with pytest.raises(EngineError, match="PERP_NOPE_USDC"):
+        parse_symbol("PERP_NOPE_USDC", MARKETS)
     assert parse_leverage(100, ETH) == 100
     for bad in (True, 101, 0, "10"):
         with pytest.raises(EngineError):

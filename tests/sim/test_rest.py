@@ -11,6 +11,7 @@ import pytest
 
 from guardbot.sim.admin import SimAccount
 from guardbot.sim.client import SimClient
+from guardbot.sim.margin import MARKETS
 from guardbot.sim.server import SimServer
 
 from .helpers import headers_for
@@ -85,7 +86,7 @@ async def test_leverage_and_margin_mode_endpoints(client: SimClient) -> None:
     read = await client.data("GET", "/v1/client/leverage?symbol=PERP_BTC_USDC&margin_mode=ISOLATED")
     assert read == set_one
     rows = (await client.data("GET", "/v1/client/leverages"))["rows"]
-    assert len(rows) == 6 and set_one in rows
+    assert len(rows) == 2 * len(MARKETS) and set_one in rows  # every symbol, both modes
     response = await client.request(
         "POST",
         "/v1/client/margin_mode",

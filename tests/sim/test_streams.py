@@ -188,9 +188,9 @@ async def test_public_markprices(sim: SimServer) -> None:
         )
         assert (await receive(ws))["success"] is True
         await ws.send(
-            json.dumps({"id": "d", "topic": "PERP_DOGE_USDC@markprice", "event": "subscribe"})
+            json.dumps({"id": "d", "topic": "PERP_NOPE_USDC@markprice", "event": "subscribe"})
         )
-        assert (await receive(ws))["errorMsg"] == "invalid symbol PERP_DOGE_USDC"
+        assert (await receive(ws))["errorMsg"] == "invalid symbol PERP_NOPE_USDC"
         sim.advance(1)
         marks = await until_topic(ws, "markprices")
         prices = {m["symbol"]: m["price"] for m in marks["data"]}
