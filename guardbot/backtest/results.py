@@ -178,6 +178,8 @@ class PositionResult:
     refusals: Counter[Refusal] = field(default_factory=Counter)
     last_decisions: list[Note] = field(default_factory=list)
     history: list[AuditedAction] = field(default_factory=list)
+    # what the exchange applied to it: (time, kind, amount), in its order
+    applied: list[tuple[int, ActionKind, Decimal]] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
 
     @property

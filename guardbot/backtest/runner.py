@@ -315,6 +315,7 @@ class Scenario:
             for change in venue.applied:
                 if (change.account_id, change.symbol) != (account_id, symbol):
                     continue
+                result.applied.append((change.time_ms, change.kind, change.amount))
                 if change.kind is ActionKind.ADD:
                     result.added += change.amount
                     extra += change.amount
