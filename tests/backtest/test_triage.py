@@ -42,8 +42,8 @@ def path() -> PricePath:
 
 def book() -> Book:
     """One account, fifty longs (20x, or the symbol's most) of about 1,000 USDC on fifty
-    symbols, each with the margin that puts it ``distance_after_step`` from liquidation after the step (flat
-    MMR: liquidated at ``(cost - margin) / (qty * (1 - base_mmr))``)."""
+    symbols, each with the margin that puts it ``distance_after_step`` from liquidation
+    after the step (flat MMR: liquidated at ``(cost - margin) / (qty * (1 - base_mmr))``)."""
     positions = []
     for index, market in enumerate(list(MARKETS.values())[:COUNT]):
         price = market.start_price
