@@ -32,7 +32,7 @@ from sqlalchemy import (
 from guardbot.audit import chain
 from guardbot.audit.database import money_sum, utc_day
 from guardbot.audit.records import SETTLED, ActionRecord, EventKind, UnfinishedAction
-from guardbot.audit.tables import ACTIONS, EVENTS, OBSERVATIONS, OUTCOMES
+from guardbot.audit.tables import ACTIONS, COMMANDS, EVENTS, OBSERVATIONS, OUTCOMES
 from guardbot.domain import ActionKind, MarginMode, Source
 
 GroupBy = Literal["account", "symbol", "policy", "day"]
@@ -40,6 +40,9 @@ GROUP_BY: tuple[GroupBy, ...] = ("account", "symbol", "policy", "day")
 LIST_COLUMNS = (
     "id", "time", "account_id", "symbol", "margin_mode", "policy", "kind", "amount",
     "status", "dry_run", "reason",
+)  # fmt: skip
+COMMAND_COLUMNS = (
+    "time", "channel", "chat_id", "sender", "command", "arguments", "result", "message",
 )  # fmt: skip
 SNAPSHOT_COLUMNS = (
     "run_id", "mark_price", "margin", "qty", "liquidation_price", "distance", "data_age_ms",
@@ -129,6 +132,18 @@ def show_action(engine: Engine, action_id: str) -> ActionDetail:
             select(EVENTS).where(EVENTS.c.action_id == action_id).order_by(EVENTS.c.seq)
         )
         return ActionDetail(dict(row._mapping), [dict(event._mapping) for event in events])
+
+
+def list_commands(engine: Engine, since: datetime | None = None,
+                  until: datetime | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Operators' commands (``operator_commands``) in the span, oldest first."""
+    query = select(COMMANDS).order_by(COMMANDS.c.time, COMMANDS.c.id)
+    if since is not None:
+        query = query.where(COMMANDS.c.time >= since)
+    if until is not None:
+        query = query.where(COMMANDS.c.time < until)
+    with engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(query)]
 
 
 def account_known(engine: Engine, account: str) -> bool:
