@@ -53,6 +53,7 @@ from guardbot.ownership import AccountOwnership, OwnershipError
 from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.loader import load_policies as _load_policies
 from guardbot.preflight import check_settings, port_problem
+from guardbot.telegram.bot import TelegramCommands
 
 log = logging.getLogger(__name__)
 
@@ -459,6 +460,9 @@ async def run_daemon(
                 except OSError as exc:  # taken since check_settings looked
                     raise StartupError(port_problem(settings.health) or f"health server: {exc}",
                                        exits.USAGE) from None
+            # /pause and /resume from the operators' Telegram chats ([telegram] commands).
+            await stack.enter_async_context(
+                TelegramCommands(settings, audit.record_command, clock=clock))
 
             async def follow_ownership() -> None:
                 while True:

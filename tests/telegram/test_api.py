@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from guardbot.telegram.api import BotApi, BotApiError, BotUrl, bot_url, parse_update
 
-from .conftest import BOT_ID, OPERATORS, TOKEN, USERNAME, Failure, FakeBotApi
+from .fake_api import BOT_ID, OPERATORS, TOKEN, USERNAME, Failure, FakeBotApi
 
 
 @pytest.fixture

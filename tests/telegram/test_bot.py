@@ -21,7 +21,7 @@ from guardbot.config import Settings, parse_config
 from guardbot.telegram import bot as telegram
 from guardbot.telegram.bot import TelegramCommands, split
 
-from .conftest import OPERATORS, TOKEN, USERNAME, Failure, FakeBotApi
+from .fake_api import OPERATORS, TOKEN, USERNAME, Failure, FakeBotApi
 
 STRANGER = "555"
 
