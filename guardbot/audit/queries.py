@@ -7,7 +7,7 @@ formatted by the CLI. An action's ``status`` is the kind of its latest event.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -134,16 +134,30 @@ def show_action(engine: Engine, action_id: str) -> ActionDetail:
         return ActionDetail(dict(row._mapping), [dict(event._mapping) for event in events])
 
 
+def _in_span(engine: Engine, table: Table, since: datetime | None, until: datetime | None,
+             *where: ColumnElement[bool]) -> list[dict[str, Any]]:  # fmt: skip
+    """The rows of ``table`` timed in the span (``until`` exclusive), oldest first."""
+    query = select(table).where(*where).order_by(table.c.time, table.c.id)
+    if since is not None:
+        query = query.where(table.c.time >= since)
+    if until is not None:
+        query = query.where(table.c.time < until)
+    with engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(query)]
+
+
 def list_commands(engine: Engine, since: datetime | None = None,
                   until: datetime | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Operators' commands (``operator_commands``) in the span, oldest first."""
-    query = select(COMMANDS).order_by(COMMANDS.c.time, COMMANDS.c.id)
-    if since is not None:
-        query = query.where(COMMANDS.c.time >= since)
-    if until is not None:
-        query = query.where(COMMANDS.c.time < until)
-    with engine.connect() as connection:
-        return [dict(row._mapping) for row in connection.execute(query)]
+    return _in_span(engine, COMMANDS, since, until)
+
+
+def list_observations(engine: Engine, since: datetime | None = None,
+                      until: datetime | None = None,
+                      kinds: Sequence[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Observations in the span (of ``kinds``, if given), oldest first."""
+    where = [] if kinds is None else [OBSERVATIONS.c.kind.in_(list(kinds))]
+    return _in_span(engine, OBSERVATIONS, since, until, *where)
 
 
 def account_known(engine: Engine, account: str) -> bool:

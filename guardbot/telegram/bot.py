@@ -30,12 +30,12 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import httpx
 
@@ -47,6 +47,7 @@ from guardbot.clock import SYSTEM_CLOCK, Clock
 from guardbot.config import Settings
 from guardbot.logs import register_secret
 from guardbot.telegram.api import MAX_MESSAGE, BotApi, BotApiError, BotUrl, Message, bot_url
+from guardbot.telegram.text import budget_answer, status_answer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,28 +104,47 @@ class Command:
         return cls(name.lower()[:64], rest.strip(), addressee or None)
 
 
+Snapshot = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
 class Commands:
-    """What the commands do, whatever channel they come from."""
+    """What the commands do, whatever channel they come from. ``snapshot`` gives the
+    daemon's live state model (``guardbot.view.state.LiveState.snapshot``) that ``/status``
+    and ``/budget`` show."""
 
-    def __init__(self, kill_switch: Path, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, kill_switch: Path, snapshot: Snapshot | None = None, *,
+                 clock: Clock = SYSTEM_CLOCK) -> None:  # fmt: skip
         self.kill_switch = kill_switch
+        self.snapshot = snapshot
         self.clock = clock
-        self._handlers: dict[str, Callable[[Command, str, int], Reply]] = {
-            "pause": self.pause, "resume": self.resume, "help": self.help,
-            "start": self.help,
-        }  # fmt: skip
 
-    def run(self, command: Command, who: str, sent_ms: int) -> Reply:
-        handler = self._handlers.get(command.name)
-        if handler is None:
-            return Reply("answered", f"unknown command /{command.name}\n\n{HELP}",
-                         f"unknown command /{command.name}")
-        return handler(command, who, sent_ms)
+    async def run(self, command: Command, who: str, sent_ms: int) -> Reply:
+        if command.name == "pause":
+            return self.pause(command, who)
+        if command.name == "resume":
+            return self.resume(sent_ms)
+        if command.name in ("status", "budget"):
+            return await self.show(command.name)
+        if command.name in ("help", "start"):
+            return Reply("answered", HELP, "listed the commands")
+        return Reply("answered", f"unknown command /{command.name}\n\n{HELP}",
+                     f"unknown command /{command.name}")
 
-    def help(self, command: Command, who: str, sent_ms: int) -> Reply:
-        return Reply("answered", HELP, "listed the commands")
+    async def show(self, name: str) -> Reply:
+        """``/status`` or ``/budget`` from the live state model."""
+        if self.snapshot is None:
+            return Reply("failed", f"/{name} is not available: this daemon keeps no live state")
+        try:
+            state = await self.snapshot()
+        except Exception as exc:  # the answer says so; the guard goes on
+            log.exception("the live state for /%s could not be built", name)
+            return Reply("failed", f"/{name} failed: {type(exc).__name__}")
+        answer = status_answer(state) if name == "status" else budget_answer(state)
+        positions = len(state.get("positions") or [])
+        return Reply("answered", answer, f"answered with {positions} position"
+                     f"{'' if positions == 1 else 's'}: {answer.splitlines()[0]}")
 
-    def pause(self, command: Command, who: str, sent_ms: int) -> Reply:
+    def pause(self, command: Command, who: str) -> Reply:
         when = datetime.fromtimestamp(self.clock.now_ms() / 1000, UTC)
         why = f": {command.arguments}" if command.arguments else ""
         note = f"paused by {who} over Telegram at {when.isoformat(timespec='seconds')}{why}"
@@ -140,7 +160,7 @@ class Commands:
         return Reply("done", f"paused: no new action until /resume (kill switch "
                      f"{self.kill_switch} created)")
 
-    def resume(self, command: Command, who: str, sent_ms: int) -> Reply:
+    def resume(self, sent_ms: int) -> Reply:
         age_s = (self.clock.now_ms() - sent_ms) / 1000
         if age_s > STALE_RESUME_S:
             return Reply("stale", f"NOT resumed: this /resume was sent {age_s / 60:.0f} min "
@@ -302,7 +322,7 @@ class CommandBot:
                 and command.addressee.lower() != self.username.lower()):  # fmt: skip
             return  # for another bot in the group
         who = message.sender or f"chat {message.chat_id}"
-        reply = self.commands.run(command, who, message.date_s * 1000)
+        reply = await self.commands.run(command, who, message.date_s * 1000)
         log.info("%s: /%s from %s in chat %s: %s", self.name, command.name, who,
                  message.chat_id, reply.recorded)
         answer = reply.answer
@@ -376,12 +396,14 @@ class TelegramCommands:
         self,
         settings: Settings,
         record: Recorder,
+        snapshot: Snapshot | None = None,
         *,
         clock: Clock = SYSTEM_CLOCK,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self._settings = settings
         self._record = record
+        self._snapshot = snapshot
         self._clock = clock
         self._client = client
         self._own_client = client is None
@@ -395,7 +417,7 @@ class TelegramCommands:
         assert settings.guard.kill_switch_file is not None  # the config requires it
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=False)
-        commands = Commands(settings.guard.kill_switch_file, clock=self._clock)
+        commands = Commands(settings.guard.kill_switch_file, self._snapshot, clock=self._clock)
         for url, chats in bots(settings).values():
             register_secret(url.token)  # masked in every log line, as a key's secret is
             offsets = OffsetFile(settings.audit.spool_dir / f"telegram-{url.bot_id}.offset")

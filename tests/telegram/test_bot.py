@@ -301,3 +301,33 @@ def test_long_answers_are_split_at_line_ends() -> None:
     shown = sum(p.count("line ") for p in parts)
     assert f"... {100 - shown} more lines not shown" in parts[-1]
     assert split("x" * 50, size=20) == ["x" * 20]
+
+
+async def test_status_and_budget_answer_from_the_live_state(
+    settings: Settings, bot_api: FakeBotApi, audit: AuditLog, clock: ManualClock
+) -> None:
+    from .test_text import state
+
+    calls = 0
+
+    async def snapshot() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("the book is being rebuilt")
+        return state()
+
+    async with TelegramCommands(settings, audit.record_command, snapshot, clock=clock):
+        await bot_api.send("/status")
+        await bot_api.send("/budget")
+        await bot_api.send("/status")
+        sent = await bot_api.wait_sent(3)
+    assert sent[0]["text"].splitlines()[1] == (
+        "! main ETH LONG 4.10% to liq (trigger 5.00%), margin 150.00")
+    assert sent[1]["text"].splitlines()[1] == "main: 19,880.00 of 20,000.00 left (120.00 added)"
+    assert sent[2]["text"] == "/status failed: RuntimeError"
+    rows = await recorded(audit)
+    assert [(r["command"], r["result"]) for r in rows] == [
+        ("status", "answered"), ("budget", "answered"), ("status", "failed")]
+    assert rows[0]["message"] == ("answered with 3 positions: guardbot LIVE, ready: 3 "
+                                  "positions, 1 account guarded here")
