@@ -64,6 +64,11 @@ class Trail:
         notes = self._notes.pop(key, ())
         return json.dumps([note.as_dict() for note in notes], separators=(",", ":"))
 
+    def notes(self, key: PositionKey) -> list[dict[str, str]]:
+        """The notes of a position, oldest first, as ``take`` words them, keeping them (the
+        live view, guardbot.view.state)."""
+        return [note.as_dict() for note in self._notes.get(key, ())]
+
     def forget_account(self, account_id: str) -> None:
         for key in [k for k in self._notes if k[0] == account_id]:
             del self._notes[key]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -97,6 +97,8 @@ class AuditLog:
             idle=lambda: not self._spooler.incoming, on_progress=self._update_depth)
         self._closing = False
         self.ledger = Ledger(SqlHistory(engine))
+        # Called with every record once it is durable (the live view, guardbot.view.state).
+        self._listeners: list[Callable[[Record], None]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._writing: asyncio.Task[None] | None = None
 
@@ -288,6 +290,11 @@ class AuditLog:
         await self._submit(command_record(command, command.run_id or self._run_id,
                                           self._clock.now_ms()))
 
+    def listen(self, callback: Callable[[Record], None]) -> None:
+        """Call ``callback(record)`` with every record from now on, once it is durable. It
+        runs in the event loop on the recording path: it must be quick and must not raise."""
+        self._listeners.append(callback)
+
     async def _submit(self, record: Record) -> None:
         if self._closing:
             raise AuditError("the audit log is closed")
@@ -299,6 +306,8 @@ class AuditLog:
             if undo is not None:
                 undo()
             raise
+        for listener in self._listeners:
+            listener(record)
 
     # -- start-up reconcile --------------------------------------------------------------
 
