@@ -54,6 +54,7 @@ from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.loader import load_policies as _load_policies
 from guardbot.preflight import check_settings, port_problem
 from guardbot.telegram.bot import TelegramCommands
+from guardbot.view.state import LiveState
 
 log = logging.getLogger(__name__)
 
@@ -460,9 +461,13 @@ async def run_daemon(
                 except OSError as exc:  # taken since check_settings looked
                     raise StartupError(port_problem(settings.health) or f"health server: {exc}",
                                        exits.USAGE) from None
-            # /pause and /resume from the operators' Telegram chats ([telegram] commands).
-            await stack.enter_async_context(
-                TelegramCommands(settings, audit.record_command, clock=clock))
+            # /status, /budget, /pause and /resume from the operators' Telegram chats
+            # ([telegram] commands); the first two show the live state model.
+            live = (LiveState(daemon.guard, settings, daemon.readiness, instance_id=instance_id)
+                    if settings.telegram.commands else None)
+            await stack.enter_async_context(TelegramCommands(
+                settings, audit.record_command, None if live is None else live.snapshot,
+                clock=clock))
 
             async def follow_ownership() -> None:
                 while True:

@@ -615,7 +615,8 @@ async def test_pause_over_telegram_is_the_kill_switch_of_the_running_guard(
     tmp_path: Path,
 ) -> None:
     """/pause from the operators' chat stops new actions of the running daemon (the arbiter
-    refuses them as the kill switch), /resume lets the guard rescue again; both audited."""
+    refuses them as the kill switch), /status and /budget show the live state, /resume lets
+    the guard rescue again; every command audited."""
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     schema.upgrade(url)
     stop_file = tmp_path / "STOP"
@@ -642,6 +643,16 @@ async def test_pause_over_telegram_is_the_kill_switch_of_the_running_guard(
             await bot_api.send("/pause")
             await eventually(lambda: len(answers()) == 1)
             assert answers()[0].startswith("paused") and stop_file.exists()
+            await bot_api.send("/status")
+            await bot_api.send("/budget")
+            await eventually(lambda: len(answers()) == 3)
+            status, budget = answers()[1].splitlines(), answers()[2].splitlines()
+            assert status[0].startswith("guardbot LIVE PAUSED (kill switch: /resume)")
+            assert status[0].endswith("1 position, 1 account guarded here")
+            assert status[-1].startswith("  main ETH LONG ")
+            assert "to liq (trigger 5.00%), margin " in status[-1]
+            assert budget[1:] == ["main: 20,000.00 of 20,000.00 left (0.00 added)",
+                                  "  ETH: 5,000.00 of 5,000.00 left (0.00 added)"]
             before = margin()
             await pin_mark(sim, ETH, "2850")  # below topup's trigger
             await eventually(lambda: any(
@@ -649,7 +660,7 @@ async def test_pause_over_telegram_is_the_kill_switch_of_the_running_guard(
             assert margin() == before, "paused: nothing added"
             await bot_api.send("/resume")
             await eventually(lambda: margin() > before)
-            assert answers()[1].startswith("resumed") and not stop_file.exists()
+            assert answers()[3].startswith("resumed") and not stop_file.exists()
         finally:
             stop.set()
             await asyncio.wait_for(task, 15)
@@ -658,4 +669,5 @@ async def test_pause_over_telegram_is_the_kill_switch_of_the_running_guard(
                 "SELECT command, result, run_id IS NOT NULL FROM operator_commands "
                 "ORDER BY time")).all()
         reader.close()
-    assert [tuple(row) for row in rows] == [("pause", "done", 1), ("resume", "done", 1)]
+    assert [tuple(row) for row in rows] == [("pause", "done", 1), ("status", "answered", 1),
+                                            ("budget", "answered", 1), ("resume", "done", 1)]
