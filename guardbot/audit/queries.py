@@ -160,6 +160,19 @@ def list_observations(engine: Engine, since: datetime | None = None,
     return _in_span(engine, OBSERVATIONS, since, until, *where)
 
 
+def applied_actions(engine: Engine, since: datetime | None = None,
+                    until: datetime | None = None) -> set[str]:  # fmt: skip
+    """Ids of the actions decided in the span whose change the exchange confirmed or
+    reconciliation found applied (``action_outcomes.applied``)."""
+    query = select(OUTCOMES.c.action_id).where(OUTCOMES.c.applied).distinct()
+    if since is not None:
+        query = query.where(OUTCOMES.c.action_time >= since)
+    if until is not None:
+        query = query.where(OUTCOMES.c.action_time < until)
+    with engine.connect() as connection:
+        return set(connection.execute(query).scalars())
+
+
 def account_known(engine: Engine, account: str) -> bool:
     """Whether anything was ever recorded for ``account``."""
     query = select(
