@@ -32,6 +32,7 @@ Example (every key is listed in docs/config.md, generated from these models by
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -59,6 +60,8 @@ from pydantic_settings import (
 
 ACCOUNT_ID_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
 KEY_RE = re.compile(r"^ed25519:[1-9A-HJ-NP-Za-km-z]{32,50}$")
+# The live page's bearer token: long enough not to be guessed over the network.
+MIN_TOKEN_CHARS = 16
 
 # The hosts of docs/exchange.md §1.
 PRESETS: dict[str, dict[str, str]] = {
@@ -351,13 +354,69 @@ class GuardSettings(_Section):
 
 
 class HealthSettings(_Section):
-    """The HTTP server of `/healthz`, `/readyz` and `/metrics`."""
+    """The HTTP server of `/healthz`, `/readyz` and `/metrics`, and of the live page `/view`
+    (positions, budgets, actions; read-only). Beyond loopback the page requires a bearer
+    token (`token` or `token_file`): `guardbot run` and `check-config` refuse to start
+    without one. `/healthz`, `/readyz` and `/metrics` stay open for probes and scrapers."""
 
     enabled: bool = Field(default=True, description="Serve them at all.")
     host: str = Field(
         default="127.0.0.1", description="Address to listen on (loopback: this machine only).")
     port: int = Field(
         default=9108, ge=0, le=65535, description="Port to listen on (0: any free port).")
+    view: bool = Field(
+        default=True, description="Serve the live page `/view`, its JSON `/view/state` and"
+        " its pushed updates (what `guardbot top` reads).")
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token the page requires (`Authorization: Bearer"
+        " ...`, or typed once into the page); required beyond loopback. Prefer `token_file`"
+        " or `GUARDBOT__HEALTH__TOKEN`.")
+    token_file: Path | None = Field(
+        default=None, description="File that holds the page's token (a Docker or systemd"
+        " secret).")
+    push_s: float = Field(
+        default=1.0, gt=0, le=60, description="Seconds between the page's pushed updates.")
+    chart_hours: float = Field(
+        default=6.0, gt=0, le=48, description="Hours of history each position's chart shows.")
+    chart_sample_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Seconds between the points the charts keep"
+        " (memory: about 32 bytes per position and point).")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> HealthSettings:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        """Whether ``host`` is this machine only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False  # a host name: may resolve anywhere
+
+    def view_token(self) -> SecretStr | None:
+        """The page's token from wherever it is configured (``None``: none). Raises
+        ``ConfigError`` naming the key; the text never holds the token."""
+        if self.token is not None:
+            value = self.token.get_secret_value().strip()
+            where = "health.token"
+        elif self.token_file is not None:
+            where = "health.token_file"
+            try:
+                value = self.token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"{where}: cannot read {self.token_file}: {exc.strerror}"
+                                  ) from None
+        else:
+            return None
+        if len(value) < MIN_TOKEN_CHARS:
+            raise ConfigError(f"{where}: the token must be at least {MIN_TOKEN_CHARS}"
+                              " characters")
+        return SecretStr(value)
 
 
 class WebhookSettings(_Section):
@@ -473,7 +532,8 @@ class Settings(BaseSettings):
     def anchored(self, folder: Path) -> Settings:
         """These settings with every relative path made absolute against ``folder`` (the
         config file's): the SQLite audit database, the spool, the strategies folder, the
-        kill-switch file and secret files. The working directory then never matters."""
+        kill-switch file, secret files and the page's token file. The working directory then
+        never matters."""
 
         def absolute(path: Path) -> Path:
             return path if path.is_absolute() else folder / path
@@ -493,7 +553,10 @@ class Settings(BaseSettings):
                 update={"orderly_secret_file": absolute(account.orderly_secret_file)})
             for account in self.accounts
         ]  # fmt: skip
-        return self.model_copy(update={"guard": guard, "audit": audit, "accounts": accounts})
+        health = self.health if self.health.token_file is None else self.health.model_copy(
+            update={"token_file": absolute(self.health.token_file)})
+        return self.model_copy(update={"guard": guard, "audit": audit, "accounts": accounts,
+                                       "health": health})
 
     @classmethod
     def settings_customise_sources(

@@ -25,6 +25,7 @@ import signal
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 
@@ -55,6 +56,9 @@ from guardbot.policies.loader import load_policies as _load_policies
 from guardbot.preflight import check_settings, port_problem
 from guardbot.telegram.bot import TelegramCommands
 from guardbot.view.state import LiveState
+
+if TYPE_CHECKING:
+    from guardbot.view.server import View
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +374,25 @@ class Daemon:
             metrics.BUDGET_LEFT.labels(account=label).set(float(left))
 
 
+def live_view(daemon: Daemon, instance_id: str,
+              live_instances: Callable[[], int] | None = None) -> View | None:
+    """The live page over the daemon's state (``guardbot.view``), or ``None`` when
+    ``[health] view`` is off. Its token is masked in every log line from here on."""
+    from guardbot.view.server import View
+    from guardbot.view.state import LiveState
+
+    health = daemon.settings.health
+    if not health.view:
+        return None
+    token = health.view_token()  # check_settings read it already: it is readable
+    if token is not None:
+        register_secret(token.get_secret_value())
+    state = LiveState(daemon.guard, daemon.settings, daemon.readiness, instance_id=instance_id,
+                      live_instances=live_instances, hours=health.chart_hours,
+                      sample_s=health.chart_sample_s)
+    return View(state, token=token, push_s=health.push_s)
+
+
 def _exchange_failure(error: BaseException, url: str) -> str:
     """What went wrong with the exchange, in the operator's terms."""
     if isinstance(error, MalformedResponse):
@@ -457,7 +480,9 @@ async def run_daemon(
             if settings.health.enabled:
                 try:
                     await stack.enter_async_context(HealthServer(
-                        settings.health.host, settings.health.port, daemon.readiness))
+                        settings.health.host, settings.health.port, daemon.readiness,
+                        view=live_view(daemon, instance_id,
+                                       lambda: ownership.live_instances)))
                 except OSError as exc:  # taken since check_settings looked
                     raise StartupError(port_problem(settings.health) or f"health server: {exc}",
                                        exits.USAGE) from None

@@ -1,4 +1,5 @@
-"""The operations HTTP endpoint: ``/healthz``, ``/readyz`` and ``/metrics``.
+"""The operations HTTP endpoint: ``/healthz``, ``/readyz`` and ``/metrics``, and the live
+page ``/view`` when a ``View`` is handed in (``guardbot.view.server``).
 
 Loopback by default (``[health] host``/``port``; ``enabled = false`` turns it off). The daemon
 owns the facts; this module only reports them. It hands in a ``readiness`` callable that
@@ -23,6 +24,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -31,6 +33,9 @@ from prometheus_client.exposition import choose_encoder
 from guardbot.config import ConfigError
 from guardbot.logs import redact
 from guardbot.metrics import READY
+
+if TYPE_CHECKING:
+    from guardbot.view.server import View
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +137,10 @@ class HealthServer:
         readiness: Callable[[], Readiness],
         *,
         registry: CollectorRegistry = REGISTRY,
+        view: View | None = None,
     ) -> None:
         self.host = host
+        self.view = view
         self.port = port
         self._readiness = readiness
         self._registry = registry
@@ -149,6 +156,8 @@ class HealthServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+        if self.view is not None:
+            self.view.install(app)
         # No access log: Prometheus scrapes every few seconds and would drown the guard's lines.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -164,6 +173,9 @@ class HealthServer:
         self._runner = runner
         self.port = runner.addresses[0][1]
         log.info("health and metrics on %s (/healthz /readyz /metrics)", self.url)
+        if self.view is not None:
+            await self.view.start()
+            log.info("live page on %s/view", self.url)
         return self
 
     async def __aexit__(
@@ -172,6 +184,8 @@ class HealthServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.view is not None:
+            await self.view.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -2,8 +2,9 @@
 same checks without trading, ``status`` the ones about accounts.
 
 - ``check_settings``: at least one account, every secret well-formed and belonging to its
-  key (config.py checked the URL schemes when it loaded), the policies, and the health
-  port free. Every problem found is one line of one ``ConfigError``.
+  key (config.py checked the URL schemes when it loaded), the policies, the health
+  port free, and the live page's token readable (required beyond loopback). Every problem
+  found is one line of one ``ConfigError``.
 - ``check_database_free``, ``prepare_database``: the SQLite audit database not held by
   another guard (checked first: a second guard on the same config is told about the first
   one, not about the port it holds), and an empty one given its schema (an out-of-date one
@@ -64,6 +65,22 @@ def port_problem(health: HealthSettings) -> str | None:
     return None
 
 
+def view_problem(health: HealthSettings) -> str | None:
+    """Why the live page cannot be served as configured (its token unreadable, or none
+    while it listens beyond loopback), or ``None``."""
+    if not health.enabled or not health.view:
+        return None
+    try:
+        token = health.view_token()
+    except ConfigError as exc:
+        return str(exc)
+    if token is None and not health.loopback:
+        return (f"health.token: the live page /view listens on {health.host}, beyond loopback:"
+                " set [health] token_file (or token, or GUARDBOT__HEALTH__TOKEN), or view ="
+                " false")
+    return None
+
+
 def check_settings(settings: Settings) -> list[LoadedPolicy]:
     """Everything ``run`` checks before it trades; the loaded policies. Raises
     ``ConfigError`` listing every problem, one line each."""
@@ -77,9 +94,9 @@ def check_settings(settings: Settings) -> list[LoadedPolicy]:
         policies = load_policies(settings.policies, settings.guard.strategies_dir)
     except ConfigError as exc:
         problems.append(str(exc))
-    port = port_problem(settings.health)
-    if port:
-        problems.append(port)
+    for problem in (port_problem(settings.health), view_problem(settings.health)):
+        if problem:
+            problems.append(problem)
     if problems:
         raise ConfigError("\n".join(problems))
     return policies

@@ -171,7 +171,7 @@ class Recent:
         known = self.actions
         self.actions = OrderedDict()
         for row in rows:
-            time_ms = _ms(row["time"])
+            time_ms = epoch_ms(row["time"])
             record = {name: row[name] for name in (
                 "account_id", "symbol", "kind", "policy", "reason", "dry_run", "data_age_ms")}
             for name in ("amount", "mark_price", "margin", "liquidation_price", "distance"):
@@ -499,7 +499,10 @@ class LiveState:
             margin=margin, markers=markers), chart.CLOCK)
 
 
-def _ms(value: Any) -> int:
+def epoch_ms(value: Any) -> int:
+    """Milliseconds since the epoch of a ``datetime`` or a number of them (0: ``None``)."""
+    if value is None:
+        return 0
     if isinstance(value, datetime):
         return int(value.timestamp() * 1000)
     return int(value)
