@@ -477,19 +477,22 @@ async def run_daemon(
                             account_names={a.account_id: a.name for a in settings.accounts},
                             owned=ownership.owned(), notify=alerter.notify, clock=clock)
             daemons.append(daemon)
+            view = (live_view(daemon, instance_id, lambda: ownership.live_instances)
+                    if settings.health.enabled else None)
             if settings.health.enabled:
                 try:
                     await stack.enter_async_context(HealthServer(
                         settings.health.host, settings.health.port, daemon.readiness,
-                        view=live_view(daemon, instance_id,
-                                       lambda: ownership.live_instances)))
+                        view=view))
                 except OSError as exc:  # taken since check_settings looked
                     raise StartupError(port_problem(settings.health) or f"health server: {exc}",
                                        exits.USAGE) from None
             # /status, /budget, /pause and /resume from the operators' Telegram chats
-            # ([telegram] commands); the first two show the live state model.
-            live = (LiveState(daemon.guard, settings, daemon.readiness, instance_id=instance_id)
-                    if settings.telegram.commands else None)
+            # ([telegram] commands); the first two show the live state model, the page's
+            # own when it is served.
+            live = None if not settings.telegram.commands else (
+                view.state if view is not None
+                else LiveState(daemon.guard, settings, daemon.readiness, instance_id=instance_id))
             await stack.enter_async_context(TelegramCommands(
                 settings, audit.record_command, None if live is None else live.snapshot,
                 clock=clock))
