@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "run": "guardbot.commands:run",
     "sim": "guardbot.sim.cli:sim",
     "status": "guardbot.status:status",
+    "top": "guardbot.view.top:top",
 }
 
 

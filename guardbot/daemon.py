@@ -35,7 +35,7 @@ from guardbot.audit.ledger import utc_day_start_ms
 from guardbot.audit.store import AuditError, AuditLog, SchemaOutOfDate
 from guardbot.backoff import backoff
 from guardbot.clock import SYSTEM_CLOCK, Clock
-from guardbot.config import ConfigError, Settings
+from guardbot.config import ConfigError, HealthSettings, Settings
 from guardbot.exchange.errors import (
     AuthError,
     ExchangeError,
@@ -55,10 +55,10 @@ from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.loader import load_policies as _load_policies
 from guardbot.preflight import check_settings, port_problem
 from guardbot.telegram.bot import TelegramCommands
-from guardbot.view.state import LiveState
 
 if TYPE_CHECKING:
     from guardbot.view.server import View
+    from guardbot.view.state import LiveState
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,9 @@ class Daemon:
         # Taking and giving away accounts never interleave (a take-over's reconcile must not
         # re-add an account given away meanwhile).
         self._ownership_lock = asyncio.Lock()
+        # What people see of it (``live_state``; run_daemon sets it): the page, ``guardbot
+        # top`` and chat commands read this one model.
+        self.live: LiveState | None = None
 
     @property
     def exchanges(self) -> dict[str, Exchange]:
@@ -374,22 +377,28 @@ class Daemon:
             metrics.BUDGET_LEFT.labels(account=label).set(float(left))
 
 
-def live_view(daemon: Daemon, instance_id: str,
-              live_instances: Callable[[], int] | None = None) -> View | None:
-    """The live page over the daemon's state (``guardbot.view``), or ``None`` when
-    ``[health] view`` is off. Its token is masked in every log line from here on."""
-    from guardbot.view.server import View
+def live_state(daemon: Daemon, instance_id: str,
+               live_instances: Callable[[], int] | None = None) -> LiveState:
+    """The live state of the daemon (``guardbot.view.state``): what the page, ``guardbot
+    top`` and chat commands show."""
     from guardbot.view.state import LiveState
 
     health = daemon.settings.health
+    return LiveState(daemon.guard, daemon.settings, daemon.readiness, instance_id=instance_id,
+                     live_instances=live_instances, hours=health.chart_hours,
+                     sample_s=health.chart_sample_s)
+
+
+def live_view(state: LiveState, health: HealthSettings) -> View | None:
+    """The live page over ``state``, or ``None`` when ``[health] view`` is off. Its token is
+    masked in every log line from here on."""
+    from guardbot.view.server import View
+
     if not health.view:
         return None
     token = health.view_token()  # check_settings read it already: it is readable
     if token is not None:
         register_secret(token.get_secret_value())
-    state = LiveState(daemon.guard, daemon.settings, daemon.readiness, instance_id=instance_id,
-                      live_instances=live_instances, hours=health.chart_hours,
-                      sample_s=health.chart_sample_s)
     return View(state, token=token, push_s=health.push_s)
 
 
@@ -477,25 +486,19 @@ async def run_daemon(
                             account_names={a.account_id: a.name for a in settings.accounts},
                             owned=ownership.owned(), notify=alerter.notify, clock=clock)
             daemons.append(daemon)
-            view = (live_view(daemon, instance_id, lambda: ownership.live_instances)
-                    if settings.health.enabled else None)
+            daemon.live = live_state(daemon, instance_id, lambda: ownership.live_instances)
             if settings.health.enabled:
                 try:
                     await stack.enter_async_context(HealthServer(
                         settings.health.host, settings.health.port, daemon.readiness,
-                        view=view))
+                        view=live_view(daemon.live, settings.health)))
                 except OSError as exc:  # taken since check_settings looked
                     raise StartupError(port_problem(settings.health) or f"health server: {exc}",
                                        exits.USAGE) from None
             # /status, /budget, /pause and /resume from the operators' Telegram chats
-            # ([telegram] commands); the first two show the live state model, the page's
-            # own when it is served.
-            live = None if not settings.telegram.commands else (
-                view.state if view is not None
-                else LiveState(daemon.guard, settings, daemon.readiness, instance_id=instance_id))
+            # ([telegram] commands); the first two show the daemon's live state.
             await stack.enter_async_context(TelegramCommands(
-                settings, audit.record_command, None if live is None else live.snapshot,
-                clock=clock))
+                settings, audit.record_command, daemon.live.snapshot, clock=clock))
 
             async def follow_ownership() -> None:
                 while True:

@@ -305,6 +305,17 @@ class Ledger:
             ZERO,
         )  # fmt: skip
 
+    async def added_by_symbol(self, account_id: str, since_ms: int, now_ms: int, *,
+                              dry_run: bool = False) -> dict[str, Decimal]:
+        """``added_since`` of every symbol of the account with any, in one pass (the live
+        view reads them all at once)."""
+        await self.load(account_id, now_ms)
+        totals: dict[str, Decimal] = {}
+        for e in self._entries.get(account_id, {}).values():
+            if e.counts_as_added(dry_run) and e.time_ms >= since_ms:
+                totals[e.symbol] = totals.get(e.symbol, ZERO) + e.amount
+        return totals
+
     async def dry_run_effects(self, account_id: str, keys: Iterable[PositionKey], now_ms: int
                               ) -> dict[PositionKey, Decimal]:  # fmt: skip
         """The shadow of a dry run: per open position of ``keys``, the margin the dry-run

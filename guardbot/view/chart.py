@@ -101,22 +101,24 @@ def ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [first + i * step for i in range(int((high - first) / step) + 1)]
 
 
-_CLOCK_STEPS_MIN = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440)
+_CLOCK_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
+                  21600, 43200, 86400)
 
 
 def clock_ticks(low_ms: float, high_ms: float, count: int = 6) -> list[float]:
-    """Whole minutes or hours (UTC) between two epoch times in ms."""
+    """Whole seconds, minutes or hours (UTC) between two epoch times in ms."""
     if high_ms <= low_ms:
         return [low_ms]
-    raw = (high_ms - low_ms) / max(count - 1, 1) / 60_000
-    step = 60_000 * next((s for s in _CLOCK_STEPS_MIN if s >= raw), _CLOCK_STEPS_MIN[-1])
+    raw = (high_ms - low_ms) / max(count - 1, 1) / 1000
+    step = 1000 * next((s for s in _CLOCK_STEPS_S if s >= raw), _CLOCK_STEPS_S[-1])
     first = math.ceil(low_ms / step) * step
     return [first + i * step for i in range(int((high_ms - first) / step) + 1)]
 
 
 def clock_label(at_ms: float) -> str:
-    """``HH:MM`` UTC of an epoch time in ms."""
-    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%H:%M")
+    """``HH:MM`` UTC of an epoch time in ms (``HH:MM:SS`` off a whole minute)."""
+    moment = datetime.fromtimestamp(at_ms / 1000, UTC)
+    return moment.strftime("%H:%M" if at_ms % 60_000 == 0 else "%H:%M:%S")
 
 
 SECONDS = TimeAxis(lambda low, high: ticks(low, high, 6), lambda v: f"{v:,.0f} s")

@@ -115,7 +115,8 @@ function render(s) {
         el("td", {class: "num distance"}, pct(p.distance)), el("td", {}, bar(p)),
         el("td", {class: "num" + (p.stale ? " bad" : "")}, age(p.data_age_s)),
         el("td", {class: "num"}, `${money(p.budget.left)} / ${p.budget.per_day}`),
-        el("td", {class: "muted"}, note ? `${time(+note.at_ms)} ${note.what}` : ""));
+        el("td", {class: "muted note", title: note ? note.what : ""},
+           note ? `${time(+note.at_ms)} ${note.what.slice(0, 48)}` : ""));
     })));
   $("#actions").replaceChildren(s.actions.length ? table(
     ["time", "account", "symbol", "action", "policy", "status", "reason", "record"],

@@ -13,7 +13,9 @@ recent decisions (routine refusals included), the audit records the daemon wrote
 started (``AuditLog.listen``) and, once at start, those of the last ``hours`` from the
 database (``seed``). Building it does no I/O once the ledger is loaded.
 
-Money, prices, quantities and distances are strings of their ``Decimal`` (never a float);
+Money, prices, quantities and distances are strings of their ``Decimal`` (never a float;
+liquidation prices rounded to the symbol's price step and distances to six places, for
+people: the guard decides on its own unrounded figures);
 times are milliseconds since the epoch, ages seconds. Nothing secret is in it: no key, no
 secret, no token, no database URL; free texts (reasons, exchange messages, notes) go
 through ``logs.redact`` like log lines.
@@ -49,8 +51,9 @@ from guardbot.audit import queries
 from guardbot.audit.errors import AuditError
 from guardbot.audit.ledger import utc_day_start_ms
 from guardbot.audit.records import EventKind, Record
+from guardbot.book import Held
 from guardbot.config import Settings
-from guardbot.domain import ZERO, MarginMode, Position, PositionKey
+from guardbot.domain import ZERO, MarginMode, Position, PositionKey, SymbolRules
 from guardbot.guard import Guard
 from guardbot.health import Readiness
 from guardbot.logs import redact
@@ -63,6 +66,8 @@ RECENT_ACTIONS = 200  # recorded actions kept (with their events)
 SHOWN_ACTIONS = 50  # the newest shown in the snapshot
 RECENT_OBSERVATIONS = 50
 SHOWN_OBSERVATIONS = 20
+# Shown distances have six places (a ten-thousandth of a percent); the zone is read unrounded.
+DISTANCE_SHOWN = Decimal("0.000001")
 
 
 def text(value: Decimal | None) -> str | None:
@@ -222,10 +227,12 @@ class _Row:
     """One guarded position as the snapshot and the sampler read it."""
 
     key: PositionKey
-    position: Position
+    position: Position  # as the exchange last confirmed it, with the known effect
+    mark: Decimal  # the symbol's latest mark
     liquidation: Decimal | None
     distance: Decimal | None
     age_ms: int | None
+    tick: Decimal  # the symbol's price step: liquidation prices are shown to it
 
 
 class LiveState:
@@ -253,6 +260,8 @@ class LiveState:
         self.samples: dict[PositionKey, Samples] = {}
         self._sampled_ms: int | None = None
         self._bands: dict[PositionKey, Bands] = {}
+        self._liquidations: dict[
+            PositionKey, tuple[Held, Decimal, SymbolRules | None, Position, Decimal | None]] = {}
         self.started_ms = guard.clock.now_ms()
         guard.audit.listen(self.recent.note)
 
@@ -296,23 +305,41 @@ class LiveState:
         guard = self.guard
         known = guard.executor.settlement.known_effect
         rows = []
-        for position in guard.book.isolated_positions(account_id):
-            key = position.key
+        for held, mark in guard.book.isolated_marks(account_id):
+            key = held.key
             effect = known(key)
-            if effect:  # succeeded calls no snapshot shows yet, as the guard counts them
-                position = replace(position, margin=position.margin + effect)
-            rules = guard.rules.get(position.symbol)
-            liquidation = distance = None
-            if rules is not None:
+            rules = guard.rules.get(key[1])
+            # The liquidation price does not move with the mark: computed once per confirmed
+            # version, known effect and rules (a tick then costs a subtraction per position).
+            cached = self._liquidations.get(key)
+            if (cached is None or cached[0] is not held or cached[1] != effect
+                    or cached[2] is not rules):
+                cached = self._liquidations[key] = (held, effect, rules,
+                                                    *self._liquidation(held, effect, rules))
+            position, liquidation = cached[3], cached[4]
+            distance = None
+            if liquidation is not None:
                 try:
-                    liquidation = risk.liquidation_price(position, rules)
-                    distance = risk.liquidation_distance(position.mark_price, liquidation,
-                                                         position.qty)
-                except (ArithmeticError, ValueError):
-                    liquidation = distance = None
-            rows.append(_Row(key, position, liquidation, distance,
-                             guard.book.age_ms(key, now_ms)))
+                    distance = risk.liquidation_distance(mark, liquidation, position.qty)
+                except ArithmeticError:
+                    distance = None
+            tick = DISTANCE_SHOWN if rules is None else rules.quote_tick
+            rows.append(_Row(key, position, mark, liquidation, distance,
+                             now_ms - held.confirmed_ms, tick))
         return rows
+
+    @staticmethod
+    def _liquidation(held: Held, effect: Decimal, rules: SymbolRules | None
+                     ) -> tuple[Position, Decimal | None]:  # fmt: skip
+        position = held.position
+        if effect:  # succeeded calls no snapshot shows yet, as the guard counts them
+            position = replace(position, margin=position.margin + effect)
+        if rules is None:
+            return position, None
+        try:
+            return position, risk.liquidation_price(position, rules)
+        except (ArithmeticError, ValueError):
+            return position, None
 
     def sample(self, now_ms: int | None = None) -> None:
         """Keep a chart point of every guarded position, at most once per ``sample_s``."""
@@ -328,7 +355,7 @@ class LiveState:
                 series = self.samples.get(row.key)
                 if series is None:
                     series = self.samples[row.key] = Samples()
-                series.add(now, float(row.position.mark_price), float(row.position.margin),
+                series.add(now, float(row.mark), float(row.position.margin),
                            None if row.liquidation is None else float(row.liquidation), keep)
         for key in [k for k, s in self.samples.items()
                     if k not in seen and (not s.time_ms or s.time_ms[-1] < now - self.window_ms)]:
@@ -359,10 +386,12 @@ class LiveState:
             name = guard.name(account_id)
             here = account_id in guard.owned
             rows = self._rows(account_id, now) if here else []
-            added = left = None
+            added = left = by_symbol = None
             if here:
                 try:
-                    added = await guard.ledger.added_since(account_id, day, now, dry_run=dry_run)
+                    by_symbol = await guard.ledger.added_by_symbol(account_id, day, now,
+                                                                   dry_run=dry_run)
+                    added = sum(by_symbol.values(), ZERO)
                     left = max(budgets.per_account_per_day - added, ZERO)
                 except AuditError as exc:
                     problems.append(f"account {name}: budget unknown ({redact(str(exc))})")
@@ -377,7 +406,7 @@ class LiveState:
                            "left": text(left)},
             })  # fmt: skip
             for row in rows:
-                positions.append(await self._position(row, name, now, day, dry_run))
+                positions.append(self._position(row, name, by_symbol))
         return {
             "version": VERSION,
             "now_ms": now,
@@ -407,31 +436,32 @@ class LiveState:
                 for o in reversed(list(self.recent.observations)[-SHOWN_OBSERVATIONS:])],
         }  # fmt: skip
 
-    async def _position(self, row: _Row, name: str, now: int, day: int, dry_run: bool
-                        ) -> dict[str, Any]:  # fmt: skip
-        guard, budgets = self.guard, self.settings.budgets
+    def _position(self, row: _Row, name: str, added_today: Mapping[str, Decimal] | None
+                  ) -> dict[str, Any]:  # fmt: skip
+        """One position of the snapshot; ``added_today`` by symbol (``None``: unknown, the
+        account's line says why)."""
+        budgets = self.settings.budgets
         key, position = row.key, row.position
         bands = self.bands(key)
         added = left = None
-        try:
-            added = await guard.ledger.added_since(key[0], day, now, key[1], dry_run=dry_run)
+        if added_today is not None:
+            added = added_today.get(key[1], ZERO)
             left = max(budgets.per_position_per_day - added, ZERO)
-        except AuditError:
-            pass  # the account's line names the problem
         age_s = None if row.age_ms is None else row.age_ms / 1000
         samples = self.samples.get(key)
         return {
             "id": position_id(key), "account": name, "account_id": key[0], "symbol": key[1],
             "side": "LONG" if position.qty > 0 else "SHORT", "qty": text(position.qty),
-            "mark": text(position.mark_price), "margin": text(position.margin),
+            "mark": text(row.mark), "margin": text(position.margin),
             "leverage": position.leverage,
-            "liquidation_price": text(row.liquidation), "distance": text(row.distance),
+            "liquidation_price": text(_shown(row.liquidation, row.tick)),
+            "distance": text(_shown(row.distance, DISTANCE_SHOWN)),
             "zone": bands.zone(row.distance), "bands": bands.as_json(),
             "data_age_s": age_s,
             "stale": age_s is not None and age_s > self.settings.poll.max_data_age_s,
             "budget": {"per_day": text(budgets.per_position_per_day), "added": text(added),
                        "left": text(left)},
-            "notes": [{**n, "what": redact(n["what"])} for n in guard.trail.notes(key)],
+            "notes": [{**n, "what": redact(n["what"])} for n in self.guard.trail.notes(key)],
             "chart_rev": f"{0 if samples is None else len(samples.time_ms)}"
                          f".{self.recent.revision}",
         }  # fmt: skip
@@ -476,7 +506,7 @@ class LiveState:
                     liquidation.append((t, samples.liquidation[i]))
         for row in self._rows(key[0], now) if key[0] in self.guard.owned else []:
             if row.key == key:  # the live point
-                mark.append((float(now), float(row.position.mark_price)))
+                mark.append((float(now), float(row.mark)))
                 margin.append((float(now), float(row.position.margin)))
                 if row.liquidation is not None:
                     liquidation.append((float(now), float(row.liquidation)))
@@ -491,12 +521,22 @@ class LiveState:
                 applied=status in (EventKind.SUCCEEDED.value, EventKind.VERIFIED.value),
                 title=f"{chart.clock_label(record['time_ms'])} {record['kind']} "
                       f"{record['amount']} ({status}): {redact(str(record['reason']))}"))
-        # From the first point (at least the last five minutes) up to now.
+        # From the first point (at most ``hours`` ago; at least ten seconds) up to now.
         first = min([t for t, _ in mark[:1]] + [m.t for m in markers] + [float(now)])
-        start = max(float(since), min(first, float(now - 300_000)))
+        start = max(float(since), min(first, float(now - 10_000)))
         return chart.position_chart(chart.Series(
             start=start, end=float(now), mark=mark, liquidation=liquidation,
             margin=margin, markers=markers), chart.CLOCK)
+
+
+def _shown(value: Decimal | None, step: Decimal) -> Decimal | None:
+    """A derived figure rounded for people (the guard decides on its own, unrounded)."""
+    if value is None:
+        return None
+    try:
+        return value.quantize(step)
+    except ArithmeticError:
+        return value
 
 
 def epoch_ms(value: Any) -> int:

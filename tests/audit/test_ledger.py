@@ -84,6 +84,10 @@ async def test_budget_counts_what_may_have_moved_money(
     assert await ledger.added_since(ACCOUNT, 0, T0, "PERP_ETH_USDC") == Decimal(counted - 256)
     assert await ledger.added_since(ACCOUNT, T0 + 1, T0) == Decimal(1024)
     assert await ledger.added_since(OTHER, 0, T0) == Decimal(512)
+    # every symbol at once, as the live view reads them: the same sums
+    assert await ledger.added_by_symbol(ACCOUNT, 0, T0) == {
+        "PERP_ETH_USDC": Decimal(counted - 256), "PERP_BTC_USDC": Decimal(256)}
+    assert await ledger.added_by_symbol(ACCOUNT, T0 + 1, T0) == {"PERP_ETH_USDC": Decimal(1024)}
     await log.aclose()
 
     # A restart does not reset a budget: it is derived from the log.

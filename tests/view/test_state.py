@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal as D
 
 from factories import ACCOUNT, LONG
 
@@ -24,8 +23,8 @@ async def test_a_guarded_position_with_its_figures_bands_and_budgets(watched: Wa
     assert position["id"] == f"{ACCOUNT}/{ALT}"
     assert (position["account"], position["symbol"], position["side"]) == ("main", ALT, "LONG")
     assert (position["qty"], position["mark"], position["margin"]) == ("10", "100", "200")
-    assert D(position["liquidation_price"]).quantize(D("0.0001")) == D("84.2105")
-    assert D(position["distance"]).quantize(D("0.0001")) == D("0.1579")
+    # shown to the symbol's price step (0.01) and six places
+    assert (position["liquidation_price"], position["distance"]) == ("84.21", "0.157895")
     assert position["zone"] == "target"
     assert position["bands"] == {"trigger": "0.05", "add_target": "0.19",
                                  "reduce_floor": "0.20", "policies": ["topup", "sweep"]}
