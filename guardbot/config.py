@@ -430,7 +430,8 @@ class WebhookSettings(_Section):
         default="json", description="The body: guardbot's own JSON, a Slack message or a"
         " Telegram `sendMessage`.")
     chat_id: str | None = Field(
-        default=None, description="The Telegram chat to post to (needed for `telegram`).")
+        default=None, description="The Telegram chat to post to (needed for `telegram`);"
+        " with `[telegram] commands`, also the chat whose commands are taken.")
     min_interval_s: float = Field(
         default=60.0, ge=0, description="After an alert, further alerts of the same kind,"
         " account and symbol for this many seconds are sent as one digest.")
@@ -442,6 +443,23 @@ class AlertSettings(_Section):
 
     webhooks: list[WebhookSettings] = Field(
         default_factory=list, description="The webhooks, as `[[alerts.webhooks]]`.")
+
+
+class TelegramSettings(_Section):
+    """Commands from the operators' Telegram chats: `/status`, `/budget`, `/pause` and
+    `/resume`. They are read through the bot of every `format = "telegram"` webhook and
+    taken from that webhook's `chat_id` only; messages from any other chat get no answer.
+    `/pause` creates `[guard] kill_switch_file`, `/resume` removes it; every command is
+    recorded in the audit log."""
+
+    commands: bool = Field(
+        default=False, description="Take the commands (needs `[guard] kill_switch_file` and a"
+        " Telegram webhook). A bot has one reader: with several instances, turn it on in one"
+        " (`GUARDBOT__TELEGRAM__COMMANDS=false` in the others).")
+    long_poll_s: int = Field(
+        default=50, ge=1, le=300, description="Seconds each request for new messages waits"
+        " for one to arrive (long polling): a command is seen at once, and an idle bot asks"
+        " about once a minute.")
 
 
 class LogSettings(_Section):
@@ -471,6 +489,7 @@ class Settings(BaseSettings):
     guard: GuardSettings = Field(default_factory=GuardSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     accounts: list[AccountSettings] = Field(default_factory=list)
     policies: list[PolicySettings] = Field(default_factory=list)
@@ -485,6 +504,29 @@ class Settings(BaseSettings):
                     raise ValueError(f"{account.where}: {ident} is configured twice (also"
                                      f" {seen[ident]})")
                 seen[ident] = account.where
+        return self
+
+    @model_validator(mode="after")
+    def _commands_have_a_bot(self) -> Settings:
+        if not self.telegram.commands:
+            return self
+        from guardbot.telegram.api import bot_url
+
+        bots = [(i, w) for i, w in enumerate(self.alerts.webhooks, start=1)
+                if w.format == "telegram"]  # fmt: skip
+        if not bots:
+            raise ValueError('telegram.commands: no [[alerts.webhooks]] with format = "telegram"'
+                             " to take commands through: its bot reads them, from its chat_id")
+        for index, webhook in bots:
+            if not webhook.chat_id:
+                raise ValueError(f"alerts.webhooks[{index}].chat_id: required by telegram")
+            try:
+                bot_url(webhook.url)
+            except ValueError as exc:
+                raise ValueError(f"alerts.webhooks[{index}].url: {exc}") from None
+        if self.guard.kill_switch_file is None:
+            raise ValueError("telegram.commands: needs guard.kill_switch_file: /pause creates"
+                             " it and /resume removes it")
         return self
 
     def anchored(self, folder: Path) -> Settings:

@@ -54,6 +54,7 @@ from guardbot.ownership import AccountOwnership, OwnershipError
 from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.loader import load_policies as _load_policies
 from guardbot.preflight import check_settings, port_problem
+from guardbot.telegram.bot import TelegramCommands
 
 if TYPE_CHECKING:
     from guardbot.view.server import View
@@ -495,6 +496,10 @@ async def run_daemon(
                 except OSError as exc:  # taken since check_settings looked
                     raise StartupError(port_problem(settings.health) or f"health server: {exc}",
                                        exits.USAGE) from None
+            # /status, /budget, /pause and /resume from the operators' Telegram chats
+            # ([telegram] commands); the first two show the daemon's live state.
+            await stack.enter_async_context(TelegramCommands(
+                settings, audit.record_command, daemon.live.snapshot, clock=clock))
 
             async def follow_ownership() -> None:
                 while True:

@@ -169,6 +169,37 @@ def test_webhook_urls_are_secret() -> None:
     assert "alerts.webhooks[1].format" in str(bad.value) and token not in str(bad.value)
 
 
+def test_telegram_commands_need_a_bot_a_chat_and_the_kill_switch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = "123456:SECRET-TOKEN_abc"
+    hook = {"url": f"https://api.telegram.org/bot{token}/sendMessage", "format": "telegram",
+            "chat_id": "-1001"}
+    kill = {"kill_switch_file": "STOP"}
+    on = {"commands": True}
+    settings = parse_config({"alerts": {"webhooks": [hook]}, "guard": kill, "telegram": on})
+    assert settings.telegram.commands and settings.telegram.long_poll_s == 50
+    cases = [
+        ({"guard": kill, "telegram": on}, 'no [[alerts.webhooks]] with format = "telegram"'),
+        ({"alerts": {"webhooks": [hook]}, "telegram": on}, "needs guard.kill_switch_file"),
+        ({"alerts": {"webhooks": [{"url": "https://x.example/h"}, {**hook, "chat_id": None}]},
+          "guard": kill, "telegram": on}, "alerts.webhooks[2].chat_id: required by telegram"),
+        ({"alerts": {"webhooks": [{**hook, "url": f"https://tg.example/{token}"}]},
+          "guard": kill, "telegram": on},
+         "alerts.webhooks[1].url: must be <Bot API>/bot<token>/sendMessage"),
+        ({"telegram": {"long_poll_s": 0}}, "telegram.long_poll_s: Input should be greater"),
+    ]
+    for data, expected in cases:
+        with pytest.raises(ConfigError) as bad:
+            parse_config(data)
+        assert expected in str(bad.value)
+        assert token not in str(bad.value)
+    # Without commands a Telegram webhook needs neither (alerts only).
+    parse_config({"alerts": {"webhooks": [hook]}})
+    monkeypatch.setenv("GUARDBOT__TELEGRAM__COMMANDS", "false")
+    assert not parse_config({"alerts": {"webhooks": [hook]}, "telegram": on}).telegram.commands
+
+
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "guardbot.toml"
     path.write_text('[audit]\nurl = "sqlite:///a.db"\n[poll]\ninterval_s = 3\n')

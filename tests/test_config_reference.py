@@ -22,10 +22,10 @@ def test_docs_config_md_is_up_to_date() -> None:
 def test_every_key_of_every_section_is_listed_with_its_type_and_default() -> None:
     text = reference()
     for section in ("[exchange]", "[audit]", "[poll]", "[budgets]", "[guard]", "[health]",
-                    "[alerts]", "[[alerts.webhooks]]", "[log]", "[[accounts]]",
+                    "[alerts]", "[[alerts.webhooks]]", "[telegram]", "[log]", "[[accounts]]",
                     "[[policies]]"):
         assert f"## `{section}`" in text
-    assert len(Settings.model_fields) == 10
+    assert len(Settings.model_fields) == 11
     assert ("| `timeout_s` | number (> 0, <= 120) | `10` | Seconds to wait for a REST answer"
             in text)
     assert '| `preset` | `"mainnet"`, `"testnet"` or `"sim"` | `"sim"` |' in text

@@ -19,13 +19,15 @@ from pathlib import Path
 import httpx
 import pytest
 from aiohttp import web
-from e2e.helpers import eventually, pin_mark
+from e2e.helpers import AuditReader, eventually, pin_mark
 from sqlalchemy import create_engine, text
+from telegram import fake_api as telegram_fake
 
 from guardbot import __version__, feeds, metrics
 from guardbot.audit import schema
 from guardbot.audit.errors import NotRecorded
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
+from guardbot.clock import SYSTEM_CLOCK
 from guardbot.config import parse_config
 from guardbot.daemon import (
     Daemon,
@@ -607,3 +609,65 @@ def test_the_start_up_banner_says_what_is_guarded_and_how_and_shows_no_secret(
     live = startup_banner(parse_config(settings_for(sim, sim_account, "sqlite:///a.db", tmp_path)),
                           load_policies([], Path("strategies")))
     assert live[0].endswith("LIVE: margin calls are sent")
+
+
+async def test_pause_over_telegram_is_the_kill_switch_of_the_running_guard(
+    tmp_path: Path,
+) -> None:
+    """/pause from the operators' chat stops new actions of the running daemon (the arbiter
+    refuses them as the kill switch), /status and /budget show the live state, /resume lets
+    the guard rescue again; every command audited."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    schema.upgrade(url)
+    stop_file = tmp_path / "STOP"
+    async with (SimServer(seed=7, scenario="calm", speed=0) as sim,
+                telegram_fake.serve(SYSTEM_CLOCK) as bot_api):
+        account = await open_account(sim.rest_url, "20000", [(ETH, "ISOLATED", "1", 10)])
+        settings = parse_config(settings_for(
+            sim, account, url, tmp_path, guard={"kill_switch_file": str(stop_file)},
+            alerts={"webhooks": [{"url": bot_api.url, "format": "telegram",
+                                  "chat_id": telegram_fake.OPERATORS, "min_interval_s": 0}]},
+            telegram={"commands": True, "long_poll_s": 1}))
+        reader = AuditReader(url)
+
+        def margin() -> Decimal:
+            return next(p.margin for p in sim.engine.positions(
+                sim.engine.account(account.account_id)) if p.symbol == ETH)
+
+        def answers() -> list[str]:
+            return [m["text"] for m in bot_api.sent if "reply_parameters" in m]
+
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_daemon(settings, stop=stop))
+        try:
+            await bot_api.send("/pause")
+            await eventually(lambda: len(answers()) == 1)
+            assert answers()[0].startswith("paused") and stop_file.exists()
+            await bot_api.send("/status")
+            await bot_api.send("/budget")
+            await eventually(lambda: len(answers()) == 3)
+            status, budget = answers()[1].splitlines(), answers()[2].splitlines()
+            assert status[0].startswith("guardbot LIVE PAUSED (kill switch: /resume)")
+            assert status[0].endswith("1 position, 1 account guarded here")
+            assert status[-1].startswith("  main ETH LONG ")
+            assert "to liq (trigger 5.00%), margin " in status[-1]
+            assert budget[1:] == ["main: 20,000.00 of 20,000.00 left (0.00 added)",
+                                  "  ETH: 5,000.00 of 5,000.00 left (0.00 added)"]
+            before = margin()
+            await pin_mark(sim, ETH, "2850")  # below topup's trigger
+            await eventually(lambda: any(
+                e.message and "kill switch" in e.message for e in reader.events("SKIPPED")))
+            assert margin() == before, "paused: nothing added"
+            await bot_api.send("/resume")
+            await eventually(lambda: margin() > before)
+            assert answers()[3].startswith("resumed") and not stop_file.exists()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+        with reader.engine.connect() as connection:
+            rows = connection.execute(text(
+                "SELECT command, result, run_id IS NOT NULL FROM operator_commands "
+                "ORDER BY time")).all()
+        reader.close()
+    assert [tuple(row) for row in rows] == [("pause", "done", 1), ("status", "answered", 1),
+                                            ("budget", "answered", 1), ("resume", "done", 1)]

@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from guardbot import exits
-from guardbot.audit import postmortem, queries, schema, verification
+from guardbot.audit import postmortem, queries, report, schema, verification
 from guardbot.audit.database import (
     BadDatabaseUrl,
     DatabaseMissing,
@@ -319,6 +319,35 @@ def verify_command(db_url: str | None, config_file: Path | None, account: str | 
     for problem in result.breaks:
         click.echo(f"BROKEN: {problem}")
     raise click.exceptions.Exit(1)
+
+
+@audit.command("report")
+@click.option("--since", type=TIME, metavar="T", default="24h", show_default=True,
+              help="ISO time, date, or age (24h).")
+@click.option("--until", type=TIME, metavar="T", help="ISO time, date, or age (default: now).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="the page to write (one self-contained file).")
+@database_options
+def report_command(db_url: str | None, config_file: Path | None, since: datetime,
+                   until: datetime | None, html_path: Path) -> None:  # fmt: skip
+    """One self-contained HTML page of a period for an auditor: summary, actions, a chart
+    per position. Opens offline (from an email attachment too)."""
+    now = datetime.now(UTC)
+    until = until or now
+    _check_span(since, until)
+    names = {}
+    if config_file is not None and not db_url:
+        names = {a.account_id: a.name for a in load_config(config_file).accounts}
+    url = database_url(db_url, config_file)
+    engine = open_database(db_url, config_file)
+    data = report.gather(engine, since, until)
+    page = report.render(data, names, generated=now, source=redacted(url))
+    try:
+        html_path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"cannot write {html_path}: {exc.strerror}", exits.USAGE) from None
+    click.echo(f"wrote {html_path}: {len(data.actions)} actions, {len(data.positions)} "
+               "positions")
 
 
 @audit.command("why")

@@ -7,7 +7,7 @@ formatted by the CLI. An action's ``status`` is the kind of its latest event.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -32,7 +32,7 @@ from sqlalchemy import (
 from guardbot.audit import chain
 from guardbot.audit.database import money_sum, utc_day
 from guardbot.audit.records import SETTLED, ActionRecord, EventKind, UnfinishedAction
-from guardbot.audit.tables import ACTIONS, EVENTS, OBSERVATIONS, OUTCOMES
+from guardbot.audit.tables import ACTIONS, COMMANDS, EVENTS, OBSERVATIONS, OUTCOMES
 from guardbot.domain import ActionKind, MarginMode, Source
 
 GroupBy = Literal["account", "symbol", "policy", "day"]
@@ -40,6 +40,9 @@ GROUP_BY: tuple[GroupBy, ...] = ("account", "symbol", "policy", "day")
 LIST_COLUMNS = (
     "id", "time", "account_id", "symbol", "margin_mode", "policy", "kind", "amount",
     "status", "dry_run", "reason",
+)  # fmt: skip
+COMMAND_COLUMNS = (
+    "time", "channel", "chat_id", "sender", "command", "arguments", "result", "message",
 )  # fmt: skip
 SNAPSHOT_COLUMNS = (
     "run_id", "mark_price", "margin", "qty", "liquidation_price", "distance", "data_age_ms",
@@ -129,6 +132,45 @@ def show_action(engine: Engine, action_id: str) -> ActionDetail:
             select(EVENTS).where(EVENTS.c.action_id == action_id).order_by(EVENTS.c.seq)
         )
         return ActionDetail(dict(row._mapping), [dict(event._mapping) for event in events])
+
+
+def _in_span(engine: Engine, table: Table, since: datetime | None, until: datetime | None,
+             *where: ColumnElement[bool]) -> list[dict[str, Any]]:  # fmt: skip
+    """The rows of ``table`` timed in the span (``until`` exclusive), oldest first."""
+    query = select(table).where(*where).order_by(table.c.time, table.c.id)
+    if since is not None:
+        query = query.where(table.c.time >= since)
+    if until is not None:
+        query = query.where(table.c.time < until)
+    with engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(query)]
+
+
+def list_commands(engine: Engine, since: datetime | None = None,
+                  until: datetime | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Operators' commands (``operator_commands``) in the span, oldest first."""
+    return _in_span(engine, COMMANDS, since, until)
+
+
+def list_observations(engine: Engine, since: datetime | None = None,
+                      until: datetime | None = None,
+                      kinds: Sequence[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Observations in the span (of ``kinds``, if given), oldest first."""
+    where = [] if kinds is None else [OBSERVATIONS.c.kind.in_(list(kinds))]
+    return _in_span(engine, OBSERVATIONS, since, until, *where)
+
+
+def applied_actions(engine: Engine, since: datetime | None = None,
+                    until: datetime | None = None) -> set[str]:  # fmt: skip
+    """Ids of the actions decided in the span whose change the exchange confirmed or
+    reconciliation found applied (``action_outcomes.applied``)."""
+    query = select(OUTCOMES.c.action_id).where(OUTCOMES.c.applied).distinct()
+    if since is not None:
+        query = query.where(OUTCOMES.c.action_time >= since)
+    if until is not None:
+        query = query.where(OUTCOMES.c.action_time < until)
+    with engine.connect() as connection:
+        return set(connection.execute(query).scalars())
 
 
 def account_known(engine: Engine, account: str) -> bool:

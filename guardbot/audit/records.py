@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from guardbot.audit import chain
-from guardbot.audit.tables import MONEY_SCALE
+from guardbot.audit.tables import COMMAND_RESULTS, MONEY_SCALE
 from guardbot.domain import ActionKind, MarginMode, Source
 
 Record = dict[str, Any]
@@ -180,4 +180,41 @@ def observation_record(
     return {
         "t": "observation", "id": new_id(now_ms), "time_ms": now_ms, "account_id": account_id,
         "symbol": symbol, "kind": kind, "detail": _strings("detail", detail) or {},
+    }  # fmt: skip
+
+
+# Longest operator text kept: a command's arguments are a few words.
+MAX_ARGUMENTS = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandRecord:
+    """An operator's command to the daemon and what came of it (``operator_commands``).
+
+    ``result`` is one of ``tables.COMMAND_RESULTS``; ``arguments`` is cut to
+    ``MAX_ARGUMENTS`` characters. ``run_id`` defaults to the run started by
+    ``AuditLog.start_run``."""
+
+    channel: str
+    chat_id: str
+    sender: str | None
+    command: str
+    arguments: str
+    result: str
+    message: str
+    detail: Mapping[str, str] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+def command_record(command: CommandRecord, run_id: str | None, now_ms: int) -> Record:
+    """Raises ``ValueError`` for a result that is not one of ``COMMAND_RESULTS``."""
+    if command.result not in COMMAND_RESULTS:
+        raise ValueError(f"result must be one of {', '.join(COMMAND_RESULTS)}, "
+                         f"got {command.result!r}")
+    return {
+        "t": "command", "id": new_id(now_ms), "time_ms": now_ms, "run_id": run_id,
+        "channel": command.channel, "chat_id": command.chat_id, "sender": command.sender,
+        "command": command.command, "arguments": command.arguments[:MAX_ARGUMENTS],
+        "result": command.result, "message": command.message,
+        "detail": _strings("detail", command.detail) or {},
     }  # fmt: skip

@@ -21,7 +21,7 @@ from guardbot.audit.errors import MigrationsNotFound, SchemaOutOfDate
 
 # The newest migration in migrations/versions; the daemon needs exactly this revision.
 # tests/audit/test_schema.py checks it against the folder.
-HEAD = "0002"
+HEAD = "0003"
 MIGRATIONS_ENV = "GUARDBOT_MIGRATIONS"
 
 

@@ -38,10 +38,12 @@ from guardbot.audit.records import (
     NOT_APPLIED,
     SETTLED,
     ActionRecord,
+    CommandRecord,
     EventKind,
     Record,
     UnfinishedAction,
     action_record,
+    command_record,
     event_record,
     observation_record,
     run_end_record,
@@ -59,6 +61,7 @@ __all__ = [
     "AuditError",
     "AuditLog",
     "AuditUnavailable",
+    "CommandRecord",
     "EventKind",
     "MigrationsNotFound",
     "NotRecorded",
@@ -281,6 +284,11 @@ class AuditLog:
         whose cause took a read to find)."""
         await self._submit(observation_record(
             account_id, symbol, kind, detail, self._clock.now_ms() if at_ms is None else at_ms))
+
+    async def record_command(self, command: CommandRecord) -> None:
+        """Record an operator's command and what came of it (durable on return)."""
+        await self._submit(command_record(command, command.run_id or self._run_id,
+                                          self._clock.now_ms()))
 
     def listen(self, callback: Callable[[Record], None]) -> None:
         """Call ``callback(record)`` with every record from now on, once it is durable. It

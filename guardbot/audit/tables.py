@@ -251,6 +251,12 @@ def outcome_row(event: Mapping[str, Any], action: Mapping[str, Any]) -> dict[str
     }  # fmt: skip
 
 
+# What came of an operator's command: it changed something (done), there was nothing to
+# change (unchanged), it was answered (answered), it was too old to carry out (stale), or it
+# could not be carried out (failed).
+COMMAND_RESULTS = ("done", "unchanged", "answered", "stale", "failed")
+
+
 class Observation(Base):
     """Something the bot saw but did not cause: a liquidation, margin changed by someone
     else, the budget state."""
@@ -266,6 +272,34 @@ class Observation(Base):
     detail: Mapped[dict[str, str]] = mapped_column(JSON)
 
 
+class OperatorCommand(Base):
+    """A command an operator gave the running daemon (``/pause`` over Telegram...): who,
+    which command, and what came of it. ``chat_id`` and ``sender`` name the operator as the
+    channel does; ``result`` is one of ``COMMAND_RESULTS``; ``message`` says what was done
+    or answered, in words."""
+
+    __tablename__ = "operator_commands"
+    __table_args__ = (
+        CheckConstraint(
+            "result IN (" + ", ".join(f"'{result}'" for result in COMMAND_RESULTS) + ")",
+            name="result",
+        ),
+        Index(None, "time"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"))
+    time: Mapped[datetime] = mapped_column(UtcDateTime())
+    channel: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(64))
+    sender: Mapped[str | None] = mapped_column(String(255))
+    command: Mapped[str] = mapped_column(String(64))
+    arguments: Mapped[str] = mapped_column(Text)
+    result: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict[str, str]] = mapped_column(JSON)
+
+
 # The same tables for SQLAlchemy Core: the writer's inserts, the reads and the checks.
 RUNS = Base.metadata.tables["runs"]
 RUN_ENDS = Base.metadata.tables["run_ends"]
@@ -273,3 +307,4 @@ ACTIONS = Base.metadata.tables["actions"]
 EVENTS = Base.metadata.tables["action_events"]
 OUTCOMES = Base.metadata.tables["action_outcomes"]
 OBSERVATIONS = Base.metadata.tables["observations"]
+COMMANDS = Base.metadata.tables["operator_commands"]

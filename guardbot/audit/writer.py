@@ -32,6 +32,7 @@ from guardbot.audit.records import Record
 from guardbot.audit.spool import Spool
 from guardbot.audit.tables import (
     ACTIONS,
+    COMMANDS,
     EVENTS,
     OBSERVATIONS,
     OUTCOME_KINDS,
@@ -210,6 +211,7 @@ class DatabaseWriter:
             EVENTS: [],
             OUTCOMES: [],
             OBSERVATIONS: [],
+            COMMANDS: [],
         }
         heads = dict(self._heads)
         actions: dict[str, dict[str, Any]] = {}
@@ -236,6 +238,12 @@ class DatabaseWriter:
                     "id": record["id"], "time": at, "account_id": record["account_id"],
                     "symbol": record["symbol"], "kind": record["kind"],
                     "detail": record["detail"]})  # fmt: skip
+            elif kind == "command":
+                rows[COMMANDS].append({
+                    "id": record["id"], "run_id": record["run_id"], "time": at,
+                    **{name: record[name] for name in (
+                        "channel", "chat_id", "sender", "command", "arguments", "result",
+                        "message", "detail")}})  # fmt: skip
             elif kind == "action":
                 action = _action_row(record, at)
                 rows[ACTIONS].append(action)
@@ -274,6 +282,7 @@ class DatabaseWriter:
             "action": ACTIONS.c.id,
             "event": EVENTS.c.id,
             "observation": OBSERVATIONS.c.id,
+            "command": COMMANDS.c.id,
         }
         present: set[tuple[str, str]] = set()
         for kind, ids in wanted.items():

@@ -16,7 +16,8 @@ from guardbot.audit.database import create_audit_engine
 from guardbot.audit.errors import MigrationsNotFound, SchemaOutOfDate
 from guardbot.audit.tables import Base
 
-TABLES = {"runs", "run_ends", "actions", "action_events", "action_outcomes", "observations"}
+TABLES = {"runs", "run_ends", "actions", "action_events", "action_outcomes", "observations",
+          "operator_commands"}
 
 
 def tables(url: str) -> set[str]:

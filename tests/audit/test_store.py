@@ -21,6 +21,7 @@ from guardbot.audit import chain, queries, verification
 from guardbot.audit.store import (
     AuditLog,
     AuditUnavailable,
+    CommandRecord,
     EventKind,
     NotRecorded,
     SchemaOutOfDate,
@@ -193,6 +194,47 @@ async def test_replay_of_records_already_written_inserts_nothing_twice(
         assert connection.execute(select(func.count()).select_from(ACTIONS)).scalar() == 3
         assert connection.execute(select(func.count()).select_from(EVENTS)).scalar() == 6
     assert verification.verify_chains(again.engine).intact
+    await again.aclose()
+
+
+def pause(**overrides: str) -> CommandRecord:
+    values = {"channel": "telegram", "chat_id": "-100123", "sender": "@alice (id 42)",
+              "command": "pause", "arguments": "ETH looks wild", "result": "done",
+              "message": "paused: created STOP"}
+    return CommandRecord(**{**values, **overrides}, detail={"update_id": "7"})
+
+
+async def test_operator_commands_are_recorded_once_even_when_replayed(
+    url: str, spool_dir: Path, clock: ManualClock, tmp_path: Path
+) -> None:
+    log = await open_log(url, spool_dir, clock)
+    await log.record_command(pause())
+    clock.advance(60)
+    await log.record_command(pause(command="resume", arguments="x" * 500, result="unchanged",
+                                   message="not paused"))
+    with pytest.raises(ValueError, match="result must be one of"):
+        await log.record_command(pause(result="ok"))
+    await log.flush(10)
+    saved = tmp_path / "saved"
+    shutil.copytree(spool_dir, saved, ignore=shutil.ignore_patterns("spool.lock"))
+    await log.aclose()
+    for segment in saved.glob("segment-*"):
+        shutil.copy(segment, spool_dir / segment.name)
+    again = await AuditLog.open(url, spool_dir, clock=clock, retry_s=0.01)
+    await again.flush(10)
+
+    rows = queries.list_commands(again.engine)
+    assert [(r["command"], r["result"]) for r in rows] == [("pause", "done"),
+                                                           ("resume", "unchanged")]
+    assert rows[0]["run_id"] == log.run_id
+    assert rows[0]["time"] == chain.from_ms(T0)
+    assert rows[0]["sender"] == "@alice (id 42)"
+    assert rows[0]["detail"] == {"update_id": "7"}
+    assert rows[1]["arguments"] == "x" * 200, "arguments are cut to a few words' length"
+    later = queries.list_commands(again.engine, since=chain.from_ms(T0 + 1))
+    assert [r["command"] for r in later] == ["resume"]
+    assert queries.list_commands(again.engine, until=chain.from_ms(T0 + 1))[0]["command"] == (
+        "pause")
     await again.aclose()
 
 
