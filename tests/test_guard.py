@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from guardbot.alerts import Alert, AlertKind
+from guardbot.audit.errors import AuditUnavailable
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
 from guardbot.clock import ManualClock
 from guardbot.config import parse_config
@@ -27,6 +28,7 @@ from guardbot.domain import (
     Intent,
     MarkPrice,
     Position,
+    PositionKey,
     Source,
     SymbolRules,
 )
@@ -505,7 +507,7 @@ async def test_a_tick_visits_only_the_positions_leaving_their_band(audit: AuditL
         visited.append(key[0])
         cell(key, found)  # type: ignore[arg-type]
 
-    harness.guard.watch.cell = spy  # type: ignore[method-assign]
+    harness.guard.watch.cell = spy  # type: ignore[method-assign,assignment]
     await harness.tick(accounts[0], PERP_ALT_USDC=D(97))  # 0.045 for it, 0.132 for the rest
     assert visited == [] and topup.calls[ALT] == 1
     assert await queued(audit, accounts[0]) != []
@@ -533,3 +535,56 @@ async def test_the_most_endangered_account_is_decided_first(audit: AuditLog) -> 
     # liquidation prices 92.11, 93.68 and 92.84: distances 0.041, 0.024 and 0.033; the
     # closest is decided alone, then the next two together
     assert submitted[0] == accounts[1] and sorted(submitted[1:]) == sorted(accounts[::2])
+
+
+# -- review of 96f1824 (the hot path) ------------------------------------------------------
+
+ZED_RULES = replace(ALT_RULES, symbol="PERP_ZED_USDC")
+
+
+async def test_a_round_that_fails_part_way_leaves_no_stale_cell(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A poll brings new versions of two positions of one account, both 1 % from
+    liquidation (margin 60: liquidates at 98.95). Evaluating the first (ALT) fails on the
+    audit database (``AuditUnavailable`` from the ledger, e.g. its history read after a
+    takeover), so the round stops before ZED. At 96f1824 ZED keeps the cell of its
+    previous version (margin 200: calm from 93.57 up), so the next ticks at 99.5 do not
+    visit it and nothing rescues it until the next poll or push; the guard that evaluates
+    everything tops it up on the first tick. Fails at 96f1824."""
+    clock = ManualClock()
+    other = "0x" + "ef" * 32
+    rules = (ALT_RULES, ZED_RULES)
+    harness = Harness(audit, clock, [TopUp(reach_s=0)], rules=rules)
+    reference = Harness(audit, clock, [TopUp(reach_s=0)], [other], quiet_bands=False,
+                        rules=rules)  # fmt: skip
+    both = ((harness, ACCOUNT), (reference, other))
+    far = [FAR, replace(FAR, symbol=ZED_RULES.symbol)]
+    for guard, account in both:
+        await guard.snapshot(account, *far)
+        await guard.tick(account, PERP_ALT_USDC=D(100), PERP_ZED_USDC=D(100))
+    assert await queued(audit, ACCOUNT) == await queued(audit, other) == []
+    clock.advance(1)
+    danger = [replace(p, margin=D(60), seq=2) for p in far]
+    net_added = audit.ledger.net_added
+    failed: list[PositionKey] = []
+
+    async def once(key: PositionKey, now_ms: int) -> D | None:
+        if not failed:  # the database is back after one failed read
+            failed.append(key)
+            raise AuditUnavailable("cannot reach the audit database: test")
+        return await net_added(key, now_ms)
+
+    for guard, account in both:
+        failed.clear()
+        monkeypatch.setattr(audit.ledger, "net_added", once)
+        await guard.snapshot(account, *danger)  # the round fails on ALT, logged
+        monkeypatch.setattr(audit.ledger, "net_added", net_added)
+        assert [k[1] for k in failed] == [ALT]
+    clock.advance(1)
+    for guard, account in both:
+        await guard.tick(account, PERP_ALT_USDC=D("99.5"), PERP_ZED_USDC=D("99.5"))
+    rescued = [(symbol, kind) for symbol, kind, _, _ in await queued(audit, other)]
+    assert rescued == [(ALT, "ADD"), (ZED_RULES.symbol, "ADD")], "the full guard rescues both"
+    assert [(symbol, kind) for symbol, kind, _, _ in await queued(audit, ACCOUNT)] == rescued, (
+        "ZED is skipped: its cell is the one of the version before the failed round")
