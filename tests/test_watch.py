@@ -90,3 +90,20 @@ def test_replaced_cells_do_not_pile_up_in_the_heaps() -> None:
     assert len(entry.highs) <= 2 * len(entry.cells) + 64
     assert watch.visit(key[1], D(10_005)) == set()
     assert watch.visit(key[1], D(1)) == {key}
+
+
+def test_cells_left_upwards_do_not_pile_up_in_the_lows() -> None:
+    """A mark that keeps rising takes the position out of its cell through the top each
+    time, and the guard gives it the next cell up (a sweep reducing margin in a rally).
+    Each left cell's upper end leaves the min-heap as it surfaces, but its lower end stays
+    in the max-heap until the mark falls below it, which in a trend it never does; at
+    96f1824 the compaction looked at the upper ends only, so the lows grew by one entry
+    per cell forever (memory of a long-running daemon). Fails at 96f1824."""
+    watch = MarkWatch()
+    key = KEYS[0]
+    for n in range(10_000):
+        watch.cell(key, Cell(D(n), D(n + 1), False))
+        assert watch.visit(key[1], D(n) + D("1.5")) == {key}  # left through the top
+    watch.cell(key, Cell(D(10_000), D(10_001), False))
+    entry = watch._symbols[key[1]]  # the compaction is what is tested
+    assert len(entry.lows) <= 2 * len(entry.cells) + 64
