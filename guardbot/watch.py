@@ -72,7 +72,7 @@ class MarkWatch:
             entry.speeds[cell.speeds] += 1
         heapq.heappush(entry.highs, (cell.high, token, key))
         heapq.heappush(entry.lows, (-cell.low, token, key))
-        if len(entry.highs) > 2 * len(entry.cells) + _COMPACT_SLACK:
+        if max(len(entry.highs), len(entry.lows)) > 2 * len(entry.cells) + _COMPACT_SLACK:
             self._compact(entry)
 
     def forget(self, key: PositionKey) -> None:
