@@ -661,6 +661,11 @@ class Guard:
         near = self._near.setdefault(account_id, set())
         if only is None:
             near.clear()
+            if self.quiet_bands:
+                # A round that stops part-way (the audit database fails) must not leave
+                # the later positions with the cells of their previous version.
+                for held, _ in held_marks:
+                    self.watch.always(held.key)
         bands = self._bands.setdefault(account_id, {})
         rules = self.rules
         watch = self.watch
