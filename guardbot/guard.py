@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from guardbot import metrics
+from guardbot import metrics, risk
 from guardbot.alerts import Alert, AlertKind
 from guardbot.arbiter import Arbiter, Decision, Refusal
 from guardbot.audit.store import AuditError, AuditLog, EventKind
@@ -46,6 +46,7 @@ from guardbot.clock import SYSTEM_CLOCK, Clock
 from guardbot.config import Settings
 from guardbot.domain import (
     AccountSnapshot,
+    ActionKind,
     Intent,
     Liquidation,
     MarginMode,
@@ -97,7 +98,6 @@ RECENT_LIQUIDATIONS = 32  # pushed liquidations kept per account
 # or poll: at most this long (then the close is recorded with its cause unknown, and a
 # later push can still record the liquidation).
 LIQUIDATION_READ_S = 2.0
-ONE = Decimal(1)
 # Reads of positions' histories warming the ledger at once (``Guard._warm``).
 WARM_READS = 2
 # Refusals the operator is told about at once.
@@ -197,7 +197,7 @@ class Guard:
         # version last looked at, which orders a tick's accounts.
         self.watch = MarkWatch()
         self._near: dict[str, set[PositionKey]] = {}
-        self._liquidations: dict[PositionKey, tuple[Decimal | None, bool]] = {}
+        self._liquidations: dict[PositionKey, tuple[Decimal | None, Decimal]] = {}
         # Positions whose history the ledger has been asked for (in the background, when
         # the position is first seen): the first rescue of a position does not wait on a
         # read of the audit database.
@@ -293,7 +293,7 @@ class Guard:
             moving = [s for s in self.watch.speeds(symbol) if self._moving(symbol, s)]
             for key in self.watch.visit(symbol, mark, moving=moving):
                 visits.setdefault(key[0], set()).add(key)
-        for key in self._in_full():
+        for key in self._in_full(self.executor.busy(), self.executor.held()):
             if key[1] in ticked:
                 visits.setdefault(key[0], set()).add(key)
         if not visits:
@@ -310,12 +310,14 @@ class Guard:
             await asyncio.gather(*(self.evaluate(a, visits[a]) for a in wave))
             start, size = start + size, size * 2
 
-    def _in_full(self) -> frozenset[PositionKey]:
-        """Positions evaluated in full on every update: calls not settled yet change their
-        known effect and evidence rule without a new version, and a blocked position's call
-        may go out while a round awaits."""
-        return (self.executor.busy() | self.executor.held().keys()
-                | self.executor.settlement.unsettled_keys())
+    def _in_full(self, busy: frozenset[PositionKey],
+                 held_back: Mapping[PositionKey, frozenset[ActionKind]]
+                 ) -> frozenset[PositionKey]:  # fmt: skip
+        """Positions evaluated in full on every update (``busy`` and ``held_back``: the
+        executor's): calls not settled yet change their known effect and evidence rule
+        without a new version, and a blocked position's call may go out while a round
+        awaits."""
+        return busy | held_back.keys() | self.executor.settlement.unsettled_keys()
 
     def _distance(self, key: PositionKey, mark: Decimal) -> Decimal:
         """The position's distance to liquidation at ``mark``, from the liquidation price
@@ -323,10 +325,8 @@ class Guard:
         found = self._liquidations.get(key)
         if found is None:
             return Decimal(-1)
-        price, long = found
-        if price is None:
-            return Decimal(1)
-        return ONE - price / mark if long else price / mark - ONE
+        distance = risk.liquidation_distance(mark, *found)
+        return Decimal(1) if distance is None else distance
 
     def check_stale(self) -> None:
         """Warn about positions whose data is older than the guard may act on, also those
@@ -647,7 +647,7 @@ class Guard:
         blocked = self.executor.busy()
         held_back = self.executor.held()
         settlement = self.executor.settlement
-        in_full = self._in_full()  # as is everything without a band
+        in_full = self._in_full(blocked, held_back)  # as is everything without a band
         shadow: dict[PositionKey, Decimal] = {}
         if self.settings.guard.dry_run:
             # What the dry run would have sent so far: decided on (in full) as if it had been.
@@ -661,15 +661,10 @@ class Guard:
         near = self._near.setdefault(account_id, set())
         if only is None:
             near.clear()
-            if self.quiet_bands:
-                # A round that stops part-way (the audit database fails) must not leave
-                # the later positions with the cells of their previous version.
-                for held, _ in held_marks:
-                    self.watch.always(held.key)
         bands = self._bands.setdefault(account_id, {})
         rules = self.rules
         watch = self.watch
-        for held, mark in held_marks:
+        for reached, (held, mark) in enumerate(held_marks):
             key = held.key
             near.discard(key)
             if self.quiet_bands and not (in_full and key in in_full):
@@ -697,7 +692,12 @@ class Guard:
                 view, found = await self._evaluate_position(position, blocked, now,
                                                             shadow.get(position.key, Decimal(0)))
             except (AuditError, ExchangeError):
-                raise  # the whole round: nothing of this account can be trusted now
+                # The whole round: nothing of this account can be trusted now. The positions
+                # it did not reach keep no cell of an older version: the next tick visits them.
+                if self.quiet_bands:
+                    for later, _ in held_marks[reached + 1:]:
+                        watch.always(later.key)
+                raise
             except Exception as exc:
                 # One bad position (a mark of 0, a bug) must never leave the others
                 # unguarded: it is skipped this round and reported.
@@ -705,7 +705,7 @@ class Guard:
                 continue
             if view is None:
                 continue
-            self._liquidations[key] = (view.liquidation_price, position.qty > 0)
+            self._liquidations[key] = (view.liquidation_price, position.qty)
             if view.distance is not None and view.distance < self._watch:
                 near.add(key)
             if found:
@@ -831,7 +831,7 @@ class Guard:
             try:
                 view = PositionView.of(held.position, rules)
                 band = mark_band(view, quiet, self._watch)
-                self._liquidations[held.key] = (view.liquidation_price, held.position.qty > 0)
+                self._liquidations[held.key] = (view.liquidation_price, held.position.qty)
             except Exception:  # the full evaluation reports why (_position_failed)
                 band = None
         return held, rules, band
