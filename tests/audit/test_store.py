@@ -173,6 +173,21 @@ async def test_database_ok_follows_the_writer(
     await log.aclose()
 
 
+async def reopened_after_a_crash(log: AuditLog, url: str, spool_dir: Path,
+                                 clock: ManualClock, tmp_path: Path) -> AuditLog:
+    """``log`` crashed after the database commit but before the spool was released: the
+    spool as it was is put back and the log opened again, its replay written."""
+    await log.flush(10)
+    saved = tmp_path / "saved"
+    shutil.copytree(spool_dir, saved, ignore=shutil.ignore_patterns("spool.lock"))
+    await log.aclose()
+    for segment in saved.glob("segment-*"):
+        shutil.copy(segment, spool_dir / segment.name)
+    again = await AuditLog.open(url, spool_dir, clock=clock, retry_s=0.01)
+    await again.flush(10)
+    return again
+
+
 async def test_replay_of_records_already_written_inserts_nothing_twice(
     url: str, spool_dir: Path, clock: ManualClock, tmp_path: Path
 ) -> None:
@@ -180,16 +195,7 @@ async def test_replay_of_records_already_written_inserts_nothing_twice(
     for n in range(3):
         action_id = await log.record_action(action(amount=Decimal(n + 1)))
         await log.record_event(action_id, ACCOUNT, EventKind.SUCCEEDED)
-    await log.flush(10)
-    # A crash after the database commit but before the spool was released.
-    saved = tmp_path / "saved"
-    shutil.copytree(spool_dir, saved, ignore=shutil.ignore_patterns("spool.lock"))
-    await log.aclose()
-    for segment in saved.glob("segment-*"):
-        shutil.copy(segment, spool_dir / segment.name)
-
-    again = await AuditLog.open(url, spool_dir, clock=clock, retry_s=0.01)
-    await again.flush(10)
+    again = await reopened_after_a_crash(log, url, spool_dir, clock, tmp_path)
     with again.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(ACTIONS)).scalar() == 3
         assert connection.execute(select(func.count()).select_from(EVENTS)).scalar() == 6
@@ -214,14 +220,7 @@ async def test_operator_commands_are_recorded_once_even_when_replayed(
                                    message="not paused"))
     with pytest.raises(ValueError, match="result must be one of"):
         await log.record_command(pause(result="ok"))
-    await log.flush(10)
-    saved = tmp_path / "saved"
-    shutil.copytree(spool_dir, saved, ignore=shutil.ignore_patterns("spool.lock"))
-    await log.aclose()
-    for segment in saved.glob("segment-*"):
-        shutil.copy(segment, spool_dir / segment.name)
-    again = await AuditLog.open(url, spool_dir, clock=clock, retry_s=0.01)
-    await again.flush(10)
+    again = await reopened_after_a_crash(log, url, spool_dir, clock, tmp_path)
 
     rows = queries.list_commands(again.engine)
     assert [(r["command"], r["result"]) for r in rows] == [("pause", "done"),
