@@ -292,7 +292,8 @@ class AuditLog:
 
     def listen(self, callback: Callable[[Record], None]) -> None:
         """Call ``callback(record)`` with every record from now on, once it is durable. It
-        runs in the event loop on the recording path: it must be quick and must not raise."""
+        runs in the event loop on the recording path: it must be quick; what it raises is
+        logged, never passed to the recording caller."""
         self._listeners.append(callback)
 
     async def _submit(self, record: Record) -> None:
@@ -307,7 +308,12 @@ class AuditLog:
                 undo()
             raise
         for listener in self._listeners:
-            listener(record)
+            try:
+                listener(record)
+            except Exception:
+                # The record is durable: a listener's bug (the live view) must not make its
+                # caller believe it was not, and drop an action it already recorded.
+                log.exception("audit listener failed on a %s record", record.get("t"))
 
     # -- start-up reconcile --------------------------------------------------------------
 

@@ -393,3 +393,22 @@ async def test_a_record_that_cannot_be_spooled_is_refused_and_not_counted(
     await log.record_action(action(amount=Decimal(2)))
     assert await log.ledger.added_since(ACCOUNT, 0, T0) == Decimal(2)
     await log.aclose()
+
+
+async def test_a_failing_listener_never_fails_the_record(
+    url: str, spool_dir: Path, clock: ManualClock
+) -> None:
+    """A listener's bug (the live view) is logged: the caller still gets the action id of
+    the record it made durable, and the record reaches the database."""
+    log = await open_log(url, spool_dir, clock)
+
+    def broken(record: object) -> None:
+        raise KeyError("liquidation_price")
+
+    log.listen(broken)
+    action_id = await log.record_action(action())
+    await log.flush(10)
+    with log.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(ACTIONS)).scalar() == 1
+    assert action_id
+    await log.aclose()
