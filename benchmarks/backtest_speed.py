@@ -36,7 +36,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from revisions import REPO, checkout, child
+from revisions import REPO, agreement, alternate, checkout
 
 from guardbot.backtest.paths import random_path
 from guardbot.backtest.portfolio import Book, BookAccount, BookPosition
@@ -154,17 +154,16 @@ def compare(args: argparse.Namespace, argv: list[str]) -> None:
         trees = {args.compare: checkout(args.compare, Path(folder) / "old"),
                  args.against or "this tree": REPO if args.against is None
                  else checkout(args.against, Path(folder) / "new")}  # fmt: skip
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
         print(f"{'code':<12} {'positions':>9} {'hours':>6} {'polls':>10} {'wall s':>8} "
               f"{'CPU s':>8} {'polls/s':>9}  digest")
-        for _ in range(args.repeat):
-            for name, tree in trees.items():
-                figures = child(__file__, tree, argv)
-                runs[name].append(figures)
-                print(f"{name:<12} {figures['positions']:>9} {figures['hours']:>6g} "
-                      f"{figures['polls']:>10,} {figures['wall_s']:>8.1f} "
-                      f"{figures['cpu_s']:>8.1f} {figures['polls'] / figures['wall_s']:>9,.0f}"
-                      f"  {figures['digest']}", flush=True)
+
+        def show(name: str, figures: dict[str, Any]) -> None:
+            print(f"{name:<12} {figures['positions']:>9} {figures['hours']:>6g} "
+                  f"{figures['polls']:>10,} {figures['wall_s']:>8.1f} "
+                  f"{figures['cpu_s']:>8.1f} {figures['polls'] / figures['wall_s']:>9,.0f}"
+                  f"  {figures['digest']}", flush=True)
+
+        runs = alternate(__file__, trees, argv, args.repeat, show)
         print("medians:")
         for name, found in runs.items():
             wall = statistics.median(f["wall_s"] for f in found)
@@ -173,9 +172,7 @@ def compare(args: argparse.Namespace, argv: list[str]) -> None:
                   f"{found[0]['polls'] / wall:,.0f} polls/s")
         old, new = (statistics.median(f["wall_s"] for f in runs[n]) for n in trees)
         print(f"  speed-up {old / new:.2f}x")
-        digests = {f["digest"] for found in runs.values() for f in found}
-        print("same decisions in every run" if len(digests) == 1
-              else f"DECISIONS DIFFER: {sorted(digests)}")
+        print(agreement(f["digest"] for found in runs.values() for f in found))
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
 
-from revisions import REPO, checkout, child
+from revisions import REPO, agreement, alternate, checkout
 
 from guardbot.arbiter import Arbiter, ArbiterState, Decision
 from guardbot.config import BudgetSettings
@@ -127,19 +127,17 @@ def compare(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="guardbot-bench-") as folder:
         trees = {args.compare: checkout(args.compare, Path(folder) / "old"),
                  "this tree": REPO}  # fmt: skip
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
         print(f"{'code':<12} {'case':<8} {'median ms':>10} {'CPU ms':>8} {'worst ms':>10} "
               f"{'evals/s':>9}  decisions")
-        for _ in range(args.repeat):
-            for code, tree in trees.items():
-                figures = child(__file__, tree, argv)
-                runs[code].append(figures)
-                for name, _, _ in CASES:
-                    case = figures[name]
-                    print(f"{code:<12} {name:<8} {case['median_ms']:>10.2f} "
-                          f"{case['cpu_ms']:>8.2f} {case['worst_ms']:>10.2f} "
-                          f"{case['per_s']:>9,.0f}  "
-                          f"{case['digest']}", flush=True)
+
+        def show(code: str, figures: dict[str, Any]) -> None:
+            for name, _, _ in CASES:
+                case = figures[name]
+                print(f"{code:<12} {name:<8} {case['median_ms']:>10.2f} "
+                      f"{case['cpu_ms']:>8.2f} {case['worst_ms']:>10.2f} "
+                      f"{case['per_s']:>9,.0f}  {case['digest']}", flush=True)
+
+        runs = alternate(__file__, trees, argv, args.repeat, show)
         print(f"medians over {args.repeat} runs of {args.positions} positions:")
         for name, label, _ in CASES:
             speeds = {code: statistics.median(f[name]["per_s"] for f in found)
@@ -148,9 +146,8 @@ def compare(args: argparse.Namespace) -> None:
             print(f"  {label}: " + ", ".join(f"{code} {speed:,.0f}/s"
                                              for code, speed in speeds.items())
                   + f"; speed-up {new / old:.1f}x")  # fmt: skip
-            digests = {f[name]["digest"] for found in runs.values() for f in found}
-            print("    same decisions in every run" if len(digests) == 1
-                  else f"    DECISIONS DIFFER: {sorted(digests)}")
+            print("    " + agreement(f[name]["digest"] for found in runs.values()
+                                  for f in found))
 
 
 def main() -> None:

@@ -21,34 +21,17 @@ import math
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from decimal import Decimal as D
 from pathlib import Path
 
-from guardbot import risk
-from guardbot.audit import schema
-from guardbot.audit.store import AuditLog
+from inprocess import guard_holding, long_at, settings_with
+
 from guardbot.clock import ManualClock
-from guardbot.config import parse_config
-from guardbot.domain import (
-    AccountSnapshot,
-    MarginMode,
-    MarkPrice,
-    Position,
-    Source,
-    SymbolRules,
-)
-from guardbot.exchange.fake import FakeExchange
+from guardbot.domain import MarkPrice, Position
 from guardbot.exchange.port import MarksPushed
-from guardbot.guard import Guard
-from guardbot.policies.loader import load_policies
 
 SYMBOLS_PER_ACCOUNT = 100
 MARK = D(3000)
-
-
-def rules_for(symbol: str) -> SymbolRules:
-    return SymbolRules(symbol, D("0.01"), D("0.006"), D("0.0000002512"))
 
 
 def book(count: int) -> dict[str, list[Position]]:
@@ -63,39 +46,16 @@ def book(count: int) -> dict[str, list[Position]]:
             distance = D("0.06")  # above the trigger 0.05, below the fast-poll 0.10
         else:
             distance = D("0.12") + D(i % 7) / 100
-        position = Position(
-            account_id=account, symbol=symbol, margin_mode=MarginMode.ISOLATED, qty=D(2),
-            average_open_price=MARK, cost_position=2 * MARK, mark_price=MARK, margin=D(0),
-            leverage=10, unsettled_pnl=D(0), est_liq_price=None, mmr=D("0.006"),
-            imr=D("0.01"), last_sum_unitary_funding=D(0), seq=1, exchange_ms=0,
-            received_ms=0, source=Source.REST,
-        )  # fmt: skip
-        margin = risk.round_up(risk.margin_for_distance(position, rules_for(symbol), distance))
-        accounts.setdefault(account, []).append(replace(position, margin=margin))
+        accounts.setdefault(account, []).append(long_at(account, symbol, distance, MARK))
     return accounts
 
 
 async def measure(count: int, ticks: int, folder: Path) -> dict[bool, list[float]]:
     clock = ManualClock()
-    url = f"sqlite:///{folder / f'audit-{count}.db'}"
-    schema.upgrade(url)
-    audit = await AuditLog.open(url, folder / f"spool-{count}", clock=clock)
-    await audit.start_run("benchmark", "h", "host")
     positions = book(count)
-    settings = parse_config({
-        "policies": [{"use": "topup"}, {"use": "sweep"}],
-        "poll": {"max_data_age_s": 10**6},  # a long run: no stale warnings
-    })  # fmt: skip
-    guard = Guard(settings, {a: FakeExchange(a, clock=clock) for a in positions}, audit,
-                  load_policies(settings.policies, Path("strategies")), clock=clock)
+    (folder / str(count)).mkdir()
+    guard = await guard_holding(folder / str(count), positions, settings_with(), clock)
     symbols = sorted({p.symbol for held in positions.values() for p in held})
-    guard.rules = {s: rules_for(s) for s in symbols}
-    guard.acting = True
-    now = clock.now_ms()
-    for account, held in positions.items():
-        await guard.on_snapshot(AccountSnapshot(
-            account, D(10**7), D(10**7),
-            tuple(replace(p, exchange_ms=now, received_ms=now) for p in held), now, now))
     first = next(iter(positions))
     timings: dict[bool, list[float]] = {False: [], True: []}
     for n in range(2 * ticks):
@@ -109,7 +69,7 @@ async def measure(count: int, ticks: int, folder: Path) -> dict[bool, list[float
         await guard.on_event(first, push)
         timings[bands].append(time.perf_counter() - started)
     assert not guard.executor.blocked(), "the book is built for no action"
-    await audit.aclose()
+    await guard.audit.aclose()
     return timings
 
 

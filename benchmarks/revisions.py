@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +41,24 @@ def child(script: str, tree: Path, argv: list[str]) -> dict[str, Any]:
         text=True,
     ).stdout
     return dict(json.loads(out.splitlines()[-1]))
+
+
+def alternate(script: str, trees: dict[str, Path], argv: list[str], repeat: int,
+              show: Callable[[str, dict[str, Any]], None]) -> dict[str, list[dict[str, Any]]]:
+    """``repeat`` rounds of one run of ``script`` per tree (name -> tree), alternating so
+    that every tree sees the same load on the machine; ``show(name, figures)`` after each
+    run. Returns every run's figures by tree."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    for _ in range(repeat):
+        for name, tree in trees.items():
+            figures = child(script, tree, argv)
+            runs[name].append(figures)
+            show(name, figures)
+    return runs
+
+
+def agreement(digests: Iterable[str]) -> str:
+    """Whether every run decided the same (their decisions digests)."""
+    found = set(digests)
+    return "same decisions in every run" if len(found) == 1 else (
+        f"DECISIONS DIFFER: {sorted(found)}")

@@ -38,33 +38,19 @@ from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
 
-from revisions import REPO, checkout, child
+from inprocess import guard_holding, long_at, settings_with
+from revisions import REPO, alternate, checkout
 
-from guardbot import risk
-from guardbot.audit import schema
-from guardbot.audit.store import AuditLog
 from guardbot.clock import ManualClock
-from guardbot.config import parse_config
 from guardbot.domain import (
-    AccountSnapshot,
     ActionKind,
-    MarginMode,
     MarkPrice,
-    Position,
-    Source,
-    SymbolRules,
 )
 from guardbot.exchange.fake import FakeExchange
 from guardbot.exchange.port import MarksPushed
-from guardbot.guard import Guard
-from guardbot.policies.loader import load_policies
 
 MARK = D(3000)
 STEP = D("0.0002")  # a tick moves every mark by this fraction
-
-
-def rules_for(symbol: str) -> SymbolRules:
-    return SymbolRules(symbol, D("0.01"), D("0.006"), D("0.0000002512"))
 
 
 class TimedExchange(FakeExchange):
@@ -80,53 +66,27 @@ class TimedExchange(FakeExchange):
         await super().adjust_margin(symbol, kind, amount)
 
 
-def long(account: str, symbol: str, distance: D, mark: D) -> Position:
-    position = Position(
-        account_id=account, symbol=symbol, margin_mode=MarginMode.ISOLATED, qty=D(2),
-        average_open_price=mark, cost_position=2 * mark, mark_price=mark, margin=D(0),
-        leverage=10, unsettled_pnl=D(0), est_liq_price=None, mmr=D("0.006"), imr=D("0.01"),
-        last_sum_unitary_funding=D(0), seq=1, exchange_ms=0, received_ms=0,
-        source=Source.REST)  # fmt: skip
-    margin = risk.round_up(risk.margin_for_distance(position, rules_for(symbol), distance))
-    return replace(position, margin=margin)
-
-
 async def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     logging.getLogger("guardbot").setLevel(logging.ERROR)
     TimedExchange.arrived = asyncio.Event()
     clock = ManualClock()
-    url = f"sqlite:///{folder / 'audit.db'}"
-    schema.upgrade(url)
-    audit = await AuditLog.open(url, folder / "spool", clock=clock)
-    await audit.start_run("benchmark", "h", "host")
     symbols = [f"PERP_X{n}_USDC" for n in range(args.per_account)]
     accounts = [f"0x{n + 1:064x}" for n in range(args.accounts)]
-    settings = parse_config({
-        "policies": [{"use": "topup"}, {"use": "sweep"}],
-        "budgets": {"per_position_per_day": "1000000", "per_account_per_day": "10000000"},
-        "poll": {"max_data_age_s": 10**6},
-    })  # fmt: skip
-    exchanges = {a: TimedExchange(a, clock=clock) for a in accounts}
-    policies = load_policies(settings.policies, REPO / "strategies")
-    guard = Guard(settings, exchanges, audit, policies, clock=clock)
-    guard.rules = {s: rules_for(s) for s in symbols}
-    guard.acting = True
-    now = clock.now_ms()
+    settings = settings_with(budgets={"per_position_per_day": "1000000",
+                                      "per_account_per_day": "10000000"})
     # the account of round r holds, on the first symbol, a position whose mark at the
     # trigger (0.05) lies halfway between the r-th and the (r+1)-th tick down
+    book = {}
     for index, account in enumerate(accounts):
-        positions = []
+        book[account] = []
         for n, symbol in enumerate(symbols):
             if n == 0 and index < args.rounds:
                 distance = 1 - D("0.95") * (1 - STEP) ** (D(index) + D("0.5"))
             else:
                 distance = D("0.12") + D((index + n) % 7) / 100
-            positions.append(replace(long(account, symbol, distance, MARK),
-                                     exchange_ms=now, received_ms=now))
-        for position in positions:
-            exchanges[account].set_position(position)
-        await guard.on_snapshot(AccountSnapshot(account, D(10**7), D(10**7),
-                                                tuple(positions), now, now))  # fmt: skip
+            book[account].append(long_at(account, symbol, distance, MARK))
+    guard = await guard_holding(folder, book, settings, clock, TimedExchange)
+    exchanges = guard.exchanges
     if hasattr(guard, "warmed"):  # the ledger holds every position's history: steady state
         await guard.warmed()
     workers = asyncio.create_task(guard.executor.run())
@@ -160,7 +120,7 @@ async def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             for p in polled.positions)))
     workers.cancel()
     await asyncio.gather(workers, return_exceptions=True)
-    await audit.aclose()
+    await guard.audit.aclose()
     ordered = sorted(latencies)
     return {
         "positions": args.accounts * args.per_account, "accounts": args.accounts,
@@ -190,9 +150,9 @@ def main() -> None:
     if args.compare:
         argv = [a for a in sys.argv[1:] if a not in ("--compare", args.compare)]
         with tempfile.TemporaryDirectory(prefix="guardbot-bench-") as folder:
-            old = checkout(args.compare, Path(folder) / "old")
-            report(args.compare, child(__file__, old, argv))
-            report("this tree", child(__file__, REPO, argv))
+            trees = {args.compare: checkout(args.compare, Path(folder) / "old"),
+                     "this tree": REPO}  # fmt: skip
+            alternate(__file__, trees, argv, 1, report)
         return
     with tempfile.TemporaryDirectory(prefix="guardbot-bench-") as folder:
         figures = asyncio.run(measure(args, Path(folder)))

@@ -23,48 +23,27 @@ import math
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from decimal import Decimal as D
 from pathlib import Path
 
-from guard_tick import MARK, book, rules_for
+from guard_tick import MARK, book
+from inprocess import guard_holding, settings_with
 
-from guardbot.audit import schema
-from guardbot.audit.store import AuditLog
 from guardbot.clock import ManualClock
-from guardbot.config import parse_config
-from guardbot.domain import AccountSnapshot, MarkPrice
+from guardbot.domain import MarkPrice
 from guardbot.exchange.port import MarksPushed
-from guardbot.guard import Guard
 from guardbot.health import Readiness
-from guardbot.policies.loader import load_policies
 from guardbot.view.server import View
 from guardbot.view.state import LiveState
 
 
 async def measure(count: int, updates: int, folder: Path) -> dict[str, float]:
-    from guardbot.exchange.fake import FakeExchange
-
     clock = ManualClock()
-    url = f"sqlite:///{folder / f'audit-{count}.db'}"
-    schema.upgrade(url)
-    audit = await AuditLog.open(url, folder / f"spool-{count}", clock=clock)
-    await audit.start_run("benchmark", "h", "host")
     positions = book(count)
-    settings = parse_config({
-        "policies": [{"use": "topup"}, {"use": "sweep"}],
-        "poll": {"max_data_age_s": 10**6},
-    })  # fmt: skip
-    guard = Guard(settings, {a: FakeExchange(a, clock=clock) for a in positions}, audit,
-                  load_policies(settings.policies, Path("strategies")), clock=clock)
+    settings = settings_with()
+    (folder / str(count)).mkdir()
+    guard = await guard_holding(folder / str(count), positions, settings, clock)
     symbols = sorted({p.symbol for held in positions.values() for p in held})
-    guard.rules = {s: rules_for(s) for s in symbols}
-    guard.acting = True
-    now = clock.now_ms()
-    for account, held in positions.items():
-        await guard.on_snapshot(AccountSnapshot(
-            account, D(10**7), D(10**7),
-            tuple(replace(p, exchange_ms=now, received_ms=now) for p in held), now, now))
     state = LiveState(guard, settings, lambda: Readiness(database_reachable=True),
                       sample_s=1)
     view = View(state)
@@ -92,7 +71,7 @@ async def measure(count: int, updates: int, folder: Path) -> dict[str, float]:
     svg = state.chart(key)
     chart_s = time.perf_counter() - charted
     assert svg.startswith("<svg") and listener.qsize() == 2
-    await audit.aclose()
+    await guard.audit.aclose()
     return {"wall": statistics.median(wall[5:]), "cpu": sum(cpu[5:]) / updates,
             "sample": statistics.median(samples[5:]), "chart": chart_s, "bytes": size}
 
