@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from loopback import serving
 from prometheus_client import REGISTRY
 
 from guardbot import logs
@@ -66,15 +67,9 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     server = Receiver()
-    runner = web.AppRunner(server.app(), shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    server.base = f"http://{host}:{port}"
-    yield server
-    server._release.set()
-    await runner.cleanup()
+    async with serving(server.app()) as server.base:
+        yield server
+        server._release.set()
 
 
 def counted(webhook: str, kind: str, outcome: str) -> float:

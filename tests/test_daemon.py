@@ -20,6 +20,7 @@ import httpx
 import pytest
 from aiohttp import web
 from e2e.helpers import AuditReader, eventually, pin_mark
+from loopback import serving
 from sqlalchemy import create_engine, text
 from telegram import fake_api as telegram_fake
 
@@ -490,14 +491,8 @@ async def webhook_receiver() -> AsyncIterator[tuple[str, list[dict[str, object]]
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}/hook", received
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield f"{base}/hook", received
 
 
 async def test_a_refused_key_on_one_account_never_stops_the_guarding_of_the_others(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from loopback import serving
 
 from guardbot.clock import Clock
 
@@ -174,16 +175,10 @@ class FakeBotApi:
 async def serve(clock: Clock) -> AsyncIterator[FakeBotApi]:
     """The fake on a free loopback port, for the block."""
     fake = FakeBotApi(clock)
-    runner = web.AppRunner(fake.app(), shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    fake.base = f"http://{host}:{port}"
-    try:
-        yield fake
-    finally:
-        async with fake.changed:
-            fake._reader += 1  # a long poll still waiting ends
-            fake.changed.notify_all()
-        await runner.cleanup()
+    async with serving(fake.app()) as fake.base:
+        try:
+            yield fake
+        finally:
+            async with fake.changed:
+                fake._reader += 1  # a long poll still waiting ends
+                fake.changed.notify_all()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from aiohttp import web
+from loopback import serving
 from pydantic import SecretStr
 
 from guardbot.telegram.api import BotApi, BotApiError, BotUrl, bot_url, parse_update
@@ -123,19 +124,11 @@ async def test_an_answer_that_is_not_the_bot_api_is_an_error(client: httpx.Async
     app = web.Application()
     app.router.add_post("/gw/bot{token}/{method}", gateway)
     app.router.add_post("/odd/bot{token}/{method}", not_a_list)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
+    async with serving(app) as base:
         with pytest.raises(BotApiError, match="HTTP 502 without a Bot API answer"):
-            await api(f"http://{host}:{port}/gw/bot{TOKEN}/sendMessage", client).get_me()
+            await api(f"{base}/gw/bot{TOKEN}/sendMessage", client).get_me()
         with pytest.raises(BotApiError, match="not a list of updates"):
-            await api(f"http://{host}:{port}/odd/bot{TOKEN}/sendMessage",
-                      client).get_updates(None, wait_s=0)
-    finally:
-        await runner.cleanup()
+            await api(f"{base}/odd/bot{TOKEN}/sendMessage", client).get_updates(None, wait_s=0)
 
 
 def test_a_bot_url_is_a_secret() -> None:
