@@ -479,3 +479,33 @@ def test_a_root_next_to_the_peak_of_a_long_s_surplus(above_zero: D) -> None:
     long = replace(LONG, qty=qty, cost_position=-k, margin=D(0), mark_price=peak / qty * 2,
                    unsettled_pnl=qty * peak / qty * 2 + k)  # fmt: skip
     _check_against_the_reference(long, rules)
+
+
+def test_the_rules_constants_do_not_depend_on_the_first_caller_s_context() -> None:
+    """``_curve`` and ``_imr_rate`` cache what the rules fix, keyed on the rules' values
+    only: whatever Decimal context the first caller had (a plugin policy under
+    ``localcontext(prec=10)``) must not leak into every later answer. Before the cache the
+    slope was recomputed in each caller's context."""
+    rules = SymbolRules(
+        "PERP_Z_USDC", base_imr=D("0.03"), base_mmr=D("0.02"), imr_factor=D("0.0000023")
+    )
+    long = replace(
+        LONG, symbol="PERP_Z_USDC", qty=D(100), mark_price=D(3000),
+        cost_position=D(300000), margin=D(30000), unsettled_pnl=D(0),
+    )  # fmt: skip
+    risk._curve.cache_clear()
+    risk._imr_rate.cache_clear()
+    with localcontext() as narrow:
+        narrow.prec = 10
+        risk.liquidation_price(long, rules)
+        risk.max_removable(long, rules)
+    slope = rules.base_mmr / rules.base_imr * rules.imr_factor
+    notional = D(300000)
+    assert risk.mmr(notional, rules) == slope * notional ** D("0.8")
+    assert risk.imr(notional, 10, rules) == max(D("0.1"), rules.imr_factor * notional ** D("0.8"))
+    # what a top-up to 9 % sends, and where the long is said to liquidate
+    target = long.mark_price * D("0.91")
+    at_target = long.qty * target
+    needed = at_target * (slope * at_target ** D("0.8")) - at_target + long.cost_position
+    assert risk.margin_for_distance(long, rules, D("0.09")) == needed
+    _check_against_the_reference(long, rules)
