@@ -27,7 +27,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, getcontext
+from decimal import (
+    ROUND_CEILING,
+    ROUND_FLOOR,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    getcontext,
+    localcontext,
+)
 from functools import lru_cache
 
 from guardbot.domain import ZERO, MarginMode, Position, SymbolRules
@@ -241,9 +249,15 @@ class _Rate:
         return max(self.floor, self.factor * _power(notional))
 
 
+# What the caches below keep is computed in this context, whatever the first caller's: a
+# plugin calling under a narrow context must not skew every later answer for the symbol.
+_CACHED = Context(prec=28, rounding=ROUND_HALF_EVEN)
+
+
 @lru_cache(maxsize=1024)
 def _imr_rate(leverage: int, base_imr: Decimal, imr_factor: Decimal) -> _Rate:
-    return _Rate.of(max(ONE / Decimal(leverage), base_imr), imr_factor)
+    with localcontext(_CACHED):
+        return _Rate.of(max(ONE / Decimal(leverage), base_imr), imr_factor)
 
 
 def _power(notional: Decimal) -> Decimal:
@@ -295,6 +309,11 @@ class _Curve:
 
 @lru_cache(maxsize=1024)
 def _curve(base_imr: Decimal, base_mmr: Decimal, imr_factor: Decimal) -> _Curve:
+    with localcontext(_CACHED):
+        return _curve_of(base_imr, base_mmr, imr_factor)
+
+
+def _curve_of(base_imr: Decimal, base_mmr: Decimal, imr_factor: Decimal) -> _Curve:
     rate = _Rate.of(base_mmr, base_mmr / base_imr * imr_factor)
     floats = float(base_mmr), float(rate.factor)
     fifth = _WIDE.power(rate.factor, 5)
