@@ -297,18 +297,15 @@ class Ledger:
         are not dry-run and not known to be unapplied (in flight and uncertain ones
         included: budgets hold under any failure); for a dry-run guard (``dry_run``), the
         dry-run ADDs that would have been sent as well."""
-        await self.load(account_id, now_ms)
-        return sum(
-            (e.amount for e in self._entries.get(account_id, {}).values()
-             if e.counts_as_added(dry_run) and e.time_ms >= since_ms
-             and (symbol is None or e.symbol == symbol)),
-            ZERO,
-        )  # fmt: skip
+        by_symbol = await self.added_by_symbol(account_id, since_ms, now_ms, dry_run=dry_run)
+        if symbol is not None:
+            return by_symbol.get(symbol, ZERO)
+        return sum(by_symbol.values(), ZERO)
 
     async def added_by_symbol(self, account_id: str, since_ms: int, now_ms: int, *,
                               dry_run: bool = False) -> dict[str, Decimal]:
-        """``added_since`` of every symbol of the account with any, in one pass (the live
-        view reads them all at once)."""
+        """``added_since`` of every symbol of the account with any, in one pass (a round of
+        the arbiter and the live view read them all at once)."""
         await self.load(account_id, now_ms)
         totals: dict[str, Decimal] = {}
         for e in self._entries.get(account_id, {}).values():
@@ -415,10 +412,9 @@ class Ledger:
         day = utc_day_start_ms(now_ms)
         keys = list(keys)
         since_cooldown = now_ms - int(cooldown_s * 1000)
-        added_today = await self.added_since(account_id, day, now_ms, dry_run=dry_run)
-        by_position = {key: await self.added_since(account_id, day, now_ms, key[1],
-                                                   dry_run=dry_run)
-                       for key in keys}  # fmt: skip
+        by_symbol = await self.added_by_symbol(account_id, day, now_ms, dry_run=dry_run)
+        added_today = sum(by_symbol.values(), ZERO)
+        by_position = {key: by_symbol.get(key[1], ZERO) for key in keys}
         last_action = {key: last for key in keys
                        if (last := self.last_action(key, since_cooldown, dry_run)) is not None}
         balances = {}
