@@ -3,11 +3,16 @@ cooldowns and net margin added count, across restarts, outages and closed positi
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Engine
+from sqlalchemy import event as sql_event
 
 from guardbot.arbiter import LastAction
 from guardbot.audit.errors import AuditUnavailable
@@ -305,4 +310,56 @@ async def test_a_dry_run_counts_its_shadow_and_a_live_guard_never_does(
     await closed(again)
     assert await again.ledger.dry_run_effects(ACCOUNT, [ETH, btc], clock.now_ms()) == {
         btc: Decimal(9)}
+    await again.aclose()
+
+
+class HeldReads:
+    """Holds the first read of the ``actions`` table after ``arm`` until ``release``: a
+    slow database, so that what the event loop does meanwhile is fixed, not left to the
+    thread pool's timing."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.armed = False
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        sql_event.listen(engine, "before_cursor_execute", self._hold)
+
+    def _hold(self, connection: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if self.armed and statement.lstrip().upper().startswith("SELECT") and (
+                "actions" in statement):
+            self.armed = False
+            self.entered.set()
+            self.released.wait(10)
+
+
+async def test_a_close_during_a_read_of_older_history_does_not_pass_it_to_the_next_position(
+    url: str, spool_dir: Path, clock: ManualClock
+) -> None:
+    """A position was topped up by 100 five days ago (older than the ledger's memory: its
+    net margin added is read from the database, in a thread). While that read is out (the
+    guard warms the ledger in the background when it first sees a position,
+    ``Guard._warm``), the position closes: the guard tells the ledger at once
+    (``position_closed``). The read then answers with the old position's 100 and the
+    ledger keeps it as the *next* position's older history: a position reopened on the
+    symbol starts with a net margin added of 100 that the guard never added to it, so its
+    ``original_margin`` is 100 too low and a plugin sweeping down to it
+    (strategies/profit_sweep.py) takes 100 of the owner's own margin. Fails at be52cc5."""
+    log = await open_log(url, spool_dir, clock)
+    await record(log, "100", EventKind.SENT, EventKind.SUCCEEDED)
+    await log.aclose()
+    clock.advance(5 * DAY_MS / 1000)
+    again = await AuditLog.open(url, spool_dir, clock=clock)
+    ledger = again.ledger
+    now = clock.now_ms()
+    assert await ledger.added_since(ACCOUNT, now - DAY_MS, now) == 0  # the account is loaded
+    held = HeldReads(again.engine)
+    held.armed = True
+    warm = asyncio.create_task(ledger.net_added(ETH, now))
+    assert await asyncio.to_thread(held.entered.wait, 10), "the older history is being read"
+    ledger.position_closed(ACCOUNT, ETH[1], now)  # the guard saw it close meanwhile
+    held.released.set()
+    assert await warm == Decimal(100), "the closed position's own history"
+    clock.advance(1)
+    # reopened: nothing has been added to this one
+    assert await ledger.net_added(ETH, clock.now_ms()) == 0
     await again.aclose()
