@@ -375,13 +375,19 @@ class Ledger:
                 older = ZERO
             else:
                 closed = self._closed_ms.get(account_id, {}).get(key[1])
+                start = self._loaded_from[account_id]
                 try:
                     older = await asyncio.to_thread(self._history.net_added_before, key,
-                                                    closed, self._loaded_from[account_id])
+                                                    closed, start)
                 except SQLAlchemyError as exc:
                     log.warning("cannot read %s history from the audit log: %s", key[1],
                                 first_line(exc))
                     return None
+                # A close (or a prune, or a release) while the read was out: what it read
+                # is not the history of the position open now; keep it for no one.
+                if (self._closed_ms.get(account_id, {}).get(key[1]) != closed
+                        or self._loaded_from.get(account_id) != start):
+                    return older + recent
             self._older_net[key] = older
         return older + recent
 
