@@ -6,6 +6,7 @@ audit log as unfinished."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import Counter
 from collections.abc import Sequence
@@ -588,3 +589,58 @@ async def test_a_round_that_fails_part_way_leaves_no_stale_cell(
     assert rescued == [(ALT, "ADD"), (ZED_RULES.symbol, "ADD")], "the full guard rescues both"
     assert [(symbol, kind) for symbol, kind, _, _ in await queued(audit, ACCOUNT)] == rescued, (
         "ZED is skipped: its cell is the one of the version before the failed round")
+
+
+# -- review of be52cc5 (review3) -----------------------------------------------------------
+
+
+async def test_an_account_whose_round_waits_on_the_database_does_not_hold_up_the_others(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Account A's poll brings a new ZED position 1 % from liquidation; its round reads the
+    position's history from the audit database (``Ledger.net_added``: new position, not in
+    memory yet), and the database is slow to answer (a PostgreSQL failover: the connect
+    alone may take its 10 s timeout). Meanwhile a tick takes ALT below the trigger for A
+    (distance 0.020) and for B (0.032). A is the most endangered, so it forms the first
+    wave alone and waits on its lock behind the slow round; B, whose data is all in memory,
+    is decided only once A's read answers, on this tick and every later one while A stays
+    first. Before the waves (b9347cd) every account of a tick was decided at once and only
+    A waited. Fails at be52cc5."""
+    clock = ManualClock()
+    a, b = ACCOUNT, "0x" + "ef" * 32
+    harness = Harness(audit, clock, [TopUp(reach_s=0)], [a, b], rules=(ALT_RULES, ZED_RULES))
+    closer = replace(FAR, margin=D(190))  # liquidates at 85.26
+    await harness.snapshot(a, closer)
+    await harness.snapshot(b, FAR)  # at 84.21
+    await harness.guard.warmed()
+    slow = asyncio.Event()
+    reading: list[PositionKey] = []
+    net_added = audit.ledger.net_added
+
+    async def slow_for_zed(key: PositionKey, now_ms: int) -> D | None:
+        if key[1] == ZED_RULES.symbol:
+            reading.append(key)
+            await slow.wait()
+        return await net_added(key, now_ms)
+
+    monkeypatch.setattr(audit.ledger, "net_added", slow_for_zed)
+    clock.advance(1)
+    zed = replace(FAR, symbol=ZED_RULES.symbol, margin=D(60))  # 98.95: 1 % at 100
+    poll = asyncio.create_task(harness.snapshot(a, closer, zed))
+    tick = None
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert (a, ZED_RULES.symbol) == tuple(reading[-1][:2]), "A's round is reading"
+        tick = asyncio.create_task(harness.tick(b, PERP_ALT_USDC=D(87)))
+        for _ in range(200):  # B's round needs the spool's writes (threads): real time
+            if harness.blocked(b):
+                break
+            await asyncio.sleep(0.01)
+        assert harness.blocked(b) == {ALT}, "B is topped up without waiting on A's database"
+    finally:
+        slow.set()
+        await poll
+        if tick is not None:
+            await tick
+    assert harness.blocked(a) == {ALT, ZED_RULES.symbol}
