@@ -363,3 +363,32 @@ async def test_a_close_during_a_read_of_older_history_does_not_pass_it_to_the_ne
     # reopened: nothing has been added to this one
     assert await ledger.net_added(ETH, clock.now_ms()) == 0
     await again.aclose()
+
+
+async def test_a_second_question_while_the_history_loads_waits_for_it(
+    url: str, spool_dir: Path, clock: ManualClock
+) -> None:
+    """After a restart the account's history (an ADD of 100 today) is being read, in a
+    thread, for one caller (``Guard._warm`` when a position is first seen, the live view,
+    the housekeeping's gauges); a round deciding meanwhile asks the ledger too. ``load``
+    marks the account loaded before its read answers, so that round is answered from an
+    empty ledger: nothing added today, no last action. Its daily budgets and cooldowns
+    ignore everything done before the restart. Fails at be52cc5."""
+    log = await open_log(url, spool_dir, clock)
+    await record(log, "100", EventKind.SENT, EventKind.SUCCEEDED)
+    await log.aclose()
+    clock.advance(60)
+    again = await AuditLog.open(url, spool_dir, clock=clock)
+    ledger = again.ledger
+    now = clock.now_ms()
+    held = HeldReads(again.engine)
+    held.armed = True
+    first = asyncio.create_task(ledger.net_added(ETH, now))  # the warm-up's read
+    assert await asyncio.to_thread(held.entered.wait, 10), "the history is being read"
+    second = asyncio.create_task(ledger.added_since(ACCOUNT, now - DAY_MS, now))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    held.released.set()
+    assert await second == Decimal(100), "the round's budget counts the ADD before the restart"
+    assert await first == Decimal(100)
+    await again.aclose()
