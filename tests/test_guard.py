@@ -7,17 +7,20 @@ audit log as unfinished."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal as D
+from pathlib import Path
 
 import pytest
 from factories import ACCOUNT, ALT_RULES, LONG, SHORT
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from guardbot import killswitch
 from guardbot.alerts import Alert, AlertKind
 from guardbot.audit.errors import AuditUnavailable
 from guardbot.audit.store import ActionRecord, AuditLog, EventKind
@@ -644,3 +647,37 @@ async def test_an_account_whose_round_waits_on_the_database_does_not_hold_up_the
         if tick is not None:
             await tick
     assert harness.blocked(a) == {ALT, ZED_RULES.symbol}
+
+
+async def test_a_pause_stops_the_actions_still_waiting_in_the_queue(
+    audit: AuditLog, tmp_path: Path,
+) -> None:
+    """A tick decides an ADD and queues it; before the account's worker takes it (behind
+    other calls, or the exchange's 10/s at triage) an operator sends /pause, which creates
+    the kill switch file (``guardbot.killswitch.engage``). The kill switch is read only
+    when intents are decided, so the queued call still goes out after the pause: an
+    operator who pauses because the guard is moving money wrongly sees it moved anyway,
+    for as long as the queue takes to drain. Fails at be52cc5."""
+    clock = ManualClock()
+    harness = Harness(audit, clock, [TopUp(reach_s=0)])
+    stop = tmp_path / "STOP"
+    guard = harness.guard
+    guard.settings = guard.settings.model_copy(update={
+        "guard": guard.settings.guard.model_copy(update={"kill_switch_file": stop})})
+    await harness.snapshot(ACCOUNT, FAR)
+    await harness.tick(ACCOUNT, PERP_ALT_USDC=D(86))
+    assert harness.blocked() == {ALT}, "an ADD is queued"
+    assert killswitch.engage(stop, "/pause by an operator")
+    workers = asyncio.create_task(guard.executor.run())
+    try:
+        for _ in range(200):  # the worker records through the spool (threads): real time
+            if not guard.executor.busy():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        workers.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await workers
+    exchange = guard.exchanges[ACCOUNT]
+    assert isinstance(exchange, FakeExchange)
+    assert exchange.calls == [], "no margin call after /pause"
