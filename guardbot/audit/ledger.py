@@ -172,6 +172,7 @@ class Ledger:
         self._entries: dict[str, dict[str, Entry]] = {}
         self._closed_ms: dict[str, dict[str, int]] = {}
         self._loaded_from: dict[str, int] = {}
+        self._loading: dict[str, asyncio.Event] = {}  # reads of an account's history out
         self._older_net: dict[PositionKey, Decimal] = {}
 
     # -- fed by the store ------------------------------------------------------------------
@@ -240,7 +241,11 @@ class Ledger:
 
     async def load(self, account_id: str, now_ms: int, *, again: bool = False) -> None:
         """Read the account's recent history (once; ``again`` after another instance guarded
-        it). Raises ``AuditUnavailable`` if the database cannot be read."""
+        it). A question asked while the read is out waits for it: it is never answered from
+        a ledger still empty. Raises ``AuditUnavailable`` if the database cannot be read
+        (the next question reads it again)."""
+        while not again and (loading := self._loading.get(account_id)) is not None:
+            await loading.wait()
         start = now_ms - WINDOW_MS
         if not again and account_id in self._loaded_from:
             self._prune(account_id, now_ms)
@@ -249,12 +254,24 @@ class Ledger:
         self._prune(account_id, now_ms, now=True)
         if self._history is None:
             return
+        loading = self._loading[account_id] = asyncio.Event()
         try:
             found = await asyncio.to_thread(self._history.account, account_id, start)
         except SQLAlchemyError as exc:
+            if self._loaded_from.get(account_id) == start:
+                del self._loaded_from[account_id]
             raise AuditUnavailable(
                 f"cannot read the audit log for account {account_id}: {first_line(exc)}"
             ) from None
+        else:
+            self._merge(account_id, found, start)
+        finally:
+            if self._loading.get(account_id) is loading:
+                del self._loading[account_id]
+            loading.set()
+
+    def _merge(self, account_id: str, found: AccountHistory, start: int) -> None:
+        """Take the history read from ``start`` into what the store noted meanwhile."""
         entries = self._entries.setdefault(account_id, {})
         for action_id, entry in found.entries.items():
             known = entries.setdefault(action_id, entry)
