@@ -300,15 +300,11 @@ class Guard:
             return
         closest = {account: min(self._distance(k, ticked[k[1]]) for k in keys)
                    for account, keys in visits.items()}  # fmt: skip
-        order = sorted(visits, key=closest.__getitem__)
-        # In waves of 1, 2, 4... accounts: the most endangered one is decided and its
-        # action recorded and queued (its worker sends it while the next wave is decided)
-        # before the rest; within a wave the audit log's writes overlap.
-        start, size = 0, 1
-        while start < len(order):
-            wave = order[start:start + size]
-            await asyncio.gather(*(self.evaluate(a, visits[a]) for a in wave))
-            start, size = start + size, size * 2
+        # All at once, started in that order: the most endangered account is decided first
+        # and its action recorded first (the audit writes of the others overlap with it),
+        # and an account whose round waits (on its lock, on the database) holds up nobody.
+        await asyncio.gather(*(self.evaluate(a, visits[a])
+                               for a in sorted(visits, key=closest.__getitem__)))
 
     def _in_full(self, busy: frozenset[PositionKey],
                  held_back: Mapping[PositionKey, frozenset[ActionKind]]
