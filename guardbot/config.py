@@ -347,8 +347,8 @@ class GuardSettings(_Section):
     dry_run: bool = Field(
         default=False, description="Decide and record every action, send none.")
     kill_switch_file: Path | None = Field(
-        default=None, description="While this file exists no new action is taken (an"
-        " operator's emergency brake).")
+        default=None, description="While this file exists no new action is taken and none"
+        " still queued is sent (an operator's emergency brake).")
     strategies_dir: Path = Field(
         default=Path("strategies"), description="Folder of the `file:` policies.")
 

@@ -135,6 +135,7 @@ class Executor:
         concurrency: int = CONCURRENCY,
         reread_delays_s: Sequence[float] = REREAD_DELAYS_S,
         max_data_age_ms: int | None = None,
+        paused: Callable[[], bool] = lambda: False,
         reject_backoff_ms: int = REJECT_BACKOFF_MS,
         reject_backoff_max_ms: int = REJECT_BACKOFF_MAX_MS,
     ) -> None:
@@ -147,6 +148,7 @@ class Executor:
         self._concurrency = concurrency
         self._reread_delays_s = tuple(reread_delays_s)
         self._max_data_age_ms = max_data_age_ms
+        self._paused = paused  # the kill switch: nothing queued goes out while it is on
         self._reject_backoff_ms = reject_backoff_ms
         self._reject_backoff_max_ms = reject_backoff_max_ms
         self._queues: dict[str, asyncio.PriorityQueue[tuple[Decimal, int, Job, str, int]]] = {
@@ -363,6 +365,8 @@ class Executor:
             reason = "not sent: stopping"
         elif queued_ms <= self._closed_ms.get(job.key, -1):
             reason = "not sent: the position closed while the action waited"
+        elif self._paused():
+            reason = "not sent: the kill switch is engaged"
         else:
             since = queued_ms if job.measured_ms is None else min(job.measured_ms, queued_ms)
             age_ms = job.data_age_ms + self._clock.now_ms() - since

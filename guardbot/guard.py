@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from guardbot import metrics, risk
+from guardbot import killswitch, metrics, risk
 from guardbot.alerts import Alert, AlertKind
 from guardbot.arbiter import Arbiter, Decision, Refusal
 from guardbot.audit.store import AuditError, AuditLog, EventKind
@@ -157,6 +157,7 @@ class Guard:
             self.exchanges, audit, clock=clock,
             settlement=Settlement(settle_window_ms=self.settle_window_ms),
             on_reread=self.on_reread, notify=self.notify, max_data_age_ms=self.max_age_ms,
+            paused=self.paused,
             reject_backoff_ms=max(int(settings.budgets.cooldown_s * 1000), REJECT_BACKOFF_MS))
         self._rules: dict[str, SymbolRules] = {}
         self.free_balance: dict[str, Decimal] = {}
@@ -215,6 +216,12 @@ class Guard:
         if rules != self._rules:
             self.watch.reset()  # every cell was computed under the old rules
         self._rules = rules
+
+    def paused(self) -> bool:
+        """Whether the kill switch is engaged (``guardbot.killswitch``): no action is
+        decided, and none still queued is sent."""
+        path = self.settings.guard.kill_switch_file
+        return path is not None and killswitch.engaged(path)
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -714,7 +721,6 @@ class Guard:
         if not intents:
             return
         keys = [held.key for held, _ in held_marks]
-        kill_switch = self.settings.guard.kill_switch_file
         state = await self.ledger.arbiter_state(
             account_id, keys, now,
             cooldown_s=self.settings.budgets.cooldown_s,
@@ -725,7 +731,7 @@ class Guard:
             blocked=blocked, held=held_back,
             unsettled={k: n for k in keys if (n := settlement.unsettled(k))},
             uncertain={k: n for k in keys if (n := settlement.uncertain_calls(k))},
-            kill_switch=kill_switch is not None and kill_switch.exists(),
+            kill_switch=self.paused(),
             dry_run=self.settings.guard.dry_run, dry_run_effects=shadow,
         )  # fmt: skip
         decisions = self.arbiter.decide(intents, state)

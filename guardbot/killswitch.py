@@ -1,5 +1,6 @@
 """The kill switch: while ``[guard] kill_switch_file`` exists, the guard takes no new action
-(the arbiter refuses every intent with ``kill_switch``). An operator engages it with
+(the arbiter refuses every intent with ``kill_switch``) and the executor sends none of the
+actions still queued (recorded as not sent). An operator engages it with
 ``touch`` on the box or ``/pause`` over Telegram, and releases it with ``rm`` or ``/resume``:
 the file is the switch, whoever flips it.
 
