@@ -392,3 +392,34 @@ async def test_a_second_question_while_the_history_loads_waits_for_it(
     assert await second == Decimal(100), "the round's budget counts the ADD before the restart"
     assert await first == Decimal(100)
     await again.aclose()
+
+
+async def test_a_read_of_the_history_cancelled_midway_leaves_the_account_unread(
+    url: str, spool_dir: Path, clock: ManualClock
+) -> None:
+    """After a restart the account's history (an ADD of 100 today) is being read for one
+    caller, and that caller is cancelled while the read is out (a task of the live view or
+    a stream's consumer stopped, a sibling failing in its task group). ``load`` marks the
+    account read before its read answers and un-marks it only on a database error, so the
+    cancelled read leaves it marked with nothing merged: every later question (the rounds'
+    budgets, cooldowns, net margin added) is answered from an empty ledger, for the life of
+    the process. Fails at 946493d."""
+    log = await open_log(url, spool_dir, clock)
+    await record(log, "100", EventKind.SENT, EventKind.SUCCEEDED)
+    await log.aclose()
+    clock.advance(60)
+    again = await AuditLog.open(url, spool_dir, clock=clock)
+    ledger = again.ledger
+    now = clock.now_ms()
+    held = HeldReads(again.engine)
+    held.armed = True
+    first = asyncio.create_task(ledger.added_since(ACCOUNT, now - DAY_MS, now))
+    assert await asyncio.to_thread(held.entered.wait, 10), "the history is being read"
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    held.released.set()
+    assert await ledger.added_since(ACCOUNT, now - DAY_MS, now) == Decimal(100), (
+        "the next question reads the history again")
+    assert await ledger.net_added(ETH, now) == Decimal(100)
+    await again.aclose()
