@@ -255,17 +255,21 @@ class Ledger:
         if self._history is None:
             return
         loading = self._loading[account_id] = asyncio.Event()
+        merged = False
         try:
             found = await asyncio.to_thread(self._history.account, account_id, start)
         except SQLAlchemyError as exc:
-            if self._loaded_from.get(account_id) == start:
-                del self._loaded_from[account_id]
             raise AuditUnavailable(
                 f"cannot read the audit log for account {account_id}: {first_line(exc)}"
             ) from None
         else:
             self._merge(account_id, found, start)
+            merged = True
         finally:
+            # However the read ended without its history (a database error, a cancelled
+            # caller, a bug), the account is not read: the next question reads it again.
+            if not merged and self._loaded_from.get(account_id) == start:
+                del self._loaded_from[account_id]
             if self._loading.get(account_id) is loading:
                 del self._loading[account_id]
             loading.set()
