@@ -79,10 +79,14 @@ async def in_browser(action: Callable[[], Any]) -> Any:
 
 
 async def until(driver: Any, check: Callable[[Any], Any], timeout_s: float = 10.0) -> Any:
+    """Wait for ``check`` to return something true. The page redraws its rows on every push,
+    so an element found a moment ago may be gone: such a check is simply tried again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.wait import WebDriverWait
 
-    return await in_browser(lambda: WebDriverWait(driver, timeout_s, poll_frequency=0.05)
-                            .until(check))
+    wait = WebDriverWait(driver, timeout_s, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException,))
+    return await in_browser(lambda: wait.until(check))
 
 
 @pytest.mark.slow
@@ -136,7 +140,7 @@ async def test_the_page_follows_a_price_move_into_the_trigger_band_and_the_guard
                 text: str = browser.find_element(By.CSS_SELECTOR, f"{row_css} {css}").text
                 return text
 
-            assert await in_browser(lambda: shown(".mark")) == position["mark"]
+            await until(browser, lambda d: shown(".mark") == position["mark"])
 
             # The kill switch holds the guard back: the fall stays in the trigger band.
             stop.touch()
@@ -150,11 +154,10 @@ async def test_the_page_follows_a_price_move_into_the_trigger_band_and_the_guard
             assert took < 2.0
             await until(browser, lambda d: d.find_element(
                 By.CSS_SELECTOR, f"{row_css} .bar").get_attribute("data-zone") == "trigger")
-            assert await in_browser(lambda: browser.find_element(
-                By.CSS_SELECTOR, row_css).get_attribute("data-zone")) == "trigger"
-            refusal = await until(browser, lambda d: d.find_element(
-                By.CSS_SELECTOR, "tr.refused .reason"))
-            refused_text = await in_browser(lambda: refusal.text)
+            await until(browser, lambda d: d.find_element(
+                By.CSS_SELECTOR, row_css).get_attribute("data-zone") == "trigger")
+            refused_text = await until(browser, lambda d: d.find_element(
+                By.CSS_SELECTOR, "tr.refused .reason").text)
             assert "kill switch" in refused_text, refused_text
             first = folder / "view-trigger-band.png"
             await in_browser(lambda: browser.save_screenshot(str(first)))
@@ -177,7 +180,7 @@ async def test_the_page_follows_a_price_move_into_the_trigger_band_and_the_guard
                 By.CSS_SELECTOR, f'figure[id="chart-{position["id"]}"]').get_attribute(
                 "innerHTML"))
             # the action's link opens its full audit record
-            href = await in_browser(lambda: browser.find_element(
+            href = await until(browser, lambda d: d.find_element(
                 By.CSS_SELECTOR, "tr.action:not(.refused) a").get_attribute("href"))
             assert href.startswith(f"{base}/view/actions/")
             second = folder / "view-after-top-up.png"
