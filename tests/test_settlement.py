@@ -187,6 +187,46 @@ def test_a_reduce_then_a_rescue_add() -> None:
         ("a", "VERIFIED", True), ("r", "RECONCILED", True)]
 
 
+def test_a_rescue_decided_before_the_uncertain_one_settled_is_attributed_from_the_margin_after_it(
+) -> None:
+    """The second rescue was decided on data that did not show the first (a push sent before
+    it landed), and the first settled applied before the second went out: the second is
+    weighed against the margin the first left (100 + 50), not the one it was decided on."""
+    book = settlement()
+    send(book, "a", "50", 1000)
+    book.uncertain("a", 1020)
+    assert outcomes(seen(book, "150", 1030)) == [("a", "RECONCILED", True)]
+    send(book, "b", "50", 1040, margin="100")  # decided on the push without a
+    book.uncertain("b", 1060)
+    assert outcomes(seen(book, "200", 1070)) == [("b", "RECONCILED", True)]
+    send(book, "c", "30", 1080, margin="150")  # decided on the margin without b
+    book.succeeded("c", 1090)
+    assert outcomes(seen(book, "230", 1100)) == [("c", "VERIFIED", True)]
+
+
+def test_a_margin_moved_between_calls_is_the_next_calls_base() -> None:
+    """With nothing unsettled every snapshot is the margin as it is (the owner added 20)."""
+    book = settlement()
+    send(book, "a", "50", 1000)
+    book.succeeded("a", 1010)
+    assert outcomes(seen(book, "150", 1020)) == [("a", "VERIFIED", True)]
+    assert seen(book, "170", 1030) == []
+    send(book, "b", "40", 1040, margin="150")  # decided before the owner's change showed
+    book.uncertain("b", 1050)
+    assert outcomes(seen(book, "210", 1060)) == [("b", "RECONCILED", True)]
+
+
+def test_a_new_position_inherits_no_base() -> None:
+    book = settlement()
+    send(book, "a", "50", 1000)
+    book.succeeded("a", 1010)
+    seen(book, "150", 1020)
+    seen(book, None, 1030)  # closed
+    send(book, "b", "40", 1040, margin="300")  # a new position
+    book.uncertain("b", 1050)
+    assert outcomes(seen(book, "340", 1060)) == [("b", "RECONCILED", True)]
+
+
 def test_a_closed_position_takes_its_calls_with_it() -> None:
     book = settlement()
     send(book, "a", "50", 1000)
