@@ -17,7 +17,9 @@ executor does the I/O. What it keeps (docs/architecture.md, "Settlement"):
   subsets of those calls whose amounts add up to the move from the margin before them
   (to the cent: only these calls and fills move an isolated position's margin). A call is
   concluded only when every such subset agrees on it; succeeded calls are known to have
-  landed, so subsets holding more of them are preferred. When calls stay
+  landed, so subsets holding more of them are preferred. The margin before them is the
+  margin as it stood when the first was sent (kept per position between calls), not the
+  one its decision saw: that may predate a call settled since. When calls stay
   indistinguishable past their windows, one choice is made only if every choice gives the
   same ADD and REDUCE totals; otherwise they are recorded as unknown.
 - **When the margin cannot be explained, nothing is guessed.** A fill (the quantity
@@ -125,12 +127,17 @@ class _Seen:
 
 @dataclass(slots=True)
 class _Chain:
-    """The unsettled calls of one position, in the order they were sent."""
+    """The unsettled calls of one position, in the order they were sent. Kept once they are
+    all settled, while the position lives: its ``base`` is then the margin as it stands,
+    which the next call is weighed against (its decision may have seen an older one)."""
 
     base: Decimal  # the margin before any of them, plus those settled as applied since
     qty: Decimal  # the position's quantity they were decided on
     calls: list[Call] = field(default_factory=list)
     seen: _Seen | None = None  # the newest snapshot
+    # False once a call settled without the margin showing it (unknown, or landed unseen):
+    # ``base`` is then a guess, and the newest snapshot replaces it when the last one settles.
+    exact: bool = True
 
 
 class Settlement:
@@ -171,7 +178,7 @@ class Settlement:
         return sum(1 for c in chain.calls if c.state is CallState.UNCERTAIN)
 
     def unsettled_keys(self) -> frozenset[PositionKey]:
-        return frozenset(self._chains)
+        return frozenset(k for k, chain in self._chains.items() if chain.calls)
 
     def known_effect(self, key: PositionKey) -> Decimal:
         """Margin that succeeded calls moved but no snapshot shows yet: the guard adds it to
@@ -220,6 +227,8 @@ class Settlement:
             for older in [c for c in chain.calls if c.state is CallState.UNCERTAIN]:
                 settled.append(self._settle(older, "RECONCILED", "outcome unknown: taken over "
                                             "with later calls decided on another margin", None))
+            if not chain.calls:
+                del self._chains[key]  # this call's margin is the newest word
         call = Call(action_id, key, kind, amount, margin_before, qty, CallState.UNCERTAIN,
                     unknown_since_ms, unknown_since_ms)  # fmt: skip
         self._add(call)
@@ -265,6 +274,10 @@ class Settlement:
             return []
         if margin is None:
             return self.closed(key, "position closed")
+        if not chain.calls:
+            # Nothing unsettled: a version the book took is the margin as it is.
+            chain.base, chain.qty, chain.seen = margin, qty, _Seen(margin, received_ms)
+            return []
         if qty != chain.qty:
             return self.closed(key, "position changed (its quantity moved)")
         if chain.seen is None or received_ms >= chain.seen.received_ms:
@@ -283,11 +296,11 @@ class Settlement:
         """The position closed, was liquidated or changed under the calls: their effect can
         no longer be read from its margin. They are settled now (a call still on the wire,
         when its answer comes), so a new position on the symbol inherits none."""
-        chain = self._chains.get(key)
+        chain = self._chains.pop(key, None)
         if chain is None:
             return []
         settled = []
-        for call in list(chain.calls):
+        for call in chain.calls:
             if call.state is CallState.SENDING:
                 self._orphans[call.action_id] = why
             else:
@@ -308,7 +321,7 @@ class Settlement:
 
     def _add(self, call: Call) -> None:
         chain = self._chains.get(call.key)
-        if chain is None:
+        if chain is None or (not chain.calls and chain.qty != call.qty):
             chain = self._chains[call.key] = _Chain(base=call.margin_before, qty=call.qty)
         chain.calls.append(call)
         self._calls[call.action_id] = call
@@ -319,11 +332,15 @@ class Settlement:
 
     def _remove(self, call: Call) -> None:
         chain = self._chains.get(call.key)
-        if chain is None:
+        if chain is None or not _holds(chain, call):
             return
         chain.calls = [c for c in chain.calls if c is not call]
-        if not chain.calls:
-            del self._chains[call.key]
+        if not chain.calls and not chain.exact:
+            # Some call's effect was never seen: the newest snapshot is the best word on
+            # the margin now, and the base of the next call.
+            if chain.seen is not None:
+                chain.base = chain.seen.margin
+            chain.exact = True
 
     def _reads(self, call: Call) -> list[Read]:
         final = call.done_ms + self.settle_window_ms + 1
@@ -336,8 +353,11 @@ class Settlement:
         self._calls.pop(call.action_id, None)
         self._orphans.pop(call.action_id, None)
         chain = self._chains.get(call.key)
-        if chain is not None and (event == "VERIFIED" or applied):
-            chain.base += call.signed  # it landed (a succeeded call, seen or not)
+        if chain is not None and _holds(chain, call):
+            if event == "VERIFIED" or applied:
+                chain.base += call.signed  # it landed (a succeeded call, seen or not)
+            if applied is None or (event == "VERIFIED" and not applied):
+                chain.exact = False
         self._remove(call)
         return Settled(call, event, message, applied, margin)
 
@@ -414,6 +434,10 @@ class Settlement:
                                             "was moved by something else too", None,
                                             seen.margin))
         return settled
+
+
+def _holds(chain: _Chain, call: Call) -> bool:
+    return any(c is call for c in chain.calls)
 
 
 def _explanations(base: Decimal, margin: Decimal, calls: list[Call]) -> list[set[int]]:
