@@ -313,3 +313,16 @@ def test_adopted_calls_decided_on_different_margins_are_not_attributed_blindly()
     settled, _ = book.adopt("u3", KEY, ADD, D(100), D(1100), QTY, 5000)
     assert outcomes(settled) == [("u1", "RECONCILED", None)]
     assert outcomes(seen(book, "1200", 6000)) == [("u3", "RECONCILED", True)]
+
+
+def test_a_refused_call_leaves_the_margin_seen_meanwhile_as_the_next_calls_base() -> None:
+    """The owner added 20 while a call was on the wire; the exchange then refused the call.
+    The next call is decided on (and lands on) 120: it is weighed against 120, not against
+    the 100 the refused call was decided on."""
+    book = settlement()
+    send(book, "a", "50", 1000)
+    assert seen(book, "120", 1005) == []  # the owner's change, a on the wire
+    book.not_applied("a")  # rejected: it never moved money
+    send(book, "b", "40", 2000, margin="120")  # decided on the book's 120
+    book.uncertain("b", 2010)
+    assert outcomes(seen(book, "160", 2020)) == [("b", "RECONCILED", True)]
