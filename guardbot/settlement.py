@@ -135,9 +135,6 @@ class _Chain:
     qty: Decimal  # the position's quantity they were decided on
     calls: list[Call] = field(default_factory=list)
     seen: _Seen | None = None  # the newest snapshot
-    # False once a call settled without the margin showing it (unknown, or landed unseen):
-    # ``base`` is then a guess, and the newest snapshot replaces it when the last one settles.
-    exact: bool = True
 
 
 class Settlement:
@@ -335,12 +332,12 @@ class Settlement:
         if chain is None or not _holds(chain, call):
             return
         chain.calls = [c for c in chain.calls if c is not call]
-        if not chain.calls and not chain.exact:
-            # Some call's effect was never seen: the newest snapshot is the best word on
-            # the margin now, and the base of the next call.
-            if chain.seen is not None:
-                chain.base = chain.seen.margin
-            chain.exact = True
+        if not chain.calls and chain.seen is not None:
+            # Nothing unsettled: the newest snapshot is the margin as it is, and the base of
+            # the next call. ``base`` alone may miss what moved it meanwhile: a call settled
+            # without the margin showing it (unknown, landed unseen), or a change by someone
+            # else seen while a call that was then refused was on the wire.
+            chain.base = chain.seen.margin
 
     def _reads(self, call: Call) -> list[Read]:
         final = call.done_ms + self.settle_window_ms + 1
@@ -353,11 +350,8 @@ class Settlement:
         self._calls.pop(call.action_id, None)
         self._orphans.pop(call.action_id, None)
         chain = self._chains.get(call.key)
-        if chain is not None and _holds(chain, call):
-            if event == "VERIFIED" or applied:
-                chain.base += call.signed  # it landed (a succeeded call, seen or not)
-            if applied is None or (event == "VERIFIED" and not applied):
-                chain.exact = False
+        if chain is not None and _holds(chain, call) and (event == "VERIFIED" or applied):
+            chain.base += call.signed  # it landed (a succeeded call, seen or not)
         self._remove(call)
         return Settled(call, event, message, applied, margin)
 
