@@ -326,3 +326,13 @@ def test_a_refused_call_leaves_the_margin_seen_meanwhile_as_the_next_calls_base(
     send(book, "b", "40", 2000, margin="120")  # decided on the book's 120
     book.uncertain("b", 2010)
     assert outcomes(seen(book, "160", 2020)) == [("b", "RECONCILED", True)]
+
+
+def test_drop_account_forgets_a_call_on_the_wire_when_its_position_closed() -> None:
+    """A close takes the position's calls with it, but one on the wire stays known until it
+    answers; handing the account over must forget it too, or its position stays busy."""
+    book = settlement()
+    send(book, "a", "50", 1000)
+    seen(book, None, 1010)  # closed while a is on the wire
+    book.drop_account(KEY[0])
+    assert book.sending_keys() == frozenset(), "the next holder settles it"
