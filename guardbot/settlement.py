@@ -310,9 +310,12 @@ class Settlement:
         for key in [k for k in self._touched if k[0] == account_id]:
             del self._touched[key]
         for key in [k for k in self._chains if k[0] == account_id]:
-            for call in self._chains.pop(key).calls:
-                self._calls.pop(call.action_id, None)
-                self._orphans.pop(call.action_id, None)
+            del self._chains[key]
+        # Every call of the account, also those on the wire when their position closed
+        # (in no chain any more).
+        for action_id in [a for a, c in self._calls.items() if c.key[0] == account_id]:
+            del self._calls[action_id]
+            self._orphans.pop(action_id, None)
 
     # -- internals ------------------------------------------------------------------------
 
