@@ -336,3 +336,17 @@ def test_drop_account_forgets_a_call_on_the_wire_when_its_position_closed() -> N
     seen(book, None, 1010)  # closed while a is on the wire
     book.drop_account(KEY[0])
     assert book.sending_keys() == frozenset(), "the next holder settles it"
+
+
+def test_a_fill_seen_between_a_decision_and_its_send_is_the_calls_base() -> None:
+    """Nothing unsettled; the rescue was decided on quantity 1, then a fill (0.6, margin
+    unchanged) showed before it went out: it lands on the position as the fill left it,
+    and is weighed against that."""
+    book = settlement()
+    send(book, "a", "50", 1000)
+    book.succeeded("a", 1010)
+    assert outcomes(seen(book, "150", 1020)) == [("a", "VERIFIED", True)]
+    assert seen(book, "150", 1030, qty=D("0.6")) == []  # the fill, nothing unsettled
+    send(book, "b", "40", 1040, margin="150")  # decided on the version before the fill
+    book.uncertain("b", 1050)
+    assert outcomes(seen(book, "190", 1060, qty=D("0.6"))) == [("b", "RECONCILED", True)]
