@@ -321,8 +321,11 @@ class Settlement:
 
     def _add(self, call: Call) -> None:
         chain = self._chains.get(call.key)
-        if chain is None or (not chain.calls and chain.qty != call.qty):
+        if chain is None:
             chain = self._chains[call.key] = _Chain(base=call.margin_before, qty=call.qty)
+        # A chain with nothing unsettled holds the position as the newest snapshot shows
+        # it (every one replaces it), also a fill seen after this call was decided: the call
+        # lands on that, so it is weighed against that margin and quantity.
         chain.calls.append(call)
         self._calls[call.action_id] = call
         self._touch(call.key, call.sent_ms)
