@@ -350,3 +350,21 @@ def test_a_fill_seen_between_a_decision_and_its_send_is_the_calls_base() -> None
     send(book, "b", "40", 1040, margin="150")  # decided on the version before the fill
     book.uncertain("b", 1050)
     assert outcomes(seen(book, "190", 1060, qty=D("0.6"))) == [("b", "RECONCILED", True)]
+
+
+def test_a_rest_read_asked_before_a_rescue_went_out_may_show_it() -> None:
+    """A REST read is stamped with the time it was asked for and may answer after a call
+    sent since has landed. The first call (uncertain, never landed) must not be taken for
+    the second (the same amount): 50 would be recorded twice (a applied, b landed unseen)
+    for 50 moved."""
+    book = settlement()
+    send(book, "a", "50", 1000)
+    book.uncertain("a", 1010)
+    assert seen(book, "100", 1020) == []  # fresh: a not landed (yet): a rescue goes out
+    send(book, "b", "50", 1100)
+    # A read asked at 1050 answers at 1200, after b landed at 1150.
+    assert seen(book, "150", 1050) == [], "the read may show b: a cannot be told from it"
+    settled = book.succeeded("b", 1210)
+    settled += seen(book, "150", 1300)
+    settled += seen(book, "150", 1010 + 11_001)
+    assert sorted(outcomes(settled)) == [("a", "RECONCILED", False), ("b", "VERIFIED", True)]
