@@ -377,8 +377,13 @@ class Settlement:
         chain = self._chains.get(key)
         if chain is None or seen is None:
             return settled
-        # Calls sent after the snapshot was received cannot be in it.
-        candidates = [c for c in chain.calls if c.sent_ms <= seen.received_ms]
+        # A REST read is stamped with the time it was asked for and may show a call sent up
+        # to VISIBLE_AFTER_MS later, or not: nothing is concluded from it (the next one will).
+        received = seen.received_ms
+        if any(received < c.sent_ms <= received + VISIBLE_AFTER_MS for c in chain.calls):
+            return settled
+        # Calls sent later than that cannot be in it.
+        candidates = [c for c in chain.calls if c.sent_ms <= received]
         if not candidates:
             return settled
         explanations = _explanations(chain.base, seen.margin, candidates)
