@@ -135,9 +135,6 @@ class _Chain:
     qty: Decimal  # the position's quantity they were decided on
     calls: list[Call] = field(default_factory=list)
     seen: _Seen | None = None  # the newest snapshot
-    # False once a call settled without the margin showing it (unknown, or landed unseen):
-    # ``base`` is then a guess, and the newest snapshot replaces it when the last one settles.
-    exact: bool = True
 
 
 class Settlement:
@@ -313,16 +310,22 @@ class Settlement:
         for key in [k for k in self._touched if k[0] == account_id]:
             del self._touched[key]
         for key in [k for k in self._chains if k[0] == account_id]:
-            for call in self._chains.pop(key).calls:
-                self._calls.pop(call.action_id, None)
-                self._orphans.pop(call.action_id, None)
+            del self._chains[key]
+        # Every call of the account, also those on the wire when their position closed
+        # (in no chain any more).
+        for action_id in [a for a, c in self._calls.items() if c.key[0] == account_id]:
+            del self._calls[action_id]
+            self._orphans.pop(action_id, None)
 
     # -- internals ------------------------------------------------------------------------
 
     def _add(self, call: Call) -> None:
         chain = self._chains.get(call.key)
-        if chain is None or (not chain.calls and chain.qty != call.qty):
+        if chain is None:
             chain = self._chains[call.key] = _Chain(base=call.margin_before, qty=call.qty)
+        # A chain with nothing unsettled holds the position as the newest snapshot shows
+        # it (every one replaces it), also a fill seen after this call was decided: the call
+        # lands on that, so it is weighed against that margin and quantity.
         chain.calls.append(call)
         self._calls[call.action_id] = call
         self._touch(call.key, call.sent_ms)
@@ -335,12 +338,12 @@ class Settlement:
         if chain is None or not _holds(chain, call):
             return
         chain.calls = [c for c in chain.calls if c is not call]
-        if not chain.calls and not chain.exact:
-            # Some call's effect was never seen: the newest snapshot is the best word on
-            # the margin now, and the base of the next call.
-            if chain.seen is not None:
-                chain.base = chain.seen.margin
-            chain.exact = True
+        if not chain.calls and chain.seen is not None:
+            # Nothing unsettled: the newest snapshot is the margin as it is, and the base of
+            # the next call. ``base`` alone may miss what moved it meanwhile: a call settled
+            # without the margin showing it (unknown, landed unseen), or a change by someone
+            # else seen while a call that was then refused was on the wire.
+            chain.base = chain.seen.margin
 
     def _reads(self, call: Call) -> list[Read]:
         final = call.done_ms + self.settle_window_ms + 1
@@ -353,11 +356,8 @@ class Settlement:
         self._calls.pop(call.action_id, None)
         self._orphans.pop(call.action_id, None)
         chain = self._chains.get(call.key)
-        if chain is not None and _holds(chain, call):
-            if event == "VERIFIED" or applied:
-                chain.base += call.signed  # it landed (a succeeded call, seen or not)
-            if applied is None or (event == "VERIFIED" and not applied):
-                chain.exact = False
+        if chain is not None and _holds(chain, call) and (event == "VERIFIED" or applied):
+            chain.base += call.signed  # it landed (a succeeded call, seen or not)
         self._remove(call)
         return Settled(call, event, message, applied, margin)
 
@@ -377,8 +377,13 @@ class Settlement:
         chain = self._chains.get(key)
         if chain is None or seen is None:
             return settled
-        # Calls sent after the snapshot was received cannot be in it.
-        candidates = [c for c in chain.calls if c.sent_ms <= seen.received_ms]
+        # A REST read is stamped with the time it was asked for and may show a call sent up
+        # to VISIBLE_AFTER_MS later, or not: nothing is concluded from it (the next one will).
+        received = seen.received_ms
+        if any(received < c.sent_ms <= received + VISIBLE_AFTER_MS for c in chain.calls):
+            return settled
+        # Calls sent later than that cannot be in it.
+        candidates = [c for c in chain.calls if c.sent_ms <= received]
         if not candidates:
             return settled
         explanations = _explanations(chain.base, seen.margin, candidates)

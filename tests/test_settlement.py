@@ -313,3 +313,58 @@ def test_adopted_calls_decided_on_different_margins_are_not_attributed_blindly()
     settled, _ = book.adopt("u3", KEY, ADD, D(100), D(1100), QTY, 5000)
     assert outcomes(settled) == [("u1", "RECONCILED", None)]
     assert outcomes(seen(book, "1200", 6000)) == [("u3", "RECONCILED", True)]
+
+
+def test_a_refused_call_leaves_the_margin_seen_meanwhile_as_the_next_calls_base() -> None:
+    """The owner added 20 while a call was on the wire; the exchange then refused the call.
+    The next call is decided on (and lands on) 120: it is weighed against 120, not against
+    the 100 the refused call was decided on."""
+    book = settlement()
+    send(book, "a", "50", 1000)
+    assert seen(book, "120", 1005) == []  # the owner's change, a on the wire
+    book.not_applied("a")  # rejected: it never moved money
+    send(book, "b", "40", 2000, margin="120")  # decided on the book's 120
+    book.uncertain("b", 2010)
+    assert outcomes(seen(book, "160", 2020)) == [("b", "RECONCILED", True)]
+
+
+def test_drop_account_forgets_a_call_on_the_wire_when_its_position_closed() -> None:
+    """A close takes the position's calls with it, but one on the wire stays known until it
+    answers; handing the account over must forget it too, or its position stays busy."""
+    book = settlement()
+    send(book, "a", "50", 1000)
+    seen(book, None, 1010)  # closed while a is on the wire
+    book.drop_account(KEY[0])
+    assert book.sending_keys() == frozenset(), "the next holder settles it"
+
+
+def test_a_fill_seen_between_a_decision_and_its_send_is_the_calls_base() -> None:
+    """Nothing unsettled; the rescue was decided on quantity 1, then a fill (0.6, margin
+    unchanged) showed before it went out: it lands on the position as the fill left it,
+    and is weighed against that."""
+    book = settlement()
+    send(book, "a", "50", 1000)
+    book.succeeded("a", 1010)
+    assert outcomes(seen(book, "150", 1020)) == [("a", "VERIFIED", True)]
+    assert seen(book, "150", 1030, qty=D("0.6")) == []  # the fill, nothing unsettled
+    send(book, "b", "40", 1040, margin="150")  # decided on the version before the fill
+    book.uncertain("b", 1050)
+    assert outcomes(seen(book, "190", 1060, qty=D("0.6"))) == [("b", "RECONCILED", True)]
+
+
+def test_a_rest_read_asked_before_a_rescue_went_out_may_show_it() -> None:
+    """A REST read is stamped with the time it was asked for and may answer after a call
+    sent since has landed. The first call (uncertain, never landed) must not be taken for
+    the second (the same amount): 50 would be recorded twice (a applied, b landed unseen)
+    for 50 moved."""
+    book = settlement()
+    send(book, "a", "50", 1000)
+    book.uncertain("a", 1010)
+    assert seen(book, "100", 1020) == []  # fresh: a not landed (yet): a rescue goes out
+    send(book, "b", "50", 1100)
+    # A read asked at 1050 answers at 1200, after b landed at 1150.
+    assert seen(book, "150", 1050) == [], "the read may show b: a cannot be told from it"
+    settled = book.succeeded("b", 1210)
+    settled += seen(book, "150", 1300)
+    settled += seen(book, "150", 1010 + 11_001)
+    assert sorted(outcomes(settled)) == [("a", "RECONCILED", False), ("b", "VERIFIED", True)]
