@@ -5,15 +5,17 @@ Set-up (``inprocess``): ``--accounts`` accounts (1,000) with ``--per-account`` i
 longs (10, on 10 symbols: 10,000 positions) 8-20 % from liquidation, under ``topup`` and
 ``sweep`` with their defaults, the executor's workers running, on the in-memory exchange
 with a real SQLite audit log. The clock is virtual: every step is ``--step-s`` seconds (5),
-in which each symbol's mark takes a random step (seeded, 0.1 % with occasional 2 % jumps,
-pulled back toward its start so the book stays in range), and one account in a hundred is
-polled (each account every 100 steps), with the exchange's own view of its positions
-(margin calls included). Positions that fall into the trigger band are topped up, the sweep takes
-the excess back when they recover: actions, verifications and audit records keep flowing,
-and virtual days pass. What the guard keeps is bounded by design: the ledger holds two UTC
-days of records (the budgets' window), the trail a few notes per position, the settlement
-one entry per position that had a call; so the soak must cover more than two virtual days
-for the slope to mean "flat", and the figures say how many it covered.
+in which each symbol's mark takes a random step (seeded, ``--sigma`` 0.05 % with a 2 %
+jump one step in a thousand, pulled back toward its start so the book stays in range),
+and one account in a hundred is polled (each account every 100 steps), with the
+exchange's own view of its positions (margin calls included). Positions that fall into
+the trigger band are topped up, the sweep takes the excess back when they recover:
+actions, verifications and audit records keep flowing, and virtual days pass.
+
+What the guard keeps is bounded by design: the ledger holds two UTC days of records (the
+budgets' window), the trail a few notes per position, the settlement one entry per
+position that had a call. So the soak must cover more than two virtual days for the slope
+to mean "flat"; the figures say how many it covered.
 
 It runs for ``--minutes`` of wall time (60: the soak) and samples the process's resident
 memory every ``--sample-s`` seconds, then prints the samples, the first and last figures,
@@ -93,7 +95,7 @@ async def soak(args: argparse.Namespace, folder: Path) -> None:
         clock.advance(args.step_s)
         now = clock.now_ms()
         for symbol in symbols:
-            move = rng.gauss(0, 0.001) + (rng.choice((-0.02, 0.02)) if rng.random() < 0.002
+            move = rng.gauss(0, args.sigma) + (rng.choice((-0.02, 0.02)) if rng.random() < 0.001
                                           else 0.0)
             marks[symbol] = min(1.2, max(0.85, marks[symbol] * (1 + move)
                                          + (1 - marks[symbol]) * 0.001))
@@ -137,6 +139,8 @@ def main() -> None:
     parser.add_argument("--per-account", type=int, default=10)
     parser.add_argument("--minutes", type=float, default=60)
     parser.add_argument("--sample-s", type=float, default=60)
+    parser.add_argument("--sigma", type=float, default=0.0005,
+                        help="the marks' standard deviation per step (the walk's math only)")
     parser.add_argument("--step-s", type=int, default=5, help="virtual seconds per step")
     parser.add_argument("--warm-up", type=float, default=5, help="minutes left out of the slope")
     args = parser.parse_args()
