@@ -885,18 +885,22 @@ class Guard:
         job = Job(intent, view.position, data_age_ms=view.age_ms,
                   liquidation_price=view.liquidation_price, distance=view.distance,
                   dry_run=decision.dry_run, measured_ms=now)
+        # The notes are worded lazily (the guard notes on every tick) from the few values
+        # they need, not from the intent and decision, which a trail of every position
+        # would keep alive (their details, the views) until the note is overwritten.
+        kind, amount, why, said = intent.kind, intent.amount, intent.reason, decision.reason
         if decision.approved:
-            self.trail.note(intent.key, now, "decided", f"decided {intent.kind}",
-                            lambda: f"{intent.kind} {intent.amount} decided"
-                            f"{' (dry run)' if decision.dry_run else ''}: {intent.reason}")
+            dry = " (dry run)" if decision.dry_run else ""
+            self.trail.note(intent.key, now, "decided", f"decided {kind}",
+                            lambda: f"{kind} {amount} decided{dry}: {why}")
             await self.executor.submit(job)
             return
         # Refusals are audited once a minute per position and refusal; routine ones
         # (cooldown, ranking, a call still open) are pacing, not news.
         refusal = decision.refusal
-        self.trail.note(intent.key, now, "refused", f"refused {intent.kind} {refusal}",
-                        lambda: f"{intent.kind} {intent.amount} refused "
-                        f"({refusal.value if refusal else 'refused'}): {decision.reason}")
+        label = refusal.value if refusal else "refused"
+        self.trail.note(intent.key, now, "refused", f"refused {kind} {refusal}",
+                        lambda: f"{kind} {amount} refused ({label}): {said}")
         if refusal is None or refusal.routine:
             return
         if not self._once.warn(("refused", *intent.key, refusal.value), now,
