@@ -1,5 +1,11 @@
 """Backtest results for people and for scripts: a terminal table, JSON, CSV, and the
-trade-off table of ``--param`` runs. Money is printed as decimal text, never a float."""
+trade-off table of ``--param`` runs. Money is printed as decimal text, never a float.
+
+Capital is shown two ways for each saved position that needed margin: PEAK/ORACLE, the
+peak extra margin over the oracle's, and EXCESS, the peak minus the oracle's in USDC. The
+ratio says how far from perfect foresight a policy is, but where the oracle needs a few
+USDC (a path that only just reaches the liquidation price) it is large for any rescue; the
+excess says what that costs in money."""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from typing import Any
 from guardbot.backtest.results import (
     PositionResult,
     ScenarioResult,
+    excesses,
     median_and_worst,
     ratios,
 )
@@ -36,6 +43,10 @@ def _ratio(result: PositionResult) -> str:
     return "-" if ratio is None else f"{ratio:.2f}"
 
 
+def _usdc_or_dash(amount: Decimal | None) -> str:
+    return "-" if amount is None else usdc(amount)
+
+
 def position_row(scenario: ScenarioResult, p: PositionResult) -> dict[str, Any]:
     """One position of one scenario, as JSON-able values (money as strings)."""
     start = scenario.start_ms
@@ -53,6 +64,7 @@ def position_row(scenario: ScenarioResult, p: PositionResult) -> dict[str, Any]:
         "worst_mark": str(p.verdict.worst_mark),
         "added": usdc(p.added), "swept": usdc(p.swept), "peak_extra": usdc(p.peak_extra),
         "final_extra": usdc(p.final_extra), "peak_over_oracle": p.ratio,
+        "peak_excess": None if p.excess is None else usdc(p.excess),
         "actions": dict(sorted(p.actions.items())),
         "refusals": {r.value: n for r, n in sorted(p.refusals.items())},
     }  # fmt: skip
@@ -92,12 +104,15 @@ class Totals:
     swept: Decimal
     median_ratio: float | None
     worst_ratio: float | None
+    median_excess: Decimal | None
+    worst_excess: Decimal | None
     ledgers_equal: bool
 
     @classmethod
     def of(cls, results: Sequence[ScenarioResult]) -> Totals:
         positions = [p for s in results for p in s.positions]
         median, worst = median_and_worst(ratios(results))
+        median_excess, worst_excess = median_and_worst(excesses(results))
         return cls(
             positions=len(positions),
             savable=sum(p.verdict.savable for p in positions),
@@ -108,8 +123,8 @@ class Totals:
             peak_extra=sum((p.peak_extra for p in positions), Decimal(0)),
             added=sum((p.added for p in positions), Decimal(0)),
             swept=sum((p.swept for p in positions), Decimal(0)),
-            median_ratio=median, worst_ratio=worst,
-            ledgers_equal=all(s.ledger.equal for s in results),
+            median_ratio=median, worst_ratio=worst, median_excess=median_excess,
+            worst_excess=worst_excess, ledgers_equal=all(s.ledger.equal for s in results),
         )  # fmt: skip
 
     def as_json(self) -> dict[str, Any]:
@@ -120,7 +135,11 @@ class Totals:
             "unguarded_liquidations": self.unguarded_liquidations,
             "peak_extra": usdc(self.peak_extra), "added": usdc(self.added),
             "swept": usdc(self.swept), "median_peak_over_oracle": self.median_ratio,
-            "worst_peak_over_oracle": self.worst_ratio, "ledgers_equal": self.ledgers_equal,
+            "worst_peak_over_oracle": self.worst_ratio,
+            "median_peak_excess": None if self.median_excess is None
+            else usdc(self.median_excess),
+            "worst_peak_excess": None if self.worst_excess is None else usdc(self.worst_excess),
+            "ledgers_equal": self.ledgers_equal,
         }  # fmt: skip
 
 
@@ -132,7 +151,7 @@ def _table(rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) -
 
 
 HEADER = ("PATH", "SPEED", "FALL %/S", "ACCOUNT", "SYMBOL", "SIDE", "LEV", "GUARDED", "UNGUARDED",
-          "SAVABLE", "ORACLE", "PEAK", "FINAL", "SWEPT", "PEAK/ORACLE")
+          "SAVABLE", "ORACLE", "PEAK", "FINAL", "SWEPT", "PEAK/ORACLE", "EXCESS")
 
 
 def _cells(scenario: ScenarioResult, p: PositionResult) -> tuple[str, ...]:
@@ -141,7 +160,7 @@ def _cells(scenario: ScenarioResult, p: PositionResult) -> tuple[str, ...]:
             p.symbol, p.side, f"{p.leverage}x", _fate(p.guarded_liquidated_ms, start),
             _fate(p.unguarded_liquidated_ms, start), "yes" if p.verdict.savable else "no",
             usdc(p.verdict.extra), usdc(p.peak_extra), usdc(p.final_extra), usdc(p.swept),
-            _ratio(p))  # fmt: skip
+            _ratio(p), _usdc_or_dash(p.excess))  # fmt: skip
 
 
 def _refusals(counter: Counter[Any]) -> str:
@@ -152,7 +171,7 @@ def text(results: Sequence[ScenarioResult]) -> str:
     """The terminal report: one row per position and scenario, a line per scenario with
     its refusals and the ledger check, then the totals."""
     rows = [HEADER, *(_cells(s, p) for s in results for p in s.positions)]
-    lines = _table(rows, right=frozenset({2, *range(10, 15)}))
+    lines = _table(rows, right=frozenset({2, *range(10, 16)}))
     lines.append("")
     for s in results:
         ledger = s.ledger
@@ -171,7 +190,8 @@ def text(results: Sequence[ScenarioResult]) -> str:
         f"liquidations guarded {totals.guarded_liquidations}, unguarded "
         f"{totals.unguarded_liquidations}; peak extra margin over the oracle's: median "
         f"{'-' if median is None else f'{median:.2f}'}, worst "
-        f"{'-' if worst is None else f'{worst:.2f}'}")]
+        f"{'-' if worst is None else f'{worst:.2f}'}; beyond the oracle's, in USDC: median "
+        f"{_usdc_or_dash(totals.median_excess)}, worst {_usdc_or_dash(totals.worst_excess)}")]
     for s in results:
         for p in s.positions:
             if p.lost_savable:
@@ -219,7 +239,8 @@ def as_csv(results: Sequence[ScenarioResult]) -> str:
 def trade_off(runs: Sequence[tuple[str, Sequence[ScenarioResult]]]) -> str:
     """One line per ``--param`` combination: liquidations against capital."""
     header = ("SETTINGS", "SAVABLE LOST", "GUARDED LIQ", "UNGUARDED LIQ", "PEAK EXTRA",
-              "ADDED", "SWEPT", "MEDIAN PEAK/ORACLE", "WORST", "LEDGERS")
+              "ADDED", "SWEPT", "MEDIAN PEAK/ORACLE", "WORST", "MEDIAN EXCESS", "WORST EXCESS",
+              "LEDGERS")
     rows: list[tuple[str, ...]] = [header]
     for label, results in runs:
         t = Totals.of(results)
@@ -227,8 +248,9 @@ def trade_off(runs: Sequence[tuple[str, Sequence[ScenarioResult]]]) -> str:
                      str(t.unguarded_liquidations), usdc(t.peak_extra), usdc(t.added),
                      usdc(t.swept), "-" if t.median_ratio is None else f"{t.median_ratio:.2f}",
                      "-" if t.worst_ratio is None else f"{t.worst_ratio:.2f}",
+                     _usdc_or_dash(t.median_excess), _usdc_or_dash(t.worst_excess),
                      "equal" if t.ledgers_equal else "DIFFERENT"))  # fmt: skip
-    return "\n".join(_table(rows, right=frozenset(range(1, 9))))
+    return "\n".join(_table(rows, right=frozenset(range(1, 11))))
 
 
 def trade_off_json(runs: Sequence[tuple[str, Sequence[ScenarioResult]]]) -> str:

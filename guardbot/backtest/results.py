@@ -9,6 +9,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TypeVar
 
 from sqlalchemy import Engine, select
 
@@ -19,6 +20,7 @@ from guardbot.backtest.oracle import Verdict
 from guardbot.domain import ZERO, ActionKind, Intent, PositionKey
 
 LAST_DECISIONS = 8
+Number = TypeVar("Number", float, Decimal)
 
 
 # -- the arbiter, watched -----------------------------------------------------------------
@@ -194,6 +196,16 @@ class PositionResult:
             return None
         return float(self.peak_extra / self.verdict.extra)
 
+    @property
+    def excess(self) -> Decimal | None:
+        """Peak extra margin beyond the oracle's, in USDC, for a saved position that needed
+        margin (the positions ``ratio`` covers). Where the oracle needs a few USDC the
+        ratio is large whatever the policy does; this says what the guard tied up beyond
+        need in money."""
+        if self.ratio is None:
+            return None
+        return self.peak_extra - self.verdict.extra
+
 
 @dataclass(slots=True)
 class ScenarioResult:
@@ -219,7 +231,11 @@ def ratios(results: Iterable[ScenarioResult]) -> list[float]:
     return [r for s in results for p in s.positions if (r := p.ratio) is not None]
 
 
-def median_and_worst(values: Sequence[float]) -> tuple[float | None, float | None]:
+def excesses(results: Iterable[ScenarioResult]) -> list[Decimal]:
+    return [e for s in results for p in s.positions if (e := p.excess) is not None]
+
+
+def median_and_worst(values: Sequence[Number]) -> tuple[Number | None, Number | None]:
     if not values:
         return None, None
     return statistics.median(values), max(values)

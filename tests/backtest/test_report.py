@@ -51,6 +51,24 @@ def test_json_and_csv_carry_money_as_text(results: list[ScenarioResult]) -> None
     assert table.splitlines()[1].startswith("a ") and "0 of 3" in table
 
 
+def test_capital_beyond_the_oracle_is_shown_in_usdc_next_to_the_ratio(
+    results: list[ScenarioResult],
+) -> None:
+    """Where the oracle needs a few USDC the ratio is large for any rescue: the excess (peak
+    minus the oracle's) is reported for the same positions the ratio covers."""
+    rated = [p for s in results for p in s.positions if p.ratio is not None]
+    assert rated
+    for p in rated:
+        assert p.excess == p.peak_extra - p.verdict.extra and p.excess >= 0
+    assert all(p.excess is None for s in results for p in s.positions if p.ratio is None)
+    data = json.loads(report.as_json(results))
+    rows = [row for s in data["scenarios"] for row in s["positions"]]
+    assert {row["peak_excess"] is None for row in rows} == {True, False}
+    assert data["totals"]["median_peak_excess"] is not None
+    assert "EXCESS" in report.text(results).splitlines()[0]
+    assert "MEDIAN EXCESS" in report.trade_off([("a", results)]).splitlines()[0]
+
+
 def test_a_lost_savable_position_is_explained(results: list[ScenarioResult]) -> None:
     scenario = results[0]
     position = scenario.positions[0]
