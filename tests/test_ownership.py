@@ -372,10 +372,14 @@ class Child:
         env = dict(os.environ, GUARDBOT_OWNERSHIP_NAMESPACE=ns)
         if interval_s is not None:  # None: the default of the guardbot it runs
             env["GUARDBOT_OWNERSHIP_INTERVAL_S"] = str(interval_s)
+        # ``-m`` looks in the working directory first: start in the tree whose guardbot this
+        # process imports (benchmarks/failover.py --compare imports another revision's).
+        tree = Path(ownership.__file__).resolve().parents[1]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "guardbot.ownership", PG_URL, name, *accounts],
             stdout=subprocess.PIPE,
             env=env,
+            cwd=tree,
             text=True,
         )
         self.owned: frozenset[str] = frozenset()
