@@ -33,15 +33,18 @@ How (no home-made consensus; PostgreSQL's lock manager and activity view do the 
   monotonic clock is stale: this instance ends its session with ``pg_terminate_backend``
   (waiting up to 1 s for it to be gone), which releases its locks, and takes its accounts in
   the same tick. An account nobody holds is taken under the same rule: once its last holder's
-  heartbeat has been still for ``stale_ticks`` intervals (a SIGKILLed process's, at once
-  after), or, if this session never saw a holder, once it has been free that long.
+  heartbeat has been still for ``stale_ticks`` intervals (for a SIGKILLed process, counted
+  from its last query before it died), or, if this session never saw a holder, once the
+  account has been free that long.
 * Lease: an instance may act on an account (``may_act``) only while it owns it and its last
   successful tick *started* less than ``lease_ticks`` intervals (4) ago. Every heartbeat a
   peer sees comes from a query sent after that start, so no peer can take an account sooner
   than ``stale_ticks`` intervals after it: the lease lapses one interval before any take-over
   can happen, however long the process was stopped, and whatever ended its session. The
   executor checks ``may_act`` as each call leaves its queue; that one interval is the margin
-  for the call's way out (its audit record, the rate limiter's wait).
+  for the call's way out (its audit record, the rate limiter's wait). A process frozen
+  between that check and the socket write can still send that one call when it wakes: the
+  exchange has no fencing token that could refuse it.
 * Why these means: TCP keepalive only notices a host that stopped answering the network
   (and only after tens of seconds), never a stopped process whose kernel still answers.
   Statement, lock or idle-session timeouts end a session only while it runs a statement or
@@ -57,7 +60,8 @@ How (no home-made consensus; PostgreSQL's lock manager and activity view do the 
   lapsed first), it never leaves two guards acting.
 * An account being given away is first removed from ``owned()`` (and ``on_change`` awaited),
   and only unlocked on the next tick, so the caller has stopped guarding it before a peer
-  can start.
+  can start. While ``on_change`` runs (it may wait on calls on the wire), a ``SELECT 1``
+  every interval keeps the heartbeat moving and renews the lease on the accounts we keep.
 * The database may go away (an outage, a restart). With peers, an instance cannot tell an
   outage from being cut off alone (the peers then take over after ``stale_ticks``), so it
   stops acting when its lease lapses; it keeps its accounts in ``owned()`` until then and
