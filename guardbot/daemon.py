@@ -50,6 +50,7 @@ from guardbot.feeds.streams import Streams
 from guardbot.guard import Guard
 from guardbot.health import AccountReadiness, HealthServer, Readiness
 from guardbot.logs import name_accounts, register_secret
+from guardbot.ownership import DEFAULT_INTERVAL_S as OWNERSHIP_INTERVAL_S
 from guardbot.ownership import AccountOwnership, OwnershipError
 from guardbot.policies.loader import LoadedPolicy
 from guardbot.policies.loader import load_policies as _load_policies
@@ -168,6 +169,7 @@ class Daemon:
         *,
         account_names: Mapping[str, str] | None = None,
         owned: frozenset[str] | None = None,
+        may_act: Callable[[str], bool] | None = None,
         notify: Callable[[Alert], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         public_stream: bool = True,
@@ -178,7 +180,7 @@ class Daemon:
         # Per account, the sources (rest, private, public) whose last word was a refused key.
         self._key_refused: dict[str, dict[str, str]] = {}
         self.guard = Guard(settings, exchanges, audit, policies, account_names=account_names,
-                           owned=owned, notify=notify, clock=clock)
+                           owned=owned, may_act=may_act, notify=notify, clock=clock)
         self.poller = Poller(
             exchanges, self.guard.on_snapshot, interval_s=settings.poll.interval_s,
             fast_interval_s=settings.poll.fast_interval_s, is_urgent=self.guard.is_urgent,
@@ -420,15 +422,17 @@ async def run_daemon(
     *,
     stop: asyncio.Event | None = None,
     exchange_factory: Callable[..., Exchange] | None = None,
-    ownership_interval_s: float = 2.0,
+    ownership_interval_s: float = OWNERSHIP_INTERVAL_S,
     clock: Clock = SYSTEM_CLOCK,
 ) -> None:
     """Open everything, guard until SIGINT/SIGTERM (or ``stop``), close everything. Every
     part reads the time from ``clock``.
 
     With PostgreSQL, accounts are shared with other live instances (``AccountOwnership``,
-    ticking every ``ownership_interval_s``); an account nobody holds is taken after two
-    ticks, so a lone instance starts guarding a few seconds after start-up.
+    ticking every ``ownership_interval_s``); an account nobody holds is taken after five
+    ticks, so a lone instance starts guarding a few seconds after start-up. Every call to
+    the exchange first asks ``AccountOwnership.may_act`` (the ownership lease), so an
+    instance woken after its peers took its accounts over sends nothing on them.
 
     Raises ``StartupError`` with what the operator must do when it cannot start.
     """
@@ -485,7 +489,8 @@ async def run_daemon(
             await audit.start_run(__version__, config_hash(settings), socket.gethostname())
             daemon = Daemon(settings, exchanges, audit, policies,
                             account_names={a.account_id: a.name for a in settings.accounts},
-                            owned=ownership.owned(), notify=alerter.notify, clock=clock)
+                            owned=ownership.owned(), may_act=ownership.may_act,
+                            notify=alerter.notify, clock=clock)
             daemons.append(daemon)
             daemon.live = live_state(daemon, instance_id, lambda: ownership.live_instances)
             if settings.health.enabled:

@@ -20,8 +20,9 @@ decide, from the evidence this module feeds it (``guardbot.settlement``):
   lets the next rescue out within seconds, not half a minute later;
 - ``RetryLater``/``RateLimited``: ``FAILED``, back off, re-read the position and hand it back
   so the guard re-decides on fresh data;
-- data older than ``max_data_age_ms`` when the action is dequeued, or a position that closed
-  while it waited: ``FAILED``, not sent;
+- data older than ``max_data_age_ms`` when the action is dequeued, a position that closed
+  while it waited, the kill switch, or this instance's ownership of the account lapsed
+  (``may_act``: a peer may have taken it over): ``FAILED``, not sent;
 - dry-run: the decision is audited and nothing is sent.
 
 A position is *busy* (nothing new is decided for it) while an action on it is queued or
@@ -136,6 +137,7 @@ class Executor:
         reread_delays_s: Sequence[float] = REREAD_DELAYS_S,
         max_data_age_ms: int | None = None,
         paused: Callable[[], bool] = lambda: False,
+        may_act: Callable[[str], bool] = lambda _account_id: True,
         reject_backoff_ms: int = REJECT_BACKOFF_MS,
         reject_backoff_max_ms: int = REJECT_BACKOFF_MAX_MS,
     ) -> None:
@@ -149,6 +151,9 @@ class Executor:
         self._reread_delays_s = tuple(reread_delays_s)
         self._max_data_age_ms = max_data_age_ms
         self._paused = paused  # the kill switch: nothing queued goes out while it is on
+        # Whether this instance still owns the account (its ownership lease): asked as each
+        # call leaves, so an instance woken after a peer took the account over sends nothing.
+        self._may_act = may_act
         self._reject_backoff_ms = reject_backoff_ms
         self._reject_backoff_max_ms = reject_backoff_max_ms
         self._queues: dict[str, asyncio.PriorityQueue[tuple[Decimal, int, Job, str, int]]] = {
@@ -367,6 +372,8 @@ class Executor:
             reason = "not sent: the position closed while the action waited"
         elif self._paused():
             reason = "not sent: the kill switch is engaged"
+        elif not self._may_act(account_id):
+            reason = "not sent: this instance's ownership of the account lapsed"
         else:
             since = queued_ms if job.measured_ms is None else min(job.measured_ms, queued_ms)
             age_ms = job.data_age_ms + self._clock.now_ms() - since

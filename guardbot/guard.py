@@ -132,6 +132,7 @@ class Guard:
         *,
         account_names: Mapping[str, str] | None = None,
         owned: frozenset[str] | None = None,
+        may_act: Callable[[str], bool] | None = None,
         notify: Callable[[Alert], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         quiet_bands: bool = True,
@@ -144,6 +145,8 @@ class Guard:
         self.account_names = dict(account_names or {})
         # Accounts this instance guards (AccountOwnership decides with several instances).
         self.owned = frozenset(self.exchanges) if owned is None else owned
+        # AccountOwnership.may_act: whether that ownership is still confirmed (its lease).
+        self._lease: Callable[[str], bool] = may_act or (lambda _account_id: True)
         self.notify = notify or (lambda _alert: None)
         self.clock = clock
         self.book = PositionBook()
@@ -157,7 +160,7 @@ class Guard:
             self.exchanges, audit, clock=clock,
             settlement=Settlement(settle_window_ms=self.settle_window_ms),
             on_reread=self.on_reread, notify=self.notify, max_data_age_ms=self.max_age_ms,
-            paused=self.paused,
+            paused=self.paused, may_act=self.may_act,
             reject_backoff_ms=max(int(settings.budgets.cooldown_s * 1000), REJECT_BACKOFF_MS))
         self._rules: dict[str, SymbolRules] = {}
         self.free_balance: dict[str, Decimal] = {}
@@ -222,6 +225,13 @@ class Guard:
         decided, and none still queued is sent."""
         path = self.settings.guard.kill_switch_file
         return path is not None and killswitch.engaged(path)
+
+    def may_act(self, account_id: str) -> bool:
+        """Whether a call on the account may go out now: this instance guards it and its
+        ownership is confirmed recently enough that no peer can have taken it over
+        (``AccountOwnership.may_act``). Nothing is decided, and nothing queued is sent,
+        while it is not."""
+        return account_id in self.owned and self._lease(account_id)
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -637,6 +647,12 @@ class Guard:
         """Evaluate the account's fresh isolated positions (all, or those on the symbols of
         ``only``) and act on the decisions."""
         if not self.acting or account_id not in self.owned:
+            return
+        if not self.may_act(account_id):
+            self._once.warn(("lapsed", account_id), self.clock.now_ms(),
+                            "%s: not acting, this instance's ownership of the account lapsed"
+                            " (the lock database has not confirmed it recently)",
+                            self.name(account_id))
             return
         async with self._locks[account_id]:
             try:

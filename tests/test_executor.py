@@ -491,6 +491,37 @@ async def test_an_action_queued_for_a_position_that_closed_is_not_sent(
     assert kinds(await events(audit))[-1] == "FAILED"
 
 
+async def test_nothing_is_sent_once_the_ownership_lease_lapsed(audit: AuditLog) -> None:
+    """An action decided while this instance owned the account waits in the queue while
+    its ownership lease lapses (the process was stopped and a peer may have taken the
+    account over): the worker records it as not sent, and nothing reaches the exchange.
+    Once the lease is confirmed again, calls go out as before."""
+    clock = ManualClock()
+    exchange = exchange_on(clock)
+    lease_until = [4.0]  # AccountOwnership.may_act: owned, last good tick under 4 s ago
+    asked: list[str] = []
+
+    def may_act(account_id: str) -> bool:
+        asked.append(account_id)
+        return clock.monotonic() < lease_until[0]
+
+    executor = executor_on(exchange, audit, clock, may_act=may_act)
+    assert await executor.submit(job())
+    clock.advance(4.0)  # woken after the lease: the worker takes the job only now
+    await running(executor, lambda: not executor.blocked())
+    assert exchange.calls == []
+    assert asked == [ACCOUNT], "asked as the job left the queue"
+    assert kinds(await events(audit)) == ["INTENT", "FAILED"]
+    with audit.engine.connect() as connection:
+        message = connection.execute(
+            select(ActionEvent.message).where(ActionEvent.kind == "FAILED")).scalar_one()
+    assert message == "not sent: this instance's ownership of the account lapsed"
+
+    lease_until[0] = clock.monotonic() + 4.0  # a good tick: the lease holds again
+    assert await executor.submit(job())
+    await running(executor, lambda: len(exchange.calls) == 1)
+
+
 async def held_back_for(executor: Executor, clock: ManualClock, hold_ms: int) -> None:
     """Submit a job, see it refused, and the position held back exactly ``hold_ms``."""
     assert await executor.submit(job())

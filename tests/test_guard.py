@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from decimal import Decimal as D
 from pathlib import Path
@@ -103,7 +103,8 @@ class Harness:
     def __init__(self, audit: AuditLog, clock: ManualClock, policies: Sequence[Policy],
                  accounts: Sequence[str] = (ACCOUNT,), *, quiet_bands: bool = True,
                  rules: Sequence[SymbolRules] = (ALT_RULES,),
-                 dry_run: bool = False) -> None:  # fmt: skip
+                 dry_run: bool = False,
+                 may_act: Callable[[str], bool] | None = None) -> None:  # fmt: skip
         self.clock = clock
         self.alerts: list[Alert] = []
         settings = parse_config({
@@ -115,7 +116,7 @@ class Harness:
         self.guard = Guard(
             settings, {a: FakeExchange(a, clock=clock) for a in accounts}, audit,
             [LoadedPolicy.of(p) for p in policies], notify=self.alerts.append, clock=clock,
-            quiet_bands=quiet_bands)  # fmt: skip
+            quiet_bands=quiet_bands, may_act=may_act)  # fmt: skip
         self.guard.rules = {r.symbol: r for r in rules}
         self.guard.acting = True
 
@@ -681,3 +682,46 @@ async def test_a_pause_stops_the_actions_still_waiting_in_the_queue(
     exchange = guard.exchanges[ACCOUNT]
     assert isinstance(exchange, FakeExchange)
     assert exchange.calls == [], "no margin call after /pause"
+
+
+async def test_a_lapsed_ownership_lease_stops_decisions_and_the_queued_calls(
+    audit: AuditLog,
+) -> None:
+    """The guard asks ``may_act`` (AccountOwnership's lease, wired by the daemon as the kill
+    switch is): an ADD queued while the lease held is not sent once it lapsed, and while it
+    is lapsed nothing new is decided; a confirmed lease lets the next tick rescue again."""
+    clock = ManualClock()
+    lease = [True]
+    harness = Harness(audit, clock, [TopUp(reach_s=0)], may_act=lambda _account: lease[0])
+    guard = harness.guard
+    await harness.snapshot(ACCOUNT, FAR)
+    await harness.tick(ACCOUNT, PERP_ALT_USDC=D(86))
+    assert harness.blocked() == {ALT}, "an ADD is queued"
+    lease[0] = False  # e.g. this process was stopped past its lease
+    assert not guard.may_act(ACCOUNT)
+    workers = asyncio.create_task(guard.executor.run())
+    try:
+        for _ in range(200):  # the worker records through the spool (threads): real time
+            if not guard.executor.busy():
+                break
+            await asyncio.sleep(0.01)
+        clock.advance(1)
+        await harness.snapshot(ACCOUNT, FAR)
+        await harness.tick(ACCOUNT, PERP_ALT_USDC=D(86))
+        assert harness.blocked() == set(), "nothing decided while the lease is lapsed"
+        exchange = guard.exchanges[ACCOUNT]
+        assert isinstance(exchange, FakeExchange)
+        assert exchange.calls == [], "no margin call without a confirmed lease"
+        lease[0] = True
+        clock.advance(1)
+        await harness.snapshot(ACCOUNT, FAR)
+        await harness.tick(ACCOUNT, PERP_ALT_USDC=D(86))
+        for _ in range(200):
+            if exchange.calls:
+                break
+            await asyncio.sleep(0.01)
+        assert len(exchange.calls) == 1
+    finally:
+        workers.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await workers

@@ -26,6 +26,7 @@ from conftest import PG_URL
 from faults.pgcluster import PgCluster
 
 from guardbot import ownership
+from guardbot.clock import ManualClock
 from guardbot.ownership import AccountOwnership, OwnershipError
 
 ACCOUNTS = [f"0x{i:064x}" for i in range(1, 11)]
@@ -214,7 +215,9 @@ async def test_database_down_longer_than_hold_drops_then_relocks_at_once() -> No
             await until(lambda: own.owned() == frozenset(), timeout_s=8)
             pg.start()
             # Back without waiting to see whether a previous owner returns: it was us.
-            took = await until(lambda: own.owned() == frozenset(ACCOUNTS))
+            # (Waiting for the notification, not owned(): leaving before on_change ran
+            # would record the exit's empty set in its place.)
+            took = await until(lambda: changes[-1] == frozenset(ACCOUNTS))
     assert took < 1.0
     assert changes == [frozenset(ACCOUNTS), frozenset(), frozenset(ACCOUNTS), frozenset()]
 
@@ -230,6 +233,9 @@ async def test_database_down_shorter_than_hold_keeps_guarding() -> None:
             pg.stop()
             await asyncio.sleep(1.0)  # the outage itself: real time on a real server
             assert own.owned() == frozenset(ACCOUNTS)
+            # Alone, it keeps acting (several instances could not tell an outage from being
+            # cut off: they stop at their lease).
+            assert acting(own) == frozenset(ACCOUNTS)
             pg.start()
             with psycopg.connect(pg.url.replace("+psycopg", ""), autocommit=True) as admin:
 
@@ -237,7 +243,8 @@ async def test_database_down_shorter_than_hold_keeps_guarding() -> None:
                     row = admin.execute(
                         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
                     ).fetchone()
-                    return bool(row) and row[0] == 1 + len(ACCOUNTS)
+                    # Membership, the alone marker and every account.
+                    return bool(row) and row[0] == 2 + len(ACCOUNTS)
 
                 await until(relocked)
     assert changes == [frozenset(ACCOUNTS), frozenset()]  # the last one is the exit
@@ -248,28 +255,137 @@ def test_hold_longer_than_the_server_keeps_locks_is_refused() -> None:
         AccountOwnership(PG_URL, "x", ACCOUNTS, hold_s=3600)
 
 
+# -- PostgreSQL, hung peers on virtual time ------------------------------------------------
+#
+# Each instance runs on its own ManualClock against the real server: an instance whose
+# clock is not moved runs no tick, exactly as a stopped process (its session stays open and
+# idle). Queries take real milliseconds; the ticks, leases and stale waits are virtual.
+
+
+async def step(clock: ManualClock, ticks: int = 1) -> None:
+    """Let the instance on ``clock`` run ``ticks`` ticks of the default interval, each to
+    its end (it is asleep again)."""
+    for _ in range(ticks):
+        await until(lambda: clock.next_wakeup() is not None)
+        clock.advance(ownership.DEFAULT_INTERVAL_S)
+        await until(lambda: clock.next_wakeup() is not None)
+
+
+def on_clock(ns: str, name: str, clock: ManualClock, **kwargs: Any) -> AccountOwnership:
+    return AccountOwnership(PG_URL, name, ACCOUNTS, namespace=ns, clock=clock, **kwargs)
+
+
+def acting(instance: AccountOwnership) -> frozenset[str]:
+    return frozenset(a for a in ACCOUNTS if instance.may_act(a))
+
+
+@pytest.mark.postgres
+async def test_a_hung_peer_is_terminated_its_accounts_taken_and_it_cannot_act_when_woken() -> None:
+    """B stops ticking (SIGSTOP): A sees B's heartbeat still for 5 ticks, terminates B's
+    session and takes its accounts, never before. B's lease lapsed a tick earlier (4 ticks),
+    so woken it acts on nothing; it finds its session gone, gives its accounts up without
+    re-locking them, and re-joins: A hands it a share through the normal rebalance."""
+    ns = namespace()
+    ca, cb = ManualClock(), ManualClock()
+    async with on_clock(ns, "a", ca) as a, on_clock(ns, "b", cb) as b:
+        for _ in range(8):
+            await step(ca)
+            await step(cb)
+        assert balanced([a, b]) and a.owned() and b.owned()
+        assert acting(a) == a.owned() and acting(b) == b.owned()
+        stopped = b.owned()
+        # B is stopped here. A's first tick still sees B's last heartbeat move.
+        await step(ca, 5)
+        assert a.owned().isdisjoint(stopped), "taken before B was 5 ticks quiet"
+        assert held_by("guardbot:b") == 1 + len(stopped), "B's session is still there"
+        await step(ca)
+        assert a.owned() == frozenset(ACCOUNTS)
+        assert held_by("guardbot:b") == 0, "B's session was terminated"
+        # B wakes 6 s later by its clock: its lease (4 s) lapsed before A could take over.
+        cb.advance(6.0)
+        assert b.owned() == stopped and acting(b) == frozenset()
+        await until(lambda: cb.next_wakeup() is not None)
+        assert b.owned() == frozenset(), "it let go of what it lost"
+        overlaps: list[frozenset[str]] = []
+        for _ in range(6):
+            await step(cb)
+            await step(ca)
+            overlaps.append(acting(b) & a.owned())
+        assert not any(overlaps)
+        assert balanced([a, b]) and b.owned() and acting(b) == b.owned()
+
+
+@pytest.mark.postgres
+async def test_a_short_stop_within_the_lease_keeps_the_accounts() -> None:
+    """Stopped for less than the lease, an instance wakes owning and acting as before: a
+    pause (a long GC, a busy loop) is not a take-over."""
+    ns = namespace()
+    ca, cb = ManualClock(), ManualClock()
+    async with on_clock(ns, "a", ca) as a, on_clock(ns, "b", cb) as b:
+        for _ in range(8):
+            await step(ca)
+            await step(cb)
+        assert balanced([a, b])
+        mine = b.owned()
+        await step(ca, 3)
+        cb.advance(3.5)
+        assert acting(b) == mine
+        await until(lambda: cb.next_wakeup() is not None)
+        await step(ca, 3)
+        await step(cb)
+        assert b.owned() == mine and acting(b) == mine and a.owned().isdisjoint(mine)
+
+
+@pytest.mark.postgres
+async def test_a_peer_waits_out_the_hold_of_an_instance_that_was_alone() -> None:
+    """A lone instance keeps acting through a database outage for hold_s (it cannot tell
+    the outage from being cut off). It says so with its alone marker, so a peer started
+    while it is cut off (here: stopped) waits hold_s on top of the 5 ticks before it
+    terminates it; by then the lone one's hold is over as well."""
+    ns = namespace()
+    ca, cb = ManualClock(), ManualClock()
+    async with on_clock(ns, "a", ca, hold_s=10.0) as a:
+        await step(ca, 6)
+        assert a.owned() == frozenset(ACCOUNTS) and a.live_instances == 1
+        async with on_clock(ns, "b", cb, hold_s=10.0) as b:
+            # B first saw A's heartbeat as it entered: A is stale 5 + 10 ticks after that.
+            await step(cb, 5 + 10 - 1)
+            assert b.owned() == frozenset(), "a lone holder is given its hold first"
+            assert held_by("guardbot:a") == 2 + len(ACCOUNTS)  # member, alone, accounts
+            await step(cb)
+            assert b.owned() == frozenset(ACCOUNTS)
+            ca.advance(16.0)
+            assert acting(a) == frozenset()
+
+
 # -- PostgreSQL, real processes killed with SIGKILL ---------------------------------------
 
 
 class Child:
-    """``python -m guardbot.ownership`` in a subprocess; reads its JSON change lines."""
+    """``python -m guardbot.ownership`` in a subprocess; reads its JSON change lines: what
+    it owns (``changed_at``: when that last changed, by its clock) and what ``may_act``
+    allows (``acting``), every line kept in ``history``."""
 
     def __init__(
-        self, ns: str, name: str, interval_s: float, accounts: list[str] = ACCOUNTS
+        self, ns: str, name: str, interval_s: float | None, accounts: list[str] = ACCOUNTS
     ) -> None:
-        env = dict(
-            os.environ,
-            GUARDBOT_OWNERSHIP_NAMESPACE=ns,
-            GUARDBOT_OWNERSHIP_INTERVAL_S=str(interval_s),
-        )
+        env = dict(os.environ, GUARDBOT_OWNERSHIP_NAMESPACE=ns)
+        if interval_s is not None:  # None: the default of the guardbot it runs
+            env["GUARDBOT_OWNERSHIP_INTERVAL_S"] = str(interval_s)
+        # ``-m`` looks in the working directory first: start in the tree whose guardbot this
+        # process imports (benchmarks/failover.py --compare imports another revision's).
+        tree = Path(ownership.__file__).resolve().parents[1]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "guardbot.ownership", PG_URL, name, *accounts],
             stdout=subprocess.PIPE,
             env=env,
+            cwd=tree,
             text=True,
         )
         self.owned: frozenset[str] = frozenset()
+        self.acting: frozenset[str] = frozenset()
         self.changed_at = 0.0
+        self.history: list[tuple[float, frozenset[str], frozenset[str]]] = []
 
     def poll(self) -> None:
         """Read whatever lines are ready without blocking."""
@@ -279,7 +395,22 @@ class Child:
             if not line:
                 return
             change = json.loads(line)
-            self.owned, self.changed_at = frozenset(change["owned"]), change["t"]
+            # A guardbot without may_act (benchmarks/failover.py --compare) acts on all it owns.
+            owned = frozenset(change["owned"])
+            acting = frozenset(change.get("acting", change["owned"]))
+            if owned != self.owned:
+                self.changed_at = change["t"]
+            self.owned, self.acting = owned, acting
+            self.history.append((change["t"], owned, acting))
+
+    def owned_at(self, t: float) -> frozenset[str]:
+        """What it owned at ``t`` (by its last line up to then)."""
+        owned: frozenset[str] = frozenset()
+        for at, was, _ in self.history:
+            if at > t:
+                break
+            owned = was
+        return owned
 
 
 @pytest.mark.postgres
@@ -306,6 +437,42 @@ async def test_sigkilled_process_accounts_are_taken_over_within_seconds() -> Non
         assert failover_s < 10.0, failover_s
     finally:
         for child in children:
+            child.process.kill()
+            child.process.wait()
+
+
+@pytest.mark.postgres
+async def test_a_sigstopped_process_loses_its_accounts_within_10_s_and_rejoins_cleanly() -> None:
+    """Two processes on the default tick; one is stopped with SIGSTOP (its session stays
+    open, so its locks stay held): the other guards every account within 10 s. Continued
+    with SIGCONT, the stopped one never acts on an account its peer holds, finds its
+    session terminated, reconnects and gets a share back only through the rebalance."""
+    ns = namespace()
+    children = [Child(ns, f"s{i}", ownership.DEFAULT_INTERVAL_S) for i in range(2)]
+    victim, survivor = children
+    try:
+
+        def covered(group: list[Child]) -> bool:
+            for child in group:
+                child.poll()
+            sets = [c.owned for c in group]
+            return set().union(*sets) == set(ACCOUNTS) and sum(map(len, sets)) == len(ACCOUNTS)
+
+        await until(lambda: covered(children) and all(c.owned for c in children), 20.0)
+        victim.process.send_signal(signal.SIGSTOP)
+        stopped_at = time.time()
+        await until(lambda: covered([survivor]), 12.0)
+        failover_s = survivor.changed_at - stopped_at
+        assert failover_s < 10.0, failover_s
+        victim.process.send_signal(signal.SIGCONT)
+        await until(lambda: covered(children) and all(c.acting for c in children), 15.0)
+        woken = [(t, owned, acts) for t, owned, acts in victim.history if t > stopped_at]
+        assert woken and woken[0][2] == frozenset(), "it acted on waking"
+        for t, _, acts in woken:
+            assert acts.isdisjoint(survivor.owned_at(t)), (t, acts)
+    finally:
+        for child in children:
+            child.process.send_signal(signal.SIGCONT)
             child.process.kill()
             child.process.wait()
 

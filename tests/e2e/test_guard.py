@@ -80,7 +80,7 @@ async def test_crash_guarded_survives_twin_is_liquidated_cross_untouched(
         margin_before = isolated(sim, guarded.account_id).margin  # type: ignore[union-attr]
         settings = guard_settings(sim, guarded, url, tmp_path / "spool")
         # PostgreSQL shares accounts between instances: a lone one takes an account after
-        # two ownership ticks (the first steps below wait for it if the crash comes first).
+        # five ownership ticks (the first steps below wait for it if the crash comes first).
         async with guarding(settings, ownership_interval_s=0.2):
             await eventually(lambda: sim.counters["ws_private_connections"] > 0)
             for _ in range(180):
