@@ -359,7 +359,10 @@ async def test_a_peer_woken_just_before_its_termination_does_not_act_with_the_ta
             await step(cb)
             overlaps.append(acting(a) & acting(b))
         assert not any(overlaps), [len(o) for o in overlaps]
-        assert a.owned() == frozenset(ACCOUNTS)
+        await step(ca)
+        # Every account is guarded by exactly one of them, on B's new session or by A.
+        assert balanced([a, b]) and not acting(a) & acting(b)
+        assert acting(a) == a.owned() and acting(b) == b.owned()
 
 
 @pytest.mark.postgres
