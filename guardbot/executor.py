@@ -399,6 +399,14 @@ class Executor:
                                            message="dry-run: not sent")
             return
         await self._audit.record_event(action_id, intent.account_id, EventKind.SENT)
+        if not self._may_act(intent.account_id):
+            # The SENT record took past the ownership lease (a slow disk, a stopped
+            # process): a peer may own the account by now. Nothing has left yet.
+            reason = "not sent: this instance's ownership of the account lapsed"
+            await self._audit.record_event(action_id, intent.account_id, EventKind.FAILED,
+                                           message=reason)
+            log.warning("%s %s on %s %s", intent.kind, intent.amount, intent.symbol, reason)
+            return
         self.settlement.sent(action_id, job.key, intent.kind, intent.amount,
                              job.position.margin, job.position.qty, self._clock.now_ms())
         self._unqueue(job.key, action_id)

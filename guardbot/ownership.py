@@ -42,9 +42,13 @@ How (no home-made consensus; PostgreSQL's lock manager and activity view do the 
   than ``stale_ticks`` intervals after it: the lease lapses one interval before any take-over
   can happen, however long the process was stopped, and whatever ended its session. The
   executor checks ``may_act`` as each call leaves its queue; that one interval is the margin
-  for the call's way out (its audit record, the rate limiter's wait). A process frozen
-  between that check and the socket write can still send that one call when it wakes: the
-  exchange has no fencing token that could refuse it.
+  for the call's way out (its audit record, the rate limiter's wait); it is asked again once
+  the call's SENT record is written. A tick that starts after the lease lapsed renews
+  nothing, even if the session still answers: a peer may have judged it stale on an earlier
+  snapshot and be terminating it. The instance closes that session and re-locks its
+  accounts on a new one at the next tick. A process frozen between the last check and the
+  socket write can still send that one call when it wakes: the exchange has no fencing
+  token that could refuse it.
 * Why these means: TCP keepalive only notices a host that stopped answering the network
   (and only after tens of seconds), never a stopped process whose kernel still answers.
   Statement, lock or idle-session timeouts end a session only while it runs a statement or
@@ -343,6 +347,11 @@ class AccountOwnership:
         ``hold_s`` if that tick saw us alone (a peer then waits ``hold_s`` longer)."""
         return max(self._lease_s, self._hold_s) if self._alone else self._lease_s
 
+    def _lapsed(self, now: float) -> bool:
+        """Has our acting limit run out since the last good tick? Then a peer may already
+        have decided we are stale, and only a new session may claim accounts again."""
+        return now - self._last_tick >= self._acting_limit_s()
+
     def _lock_sqlite(self) -> None:
         if self._sqlite_path is None:
             return
@@ -359,11 +368,16 @@ class AccountOwnership:
             started = self._clock.monotonic()
             try:
                 async with asyncio.timeout(_TICK_TIMEOUT_S):
-                    if self._conn is None:
-                        await self._connect()
-                        await self._relock()
-                    await self._tick()
-                    self._last_tick = started
+                    if self._conn is not None and self._lapsed(started):
+                        # Re-locked on a new session next tick (by then the old backend
+                        # has exited and let our membership lock go).
+                        await self._rejoin(started)
+                    else:
+                        if self._conn is None:
+                            await self._connect()
+                            await self._relock()
+                        await self._tick()
+                        self._last_tick = started
             except (psycopg.Error, OSError, TimeoutError, OwnershipError) as exc:
                 await self._lost(exc)
             # Outside the tick's time limit: the caller's release of what we gave away may
@@ -396,6 +410,8 @@ class AccountOwnership:
         if conn is None:
             return
         started = self._clock.monotonic()
+        if self._lapsed(started):
+            return  # left to the next tick, which re-joins (see _run)
         try:
             async with asyncio.timeout(_TICK_TIMEOUT_S):
                 await conn.execute("SELECT 1")
@@ -403,12 +419,31 @@ class AccountOwnership:
             return
         self._last_tick = started
 
+    async def _rejoin(self, now: float) -> None:
+        """This process was stopped or starved past its acting limit, and its session
+        looks alive. A peer may have decided it is stale on a snapshot taken before this
+        tick and be terminating it right now: a tick that still succeeds on that session
+        proves nothing, and renewing the lease from it would let both act once the
+        termination lands. Close it ourselves and re-lock on a new session, which no peer
+        can have judged stale: whatever a peer took meanwhile is simply not ours any more.
+        (``may_act`` was false already: the lease has lapsed.)"""
+        log.warning(
+            "ownership %s: no good tick for %.1f s (this process was stopped or starved):"
+            " re-locking its %d accounts on a new session",
+            self.instance_id,
+            now - self._last_tick,
+            len(self._owned),
+        )
+        self._held_before |= self._owned
+        await self._drop_connection()
+        await self._set_owned(frozenset())
+
     async def _lost(self, exc: BaseException) -> None:
         """The lock connection failed. Noticed within our acting limit: keep what we own
         (acting on it while the limit lasts) and re-lock it when the database is back.
         Noticed later (this process was stopped or starved): a peer may have taken it
         over already, so let go at once and re-join like a new instance."""
-        late = self._clock.monotonic() - self._last_tick >= self._acting_limit_s()
+        late = self._lapsed(self._clock.monotonic())
         if self._conn is not None:
             await self._drop_connection()
             if late:

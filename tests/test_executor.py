@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import select
@@ -520,6 +520,47 @@ async def test_nothing_is_sent_once_the_ownership_lease_lapsed(audit: AuditLog) 
     lease_until[0] = clock.monotonic() + 4.0  # a good tick: the lease holds again
     assert await executor.submit(job())
     await running(executor, lambda: len(exchange.calls) == 1)
+
+
+class SlowSent:
+    """The audit log, except that each SENT record takes until ``written`` is set (a spool
+    fsync on a busy disk): the wait between ``may_act`` and the exchange call."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+        self.waiting = asyncio.Event()
+        self.written = asyncio.Event()
+
+    async def record_event(self, action_id: str, account_id: str, kind: EventKind,
+                           **fields: Any) -> None:
+        if kind is EventKind.SENT:
+            self.waiting.set()
+            await self.written.wait()
+        await self.audit.record_event(action_id, account_id, kind, **fields)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.audit, name)
+
+
+async def test_nothing_is_sent_when_the_lease_lapsed_while_the_sent_record_was_written(
+    audit: AuditLog,
+) -> None:
+    """may_act held as the job left its queue, but the SENT record took past the lease
+    (here: the process was stopped during the write, or the disk was that slow). A peer may
+    own the account by now: the call must not go out."""
+    clock = ManualClock()
+    exchange = exchange_on(clock)
+    slow = SlowSent(audit)
+    executor = Executor({ACCOUNT: exchange}, cast(AuditLog, slow), clock=clock,
+                        may_act=lambda _account_id: clock.monotonic() < 4.0)
+    assert await executor.submit(job())
+    async with working(executor):
+        await until(slow.waiting.is_set)
+        clock.advance(5.0)
+        slow.written.set()
+        await until(lambda: not executor.blocked())
+    assert exchange.calls == []
+    assert kinds(await events(audit))[-1] == "FAILED"
 
 
 async def held_back_for(executor: Executor, clock: ManualClock, hold_ms: int) -> None:

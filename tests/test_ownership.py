@@ -315,6 +315,56 @@ async def test_a_hung_peer_is_terminated_its_accounts_taken_and_it_cannot_act_wh
         assert balanced([a, b]) and b.owned() and acting(b) == b.owned()
 
 
+class TerminatesLate(AccountOwnership):
+    """An instance that runs ``meanwhile`` (once) after its tick decided a peer is stale
+    and before its ``pg_terminate_backend`` reaches the server: the window in which the
+    stale peer may wake and run a tick of its own."""
+
+    meanwhile: Callable[[], Any] | None = None
+
+    async def _terminate(self, conn: Any, pid: int, now: float) -> bool:
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        return await super()._terminate(conn, pid, now)
+
+
+@pytest.mark.postgres
+async def test_a_peer_woken_just_before_its_termination_does_not_act_with_the_taker() -> None:
+    """B is stopped past its lease; A's tick sees it stale, and B wakes and ticks before
+    A's termination lands. B's session is still alive for that tick, so it succeeds, but
+    it must not renew B's lease: A terminates B and takes its accounts in the same tick,
+    and the two would both act on them until B noticed its session was gone."""
+    ns = namespace()
+    ca, cb = ManualClock(), ManualClock()
+    taker = TerminatesLate(PG_URL, "a", ACCOUNTS, namespace=ns, clock=ca)
+    async with taker as a, on_clock(ns, "b", cb) as b:
+        for _ in range(8):
+            await step(ca)
+            await step(cb)
+        assert balanced([a, b]) and b.owned()
+        stopped = b.owned()
+        await step(ca, 5)
+        assert a.owned().isdisjoint(stopped)
+
+        async def b_wakes() -> None:
+            cb.advance(6.0)  # past its lease: the wake-up tick runs now
+            await until(lambda: cb.next_wakeup() is not None)
+
+        taker.meanwhile = b_wakes
+        await step(ca)
+        assert taker.meanwhile is None, "A decided B was stale"
+        overlaps = [acting(a) & acting(b)]
+        for _ in range(3):  # until B has noticed its session is gone
+            await step(cb)
+            overlaps.append(acting(a) & acting(b))
+        assert not any(overlaps), [len(o) for o in overlaps]
+        await step(ca)
+        # Every account is guarded by exactly one of them, on B's new session or by A.
+        assert balanced([a, b]) and not acting(a) & acting(b)
+        assert acting(a) == a.owned() and acting(b) == b.owned()
+
+
 @pytest.mark.postgres
 async def test_a_short_stop_within_the_lease_keeps_the_accounts() -> None:
     """Stopped for less than the lease, an instance wakes owning and acting as before: a
