@@ -28,17 +28,41 @@ _MODES = {mode.value: mode for mode in MarginMode}
 _NO_FUNDING = Decimal("0.0")
 
 
+# What each figure reads back as, remembered: a poll repeats most of them (a position's
+# quantity, cost and margin until they change, a symbol's mark for every account, the margin
+# rates), and the round trip costs twenty dictionary look-ups. Equal figures read back alike
+# (the float depends on the value only), so ``5`` and ``5.0`` may share an entry; zeros are
+# not remembered, since ``-0`` equals ``0`` but reads back as ``-0.0``.
+_READ: dict[Decimal, Decimal] = {}
+_RATES: dict[Decimal, Decimal] = {}
+REMEMBERED = 100_000  # figures kept; forgotten all at once beyond it
+
+
 def wire_decimal(value: Decimal) -> Decimal:
     """``value`` as the bot reads it back from the simulator's JSON: ``payloads.num`` makes
     it a float, JSON writes the float's ``repr``, the parser reads that text as a
     ``Decimal``."""
-    return Decimal(repr(float(value)))
+    read = _READ.get(value)
+    if read is None:
+        if not value:
+            return Decimal(repr(float(value)))
+        if len(_READ) >= REMEMBERED:
+            _READ.clear()
+        read = _READ[value] = Decimal(repr(float(value)))
+    return read
 
 
 def wire_rate(value: Decimal) -> Decimal:
     """A margin rate as the bot reads it back (``payloads.rate``: quantized to 8 decimals
     first)."""
-    return Decimal(repr(float(value.quantize(RATE_STEP))))
+    read = _RATES.get(value)
+    if read is None:
+        if not value:
+            return Decimal(repr(float(value.quantize(RATE_STEP))))
+        if len(_RATES) >= REMEMBERED:
+            _RATES.clear()
+        read = _RATES[value] = Decimal(repr(float(value.quantize(RATE_STEP))))
+    return read
 
 
 def position(row: PositionRow, *, account_id: str, asked_ms: int) -> Position:
@@ -48,26 +72,15 @@ def position(row: PositionRow, *, account_id: str, asked_ms: int) -> Position:
     if row.est_liq_price is not None:
         read = wire_decimal(row.est_liq_price)
         liquidation = read if read > 0 else None  # wire.optional_price: 0 means none
+    # Positional, in Position's field order (keywords cost twice as much on every poll).
     return Position(
-        account_id=account_id,
-        symbol=row.symbol,
-        margin_mode=_MODES[row.margin_mode],
-        qty=wire_decimal(row.qty),
-        average_open_price=wire_decimal(row.average_open_price),
-        cost_position=wire_decimal(row.cost_position),
-        mark_price=wire_decimal(row.mark_price),
-        margin=wire_decimal(row.margin),
-        leverage=row.leverage,
-        unsettled_pnl=wire_decimal(row.unsettled_pnl),
-        est_liq_price=liquidation,
-        mmr=wire_rate(row.mmr),
-        imr=wire_rate(row.imr),
-        last_sum_unitary_funding=_NO_FUNDING,
-        seq=row.seq,
-        exchange_ms=row.updated_ms,  # payloads sends it as updated_time, which wire prefers
-        received_ms=asked_ms,
-        source=Source.REST,
-    )
+        account_id, row.symbol, _MODES[row.margin_mode], wire_decimal(row.qty),
+        wire_decimal(row.average_open_price), wire_decimal(row.cost_position),
+        wire_decimal(row.mark_price), wire_decimal(row.margin), row.leverage,
+        wire_decimal(row.unsettled_pnl), liquidation, wire_rate(row.mmr), wire_rate(row.imr),
+        _NO_FUNDING, row.seq,
+        row.updated_ms,  # exchange_ms: payloads sends updated_time, which wire prefers
+        asked_ms, Source.REST)  # fmt: skip
 
 
 def account_snapshot(figures: AccountFigures, rows: Iterable[PositionRow], *, account_id: str,

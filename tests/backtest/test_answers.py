@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from guardbot.backtest.answers import wire_decimal
+from guardbot.backtest.answers import wire_decimal, wire_rate
 from guardbot.backtest.venue import Venue, VenueParams
 from guardbot.clock import ManualClock, run_virtual
 from guardbot.domain import MarginMode
@@ -90,9 +90,17 @@ def test_errors_reach_the_bot_as_on_the_wire() -> None:
         refused(VenueParams(wire=True)), clock)
 
 
-@pytest.mark.parametrize("text", ["3000.50", "5", "0", "-0.000001", "123456789.123456",
-                                  "0.00001", "1E+3", "-2.5000", "0.00000123"])
-def test_a_figure_reads_back_as_the_parser_reads_its_json_number(text: str) -> None:
-    value = Decimal(text)
-    read = wire.loads(payloads.dumps({"x": payloads.num(value)}))["x"]
-    assert repr(wire_decimal(value)) == repr(read)
+FIGURES = ["3000.50", "3000.5", "5", "5.000", "0", "-0.000000", "0E-6", "-0.000001",
+           "123456789.123456", "0.00001", "1E+3", "-2.5000", "0.00000123"]
+
+
+@pytest.mark.parametrize("order", [FIGURES, FIGURES[::-1]])
+def test_a_figure_reads_back_as_the_parser_reads_its_json_number(order: list[str]) -> None:
+    # In both orders: equal figures (5 and 5.000, 0 and -0) share what is remembered only
+    # where they read back alike.
+    for text in order:
+        value = Decimal(text)
+        read = wire.loads(payloads.dumps({"x": payloads.num(value)}))["x"]
+        assert repr(wire_decimal(value)) == repr(read), text
+        rate = wire.loads(payloads.dumps({"x": payloads.rate(value)}))["x"]
+        assert repr(wire_rate(value)) == repr(rate), text
