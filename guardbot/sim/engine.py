@@ -32,7 +32,7 @@ from guardbot.sim.fills import (
     reduce_only_quantity,
 )
 from guardbot.sim.journal import Changes, Journal
-from guardbot.sim.liquidation import liquidate
+from guardbot.sim.liquidation import SafeMarks, liquidate
 from guardbot.sim.margin import MARKETS, ZERO, Market, usdc
 from guardbot.sim.params import (
     CROSS,
@@ -72,6 +72,7 @@ class Engine:
         self.insurance_fund = ZERO
         self.journal = Journal(clock)
         self._order_ids = 0
+        self._safe = SafeMarks()  # spares a mark tick the test of far positions
 
     # ----------------------------------------------------------------- admin
     def create_account(
@@ -198,13 +199,13 @@ class Engine:
                         fill_resting(self.journal, account, order, self.markets, self.marks)
             if not any(p.qty for p in account.positions.values()):
                 continue
-            events, to_fund = liquidate(self.journal, account, symbols, self.markets, self.marks)
+            events, to_fund = liquidate(self.journal, account, symbols, self.markets, self.marks,
+                                        self._safe)
             if events:
                 self.insurance_fund += to_fund
                 self.liquidations.extend(events)
-            for position in account.positions.values():
-                if position.qty and position.symbol in symbols:
-                    self.journal.figures_changed(account.account_id, position)
+            self.journal.repriced(account.account_id, [
+                p for p in account.positions.values() if p.qty and p.symbol in symbols])
 
     # ----------------------------------------------------------- margin (§4)
     def adjust_margin(self, account_id: str, symbol: object, kind: object, amount: object) -> None:
