@@ -80,17 +80,22 @@ def test_sparing_far_positions_the_test_liquidates_exactly_as_testing_all(
     steps: list[tuple[Decimal, str, str]],
 ) -> None:
     """The engine spares positions far from liquidation the exact test (``SafeMarks``): the
-    same liquidations at the same marks as testing every position on every tick, also when
-    margins change between ticks."""
+    same liquidations at the same marks, and the same seqs, as testing every position on
+    every tick, also when margins change between ticks and cross positions are held."""
 
     def run(spare: bool) -> list[tuple[int, str, Decimal, Decimal]]:
         engine = new_engine()
         if not spare:
-            engine._safe = None  # type: ignore[assignment]  # test the reference path
+            engine._safe = None  # the reference: every position tested on every tick
         accounts = [new_account(engine, "100000") for _ in range(4)]
         for account_id, (qty, leverage) in zip(
                 accounts, ((D(1), 20), (D(-1), 20), (D("0.5"), 2), (D(-2), 3)), strict=True):
             engine.open_position(account_id, ETH, "ISOLATED", qty, leverage)
+        # Cross next to isolated: the account is tested on every tick.
+        mixed = new_account(engine, "700")
+        engine.open_position(mixed, ETH, "CROSS", D(1), 10)
+        engine.open_position(mixed, ETH, "ISOLATED", D("0.1"), 10)
+        accounts.append(mixed)
         mark = engine.marks[ETH]
         for move, call, amount in steps:
             mark = (mark * (1 + move)).quantize(D("0.01"))
@@ -100,8 +105,9 @@ def test_sparing_far_positions_the_test_liquidates_exactly_as_testing_all(
                 if call and position.qty:
                     with contextlib.suppress(EngineError):
                         engine.adjust_margin(account_id, ETH, call, amount)
+        seqs = [p.seq for a in accounts for p in engine.accounts[a].positions.values()]
         return [(accounts.index(e.account_id), e.margin_mode, e.price, e.margin_lost)
-                for e in engine.liquidations]
+                for e in engine.liquidations] + [(-1, "seqs", D(seq), D(0)) for seq in seqs]
 
     assert run(True) == run(False)
 
