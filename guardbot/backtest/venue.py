@@ -5,7 +5,12 @@ No sockets and no sleeping, yet the same edge as against ``guardbot sim``: every
 the simulator's own JSON (``guardbot.sim.payloads``, enveloped as its REST layer does),
 classified by the bot's REST rules (``guardbot.exchange.rest.interpret``) and parsed by the
 bot's parsers (``guardbot.exchange.wire``; pushes through ``Stream.interpret``), so parse at
-the edge holds and every conversion the daemon relies on is exercised.
+the edge holds and every conversion the daemon relies on is exercised. The exception is the
+polls (``GET /v1/positions`` and ``/v1/position/{symbol}``), by far the most frequent
+calls: they are answered with the domain values that parsing their JSON gives, built from
+the engine's reports directly (``guardbot.backtest.answers``, proven equal in the tests;
+``VenueParams.wire`` answers them through the JSON too). Errors still go through the
+envelope and ``interpret``.
 
 What the venue models (``VenueParams``):
 
@@ -34,8 +39,9 @@ from collections import Counter, deque
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
+from guardbot.backtest import answers
 from guardbot.clock import ManualClock
 from guardbot.domain import (
     AccountSnapshot,
@@ -66,6 +72,8 @@ from guardbot.sim import payloads
 from guardbot.sim.engine import Engine
 from guardbot.sim.params import EngineError
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
 class VenueParams:
@@ -73,6 +81,10 @@ class VenueParams:
     round_trip_ms: int = 100
     lost: float = 0.0
     seed: int = 7
+    # Answer the polls through the simulator's JSON and the bot's parser, as over HTTP,
+    # instead of as domain values built from the engine (``guardbot.backtest.answers``):
+    # the same values, several times slower.
+    wire: bool = False
 
     def __post_init__(self) -> None:
         if self.feed_delay_ms < 0 or self.round_trip_ms < 0:
@@ -209,6 +221,18 @@ class Venue:
             return Answer(exc.http_status, body.encode())
         return Answer(200, payloads.dumps(payloads.ok(data, self.clock.now_ms())).encode())
 
+    def typed(self, request: str, call: Callable[[], T]) -> T:
+        """Run ``call`` on the engine for an answer built as domain values
+        (``guardbot.backtest.answers``), counted as ``answer`` counts; an ``EngineError``
+        becomes the error envelope the bot reads, exactly as on the wire."""
+        self.counts[request] += 1
+        try:
+            return call()
+        except EngineError as exc:
+            body = payloads.dumps(payloads.error(exc.code, exc.message))
+            Answer(exc.http_status, body.encode()).read("GET", request)
+            raise AssertionError("an error envelope always raises") from None
+
     def adjust(self, account_id: str, symbol: str, kind: ActionKind, amount: Decimal
                ) -> tuple[Answer, bool]:  # fmt: skip
         """``POST /v1/position_margin`` as the engine answers it, and whether that answer
@@ -256,6 +280,15 @@ class VenueExchange:
         await self._limit(endpoint, urgent)
         engine = self.venue.engine
         asked_ms = self._clock.now_ms()
+        if not self.venue.params.wire:
+            def typed() -> AccountSnapshot:
+                account = engine.account(self.account_id)
+                return answers.account_snapshot(
+                    engine.account_view(account), engine.positions(account),
+                    account_id=self.account_id, asked_ms=asked_ms,
+                    answered_ms=self._clock.now_ms())
+
+            return self.venue.typed(endpoint, typed)
 
         def call() -> dict[str, Any]:
             account = engine.account(self.account_id)
@@ -274,6 +307,21 @@ class VenueExchange:
         await self._limit(endpoint, urgent)
         engine = self.venue.engine
         asked_ms = self._clock.now_ms()
+        if not self.venue.params.wire:
+            def typed() -> Position:
+                account = engine.account(self.account_id)
+                market = engine.market(symbol)
+                return answers.position(
+                    engine.position_view(account, market.symbol, margin_mode.value),
+                    account_id=self.account_id, asked_ms=asked_ms)
+
+            try:
+                found = self.venue.typed(endpoint, typed)
+            except Rejected as exc:
+                if exc.code in NOT_FOUND_CODES:
+                    return None
+                raise
+            return found if found.is_open else None
 
         def call() -> dict[str, Any]:
             account = engine.account(self.account_id)

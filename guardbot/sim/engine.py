@@ -32,7 +32,7 @@ from guardbot.sim.fills import (
     reduce_only_quantity,
 )
 from guardbot.sim.journal import Changes, Journal
-from guardbot.sim.liquidation import liquidate
+from guardbot.sim.liquidation import SafeMarks, liquidate
 from guardbot.sim.margin import MARKETS, ZERO, Market, usdc
 from guardbot.sim.params import (
     CROSS,
@@ -72,6 +72,9 @@ class Engine:
         self.insurance_fund = ZERO
         self.journal = Journal(clock)
         self._order_ids = 0
+        # Spares a mark tick the test of far positions; None tests every one (the reference
+        # tests/sim/test_liquidation.py compares with).
+        self._safe: SafeMarks | None = SafeMarks()
 
     # ----------------------------------------------------------------- admin
     def create_account(
@@ -191,20 +194,35 @@ class Engine:
         self._after_mark_change({symbol})
 
     def _after_mark_change(self, symbols: set[str]) -> None:
+        markets, marks, safe = self.markets, self.marks, self._safe
         for account in self.accounts.values():
             if account.orders:
                 for order in list(account.resting_orders()):
-                    if order.symbol in symbols and crossed(order, self.marks):
-                        fill_resting(self.journal, account, order, self.markets, self.marks)
-            if not any(p.qty for p in account.positions.values()):
-                continue
-            events, to_fund = liquidate(self.journal, account, symbols, self.markets, self.marks)
-            if events:
-                self.insurance_fund += to_fund
-                self.liquidations.extend(events)
+                    if order.symbol in symbols and crossed(order, marks):
+                        fill_resting(self.journal, account, order, markets, marks)
+            # Most ticks liquidate nobody: an account with no open cross position whose
+            # isolated ones on these symbols are all inside their safe marks is only
+            # re-priced (``liquidate`` would find nothing, SafeMarks).
+            repriced: list[PositionState] = []
+            test = safe is None
             for position in account.positions.values():
-                if position.qty and position.symbol in symbols:
-                    self.journal.figures_changed(account.account_id, position)
+                if not position.qty:
+                    continue
+                if position.margin_mode != ISOLATED:
+                    test = True
+                if position.symbol in symbols:
+                    repriced.append(position)
+                    if not test and safe is not None and not safe.holds(
+                            account.account_id, position, markets[position.symbol],
+                            marks[position.symbol]):
+                        test = True
+            if test:
+                events, to_fund = liquidate(self.journal, account, symbols, markets, marks, safe)
+                if events:
+                    self.insurance_fund += to_fund
+                    self.liquidations.extend(events)
+                    repriced = [p for p in repriced if p.qty]
+            self.journal.repriced(account.account_id, repriced)
 
     # ----------------------------------------------------------- margin (§4)
     def adjust_margin(self, account_id: str, symbol: object, kind: object, amount: object) -> None:

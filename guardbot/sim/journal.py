@@ -57,6 +57,17 @@ class Journal:
         position.seq = self.next_seq()
         self.touched(account_id, position)
 
+    def repriced(self, account_id: str, positions: list[PositionState]) -> None:
+        """``figures_changed`` for each of one account's ``positions`` in turn (a mark
+        tick re-prices every open position on its symbol)."""
+        if not positions:
+            return
+        touched = self.changes.positions.setdefault(account_id, set())
+        for position in positions:
+            self._seq += 1
+            position.seq = self._seq
+            touched.add((position.symbol, position.margin_mode))
+
     def touched(self, account_id: str, position: PositionState) -> None:
         self.changes.positions.setdefault(account_id, set()).add(
             (position.symbol, position.margin_mode)

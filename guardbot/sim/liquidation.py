@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from guardbot.sim import margin as m
 from guardbot.sim.journal import Journal
-from guardbot.sim.margin import ZERO, usdc
+from guardbot.sim.margin import ZERO, Market, usdc
 from guardbot.sim.params import CROSS, ISOLATED
 from guardbot.sim.records import Account, Liquidation, PositionState
 from guardbot.sim.reports import Markets, Marks, account_figures, cross_maintenance, upnl
@@ -26,14 +26,41 @@ from guardbot.sim.reports import Markets, Marks, account_figures, cross_maintena
 log = logging.getLogger(__name__)
 
 
+class SafeMarks:
+    """Per isolated position, the marks at which it cannot be liquidated
+    (``margin.isolated_safe_marks``), kept with the figures they were computed from: a mark
+    inside them needs no liquidation test, and any change of the margin, quantity or cost
+    computes them again."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[str, str], tuple[Market, Decimal, Decimal, Decimal,
+                                                 Decimal, Decimal]] = {}  # fmt: skip
+
+    def holds(self, account_id: str, position: PositionState, market: Market,
+              mark: Decimal) -> bool:  # fmt: skip
+        """Whether ``mark`` is certainly no liquidation of ``position``."""
+        key = (account_id, position.symbol)
+        found = self._found.get(key)
+        if (found is None or found[0] is not market or found[1] != position.margin
+                or found[2] != position.qty or found[3] != position.cost_position):
+            low, high = m.isolated_safe_marks(market, position.margin, position.qty,
+                                              position.cost_position)
+            found = self._found[key] = (market, position.margin, position.qty,
+                                        position.cost_position, low, high)
+        return found[4] < mark < found[5]
+
+
 def liquidate(
-    journal: Journal, account: Account, symbols: set[str], markets: Markets, marks: Marks
+    journal: Journal, account: Account, symbols: set[str], markets: Markets, marks: Marks,
+    safe: SafeMarks | None = None,
 ) -> tuple[list[Liquidation], Decimal]:
     """Liquidate what the marks of ``symbols`` put under water: isolated positions on those
     symbols first, then the account's cross positions if its collateral no longer covers
-    their maintenance margin. Returns the events and what the insurance fund receives."""
+    their maintenance margin. Returns the events and what the insurance fund receives.
+    ``safe`` spares the test of isolated positions far from liquidation (the outcome is the
+    same)."""
     events: list[Liquidation] = []
-    to_fund = _isolated(journal, account, symbols, markets, marks, events)
+    to_fund = _isolated(journal, account, symbols, markets, marks, events, safe)
     to_fund += _cross(journal, account, markets, marks, events)
     return events, to_fund
 
@@ -45,6 +72,7 @@ def _isolated(
     markets: Markets,
     marks: Marks,
     events: list[Liquidation],
+    safe: SafeMarks | None = None,
 ) -> Decimal:
     to_fund = ZERO
     for position in list(account.open_positions()):
@@ -52,6 +80,8 @@ def _isolated(
             continue
         market = markets[position.symbol]
         mark = marks[position.symbol]
+        if safe is not None and safe.holds(account.account_id, position, market, mark):
+            continue
         if not m.isolated_is_liquidatable(
             market, position.margin, position.qty, position.cost_position, mark
         ):

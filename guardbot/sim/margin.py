@@ -187,6 +187,34 @@ def isolated_is_liquidatable(
     return isolated_equity(margin, qty, cost_position, mark) <= notional * mmr(market, notional)
 
 
+# Relative slack of ``isolated_safe_marks``: far above the rounding of 28-digit arithmetic.
+SAFE_SLACK = Decimal("1e-9")
+
+
+def isolated_safe_marks(
+    market: Market, margin: Decimal, qty: Decimal, cost_position: Decimal
+) -> tuple[Decimal, Decimal]:
+    """Marks strictly between which ``isolated_is_liquidatable`` is False: a filter that
+    spares a mark tick the test for every position far from its liquidation.
+
+    Up to ``market.floor_notional`` MMR is exactly ``base_mmr`` (``mmr`` returns the floor
+    there), so the test ``margin + q*P - cost <= |q|*P*base_mmr`` is linear in the mark ``P``
+    and holds on one side of ``P0 = (margin - cost)/(|q|*base_mmr - q)``: at or below it for
+    a long, at or above it for a short. The interval ends short of ``P0`` and of the floor's
+    mark by ``SAFE_SLACK`` of the figures' scale; outside it the exact test decides. A closed
+    position gets an empty interval."""
+    if qty == 0:
+        return ZERO, ZERO
+    size = abs(qty)
+    p0 = (margin - cost_position) / (size * market.base_mmr - qty)
+    floor_mark = market.floor_notional / size
+    slack = SAFE_SLACK * (abs(p0) + (abs(margin) + abs(cost_position)) / size + floor_mark)
+    high = floor_mark * (ONE - SAFE_SLACK)
+    if qty > 0:
+        return p0 + slack, high
+    return ZERO, min(high, p0 - slack)
+
+
 def isolated_liquidation_price(
     market: Market, margin: Decimal, qty: Decimal, cost_position: Decimal
 ) -> Decimal | None:

@@ -139,3 +139,20 @@ def test_a_faster_backtest_decides_exactly_as_before(template: AuditTemplate) ->
     assert runs[0].venue["lost answers"] >= 1
     text = "\n\n".join(decisions(r) for r in runs)
     assert hashlib.sha256(text.encode()).hexdigest() == GOLDEN, text
+
+
+def test_typed_polls_decide_exactly_as_polls_through_the_json(template: AuditTemplate) -> None:
+    settings = written_config()
+    policies = load_policies(settings)
+    book = Book("both", tuple(
+        BookAccount(f"a{i}", (BookPosition(ETH, Decimal(1), leverage),), free_usdc=Decimal(5000))
+        for i, leverage in enumerate((5, 10, 20))))  # fmt: skip
+
+    def run(wire: bool) -> str:
+        options = RunOptions(VenueParams(lost=0.3, seed=3, wire=wire))
+        return decisions(Scenario(book, shape_path("staircase", 2), settings, policies,
+                                  options).run(template))
+
+    typed = run(False)
+    assert "ADD" in typed
+    assert typed == run(True)

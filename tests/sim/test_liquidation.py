@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from guardbot.sim.engine import Engine
+import contextlib
+from decimal import ROUND_CEILING, Decimal
 
-from .helpers import BTC, ETH, D, new_account
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from guardbot.sim import margin
+from guardbot.sim.engine import Engine
+from guardbot.sim.margin import MARKETS
+from guardbot.sim.params import EngineError
+
+from .helpers import BTC, ETH, D, new_account, new_engine
 
 
 def test_isolated_liquidation_touches_nothing_else(engine: Engine) -> None:
@@ -58,3 +67,66 @@ def test_cross_liquidation_closes_cross_positions_only(engine: Engine) -> None:
     assert (event.margin_lost, event.to_insurance_fund) == (D("392.128"), D("15.738"))
     btc = engine.position_view(account, BTC, "ISOLATED")
     assert btc.qty == D("0.001") and btc.margin == D("6.036")
+
+
+@given(
+    steps=st.lists(st.tuples(st.decimals(min_value=D("-0.02"), max_value=D("0.02"), places=4),
+                             st.sampled_from(["", "ADD", "REDUCE", "REDUCE"]),
+                             st.sampled_from(["3.5", "40", "250"])),
+                   min_size=1, max_size=60),
+)
+@settings(max_examples=100, deadline=None)
+def test_sparing_far_positions_the_test_liquidates_exactly_as_testing_all(
+    steps: list[tuple[Decimal, str, str]],
+) -> None:
+    """The engine spares positions far from liquidation the exact test (``SafeMarks``): the
+    same liquidations at the same marks, and the same seqs, as testing every position on
+    every tick, also when margins change between ticks and cross positions are held."""
+
+    def run(spare: bool) -> list[tuple[int, str, Decimal, Decimal]]:
+        engine = new_engine()
+        if not spare:
+            engine._safe = None  # the reference: every position tested on every tick
+        accounts = [new_account(engine, "100000") for _ in range(4)]
+        for account_id, (qty, leverage) in zip(
+                accounts, ((D(1), 20), (D(-1), 20), (D("0.5"), 2), (D(-2), 3)), strict=True):
+            engine.open_position(account_id, ETH, "ISOLATED", qty, leverage)
+        # Cross next to isolated: the account is tested on every tick.
+        mixed = new_account(engine, "700")
+        engine.open_position(mixed, ETH, "CROSS", D(1), 10)
+        engine.open_position(mixed, ETH, "ISOLATED", D("0.1"), 10)
+        accounts.append(mixed)
+        mark = engine.marks[ETH]
+        for move, call, amount in steps:
+            mark = (mark * (1 + move)).quantize(D("0.01"))
+            engine.advance({ETH: mark})
+            for account_id in accounts:
+                position = engine.accounts[account_id].positions[(ETH, "ISOLATED")]
+                if call and position.qty:
+                    with contextlib.suppress(EngineError):
+                        engine.adjust_margin(account_id, ETH, call, amount)
+        seqs = [p.seq for a in accounts for p in engine.accounts[a].positions.values()]
+        return [(accounts.index(e.account_id), e.margin_mode, e.price, e.margin_lost)
+                for e in engine.liquidations] + [(-1, "seqs", D(seq), D(0)) for seq in seqs]
+
+    assert run(True) == run(False)
+
+
+def test_a_margin_taken_out_moves_the_spared_marks_with_it(engine: Engine) -> None:
+    """A short in profit takes margin out, and the mark comes back to the new liquidation
+    price, short of the old one: liquidated there, not at the old price."""
+    account_id = new_account(engine)
+    engine.open_position(account_id, ETH, "ISOLATED", D(-1), 20)
+    engine.advance({ETH: D(2800)})  # the spared marks are computed at the first margin
+    state = engine.accounts[account_id]
+    position = state.positions[(ETH, "ISOLATED")]
+    before = margin.isolated_liquidation_price(MARKETS[ETH], position.margin, position.qty,
+                                               position.cost_position)
+    engine.adjust_margin(account_id, ETH, "REDUCE", format(engine.max_reduce(state, position)))
+    after = margin.isolated_liquidation_price(MARKETS[ETH], position.margin, position.qty,
+                                              position.cost_position)
+    assert before is not None and after is not None and after < before - 1
+    at = after.quantize(D("0.01"), rounding=ROUND_CEILING)
+    engine.advance({ETH: at})
+    (event,) = engine.liquidations
+    assert event.price == at

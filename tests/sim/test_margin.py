@@ -5,6 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guardbot.sim import margin
 from guardbot.sim.margin import MARKETS
@@ -98,3 +100,43 @@ def test_cross_liquidation_price_closed_form() -> None:
     # long 1 @ mark 3000, TCV 1000, ΣMM = 18: 3000 + (1000-18)/(0.006-1) = 2012.07
     price = margin.cross_liquidation_price(ETH, D(1), D(3000), D(1000), D(18))
     assert price is not None and price.quantize(D("0.01")) == D("2012.07")
+
+
+@given(
+    market=st.sampled_from(sorted(MARKETS)),
+    qty=st.decimals(min_value=D("-50"), max_value=D("50"), places=4).filter(lambda q: q != 0),
+    entry=st.decimals(min_value=D("0.5"), max_value=D("100000"), places=2),
+    leverage=st.integers(min_value=1, max_value=50),
+    extra=st.decimals(min_value=D("-0.5"), max_value=D("3"), places=3),
+    where=st.decimals(min_value=D("0.000000001"), max_value=D("0.999999999"), places=9),
+)
+@settings(max_examples=400, deadline=None)
+def test_no_mark_inside_the_safe_marks_is_a_liquidation(
+    market: str, qty: Decimal, entry: Decimal, leverage: int, extra: Decimal, where: Decimal
+) -> None:
+    """The filter never spares a mark the exact test would liquidate at: any mark strictly
+    inside the interval, its ends included just inside, is no liquidation (margins from
+    half the opening one to four times it, MMR at its floor or above)."""
+    rules = MARKETS[market]
+    cost = qty * entry
+    held = margin.usdc(abs(cost) / leverage * (1 + extra))
+    low, high = margin.isolated_safe_marks(rules, held, qty, cost)
+    if low >= high:
+        return
+    bottom = max(low, D(0))
+    for mark in (bottom + (high - bottom) * where, bottom.next_plus(), high.next_minus()):
+        if bottom < mark < high:
+            assert not margin.isolated_is_liquidatable(rules, held, qty, cost, mark)
+
+
+@pytest.mark.parametrize("qty", [D(1), D(-1)])
+def test_the_safe_marks_end_next_to_the_liquidation_price(qty: Decimal) -> None:
+    """A filter that stops short of the liquidation price by a hair, not by a margin that
+    would send most ticks to the exact test; a closed position has none."""
+    cost, held = qty * 3000, D("301.8")
+    low, high = margin.isolated_safe_marks(ETH, held, qty, cost)
+    price = margin.isolated_liquidation_price(ETH, held, qty, cost)
+    assert price is not None
+    edge = low if qty > 0 else high
+    assert abs(edge - price) < D("0.001")
+    assert margin.isolated_safe_marks(ETH, held, D(0), D(0)) == (D(0), D(0))
