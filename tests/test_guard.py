@@ -650,6 +650,15 @@ async def test_an_account_whose_round_waits_on_the_database_does_not_hold_up_the
     assert harness.blocked(a) == {ALT, ZED_RULES.symbol}
 
 
+async def until_idle(guard: Guard) -> None:
+    """Until the executor has nothing queued or on the wire: its worker records through the
+    spool (threads), so this waits in real time, 2 s at most."""
+    for _ in range(200):
+        if not guard.executor.busy():
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_a_pause_stops_the_actions_still_waiting_in_the_queue(
     audit: AuditLog, tmp_path: Path,
 ) -> None:
@@ -671,10 +680,7 @@ async def test_a_pause_stops_the_actions_still_waiting_in_the_queue(
     assert killswitch.engage(stop, "/pause by an operator")
     workers = asyncio.create_task(guard.executor.run())
     try:
-        for _ in range(200):  # the worker records through the spool (threads): real time
-            if not guard.executor.busy():
-                break
-            await asyncio.sleep(0.01)
+        await until_idle(guard)
     finally:
         workers.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -701,10 +707,7 @@ async def test_a_lapsed_ownership_lease_stops_decisions_and_the_queued_calls(
     assert not guard.may_act(ACCOUNT)
     workers = asyncio.create_task(guard.executor.run())
     try:
-        for _ in range(200):  # the worker records through the spool (threads): real time
-            if not guard.executor.busy():
-                break
-            await asyncio.sleep(0.01)
+        await until_idle(guard)
         clock.advance(1)
         await harness.snapshot(ACCOUNT, FAR)
         await harness.tick(ACCOUNT, PERP_ALT_USDC=D(86))

@@ -463,18 +463,19 @@ class Child:
         return owned
 
 
+def covered(group: list[Child]) -> bool:
+    """Every account is owned by exactly one of ``group`` (reading their latest lines)."""
+    for child in group:
+        child.poll()
+    sets = [c.owned for c in group]
+    return set().union(*sets) == set(ACCOUNTS) and sum(map(len, sets)) == len(ACCOUNTS)
+
+
 @pytest.mark.postgres
 async def test_sigkilled_process_accounts_are_taken_over_within_seconds() -> None:
     ns = namespace()
     children = [Child(ns, f"p{i}", interval_s=0.5) for i in range(3)]
     try:
-
-        def covered(group: list[Child]) -> bool:
-            for child in group:
-                child.poll()
-            sets = [c.owned for c in group]
-            return set().union(*sets) == set(ACCOUNTS) and sum(map(len, sets)) == len(ACCOUNTS)
-
         await until(lambda: covered(children) and all(c.owned for c in children), 15.0)
         victim, survivors = children[0], children[1:]
         orphaned = victim.owned
@@ -501,13 +502,6 @@ async def test_a_sigstopped_process_loses_its_accounts_within_10_s_and_rejoins_c
     children = [Child(ns, f"s{i}", ownership.DEFAULT_INTERVAL_S) for i in range(2)]
     victim, survivor = children
     try:
-
-        def covered(group: list[Child]) -> bool:
-            for child in group:
-                child.poll()
-            sets = [c.owned for c in group]
-            return set().union(*sets) == set(ACCOUNTS) and sum(map(len, sets)) == len(ACCOUNTS)
-
         await until(lambda: covered(children) and all(c.owned for c in children), 20.0)
         victim.process.send_signal(signal.SIGSTOP)
         stopped_at = time.time()
