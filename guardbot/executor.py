@@ -69,6 +69,9 @@ from guardbot.settlement import Read, Settled, Settlement
 
 log = logging.getLogger(__name__)
 
+# Why a call did not leave once this instance's ownership lease on the account lapsed.
+LAPSED = "not sent: this instance's ownership of the account lapsed"
+
 # Calls of one account in flight at once: enough to keep the exchange's rate busy when it
 # is slow, few enough that priorities still decide who goes first.
 CONCURRENCY = 4
@@ -373,7 +376,7 @@ class Executor:
         elif self._paused():
             reason = "not sent: the kill switch is engaged"
         elif not self._may_act(account_id):
-            reason = "not sent: this instance's ownership of the account lapsed"
+            reason = LAPSED
         else:
             since = queued_ms if job.measured_ms is None else min(job.measured_ms, queued_ms)
             age_ms = job.data_age_ms + self._clock.now_ms() - since
@@ -382,12 +385,16 @@ class Executor:
                 reason = (f"not sent: its data is {age_ms} ms old, above the "
                           f"{self._max_data_age_ms} ms limit")  # fmt: skip
         if reason is not None:
-            await self._audit.record_event(action_id, account_id, EventKind.FAILED,
-                                           message=reason)
-            log.warning("%s %s on %s %s", job.intent.kind, job.intent.amount,
-                        job.intent.symbol, reason)
+            await self._not_sent(job, action_id, reason)
             return
         await self._execute(job, action_id)
+
+    async def _not_sent(self, job: Job, action_id: str, reason: str) -> None:
+        """The action is over without a call: recorded ``FAILED`` with ``reason``."""
+        intent = job.intent
+        await self._audit.record_event(action_id, intent.account_id, EventKind.FAILED,
+                                       message=reason)
+        log.warning("%s %s on %s %s", intent.kind, intent.amount, intent.symbol, reason)
 
     async def _execute(self, job: Job, action_id: str) -> None:
         intent = job.intent
@@ -402,10 +409,7 @@ class Executor:
         if not self._may_act(intent.account_id):
             # The SENT record took past the ownership lease (a slow disk, a stopped
             # process): a peer may own the account by now. Nothing has left yet.
-            reason = "not sent: this instance's ownership of the account lapsed"
-            await self._audit.record_event(action_id, intent.account_id, EventKind.FAILED,
-                                           message=reason)
-            log.warning("%s %s on %s %s", intent.kind, intent.amount, intent.symbol, reason)
+            await self._not_sent(job, action_id, LAPSED)
             return
         self.settlement.sent(action_id, job.key, intent.kind, intent.amount,
                              job.position.margin, job.position.qty, self._clock.now_ms())
