@@ -105,7 +105,7 @@ import inspect
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -287,9 +287,7 @@ class AccountOwnership:
         (the lease). Ask right before each call; the answer changes with time alone."""
         if account_id not in self._owned:
             return False
-        if self._backend == "sqlite":
-            return True
-        return self._clock.monotonic() - self._last_tick < self._acting_limit_s()
+        return self._backend == "sqlite" or not self._lapsed(self._clock.monotonic())
 
     @property
     def live_instances(self) -> int:
@@ -594,7 +592,7 @@ class AccountOwnership:
             for account in by_preference:
                 if len(owned) >= quota:
                     break
-                if account in held or not self._free(account, now, set(members)):
+                if account in held or not self._free(account, now, members.keys()):
                     continue
                 cursor = await conn.execute(
                     "SELECT pg_try_advisory_lock(%s, %s)",
@@ -686,7 +684,7 @@ class AccountOwnership:
                 "SELECT pg_advisory_unlock(%s, %s)", (self._alone_ns, self._member_key)
             )
 
-    def _free(self, account: str, now: float, live_pids: set[int]) -> bool:
+    def _free(self, account: str, now: float, live_pids: Collection[int]) -> bool:
         """May we take this unheld account? Yes if a live peer let it go (a rebalance), or
         if its last holder has been quiet as long as a stale peer (gone, or terminated);
         one whose holder we never saw, once it has been free that long."""
