@@ -271,6 +271,13 @@ async def step(clock: ManualClock, ticks: int = 1) -> None:
         await until(lambda: clock.next_wakeup() is not None)
 
 
+async def step_both(ca: ManualClock, cb: ManualClock, ticks: int) -> None:
+    """Two instances tick in turn, ``ticks`` each (long enough to settle who owns what)."""
+    for _ in range(ticks):
+        await step(ca)
+        await step(cb)
+
+
 def on_clock(ns: str, name: str, clock: ManualClock, **kwargs: Any) -> AccountOwnership:
     return AccountOwnership(PG_URL, name, ACCOUNTS, namespace=ns, clock=clock, **kwargs)
 
@@ -288,9 +295,7 @@ async def test_a_hung_peer_is_terminated_its_accounts_taken_and_it_cannot_act_wh
     ns = namespace()
     ca, cb = ManualClock(), ManualClock()
     async with on_clock(ns, "a", ca) as a, on_clock(ns, "b", cb) as b:
-        for _ in range(8):
-            await step(ca)
-            await step(cb)
+        await step_both(ca, cb, 8)
         assert balanced([a, b]) and a.owned() and b.owned()
         assert acting(a) == a.owned() and acting(b) == b.owned()
         stopped = b.owned()
@@ -339,9 +344,7 @@ async def test_a_peer_woken_just_before_its_termination_does_not_act_with_the_ta
     ca, cb = ManualClock(), ManualClock()
     taker = TerminatesLate(PG_URL, "a", ACCOUNTS, namespace=ns, clock=ca)
     async with taker as a, on_clock(ns, "b", cb) as b:
-        for _ in range(8):
-            await step(ca)
-            await step(cb)
+        await step_both(ca, cb, 8)
         assert balanced([a, b]) and b.owned()
         stopped = b.owned()
         await step(ca, 5)
@@ -372,9 +375,7 @@ async def test_a_short_stop_within_the_lease_keeps_the_accounts() -> None:
     ns = namespace()
     ca, cb = ManualClock(), ManualClock()
     async with on_clock(ns, "a", ca) as a, on_clock(ns, "b", cb) as b:
-        for _ in range(8):
-            await step(ca)
-            await step(cb)
+        await step_both(ca, cb, 8)
         assert balanced([a, b])
         mine = b.owned()
         await step(ca, 3)
