@@ -132,7 +132,7 @@ class _Chain:
     which the next call is weighed against (its decision may have seen an older one)."""
 
     base: Decimal  # the margin before any of them, plus those settled as applied since
-    qty: Decimal  # the position's quantity they were decided on
+    qty: Decimal  # the position's quantity they were sent on (as the newest snapshot shows)
     calls: list[Call] = field(default_factory=list)
     seen: _Seen | None = None  # the newest snapshot
 
@@ -261,7 +261,7 @@ class Settlement:
         call = self._calls.pop(action_id, None)
         self._orphans.pop(action_id, None)
         if call is not None:
-            self._remove(call)
+            self._remove(call, self._chain_of(call))
 
     def observe(self, key: PositionKey, margin: Decimal | None, qty: Decimal,
                 received_ms: int) -> list[Settled]:  # fmt: skip
@@ -333,9 +333,14 @@ class Settlement:
     def _touch(self, key: PositionKey, at_ms: int) -> None:
         self._touched[key] = max(self._touched.get(key, 0), at_ms)
 
-    def _remove(self, call: Call) -> None:
+    def _chain_of(self, call: Call) -> _Chain | None:
+        """The chain ``call`` is in: none once its position closed (an orphan's answer), and
+        then a new position's chain on the symbol is not its own."""
         chain = self._chains.get(call.key)
-        if chain is None or not _holds(chain, call):
+        return chain if chain is not None and any(c is call for c in chain.calls) else None
+
+    def _remove(self, call: Call, chain: _Chain | None) -> None:
+        if chain is None:
             return
         chain.calls = [c for c in chain.calls if c is not call]
         if not chain.calls and chain.seen is not None:
@@ -355,10 +360,10 @@ class Settlement:
     ) -> Settled:
         self._calls.pop(call.action_id, None)
         self._orphans.pop(call.action_id, None)
-        chain = self._chains.get(call.key)
-        if chain is not None and _holds(chain, call) and (event == "VERIFIED" or applied):
+        chain = self._chain_of(call)
+        if chain is not None and (event == "VERIFIED" or applied):
             chain.base += call.signed  # it landed (a succeeded call, seen or not)
-        self._remove(call)
+        self._remove(call, chain)
         return Settled(call, event, message, applied, margin)
 
     def _match(self, key: PositionKey, now_ms: int) -> list[Settled]:
@@ -439,10 +444,6 @@ class Settlement:
                                             "was moved by something else too", None,
                                             seen.margin))
         return settled
-
-
-def _holds(chain: _Chain, call: Call) -> bool:
-    return any(c is call for c in chain.calls)
 
 
 def _explanations(base: Decimal, margin: Decimal, calls: list[Call]) -> list[set[int]]:
