@@ -38,31 +38,32 @@ _RATES: dict[Decimal, Decimal] = {}
 REMEMBERED = 100_000  # figures kept; forgotten all at once beyond it
 
 
+def _read_back(cache: dict[Decimal, Decimal], value: Decimal,
+               quantum: Decimal | None = None) -> Decimal:  # fmt: skip
+    """``value`` (quantized to ``quantum`` first, if given) through the float and back,
+    remembered."""
+    read = cache.get(value)
+    if read is None:
+        figure = value if quantum is None else value.quantize(quantum)
+        read = Decimal(repr(float(figure)))
+        if value:  # zeros are not remembered (see above)
+            if len(cache) >= REMEMBERED:
+                cache.clear()
+            cache[value] = read
+    return read
+
+
 def wire_decimal(value: Decimal) -> Decimal:
     """``value`` as the bot reads it back from the simulator's JSON: ``payloads.num`` makes
     it a float, JSON writes the float's ``repr``, the parser reads that text as a
     ``Decimal``."""
-    read = _READ.get(value)
-    if read is None:
-        if not value:
-            return Decimal(repr(float(value)))
-        if len(_READ) >= REMEMBERED:
-            _READ.clear()
-        read = _READ[value] = Decimal(repr(float(value)))
-    return read
+    return _read_back(_READ, value)
 
 
 def wire_rate(value: Decimal) -> Decimal:
     """A margin rate as the bot reads it back (``payloads.rate``: quantized to 8 decimals
     first)."""
-    read = _RATES.get(value)
-    if read is None:
-        if not value:
-            return Decimal(repr(float(value.quantize(RATE_STEP))))
-        if len(_RATES) >= REMEMBERED:
-            _RATES.clear()
-        read = _RATES[value] = Decimal(repr(float(value.quantize(RATE_STEP))))
-    return read
+    return _read_back(_RATES, value, RATE_STEP)
 
 
 def position(row: PositionRow, *, account_id: str, asked_ms: int) -> Position:
