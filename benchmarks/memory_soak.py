@@ -59,12 +59,8 @@ def slope_per_hour(samples: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, MB), in MB per hour."""
     if len(samples) < 2:
         return 0.0
-    xs = [t for t, _ in samples]
-    ys = [m for _, m in samples]
-    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-    var = sum((x - mean_x) ** 2 for x in xs)
-    cov = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True))
-    return cov / var * 3600 if var else 0.0
+    seconds, mb = zip(*samples, strict=True)
+    return statistics.linear_regression(seconds, mb).slope * 3600
 
 
 async def soak(args: argparse.Namespace, folder: Path) -> None:
