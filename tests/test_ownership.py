@@ -216,7 +216,7 @@ async def test_database_down_longer_than_hold_drops_then_relocks_at_once() -> No
             # before on_change runs, and a wait that ends in between would see the old one.)
             await until(lambda: len(changes) == 2 and changes[-1] == frozenset(), timeout_s=8)
             pg.start()
-            # Back without waiting to see whether a previous owner returns: it was us.
+            # Back past its hold: taken as a new instance takes free accounts (stale_ticks).
             took = await until(lambda: changes[-1] == frozenset(ACCOUNTS))
     assert took < 1.0
     assert changes == [frozenset(ACCOUNTS), frozenset(), frozenset(ACCOUNTS), frozenset()]
