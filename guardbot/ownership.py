@@ -69,10 +69,13 @@ How (no home-made consensus; PostgreSQL's lock manager and activity view do the 
 * The database may go away (an outage, a restart). With peers, an instance cannot tell an
   outage from being cut off alone (the peers then take over after ``stale_ticks``), so it
   stops acting when its lease lapses; it keeps its accounts in ``owned()`` until then and
-  re-locks them when the database is back. An instance that saw itself alone holds a marker
-  lock saying so: it keeps acting for ``hold_s`` (40 s) through an outage, and a peer that
-  appears meanwhile waits ``hold_s`` more before it terminates an alone holder. If this host
-  is cut off while the server lives on, the server keeps our session for
+  re-locks them at once if the database is back by then. Back later, it takes free accounts
+  as a new instance does (after ``stale_ticks``): a peer may have taken them meanwhile and
+  still be acting inside its own lease though its session ended too. An instance that saw
+  itself alone holds a marker lock saying so: it keeps acting for ``hold_s`` (40 s) through
+  an outage, and a peer that appears meanwhile waits ``hold_s`` more before it terminates
+  an alone holder. If this host is cut off while the server lives on, the server keeps our
+  session for
   ``_SERVER_GIVES_UP_S`` (keepalive), longer than ``hold_s`` plus one failed attempt, so a
   peer with no history of us cannot take over before we stop either. A loss first noticed
   after the lease (or hold) lapsed (this process was stopped) is not re-locked: the instance
@@ -471,6 +474,11 @@ class AccountOwnership:
                 self._clock.monotonic() - self._last_tick,
             )
             await self._set_owned(frozenset())
+        if late:
+            # Past our acting limit a peer may have taken them, and its session may be gone
+            # too while it still acts inside its own lease: taken back only as a new
+            # instance takes a free account (after stale_ticks), never at once on sight.
+            self._held_before = frozenset()
 
     async def _relock(self) -> None:
         """Right after reconnecting, take back the accounts we held before the loss (the new

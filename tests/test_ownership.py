@@ -216,7 +216,7 @@ async def test_database_down_longer_than_hold_drops_then_relocks_at_once() -> No
             # before on_change runs, and a wait that ends in between would see the old one.)
             await until(lambda: len(changes) == 2 and changes[-1] == frozenset(), timeout_s=8)
             pg.start()
-            # Back without waiting to see whether a previous owner returns: it was us.
+            # Back past its hold: taken as a new instance takes free accounts (stale_ticks).
             took = await until(lambda: changes[-1] == frozenset(ACCOUNTS))
     assert took < 1.0
     assert changes == [frozenset(ACCOUNTS), frozenset(), frozenset(ACCOUNTS), frozenset()]
@@ -557,3 +557,48 @@ async def test_a_peer_takes_an_account_only_after_the_giver_finished_releasing_i
     assert taken_at, "the taker got its share"
     for account, at in taken_at.items():
         assert account in released_at and released_at[account] <= at, account
+
+
+def _kill_session(application_name: str) -> None:
+    with psycopg.connect(PG_URL.replace("+psycopg", ""), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity"
+            " WHERE application_name = %s",
+            (application_name,),
+        )
+
+
+@pytest.mark.postgres
+async def test_an_instance_back_after_its_lease_lapsed_does_not_relock_what_a_peer_took() -> None:
+    """A is cut off from the database (its session ends, reconnects fail) past its lease:
+    it stops acting, and B takes A's accounts once A is stale. B's session then ends too
+    (an admin kill, a server restart) while B is inside its lease and cannot reconnect at
+    once: B keeps acting on all of them until its lease lapses. A, reconnected meanwhile,
+    must not take them back on sight: a new instance would wait stale_ticks for an account
+    nobody holds, which outlasts B's lease. (Review finding: A re-locked the accounts it
+    held before its outage at once, and both acted on them.)"""
+    ns = namespace()
+    ca, cb = ManualClock(), ManualClock()
+    async with on_clock(ns, "a", ca, hold_s=0.0) as a, on_clock(ns, "b", cb, hold_s=0.0) as b:
+        await step_both(ca, cb, 8)
+        assert balanced([a, b]) and a.owned() and b.owned()
+        first = a.owned()
+        good = a._conninfo
+        a._conninfo = good.replace("127.0.0.1:5432", "127.0.0.1:1")
+        _kill_session("guardbot:a")
+        await step_both(ca, cb, 8)  # A fails for 8 ticks, B takes everything
+        assert a.owned() == frozenset() and acting(a) == frozenset()
+        assert b.owned() == frozenset(ACCOUNTS) and acting(b) == frozenset(ACCOUNTS)
+        b._conninfo = good.replace("127.0.0.1:5432", "127.0.0.1:1")
+        _kill_session("guardbot:b")
+        await step(cb)  # B notices within its lease: keeps acting while it reconnects
+        assert acting(b) == frozenset(ACCOUNTS)
+        a._conninfo = good
+        overlaps = []
+        for _ in range(4):
+            await step(ca)
+            overlaps.append(acting(a) & acting(b))
+            await step(cb)
+            overlaps.append(acting(a) & acting(b))
+        assert not any(overlaps), [len(o) for o in overlaps]
+        assert first  # A's old accounts were the ones at stake

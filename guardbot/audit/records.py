@@ -105,6 +105,16 @@ class UnfinishedAction:
 _ID_BITS = random.Random(int.from_bytes(os.urandom(32), "big"))
 
 
+def _reseed() -> None:
+    _ID_BITS.seed(int.from_bytes(os.urandom(32), "big"))
+
+
+# A forked child inherits the generator's state: seeded again, or parent and child would
+# draw the same ids (the random module does the same for its own generator).
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed)
+
+
 def new_id(now_ms: int) -> str:
     """Time-ordered (keeps the primary-key index append-mostly) and unique without the
     database: two processes (instances sharing a database) draw from differently seeded
