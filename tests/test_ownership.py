@@ -171,12 +171,15 @@ async def test_no_account_is_ever_owned_twice_under_churn() -> None:
     assert overlaps and not any(overlaps)
 
 
-def held_by(application_name: str, ns_accounts: int | None = None) -> int:
-    """How many advisory locks the sessions named ``application_name`` hold right now."""
+def held_by(application_name: str) -> int:
+    """How many advisory locks the sessions named ``application_name`` hold right now in
+    the test database (pg_locks is the whole server's: a run on another database may use
+    the same names)."""
     with psycopg.connect(PG_URL.replace("+psycopg", ""), autocommit=True) as admin:
         row = admin.execute(
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND a.application_name = %s",
+            " WHERE l.locktype = 'advisory' AND a.application_name = %s"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             (application_name,),
         ).fetchone()
     return int(row[0]) if row else 0
